@@ -1,0 +1,228 @@
+//! `tlcap-tui doctor`: proves libtorch works and reports what matters for speed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The libtorch version this build of tch requires.
+pub const REQUIRED_LIBTORCH: &str = "2.13.0";
+/// The tch crate version compiled in.
+pub const TCH_VERSION: &str = "0.26.0";
+/// The libtorch lib dir embedded as rpath at build time.
+pub const BUILD_LIBTORCH_LIB: &str = env!("TLCAP_LIBTORCH_LIB");
+
+/// CPU features that decide which kernels libtorch can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFeatures {
+    pub avx2: bool,
+    pub avx512f: bool,
+    pub avx512_bf16: bool,
+    pub amx_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// Reads the features from `/proc/cpuinfo` flags (what the kernel enabled).
+    pub fn detect() -> Self {
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::from_cpuinfo(&flags)
+    }
+
+    /// Parses the `flags` line of a `/proc/cpuinfo` text.
+    pub fn from_cpuinfo(cpuinfo: &str) -> Self {
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, f)| f.split_whitespace().collect())
+            .unwrap_or_default();
+        let has = |f: &str| flags.contains(&f);
+        CpuFeatures {
+            avx2: has("avx2"),
+            avx512f: has("avx512f"),
+            avx512_bf16: has("avx512_bf16"),
+            amx_bf16: has("amx_bf16") && has("amx_tile"),
+        }
+    }
+
+    /// True when bfloat16 matrix kernels run natively (AVX512-BF16 or AMX).
+    pub fn native_bf16(&self) -> bool {
+        self.avx512_bf16 || self.amx_bf16
+    }
+}
+
+/// Everything `doctor` found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub libtorch_dir: PathBuf,
+    pub libtorch_version: String,
+    pub intra_op_threads: i32,
+    pub cpu: CpuFeatures,
+    pub cuda_available: bool,
+    pub cuda_devices: i64,
+    pub check_result: f64,
+}
+
+/// Finds the directory of the libtorch actually loaded into this process.
+pub fn loaded_libtorch_dir() -> Result<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .map(PathBuf::from)
+        .context("libtorch_cpu.so is not mapped into this process")?;
+    // <dir>/lib/libtorch_cpu.so -> <dir>
+    Ok(lib
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or(lib))
+}
+
+/// Reads `<dir>/build-version` (the version file every libtorch distribution carries).
+pub fn libtorch_version(dir: &Path) -> Result<String> {
+    let file = dir.join("build-version");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{} is missing: not a libtorch directory", file.display()))?;
+    Ok(text.trim().split('+').next().unwrap_or("").to_string())
+}
+
+/// Checks a `LIBTORCH` setting the way the next `cargo build` will use it.
+pub fn check_libtorch_setting(value: &str) -> Result<()> {
+    let dir = Path::new(value);
+    if !dir.is_dir() {
+        bail!("LIBTORCH={value} is not a directory");
+    }
+    if !dir.join("lib").join("libtorch_cpu.so").is_file() {
+        bail!("LIBTORCH={value} has no lib/libtorch_cpu.so");
+    }
+    let version = libtorch_version(dir)?;
+    if version != REQUIRED_LIBTORCH {
+        bail!("LIBTORCH={value} is libtorch {version}, but tch {TCH_VERSION} needs {REQUIRED_LIBTORCH}");
+    }
+    Ok(())
+}
+
+/// A small computation whose answer is known: proves the kernels run.
+/// Returns the sum of `A @ B` for A = [[1,2],[3,4]], B = [[5,6],[7,8]] (= 134).
+pub fn tensor_check() -> Result<f64> {
+    let a = tch::Tensor::from_slice(&[1f32, 2., 3., 4.]).view([2, 2]);
+    let b = tch::Tensor::from_slice(&[5f32, 6., 7., 8.]).view([2, 2]);
+    let sum = a.f_matmul(&b)?.f_sum(tch::Kind::Double)?;
+    Ok(f64::try_from(sum)?)
+}
+
+/// Runs every check. Fails with a fix-it message when libtorch cannot be used.
+pub fn run() -> Result<Report> {
+    const FIX: &str = "run `make setup` (or `python3 scripts/setup.py libtorch`) and rebuild; \
+                       to use the project's own libtorch, unset LIBTORCH";
+    let with_fix = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n  fix: {FIX}");
+    if let Ok(value) = std::env::var("LIBTORCH") {
+        check_libtorch_setting(&value).map_err(with_fix)?;
+    }
+    let libtorch_dir = loaded_libtorch_dir().map_err(with_fix)?;
+    let libtorch_version = libtorch_version(&libtorch_dir).map_err(with_fix)?;
+    if libtorch_version != REQUIRED_LIBTORCH {
+        return Err(with_fix(anyhow::anyhow!(
+            "loaded libtorch {libtorch_version} from {}, but tch {TCH_VERSION} needs {REQUIRED_LIBTORCH}",
+            libtorch_dir.display()
+        )));
+    }
+    let check_result = tensor_check().context("a 2x2 matmul on libtorch failed")?;
+    if check_result != 134.0 {
+        bail!("libtorch computed {check_result} for a 2x2 matmul whose sum is 134");
+    }
+    Ok(Report {
+        libtorch_dir,
+        libtorch_version,
+        intra_op_threads: tch::get_num_threads(),
+        cpu: CpuFeatures::detect(),
+        cuda_available: tch::Cuda::is_available(),
+        cuda_devices: tch::Cuda::device_count(),
+        check_result,
+    })
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "libtorch version   {}", self.libtorch_version)?;
+        writeln!(f, "libtorch path      {}", self.libtorch_dir.display())?;
+        writeln!(f, "tch version        {TCH_VERSION}")?;
+        writeln!(f, "intra-op threads   {}", self.intra_op_threads)?;
+        writeln!(
+            f,
+            "cpu features       avx2 {}, avx512 {}, avx512-bf16 {}, amx-bf16 {}",
+            yes_no(self.cpu.avx2),
+            yes_no(self.cpu.avx512f),
+            yes_no(self.cpu.avx512_bf16),
+            yes_no(self.cpu.amx_bf16)
+        )?;
+        writeln!(
+            f,
+            "bf16 kernels       {}",
+            if self.cpu.native_bf16() {
+                "native"
+            } else {
+                "emulated (bf16 gives no speed-up)"
+            }
+        )?;
+        writeln!(
+            f,
+            "cuda               {} ({} device(s))",
+            if self.cuda_available {
+                "available"
+            } else {
+                "not available"
+            },
+            self.cuda_devices
+        )?;
+        write!(
+            f,
+            "tensor check       [[1,2],[3,4]] @ [[5,6],[7,8]] sums to {} (ok)",
+            self.check_result
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpuinfo_flags() {
+        let text = "processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n";
+        let cpu = CpuFeatures::from_cpuinfo(text);
+        assert!(cpu.avx2 && cpu.avx512f && cpu.avx512_bf16 && cpu.amx_bf16);
+        let plain = CpuFeatures::from_cpuinfo("flags : fpu sse2 avx2\n");
+        assert!(plain.avx2 && !plain.avx512f && !plain.native_bf16());
+    }
+
+    #[test]
+    fn rejects_a_libtorch_setting_that_is_not_a_libtorch() {
+        let dir = std::env::temp_dir().join(format!("tlcap-not-libtorch-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        let err = check_libtorch_setting(dir.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no lib/libtorch_cpu.so"), "{err}");
+        std::fs::write(dir.join("lib/libtorch_cpu.so"), b"").unwrap();
+        std::fs::write(dir.join("build-version"), "2.1.0\n").unwrap();
+        let err = check_libtorch_setting(dir.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("needs 2.13.0"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loaded_libtorch_is_the_required_version() {
+        let dir = loaded_libtorch_dir().unwrap();
+        assert_eq!(libtorch_version(&dir).unwrap(), REQUIRED_LIBTORCH);
+        assert_eq!(tensor_check().unwrap(), 134.0);
+    }
+}
