@@ -2,5 +2,7 @@
 //!
 //! Modules, one job each:
 //! - [`doctor`]: checks that libtorch is usable and reports what the machine offers.
+//! - [`config`]: experiment files: schema, defaults, validation with positions, diff.
 
+pub mod config;
 pub mod doctor;

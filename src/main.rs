@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 /// Transfer-learning experiments on images, watched and steered from a terminal.
@@ -16,12 +19,25 @@ struct Cli {
 enum Command {
     /// Check that libtorch works and report versions, threads, CPU features and CUDA.
     Doctor,
+    /// Print the JSON Schema of experiment files (for yaml-language-server and editors).
+    Schema,
+    /// Validate experiment files (or every .yaml in a folder) and print every error.
+    Check {
+        /// Experiment files or folders.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => tlcap::doctor::run().map(|report| println!("{report}")),
+        Command::Schema => {
+            println!("{}", tlcap::config::json_schema());
+            Ok(())
+        }
+        Command::Check { files } => check(&files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,4 +46,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tlcap-tui check`: prints `ok` or every error per file; fails if any file is invalid.
+fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(tlcap::config::experiment_files(path)?);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut invalid = 0;
+    for file in &files {
+        match tlcap::config::load_file(file) {
+            Ok(exp) => println!("ok      {} ({})", file.display(), exp.name),
+            Err(errors) => {
+                invalid += 1;
+                for e in &errors.0 {
+                    println!("error   {e}");
+                }
+            }
+        }
+    }
+    if invalid > 0 {
+        bail!("{invalid} of {} experiment file(s) invalid", files.len());
+    }
+    Ok(())
 }

@@ -1,0 +1,183 @@
+//! Comparing two versions of an experiment: which changes apply live, which need a restart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use super::Experiment;
+
+/// When a change can take effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Applied at the next epoch boundary of a running experiment.
+    Live,
+    /// Needs the run to be restarted (the data, the model or the randomness changes).
+    Restart,
+}
+
+/// One changed setting, by its dotted path in the file (e.g. `finetune.lr`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub path: String,
+    pub old: String,
+    pub new: String,
+    pub kind: ChangeKind,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.path, self.old, self.new)
+    }
+}
+
+/// Settings that define the data, the model or the randomness: changing them mid-run
+/// would make the epochs before and after incomparable, so they need a restart.
+const RESTART: &[&str] = &[
+    "data.dir",
+    "data.image_size",
+    "data.validation_split",
+    "data.batch_size",
+    "data.interpolation",
+    "model.backbone",
+    "model.weights",
+    "device",
+    "seed",
+];
+
+/// Every difference between `old` and `new`, sorted by path.
+pub fn diff(old: &Experiment, new: &Experiment) -> Vec<Change> {
+    let (a, b) = (leaves(old), leaves(new));
+    let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter(|p| a.get(*p) != b.get(*p))
+        .map(|p| Change {
+            path: p.clone(),
+            old: a.get(p).map(show).unwrap_or_else(|| "-".into()),
+            new: b.get(p).map(show).unwrap_or_else(|| "-".into()),
+            kind: if RESTART
+                .iter()
+                .any(|r| p == r || p.starts_with(&format!("{r}.")))
+            {
+                ChangeKind::Restart
+            } else {
+                ChangeKind::Live
+            },
+        })
+        .collect()
+}
+
+fn leaves(exp: &Experiment) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    // image_size is one setting, not two.
+                    if p == "data.image_size" {
+                        out.insert(p, v.clone());
+                    } else {
+                        walk(&p, v, out);
+                    }
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(
+        "",
+        &serde_json::to_value(exp).expect("an experiment serialises"),
+        &mut out,
+    );
+    out
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f != 0.0 && (f.abs() < 1e-3 || f.abs() >= 1e6) => {
+                format!("{f:e}")
+            }
+            _ => n.to_string(),
+        },
+        Value::Object(m) if m.contains_key("height") => format!("{}x{}", m["height"], m["width"]),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use std::path::Path;
+
+    fn exp(extra: &str) -> Experiment {
+        let text = format!("data: {{ dir: d }}\nmodel: {{ backbone: mobilenet_v2 }}\n{extra}");
+        parse_str(&text, Path::new("e.yaml")).unwrap()
+    }
+
+    #[test]
+    fn sorts_changes_into_live_and_restart() {
+        let old = exp("finetune: { lr: 1.0e-5, epochs: 4 }\nstall: { patience: 3 }\n");
+        let new = exp("finetune: { lr: 3.0e-5, epochs: 6 }\nstall: { patience: 5 }\nseed: 7\n");
+        let changes = diff(&old, &new);
+        let got: Vec<(String, ChangeKind)> =
+            changes.iter().map(|c| (c.path.clone(), c.kind)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("finetune.epochs".into(), ChangeKind::Live),
+                ("finetune.lr".into(), ChangeKind::Live),
+                ("seed".into(), ChangeKind::Restart),
+                ("stall.patience".into(), ChangeKind::Live),
+            ]
+        );
+        assert_eq!(changes[1].to_string(), "finetune.lr 1e-5 -> 3e-5");
+    }
+
+    #[test]
+    fn every_restart_setting_is_classified_as_restart() {
+        let base = exp("");
+        let edits = [
+            "data: { dir: other }\nmodel: { backbone: mobilenet_v2 }\n",
+            "data: { dir: d, image_size: 160 }\nmodel: { backbone: mobilenet_v2 }\n",
+            "data: { dir: d, validation_split: 0.3 }\nmodel: { backbone: mobilenet_v2 }\n",
+            "data: { dir: d, batch_size: 8 }\nmodel: { backbone: mobilenet_v2 }\n",
+            "data: { dir: d }\nmodel: { backbone: resnet50 }\n",
+            "data: { dir: d }\nmodel: { backbone: mobilenet_v2, weights: none }\n",
+            "data: { dir: d }\nmodel: { backbone: mobilenet_v2 }\ndevice: cpu\n",
+        ];
+        for text in edits {
+            let new = parse_str(text, Path::new("e.yaml")).unwrap();
+            let changes = diff(&base, &new);
+            assert_eq!(changes.len(), 1, "{text}: {changes:?}");
+            assert_eq!(changes[0].kind, ChangeKind::Restart, "{text}");
+        }
+    }
+
+    #[test]
+    fn augmentation_and_stall_settings_are_live() {
+        let old = exp("");
+        let new = exp(
+            "stall: { on_stall: unfreeze, min_delta: 0.01 }\nfinetune: { unfreeze_last: 30 }\n",
+        );
+        let mut new2 = new.clone();
+        new2.data.augment.rotation_range = 20.0;
+        new2.data.augment.horizontal_flip = true;
+        let changes = diff(&old, &new2);
+        assert_eq!(changes.len(), 5, "{changes:?}");
+        assert!(changes.iter().all(|c| c.kind == ChangeKind::Live));
+        assert!(diff(&old, &old).is_empty());
+    }
+}

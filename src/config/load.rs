@@ -1,0 +1,341 @@
+//! Reading experiment files: size limits, YAML errors with positions, suggestions for
+//! misspelt keys, defaults that depend on the file, and path resolution.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::validate::{validate, value_positions};
+use super::{Experiment, Weights};
+
+/// Experiment files larger than this are refused before they are read.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A problem with an experiment file, with its position when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column of the offending value, when known.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in one experiment file (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    fn one(file: &Path, position: Option<(usize, usize)>, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            position,
+            message,
+        }])
+    }
+
+    /// The first problem (the one a one-line display shows).
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The experiment files (`*.yaml`, `*.yml`) directly inside `dir`, sorted by name.
+pub fn experiment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and validates one experiment file.
+pub fn load_file(path: &Path) -> Result<Experiment, ConfigErrors> {
+    let error = |message: String| ConfigErrors::one(path, None, message);
+    let meta = std::fs::metadata(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(error(format!(
+            "file is {} bytes; experiment files are limited to {MAX_FILE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    parse_str(&text, path)
+}
+
+/// Parses the text of an experiment file that lives at `path` (used for error messages,
+/// the default name, and resolving relative paths).
+pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        let msg = format!(
+            "text is {} bytes; the limit is {MAX_FILE_BYTES}",
+            text.len()
+        );
+        return Err(ConfigErrors::one(path, None, msg));
+    }
+    let mut exp: Experiment = serde_yaml::from_str(text).map_err(|e| {
+        let position = e.location().map(|l| (l.line(), l.column()));
+        ConfigErrors::one(
+            path,
+            position,
+            with_suggestion(&strip_position(&e.to_string())),
+        )
+    })?;
+    let positions = value_positions(text);
+    // The default `weights: imagenet` means "none" for a backbone that has no ImageNet file.
+    if !exp.model.backbone.has_own_normalisation() && !positions.contains_key("model.weights") {
+        exp.model.weights = Weights::None;
+    }
+    let problems = validate(&exp);
+    if !problems.is_empty() {
+        return Err(ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(key, message)| ConfigError {
+                    file: path.to_path_buf(),
+                    position: positions.get(key).copied(),
+                    message,
+                })
+                .collect(),
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    if exp.name.trim().is_empty() {
+        exp.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "experiment".into());
+    }
+    if exp.data.dir.is_relative() {
+        exp.data.dir = base.join(&exp.data.dir);
+    }
+    if let Weights::File(p) = &exp.model.weights {
+        if p.is_relative() {
+            exp.model.weights = Weights::File(base.join(p));
+        }
+    }
+    Ok(exp)
+}
+
+/// serde_yaml appends " at line L column C"; the position is reported separately.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of ..." messages.
+fn with_suggestion(msg: &str) -> String {
+    let Some(rest) = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|p| msg.find(p).map(|i| &msg[i + p.len()..]))
+    else {
+        return msg.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return msg.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|cand| (strsim::damerau_levenshtein(unknown, cand), cand))
+        .min();
+    match best {
+        Some((dist, cand)) if dist <= unknown.len().max(3) / 2 + 1 => {
+            format!("{msg}; did you mean `{cand}`?")
+        }
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "data: { dir: images }\nmodel: { backbone: small_cnn }\n";
+
+    fn parse(text: &str) -> Result<Experiment, ConfigError> {
+        parse_str(text, Path::new("/exp/cats.yaml")).map_err(|e| e.first().clone())
+    }
+
+    #[test]
+    fn minimal_file_gets_keras_defaults_and_resolved_paths() {
+        let exp = parse(MINIMAL).unwrap();
+        assert_eq!(exp.name, "cats");
+        assert_eq!(exp.data.dir, PathBuf::from("/exp/images"));
+        assert_eq!(
+            (exp.data.image_size.height, exp.data.image_size.width),
+            (256, 256)
+        );
+        assert_eq!(exp.data.batch_size, 32);
+        assert_eq!(exp.frozen.lr, 1e-3);
+        assert_eq!(exp.finetune.lr, 1e-5);
+        assert!(!exp.finetune.train_bn);
+        assert_eq!(exp.data.augment.rescale, None);
+        assert_eq!(exp.device, "auto");
+        assert_eq!(
+            exp.model.weights,
+            Weights::None,
+            "small_cnn defaults to no weights"
+        );
+        let text = "data: { dir: x }\nmodel: { backbone: mobilenet_v2, weights: w/m.pth }\n";
+        let exp = parse(text).unwrap();
+        assert_eq!(exp.model.weights, Weights::File("/exp/w/m.pth".into()));
+        let exp = parse("data: { dir: /abs }\nmodel: { backbone: resnet18 }\n").unwrap();
+        assert_eq!(
+            (exp.model.weights, exp.data.dir),
+            (Weights::Imagenet, "/abs".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_the_closest_name() {
+        let err = parse(
+            "data: { dir: x }\nmodel: { backbone: small_cnn }\nfrozen:\n  epochs: 2\n  lrr: 0.1\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.position, Some((5, 3)), "{err}");
+        assert!(err.message.contains("unknown field `lrr`"), "{err}");
+        assert!(err.message.ends_with("did you mean `lr`?"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_at_their_position() {
+        let cases = [
+            (
+                "data: { dir: x, validation_split: 1.5 }\nmodel: { backbone: small_cnn }\n",
+                (1, 35),
+                "between 0 and 1",
+            ),
+            (
+                "data: { dir: x, batch_size: 0 }\nmodel: { backbone: small_cnn }\n",
+                (1, 29),
+                "at least 1",
+            ),
+            (
+                "data: { dir: x, image_size: 16 }\nmodel: { backbone: small_cnn }\n",
+                (1, 29),
+                "between 32 and 4096",
+            ),
+            (
+                "data: { dir: x }\nmodel: { backbone: small_cnn }\nfinetune:\n  lr: -0.1\n",
+                (4, 7),
+                "must be > 0",
+            ),
+            (
+                "data: { dir: x }\nmodel: { backbone: small_cnn }\ndevice: gpu\n",
+                (3, 9),
+                "cuda:N",
+            ),
+            (
+                "data: { dir: x }\nmodel: { backbone: resnet5 }\n",
+                (2, 20),
+                "did you mean `resnet50`?",
+            ),
+            (
+                "data: { dir: x }\nmodel: { backbone: small_cnn }\nfrozen: { epochs: many }\n",
+                (3, 19),
+                "invalid type",
+            ),
+        ];
+        for (text, pos, needle) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.position, Some(pos), "{err}");
+            assert!(err.message.contains(needle), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("/exp/cats.yaml:{}:{}: ", pos.0, pos.1)),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_range_problem_is_reported() {
+        let text = "data: { dir: x, batch_size: 0, validation_split: 0 }\nmodel: { backbone: small_cnn, dropout: 1.0 }\n";
+        let errs = parse_str(text, Path::new("e.yaml")).unwrap_err();
+        let got: Vec<_> = errs.0.iter().map(|e| e.position.unwrap()).collect();
+        assert_eq!(got, vec![(1, 50), (1, 29), (2, 40)], "{errs}");
+        let text = "data: { dir: x }\nmodel: { backbone: small_cnn, weights: imagenet }\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.position, Some((2, 40)), "{err}");
+        assert!(
+            err.message.contains("small_cnn has no ImageNet weights"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_position() {
+        let err = parse("data: { dir: x\nmodel: [\n").unwrap_err();
+        assert!(err.position.is_some(), "{err}");
+    }
+
+    #[test]
+    fn alias_bomb_is_refused_quickly() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text += &format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n");
+        }
+        text += "data: { dir: *a11 }\nmodel: { backbone: small_cnn }\n";
+        let start = std::time::Instant::now();
+        let err = parse(&text).unwrap_err();
+        assert!(start.elapsed().as_secs() < 5, "took {:?}", start.elapsed());
+        assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn huge_file_is_refused_before_reading() {
+        let dir = std::env::temp_dir().join(format!("tlcap-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("huge.yaml");
+        let f = std::fs::File::create(&file).unwrap();
+        f.set_len(100 << 20).unwrap(); // sparse: 100 MB without writing it
+        let err = load_file(&file).unwrap_err().first().clone();
+        assert!(err.message.contains("limited to"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn suggestion_only_for_close_names() {
+        assert!(
+            with_suggestion("unknown field `zzzzzzzz`, expected one of `lr`, `epochs`")
+                .ends_with("`epochs`")
+        );
+        assert!(
+            with_suggestion("unknown field `epoch`, expected one of `lr`, `epochs`")
+                .ends_with("did you mean `epochs`?")
+        );
+    }
+}

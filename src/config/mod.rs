@@ -1,0 +1,496 @@
+//! Experiment files: the schema, Keras-style defaults, validation with file/line/column,
+//! and the diff between two versions (what may change live, what needs a restart).
+
+mod diff;
+mod load;
+mod schema;
+mod validate;
+
+pub use diff::{diff, Change, ChangeKind};
+pub use load::{experiment_files, load_file, parse_str, ConfigError, ConfigErrors, MAX_FILE_BYTES};
+pub use schema::json_schema;
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Shown in the dashboard and used for the run folder; defaults to the file name.
+    #[serde(default)]
+    pub name: String,
+    /// The images: one sub-folder per class, like Keras `flow_from_directory`.
+    pub data: DataConfig,
+    /// The backbone and the new head.
+    pub model: ModelConfig,
+    /// Phase 1: backbone frozen, only the head trains.
+    #[serde(default)]
+    pub frozen: FrozenPhase,
+    /// Phase 2: the last N backbone layers unfrozen at a tiny learning rate.
+    #[serde(default)]
+    pub finetune: FinetunePhase,
+    /// When validation stops improving (Keras EarlyStopping / ReduceLROnPlateau semantics).
+    #[serde(default)]
+    pub stall: StallConfig,
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "defaults::device")]
+    #[schemars(regex(pattern = r"^(auto|cpu|cuda|cuda:[0-9]+)$"))]
+    pub device: String,
+    /// Seeds the split, the augmentation, the head's initial weights and dropout.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+}
+
+/// `data:` — where the images are and how they are fed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Folder with one sub-folder per class; relative to the experiment file.
+    pub dir: PathBuf,
+    /// Every image is resized once to this size: `224` or `[height, width]`, each >= 32.
+    #[serde(default)]
+    pub image_size: ImageSize,
+    /// Fraction of each class held out for validation, in (0, 1).
+    #[serde(default = "defaults::validation_split")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub validation_split: f64,
+    /// Images per batch, >= 1.
+    #[serde(default = "defaults::batch_size")]
+    #[schemars(range(min = 1))]
+    pub batch_size: usize,
+    /// Resampling used for the one-time resize (Keras default: nearest).
+    #[serde(default)]
+    pub interpolation: Interpolation,
+    /// Random augmentation of training images (never of validation images).
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+/// `data.augment:` — Keras `ImageDataGenerator` arguments, applied per batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Multiplies pixel values (0..255) after the geometric transforms, e.g. 1/255.
+    /// Only used by backbones without their own input normalisation (small_cnn);
+    /// pretrained backbones always get their own normalisation of pixel/255.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub rescale: Option<f64>,
+    /// Random rotation, uniform in [-r, r] degrees; 0..=180.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 180.0))]
+    pub rotation_range: f64,
+    /// Random horizontal shift, uniform in [-w, w] as a fraction of the width; 0..1.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub width_shift_range: f64,
+    /// Random vertical shift, uniform in [-h, h] as a fraction of the height; 0..1.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub height_shift_range: f64,
+    /// Mirror left-right with probability 0.5.
+    #[serde(default)]
+    pub horizontal_flip: bool,
+    /// Random zoom: `z` means a scale in [1-z, 1+z] for each axis; 0..1.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub zoom_range: f64,
+    /// How points outside the image are filled (Keras default: nearest).
+    #[serde(default)]
+    pub fill_mode: FillMode,
+    /// The fill value (0..255 pixel scale) for `fill_mode: constant`.
+    #[serde(default)]
+    pub cval: f64,
+}
+
+impl AugmentConfig {
+    /// True when some random transform is on (rescale is not random).
+    pub fn is_random(&self) -> bool {
+        self.rotation_range > 0.0
+            || self.width_shift_range > 0.0
+            || self.height_shift_range > 0.0
+            || self.zoom_range > 0.0
+            || self.horizontal_flip
+    }
+}
+
+/// `model:` — backbone, weights and head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The ImageNet backbone without its top, or `small_cnn` (no pretrained weights).
+    pub backbone: Backbone,
+    /// `imagenet` (files fetched by `make setup`), `none` (random init), or a path to
+    /// `.safetensors` / `.ot` / `.pth`, relative to the experiment file.
+    #[serde(default)]
+    pub weights: Weights,
+    /// Dropout rate before the new dense layer, in [0, 1).
+    #[serde(default = "defaults::dropout")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub dropout: f64,
+}
+
+/// `frozen:` — the head-only phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrozenPhase {
+    /// Number of epochs (0 skips the phase).
+    #[serde(default = "defaults::frozen_epochs")]
+    pub epochs: u32,
+    /// `adam` or `sgd`.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Learning rate, > 0 (Keras Adam default 0.001).
+    #[serde(default = "defaults::frozen_lr")]
+    #[schemars(range(min = 0.0))]
+    pub lr: f64,
+    /// SGD momentum in [0, 1) (Keras default 0); ignored by Adam.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub momentum: f64,
+}
+
+/// `finetune:` — the phase that unfreezes the last layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetunePhase {
+    /// Number of epochs (0 skips the phase).
+    #[serde(default = "defaults::finetune_epochs")]
+    pub epochs: u32,
+    /// `adam` or `sgd`.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Learning rate, > 0; tiny, e.g. 1e-5, so the pretrained features are not wrecked.
+    #[serde(default = "defaults::finetune_lr")]
+    #[schemars(range(min = 0.0))]
+    pub lr: f64,
+    /// SGD momentum in [0, 1); ignored by Adam.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub momentum: f64,
+    /// How many of the backbone's last layers to unfreeze, >= 1 (see the README for how
+    /// layers are counted).
+    #[serde(default = "defaults::unfreeze_last")]
+    #[schemars(range(min = 1))]
+    pub unfreeze_last: usize,
+    /// Let unfrozen BatchNorm layers update their statistics (default false: inference mode).
+    #[serde(default)]
+    pub train_bn: bool,
+}
+
+/// `stall:` — plateau detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StallConfig {
+    /// The metric watched.
+    #[serde(default)]
+    pub monitor: Monitor,
+    /// `auto` (max for accuracies, min for losses), `min` or `max`.
+    #[serde(default)]
+    pub mode: StallMode,
+    /// Epochs without improvement before the run counts as stalled.
+    #[serde(default = "defaults::patience")]
+    pub patience: u32,
+    /// The smallest change that counts as an improvement, >= 0.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub min_delta: f64,
+    /// Epochs to wait after a stall before watching again.
+    #[serde(default)]
+    pub cooldown: u32,
+    /// Epochs to wait before watching at all.
+    #[serde(default)]
+    pub start_from_epoch: u32,
+    /// `suggest` (banner only), `unfreeze` (start fine-tuning) or `stop`.
+    #[serde(default)]
+    pub on_stall: OnStall,
+}
+
+/// Image size after the one-time resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImageSize {
+    pub height: u32,
+    pub width: u32,
+}
+
+/// Supported backbones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backbone {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Resnet152,
+    MobilenetV2,
+    EfficientnetLite0,
+    EfficientnetLite1,
+    EfficientnetLite2,
+    EfficientnetLite3,
+    EfficientnetLite4,
+    /// A small CNN trained from scratch: fast tests and the no-transfer baseline.
+    SmallCnn,
+}
+
+/// Where the backbone's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The ImageNet file fetched by `make setup` for this backbone.
+    #[default]
+    Imagenet,
+    /// Random initialisation.
+    None,
+    /// A weight file (resolved against the experiment file's folder).
+    File(PathBuf),
+}
+
+/// Resampling filter for the one-time resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    #[default]
+    Nearest,
+    Bilinear,
+    Bicubic,
+}
+
+/// Keras `fill_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FillMode {
+    #[default]
+    Nearest,
+    Constant,
+    Reflect,
+}
+
+/// Optimizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    #[default]
+    Adam,
+    Sgd,
+}
+
+/// Metrics the stall detector can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    #[default]
+    ValAccuracy,
+    ValLoss,
+    Accuracy,
+    Loss,
+}
+
+/// Direction of improvement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StallMode {
+    #[default]
+    Auto,
+    Min,
+    Max,
+}
+
+/// What happens on a stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStall {
+    #[default]
+    Suggest,
+    Unfreeze,
+    Stop,
+}
+
+impl Default for ImageSize {
+    /// Keras `flow_from_directory` default target_size (256, 256).
+    fn default() -> Self {
+        ImageSize {
+            height: 256,
+            width: 256,
+        }
+    }
+}
+
+impl Default for FrozenPhase {
+    fn default() -> Self {
+        FrozenPhase {
+            epochs: defaults::frozen_epochs(),
+            optimizer: Optimizer::Adam,
+            lr: defaults::frozen_lr(),
+            momentum: 0.0,
+        }
+    }
+}
+
+impl Default for FinetunePhase {
+    fn default() -> Self {
+        FinetunePhase {
+            epochs: defaults::finetune_epochs(),
+            optimizer: Optimizer::Adam,
+            lr: defaults::finetune_lr(),
+            momentum: 0.0,
+            unfreeze_last: defaults::unfreeze_last(),
+            train_bn: false,
+        }
+    }
+}
+
+impl Default for StallConfig {
+    fn default() -> Self {
+        StallConfig {
+            monitor: Monitor::ValAccuracy,
+            mode: StallMode::Auto,
+            patience: defaults::patience(),
+            min_delta: 0.0,
+            cooldown: 0,
+            start_from_epoch: 0,
+            on_stall: OnStall::Suggest,
+        }
+    }
+}
+
+impl Backbone {
+    /// The name used in experiment files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backbone::Resnet18 => "resnet18",
+            Backbone::Resnet34 => "resnet34",
+            Backbone::Resnet50 => "resnet50",
+            Backbone::Resnet101 => "resnet101",
+            Backbone::Resnet152 => "resnet152",
+            Backbone::MobilenetV2 => "mobilenet_v2",
+            Backbone::EfficientnetLite0 => "efficientnet_lite0",
+            Backbone::EfficientnetLite1 => "efficientnet_lite1",
+            Backbone::EfficientnetLite2 => "efficientnet_lite2",
+            Backbone::EfficientnetLite3 => "efficientnet_lite3",
+            Backbone::EfficientnetLite4 => "efficientnet_lite4",
+            Backbone::SmallCnn => "small_cnn",
+        }
+    }
+
+    /// True for backbones that normalise their own input (every pretrained one).
+    pub fn has_own_normalisation(self) -> bool {
+        self != Backbone::SmallCnn
+    }
+}
+
+mod defaults {
+    pub fn device() -> String {
+        "auto".into()
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn validation_split() -> f64 {
+        0.2
+    }
+    pub fn batch_size() -> usize {
+        32
+    }
+    pub fn dropout() -> f64 {
+        0.2
+    }
+    pub fn frozen_epochs() -> u32 {
+        10
+    }
+    pub fn frozen_lr() -> f64 {
+        1e-3
+    }
+    pub fn finetune_epochs() -> u32 {
+        10
+    }
+    pub fn finetune_lr() -> f64 {
+        1e-5
+    }
+    pub fn unfreeze_last() -> usize {
+        20
+    }
+    pub fn patience() -> u32 {
+        3
+    }
+}
+
+mod image_size_serde {
+    use super::ImageSize;
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// Sizes are range-checked by `validate`; here only the shape is read.
+    fn side<E: de::Error>(v: u64) -> Result<u32, E> {
+        u32::try_from(v).map_err(|_| E::custom(format!("image_size {v} is too large")))
+    }
+
+    struct SizeVisitor;
+    impl<'de> Visitor<'de> for SizeVisitor {
+        type Value = ImageSize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a size in pixels (224) or [height, width]")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ImageSize, E> {
+            let s = side(v)?;
+            Ok(ImageSize {
+                height: s,
+                width: s,
+            })
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ImageSize, E> {
+            let v = u64::try_from(v)
+                .map_err(|_| E::custom(format!("image_size must be positive, got {v}")))?;
+            self.visit_u64(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageSize, A::Error> {
+            let h: u64 = seq
+                .next_element()?
+                .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+            let w: u64 = seq
+                .next_element()?
+                .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+            if seq.next_element::<u64>()?.is_some() {
+                return Err(de::Error::invalid_length(3, &self));
+            }
+            Ok(ImageSize {
+                height: side(h)?,
+                width: side(w)?,
+            })
+        }
+    }
+
+    impl<'de> de::Deserialize<'de> for ImageSize {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(SizeVisitor)
+        }
+    }
+}
+
+mod weights_serde {
+    use super::Weights;
+    use serde::de::{Deserialize, Deserializer};
+    use serde::ser::{Serialize, Serializer};
+
+    impl Serialize for Weights {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Weights::Imagenet => s.serialize_str("imagenet"),
+                Weights::None => s.serialize_str("none"),
+                Weights::File(p) => s.serialize_str(&p.to_string_lossy()),
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Weights {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = String::deserialize(d)?;
+            Ok(match s.as_str() {
+                "imagenet" => Weights::Imagenet,
+                "none" => Weights::None,
+                _ => Weights::File(s.into()),
+            })
+        }
+    }
+}

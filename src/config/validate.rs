@@ -1,0 +1,211 @@
+//! Range and consistency checks on a parsed experiment, and the YAML positions that let
+//! each problem point at the offending value.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, Parser};
+
+use super::{Backbone, Experiment, Weights};
+
+/// A problem found after parsing: the dotted path of the setting and what is wrong.
+pub type Problem = (&'static str, String);
+
+/// Every range or consistency problem in `exp`, in file order.
+pub fn validate(exp: &Experiment) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut check = |ok: bool, path: &'static str, msg: String| {
+        if !ok {
+            out.push((path, msg));
+        }
+    };
+    let size = exp.data.image_size;
+    for side in [size.height, size.width] {
+        check(
+            (32..=4096).contains(&side),
+            "data.image_size",
+            format!("image_size must be between 32 and 4096 pixels, got {side}"),
+        );
+    }
+    let split = exp.data.validation_split;
+    check(
+        split > 0.0 && split < 1.0,
+        "data.validation_split",
+        format!("validation_split must be between 0 and 1 (exclusive), got {split}"),
+    );
+    check(
+        exp.data.batch_size >= 1,
+        "data.batch_size",
+        format!("batch_size must be at least 1, got {}", exp.data.batch_size),
+    );
+    let aug = &exp.data.augment;
+    if let Some(r) = aug.rescale {
+        check(
+            r > 0.0 && r.is_finite(),
+            "data.augment.rescale",
+            format!("rescale must be > 0, got {r}"),
+        );
+    }
+    check(
+        (0.0..=180.0).contains(&aug.rotation_range),
+        "data.augment.rotation_range",
+        format!(
+            "rotation_range must be in 0..=180 degrees, got {}",
+            aug.rotation_range
+        ),
+    );
+    for (path, v) in [
+        ("data.augment.width_shift_range", aug.width_shift_range),
+        ("data.augment.height_shift_range", aug.height_shift_range),
+        ("data.augment.zoom_range", aug.zoom_range),
+    ] {
+        check(
+            (0.0..1.0).contains(&v),
+            path,
+            format!("{} must be a fraction in [0, 1), got {v}", leaf(path)),
+        );
+    }
+    check(
+        (0.0..=255.0).contains(&aug.cval),
+        "data.augment.cval",
+        format!("cval is a pixel value in 0..=255, got {}", aug.cval),
+    );
+    check(
+        (0.0..1.0).contains(&exp.model.dropout),
+        "model.dropout",
+        format!("dropout must be in [0, 1), got {}", exp.model.dropout),
+    );
+    if exp.model.backbone == Backbone::SmallCnn {
+        check(
+            exp.model.weights != Weights::Imagenet,
+            "model.weights",
+            "small_cnn has no ImageNet weights: use `weights: none` or a file".into(),
+        );
+    }
+    for (prefix, lr, momentum) in [
+        ("frozen", exp.frozen.lr, exp.frozen.momentum),
+        ("finetune", exp.finetune.lr, exp.finetune.momentum),
+    ] {
+        let (lr_path, m_path) = if prefix == "frozen" {
+            ("frozen.lr", "frozen.momentum")
+        } else {
+            ("finetune.lr", "finetune.momentum")
+        };
+        check(
+            lr > 0.0 && lr.is_finite(),
+            lr_path,
+            format!("learning rate must be > 0, got {lr}"),
+        );
+        check(
+            (0.0..1.0).contains(&momentum),
+            m_path,
+            format!("momentum must be in [0, 1), got {momentum}"),
+        );
+    }
+    check(
+        exp.finetune.unfreeze_last >= 1,
+        "finetune.unfreeze_last",
+        "unfreeze_last must be at least 1".into(),
+    );
+    check(
+        exp.stall.min_delta >= 0.0 && exp.stall.min_delta.is_finite(),
+        "stall.min_delta",
+        format!("min_delta must be >= 0, got {}", exp.stall.min_delta),
+    );
+    let dev = exp.device.as_str();
+    check(
+        matches!(dev, "auto" | "cpu" | "cuda")
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok()),
+        "device",
+        format!("device must be auto, cpu, cuda or cuda:N, got `{dev}`"),
+    );
+    out
+}
+
+fn leaf(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+/// Maps the dotted path of every value in a YAML text (`frozen.lr`, `data.image_size.0`)
+/// to its 1-based (line, column). Stops quietly at a syntax error: positions found so far
+/// are kept. Aliases are not expanded, so this is linear in the text.
+pub fn value_positions(text: &str) -> HashMap<String, (usize, usize)> {
+    enum Frame {
+        Map { key: Option<String> },
+        Seq { index: usize },
+    }
+    fn path(stack: &[Frame]) -> String {
+        let parts: Vec<String> = stack
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Map { key } => key.clone(),
+                Frame::Seq { index } => Some(index.to_string()),
+            })
+            .collect();
+        parts.join(".")
+    }
+    let mut out = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut parser = Parser::new_from_str(text);
+    while let Ok((event, mark)) = parser.next_token() {
+        let is_value = match event {
+            Event::Scalar(..)
+            | Event::MappingStart(..)
+            | Event::SequenceStart(..)
+            | Event::Alias(_) => true,
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                advance(&mut stack);
+                continue;
+            }
+            Event::StreamEnd => break,
+            _ => continue,
+        };
+        debug_assert!(is_value);
+        // A scalar where a mapping expects a key is the key itself.
+        if let (Some(Frame::Map { key: key @ None }), Event::Scalar(s, ..)) =
+            (stack.last_mut(), &event)
+        {
+            *key = Some(s.clone());
+            continue;
+        }
+        if !stack.is_empty() {
+            out.entry(path(&stack))
+                .or_insert((mark.line(), mark.col() + 1));
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Frame::Map { key: None }),
+            Event::SequenceStart(..) => stack.push(Frame::Seq { index: 0 }),
+            _ => advance(&mut stack),
+        }
+    }
+
+    /// After a value: a mapping expects its next key, a sequence its next index.
+    fn advance(stack: &mut [Frame]) {
+        match stack.last_mut() {
+            Some(Frame::Map { key }) => *key = None,
+            Some(Frame::Seq { index }) => *index += 1,
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_cover_block_and_flow_styles() {
+        let text =
+            "name: x\ndata:\n  dir: d\n  image_size: [160, 200]\nfrozen: { epochs: 2, lr: 0.1 }\n";
+        let pos = value_positions(text);
+        assert_eq!(pos["name"], (1, 7));
+        assert_eq!(pos["data.dir"], (3, 8));
+        assert_eq!(pos["data.image_size"], (4, 15));
+        assert_eq!(pos["data.image_size.1"], (4, 21));
+        assert_eq!(pos["frozen.epochs"], (5, 19));
+        assert_eq!(pos["frozen.lr"], (5, 26));
+    }
+}

@@ -1,0 +1,110 @@
+//! Experiment files as users write them: the shipped ones, the schema, `check`, `schema`.
+
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tlcap(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn shipped() -> Vec<std::path::PathBuf> {
+    let files = tlcap::config::experiment_files(&Path::new(ROOT).join("experiments")).unwrap();
+    assert!(files.len() >= 4, "shipped experiments: {files:?}");
+    files
+}
+
+#[test]
+fn committed_schema_is_the_generated_one() {
+    let committed =
+        std::fs::read_to_string(Path::new(ROOT).join("schema/experiment.schema.json")).unwrap();
+    let (code, printed, _) = tlcap(&["schema"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        committed.trim(),
+        printed.trim(),
+        "regenerate with: target/release/tlcap-tui schema > schema/experiment.schema.json"
+    );
+}
+
+#[test]
+fn the_schema_validates_the_shipped_experiments_and_rejects_bad_ones() {
+    let schema: serde_json::Value = serde_json::from_str(&tlcap::config::json_schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for file in shipped() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let yaml: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&yaml)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=../schema/experiment.schema.json")
+        );
+    }
+    let bad: serde_json::Value = serde_yaml::from_str(
+        "data: { dir: x, batch_size: 0 }\nmodel: { backbone: resnet5, dropot: 1 }\n",
+    )
+    .unwrap();
+    assert!(validator.iter_errors(&bad).count() >= 3);
+}
+
+#[test]
+fn check_accepts_the_shipped_experiments() {
+    let (code, out, err) = tlcap(&["check", &format!("{ROOT}/experiments")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        shipped().len(),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_prints_every_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(
+        &a,
+        "data: { dir: x, batch_size: 0 }\nmodel: { backbone: small_cnn, dropout: 2 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        "data: { dir: x }\nmodel:\n  backbone: resnet50\n  dropot: 0.3\n",
+    )
+    .unwrap();
+    let (code, out, err) = tlcap(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "{}:1:29: batch_size must be at least 1",
+            a.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}:2:40: dropout must be in [0, 1)", a.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:4:3: model: unknown field `dropot`",
+            b.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `dropout`?"), "{out}");
+    assert!(err.contains("2 of 2 experiment file(s) invalid"), "{err}");
+}
