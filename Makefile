@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: setup run test lint doctor
+.PHONY: setup run test lint doctor bench
 setup:
 	$(PYTHON) scripts/setup.py all
 
@@ -20,3 +20,7 @@ test: setup lint
 
 doctor: setup
 	$(CARGO) run --release -- doctor
+
+# Benchmarks print figures (images/s); they assert nothing about time.
+bench: setup
+	$(CARGO) bench --bench decode

@@ -27,6 +27,11 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Load an experiment's images and print a dataset report (classes, split, skipped files, speed).
+    Data {
+        /// The experiment file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Check { files } => check(&files),
+        Command::Data { file } => data_report(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,5 +79,26 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     if invalid > 0 {
         bail!("{invalid} of {} experiment file(s) invalid", files.len());
     }
+    Ok(())
+}
+
+/// `tlcap-tui data`: loads the images with a progress line on stderr, prints the report.
+fn data_report(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let exp = tlcap::config::load_file(file)?;
+    let tty = std::io::stderr().is_terminal();
+    let progress = |done: usize, total: usize| {
+        if tty {
+            eprint!("\rdecoding {done}/{total} images");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let dataset = tlcap::data::Dataset::load(&exp, &progress)?;
+    if tty {
+        eprintln!();
+    }
+    println!("experiment           {} ({})", exp.name, file.display());
+    println!("data folder          {}", exp.data.dir.display());
+    println!("{dataset}");
     Ok(())
 }

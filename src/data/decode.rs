@@ -1,0 +1,165 @@
+//! Decoding and resizing every image once, in parallel, into one uint8 NCHW buffer.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, Limits};
+use rayon::prelude::*;
+
+use super::Skipped;
+use crate::config::{ImageSize, Interpolation};
+
+/// Images whose header claims more pixels than this per side are refused (decompression bombs).
+pub const MAX_SIDE: u32 = 16_384;
+/// The most memory a single decode may allocate.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
+/// Decoded images: `pixels` holds `count` images of 3 x height x width bytes, in order.
+pub struct Decoded {
+    pub pixels: Vec<u8>,
+    /// For each input file, its image index in `pixels`, or None when it was skipped.
+    pub index: Vec<Option<usize>>,
+    pub skipped: Vec<Skipped>,
+    /// (width, height) of the originals, with how many had that size.
+    pub sizes_seen: Vec<((u32, u32), usize)>,
+}
+
+fn filter(i: Interpolation) -> FilterType {
+    match i {
+        Interpolation::Nearest => FilterType::Nearest,
+        Interpolation::Bilinear => FilterType::Triangle,
+        Interpolation::Bicubic => FilterType::CatmullRom,
+    }
+}
+
+/// Decodes one file into `out` (3 x h x w bytes, channel-major); returns the original size.
+/// Grayscale becomes three equal channels; alpha is dropped.
+pub fn decode_into(
+    path: &Path,
+    size: ImageSize,
+    interp: Interpolation,
+    out: &mut [u8],
+) -> Result<(u32, u32), String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("unreadable: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("unreadable: {e}"))?
+        .len();
+    if len > MAX_DECODE_BYTES {
+        return Err(format!(
+            "file is {len} bytes; the limit is {MAX_DECODE_BYTES}"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not an image (unrecognised content)".into());
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => format!("too large to decode safely: {l}"),
+        image::ImageError::Unsupported(u) => format!("unsupported format: {u}"),
+        other => format!("corrupt or truncated: {other}"),
+    })?;
+    let original = (img.width(), img.height());
+    let (w, h) = (size.width, size.height);
+    let plane = (w * h) as usize;
+    let f = filter(interp);
+    match img {
+        DynamicImage::ImageLuma8(gray) => {
+            let gray = if original == (w, h) {
+                gray
+            } else {
+                image::imageops::resize(&gray, w, h, f)
+            };
+            for c in 0..3 {
+                out[c * plane..(c + 1) * plane].copy_from_slice(gray.as_raw());
+            }
+        }
+        other => {
+            let rgb = other.to_rgb8();
+            let rgb = if original == (w, h) {
+                rgb
+            } else {
+                image::imageops::resize(&rgb, w, h, f)
+            };
+            for (i, px) in rgb.pixels().enumerate() {
+                out[i] = px[0];
+                out[plane + i] = px[1];
+                out[2 * plane + i] = px[2];
+            }
+        }
+    }
+    Ok(original)
+}
+
+/// Decodes all files on all cores. `progress(done, total)` is called as files finish.
+/// Broken files are skipped with their reason, never fatal.
+pub fn decode_all(
+    files: &[PathBuf],
+    size: ImageSize,
+    interp: Interpolation,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Decoded {
+    let per_image = 3 * (size.height * size.width) as usize;
+    let mut pixels = vec![0u8; per_image * files.len()];
+    let done = AtomicUsize::new(0);
+    let total = files.len();
+    let results: Vec<Result<(u32, u32), String>> = pixels
+        .par_chunks_mut(per_image.max(1))
+        .zip(files.par_iter())
+        .map(|(out, path)| {
+            let r = decode_into(path, size, interp, out);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == total || n.is_multiple_of(64) {
+                progress(n, total);
+            }
+            r
+        })
+        .collect();
+    // Compact: move every good image down over the skipped ones.
+    let mut index = Vec::with_capacity(total);
+    let mut skipped = Vec::new();
+    let mut sizes: std::collections::BTreeMap<(u32, u32), usize> = Default::default();
+    let mut next = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(orig) => {
+                if next != i {
+                    pixels.copy_within(i * per_image..(i + 1) * per_image, next * per_image);
+                }
+                *sizes.entry(orig).or_default() += 1;
+                index.push(Some(next));
+                next += 1;
+            }
+            Err(reason) => {
+                skipped.push(Skipped {
+                    path: files[i].clone(),
+                    reason,
+                });
+                index.push(None);
+            }
+        }
+    }
+    pixels.truncate(next * per_image);
+    pixels.shrink_to_fit();
+    Decoded {
+        pixels,
+        index,
+        skipped,
+        sizes_seen: sizes.into_iter().collect(),
+    }
+}

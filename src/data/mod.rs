@@ -1,0 +1,330 @@
+//! Image data: `flow_from_directory` folders, the seeded stratified split, decoding once
+//! into memory, batched augmentation, and the input normalisation of each backbone.
+
+mod augment;
+mod decode;
+mod scan;
+mod split;
+
+pub use augment::{apply as augment_batch, Transform};
+pub use decode::{decode_all, decode_into, Decoded, MAX_DECODE_BYTES, MAX_SIDE};
+pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
+pub use split::stratified_split;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use crate::config::{AugmentConfig, Backbone, Experiment, ImageSize};
+
+/// A file left out of the dataset, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Problems that stop a dataset from loading (broken single files never do).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read data folder {0}: {1}")]
+    Folder(PathBuf, String),
+    #[error("{0} needs at least two class sub-folders, found {1:?}")]
+    TooFewClasses(PathBuf, Vec<String>),
+    #[error("class folder {0} has no images (png, jpg, jpeg, bmp, gif, webp, tif, tiff)")]
+    EmptyClass(PathBuf),
+    #[error("class `{0}` has no readable images (all were skipped)")]
+    NoReadableImages(String),
+    #[error(
+        "the decoded images need {needed_mb} MB but the memory budget is {budget_mb} MB \
+         (half of the available memory); lower data.image_size or use fewer images"
+    )]
+    TooBig { needed_mb: u64, budget_mb: u64 },
+}
+
+/// The images of one experiment, decoded and resized once, with their split.
+pub struct Dataset {
+    pub classes: Vec<String>,
+    pub size: ImageSize,
+    /// uint8, `[N, 3, H, W]` in memory order.
+    pixels: Vec<u8>,
+    /// Class index of each image.
+    pub labels: Vec<usize>,
+    /// Image indices of the training and validation sets.
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub skipped: Vec<Skipped>,
+    pub sizes_seen: Vec<((u32, u32), usize)>,
+    pub load_seconds: f64,
+    /// Files found (decoded + skipped).
+    pub files_found: usize,
+}
+
+/// Memory that decoded images may take: half of `MemAvailable`.
+pub fn memory_budget_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(4 << 20);
+    kb * 1024 / 2
+}
+
+impl Dataset {
+    /// Scans, splits and decodes the experiment's data. `progress(done, total)` reports
+    /// decoding progress.
+    pub fn load(
+        exp: &Experiment,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Dataset, DataError> {
+        let start = Instant::now();
+        let found = scan(&exp.data.dir)?;
+        let size = exp.data.image_size;
+        let per_image = 3 * size.height as u64 * size.width as u64;
+        let needed = per_image * found.files.len() as u64;
+        let budget = memory_budget_bytes();
+        if needed > budget {
+            return Err(DataError::TooBig {
+                needed_mb: needed >> 20,
+                budget_mb: budget >> 20,
+            });
+        }
+        let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
+        let decoded = decode_all(&paths, size, exp.data.interpolation, progress);
+        let labels: Vec<usize> = found
+            .files
+            .iter()
+            .zip(&decoded.index)
+            .filter(|(_, i)| i.is_some())
+            .map(|((_, label), _)| *label)
+            .collect();
+        for (class, name) in found.classes.iter().enumerate() {
+            if !labels.contains(&class) {
+                return Err(DataError::NoReadableImages(name.clone()));
+            }
+        }
+        let (train, val) = stratified_split(
+            &labels,
+            found.classes.len(),
+            exp.data.validation_split,
+            exp.seed,
+        );
+        let found_skipped = found.skipped.len();
+        let mut skipped = found.skipped;
+        skipped.extend(decoded.skipped);
+        Ok(Dataset {
+            classes: found.classes,
+            size,
+            pixels: decoded.pixels,
+            labels,
+            train,
+            val,
+            files_found: paths.len() + found_skipped,
+            skipped,
+            sizes_seen: decoded.sizes_seen,
+            load_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Number of decoded images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when no image was decoded.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes held by the decoded images.
+    pub fn memory_bytes(&self) -> usize {
+        self.pixels.len()
+    }
+
+    /// The raw pixels of the given images: uint8 `[B, 3, H, W]`.
+    pub fn pixels(&self, images: &[usize]) -> Tensor {
+        let per = 3 * (self.size.height * self.size.width) as usize;
+        let mut buf = Vec::with_capacity(per * images.len());
+        for &i in images {
+            buf.extend_from_slice(&self.pixels[i * per..(i + 1) * per]);
+        }
+        Tensor::from_slice(&buf).view([
+            images.len() as i64,
+            3,
+            self.size.height as i64,
+            self.size.width as i64,
+        ])
+    }
+
+    /// Class indices of the given images, int64 `[B]`.
+    pub fn label_tensor(&self, images: &[usize]) -> Tensor {
+        let labels: Vec<i64> = images.iter().map(|&i| self.labels[i] as i64).collect();
+        Tensor::from_slice(&labels)
+    }
+
+    /// The training set in batches, shuffled differently (and reproducibly) each epoch.
+    pub fn train_batches(&self, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order = self.train.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        order
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// The validation set in fixed batches.
+    pub fn val_batches(&self, batch_size: usize) -> Vec<Vec<usize>> {
+        self.val
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// A training batch: augmented float32 pixels (0..255) and labels. `rng` draws the
+    /// augmentation; seed it from (seed, epoch, batch) for reproducible runs.
+    pub fn train_batch(
+        &self,
+        images: &[usize],
+        augment: &AugmentConfig,
+        rng: &mut impl rand::Rng,
+    ) -> (Tensor, Tensor) {
+        let (h, w) = (self.size.height as i64, self.size.width as i64);
+        let transforms: Vec<Transform> = images
+            .iter()
+            .map(|_| Transform::draw(augment, w, h, rng))
+            .collect();
+        let x = augment_batch(
+            &self.pixels(images),
+            &transforms,
+            augment.fill_mode,
+            augment.cval,
+        );
+        (x, self.label_tensor(images))
+    }
+
+    /// A validation batch: float32 pixels (0..255), never augmented, and labels.
+    pub fn val_batch(&self, images: &[usize]) -> (Tensor, Tensor) {
+        (
+            self.pixels(images).to_kind(Kind::Float),
+            self.label_tensor(images),
+        )
+    }
+
+    /// Images per class in (train, validation).
+    pub fn split_counts(&self) -> Vec<(usize, usize)> {
+        let mut counts = vec![(0, 0); self.classes.len()];
+        for &i in &self.train {
+            counts[self.labels[i]].0 += 1;
+        }
+        for &i in &self.val {
+            counts[self.labels[i]].1 += 1;
+        }
+        counts
+    }
+}
+
+/// How pixels (float, 0..255, after augmentation) become model input.
+///
+/// Pretrained backbones get exactly the normalisation they were trained with, applied to
+/// pixel/255, whatever `rescale` says, so `rescale: 1/255` plus ImageNet mean/std can never
+/// scale twice. Backbones without their own normalisation (small_cnn) get `pixel * rescale`
+/// (Keras: rescale unset means raw 0..255 values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Normalisation {
+    /// torchvision: (pixel/255 - mean) / std with the ImageNet mean and std.
+    ImageNet,
+    /// EfficientNet-Lite: pixel/255 mapped to [-1, 1].
+    MinusOneToOne,
+    /// pixel * factor.
+    Rescale(f64),
+}
+
+const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+impl Normalisation {
+    /// The normalisation for a backbone, given the file's `rescale`.
+    pub fn for_model(backbone: Backbone, rescale: Option<f64>) -> Normalisation {
+        match backbone {
+            Backbone::SmallCnn => Normalisation::Rescale(rescale.unwrap_or(1.0)),
+            Backbone::EfficientnetLite0
+            | Backbone::EfficientnetLite1
+            | Backbone::EfficientnetLite2
+            | Backbone::EfficientnetLite3
+            | Backbone::EfficientnetLite4 => Normalisation::MinusOneToOne,
+            _ => Normalisation::ImageNet,
+        }
+    }
+
+    /// Applies it to a float batch `[B, 3, H, W]` on the 0..255 scale.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match *self {
+            Normalisation::ImageNet => {
+                let mean = Tensor::from_slice(&IMAGENET_MEAN)
+                    .view([1, 3, 1, 1])
+                    .to_kind(Kind::Float)
+                    .to_device(x.device());
+                let std = Tensor::from_slice(&IMAGENET_STD)
+                    .view([1, 3, 1, 1])
+                    .to_kind(Kind::Float)
+                    .to_device(x.device());
+                (x / 255.0 - mean) / std
+            }
+            Normalisation::MinusOneToOne => x / 127.5 - 1.0,
+            Normalisation::Rescale(f) => x * f,
+        }
+    }
+}
+
+impl fmt::Display for Dataset {
+    /// The dataset report printed by `tlcap-tui data`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<20} {:>7} {:>7} {:>7}",
+            "class", "train", "val", "total"
+        )?;
+        let counts = self.split_counts();
+        for (name, (t, v)) in self.classes.iter().zip(&counts) {
+            writeln!(f, "{name:<20} {t:>7} {v:>7} {:>7}", t + v)?;
+        }
+        let (t, v): (usize, usize) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+        writeln!(f, "{:<20} {t:>7} {v:>7} {:>7}", "all", t + v)?;
+        let sizes: Vec<String> = self
+            .sizes_seen
+            .iter()
+            .map(|((w, h), n)| format!("{w}x{h} ({n})"))
+            .collect();
+        writeln!(f, "image sizes seen     {}", sizes.join(", "))?;
+        writeln!(
+            f,
+            "resized to           {}x{} (width x height), {} MB in memory as uint8",
+            self.size.width,
+            self.size.height,
+            self.memory_bytes() >> 20
+        )?;
+        writeln!(
+            f,
+            "load time            {:.2} s ({:.0} images/s)",
+            self.load_seconds,
+            self.len() as f64 / self.load_seconds.max(1e-9)
+        )?;
+        write!(f, "skipped              {}", self.skipped.len())?;
+        for s in self.skipped.iter().take(10) {
+            write!(f, "\n  {}: {}", s.path.display(), s.reason)?;
+        }
+        if self.skipped.len() > 10 {
+            write!(f, "\n  ... and {} more", self.skipped.len() - 10)?;
+        }
+        Ok(())
+    }
+}
