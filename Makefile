@@ -10,6 +10,8 @@ setup:
 run: setup
 	$(CARGO) build --release
 	./target/release/tlcap-tui doctor
+	./target/release/tlcap-tui check experiments
+	./target/release/tlcap-tui data experiments/elpv-mobilenet_v2.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check
