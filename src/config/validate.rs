@@ -81,15 +81,20 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
             "small_cnn has no ImageNet weights: use `weights: none` or a file".into(),
         );
     }
-    for (prefix, lr, momentum) in [
-        ("frozen", exp.frozen.lr, exp.frozen.momentum),
-        ("finetune", exp.finetune.lr, exp.finetune.momentum),
+    for (lr_path, lr, m_path, momentum) in [
+        (
+            "frozen.lr",
+            exp.frozen.lr,
+            "frozen.momentum",
+            exp.frozen.momentum,
+        ),
+        (
+            "finetune.lr",
+            exp.finetune.lr,
+            "finetune.momentum",
+            exp.finetune.momentum,
+        ),
     ] {
-        let (lr_path, m_path) = if prefix == "frozen" {
-            ("frozen.lr", "frozen.momentum")
-        } else {
-            ("finetune.lr", "finetune.momentum")
-        };
         check(
             lr > 0.0 && lr.is_finite(),
             lr_path,
@@ -149,11 +154,11 @@ pub fn value_positions(text: &str) -> HashMap<String, (usize, usize)> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut parser = Parser::new_from_str(text);
     while let Ok((event, mark)) = parser.next_token() {
-        let is_value = match event {
+        match event {
             Event::Scalar(..)
             | Event::MappingStart(..)
             | Event::SequenceStart(..)
-            | Event::Alias(_) => true,
+            | Event::Alias(_) => {}
             Event::MappingEnd | Event::SequenceEnd => {
                 stack.pop();
                 advance(&mut stack);
@@ -161,8 +166,7 @@ pub fn value_positions(text: &str) -> HashMap<String, (usize, usize)> {
             }
             Event::StreamEnd => break,
             _ => continue,
-        };
-        debug_assert!(is_value);
+        }
         // A scalar where a mapping expects a key is the key itself.
         if let (Some(Frame::Map { key: key @ None }), Event::Scalar(s, ..)) =
             (stack.last_mut(), &event)
