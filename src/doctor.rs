@@ -118,7 +118,9 @@ pub fn run() -> Result<Report> {
     const FIX: &str = "run `make setup` (or `python3 scripts/setup.py libtorch`) and rebuild; \
                        to use the project's own libtorch, unset LIBTORCH";
     let with_fix = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n  fix: {FIX}");
-    if let Ok(value) = std::env::var("LIBTORCH") {
+    // torch-sys ignores LIBTORCH when LIBTORCH_USE_PYTORCH is set; so does doctor.
+    let use_pytorch = std::env::var_os("LIBTORCH_USE_PYTORCH").is_some();
+    if let (Ok(value), false) = (std::env::var("LIBTORCH"), use_pytorch) {
         check_libtorch_setting(&value).map_err(with_fix)?;
     }
     let libtorch_dir = loaded_libtorch_dir().map_err(with_fix)?;

@@ -57,14 +57,27 @@ fn main() -> ExitCode {
 /// `tlcap-tui check`: prints `ok` or every error per file; fails if any file is invalid.
 fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut files = Vec::new();
+    let mut invalid = 0;
     for path in paths {
-        if path.is_dir() {
-            files.extend(tlcap::config::experiment_files(path)?);
-        } else {
+        if !path.is_dir() {
             files.push(path.clone());
+            continue;
+        }
+        match tlcap::config::experiment_files(path) {
+            Ok(found) if found.is_empty() => {
+                invalid += 1;
+                println!(
+                    "error   {}: no *.yaml or *.yml files in this folder",
+                    path.display()
+                );
+            }
+            Ok(found) => files.extend(found),
+            Err(e) => {
+                invalid += 1;
+                println!("error   {}: cannot read folder: {e}", path.display());
+            }
         }
     }
-    let mut invalid = 0;
     for file in &files {
         match tlcap::config::load_file(file) {
             Ok(exp) => println!("ok      {} ({})", file.display(), exp.name),
@@ -77,7 +90,10 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     if invalid > 0 {
-        bail!("{invalid} of {} experiment file(s) invalid", files.len());
+        bail!(
+            "{invalid} of {} experiment file(s) or folder(s) invalid",
+            files.len().max(invalid)
+        );
     }
     Ok(())
 }

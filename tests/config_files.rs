@@ -106,5 +106,15 @@ fn check_prints_every_error_with_file_line_and_column() {
         "{out}"
     );
     assert!(out.contains("did you mean `dropout`?"), "{out}");
-    assert!(err.contains("2 of 2 experiment file(s) invalid"), "{err}");
+    assert!(
+        err.contains("2 of 2 experiment file(s) or folder(s) invalid"),
+        "{err}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out, _) = tlcap(&["check", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no *.yaml or *.yml files in this folder"),
+        "{out}"
+    );
 }

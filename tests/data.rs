@@ -56,6 +56,13 @@ fn counts_split_and_broken_files() {
     std::fs::write(bad.join("truncated.jpg"), &jpg[..jpg.len() / 2]).unwrap();
     std::fs::write(bad.join("bomb.bmp"), bmp_header(100_000, 100_000)).unwrap();
     std::os::unix::fs::symlink(root.join("missing.png"), bad.join("dangling.png")).unwrap();
+    // Hidden folders are not data: neither loaded nor reported.
+    std::fs::create_dir_all(root.join("a/.ipynb_checkpoints")).unwrap();
+    std::fs::copy(
+        root.join("a/2.png"),
+        root.join("a/.ipynb_checkpoints/2.png"),
+    )
+    .unwrap();
 
     let progress = std::sync::Mutex::new(Vec::new());
     let report = |done: usize, total: usize| progress.lock().unwrap().push((done, total));

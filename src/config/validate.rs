@@ -19,13 +19,16 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         }
     };
     let size = exp.data.image_size;
-    for side in [size.height, size.width] {
-        check(
-            (32..=4096).contains(&side),
-            "data.image_size",
-            format!("image_size must be between 32 and 4096 pixels, got {side}"),
-        );
-    }
+    check(
+        [size.height, size.width]
+            .iter()
+            .all(|s| (32..=4096).contains(s)),
+        "data.image_size",
+        format!(
+            "image_size sides must be between 32 and 4096 pixels, got {}x{} (height x width)",
+            size.height, size.width
+        ),
+    );
     let split = exp.data.validation_split;
     check(
         split > 0.0 && split < 1.0,

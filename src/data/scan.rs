@@ -37,7 +37,13 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
     let mut skipped = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let mut found: Vec<PathBuf> = Vec::new();
-        for entry in walkdir::WalkDir::new(dir.join(class)).follow_links(true) {
+        let walk = walkdir::WalkDir::new(dir.join(class))
+            .follow_links(true)
+            .into_iter();
+        // Hidden files and folders (.ipynb_checkpoints, .thumbnails) are not data.
+        for entry in walk
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
+        {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -52,7 +58,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
                     continue;
                 }
             };
-            if entry.file_type().is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
+            if entry.file_type().is_dir() {
                 continue;
             }
             let ext = entry

@@ -22,9 +22,8 @@ pub fn stratified_split(
         items.shuffle(&mut rng);
         let n = items.len();
         let mut n_val = (n as f64 * fraction).round() as usize;
-        if n >= 2 {
-            n_val = n_val.clamp(1, n - 1);
-        }
+        // A class keeps at least one image on each side; a lone image trains.
+        n_val = if n >= 2 { n_val.clamp(1, n - 1) } else { 0 };
         val.extend_from_slice(&items[..n_val.min(n)]);
         train.extend_from_slice(&items[n_val.min(n)..]);
     }
@@ -54,5 +53,11 @@ mod tests {
         let labels = vec![0, 0, 1, 1, 1];
         let (train, val) = stratified_split(&labels, 2, 0.01, 1);
         assert_eq!((train.len(), val.len()), (3, 2));
+        let (train, val) = stratified_split(&[0, 1, 1], 2, 0.9, 1);
+        assert_eq!(
+            (train.len(), val.len()),
+            (2, 1),
+            "the lone image of class 0 trains"
+        );
     }
 }
