@@ -46,6 +46,18 @@ fn doctor_with_a_broken_libtorch_setting_says_how_to_fix_it() {
         stderr.lines().count() <= 3,
         "a short message, not a wall: {stderr}"
     );
+    // With LIBTORCH_USE_PYTORCH, torch-sys ignores LIBTORCH, and so does doctor.
+    let out = tlcap()
+        .arg("doctor")
+        .env("LIBTORCH", "/nonexistent/libtorch")
+        .env("LIBTORCH_USE_PYTORCH", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
