@@ -106,17 +106,6 @@ pub struct AugmentConfig {
     pub cval: f64,
 }
 
-impl AugmentConfig {
-    /// True when some random transform is on (rescale is not random).
-    pub fn is_random(&self) -> bool {
-        self.rotation_range > 0.0
-            || self.width_shift_range > 0.0
-            || self.height_shift_range > 0.0
-            || self.zoom_range > 0.0
-            || self.horizontal_flip
-    }
-}
-
 /// `model:` — backbone, weights and head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

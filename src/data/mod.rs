@@ -61,8 +61,6 @@ pub struct Dataset {
     pub skipped: Vec<Skipped>,
     pub sizes_seen: Vec<((u32, u32), usize)>,
     pub load_seconds: f64,
-    /// Files found (decoded + skipped).
-    pub files_found: usize,
 }
 
 /// Memory that decoded images may take: half of `MemAvailable`.
@@ -116,7 +114,6 @@ impl Dataset {
             exp.data.validation_split,
             exp.seed,
         );
-        let found_skipped = found.skipped.len();
         let mut skipped = found.skipped;
         skipped.extend(decoded.skipped);
         Ok(Dataset {
@@ -126,7 +123,6 @@ impl Dataset {
             labels,
             train,
             val,
-            files_found: paths.len() + found_skipped,
             skipped,
             sizes_seen: decoded.sizes_seen,
             load_seconds: start.elapsed().as_secs_f64(),
