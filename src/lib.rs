@@ -4,7 +4,13 @@
 //! - [`doctor`]: checks that libtorch is usable and reports what the machine offers.
 //! - [`data`]: image folders, the split, decoding once, batched augmentation, normalisation.
 //! - [`config`]: experiment files: schema, defaults, validation with positions, diff.
+//! - [`weights`]: weight files (.pth zip/legacy, .ot, .safetensors) read without executing anything.
+//! - [`model`]: backbones as ordered, named layers; freezing; loading weights by name.
+//! - [`fsutil`]: atomic file writes.
 
 pub mod config;
 pub mod data;
 pub mod doctor;
+pub mod fsutil;
+pub mod model;
+pub mod weights;

@@ -32,6 +32,28 @@ enum Command {
         /// The experiment file.
         file: PathBuf,
     },
+    /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WeightsCommand {
+    /// Convert a weight file to .safetensors (dtypes kept; nothing in the input is executed).
+    Import {
+        /// A .pth (zip or legacy pickle), .ot or .safetensors file.
+        input: PathBuf,
+        /// The .safetensors file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List a weight file's tensors with dtypes and shapes.
+    Inspect {
+        /// A .pth (zip or legacy pickle), .ot or .safetensors file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +66,7 @@ fn main() -> ExitCode {
         }
         Command::Check { files } => check(&files),
         Command::Data { file } => data_report(&file),
+        Command::Weights { action } => weights(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +117,41 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
             "{invalid} of {} experiment file(s) or folder(s) invalid",
             files.len().max(invalid)
         );
+    }
+    Ok(())
+}
+
+/// `tlcap-tui weights import|inspect`.
+fn weights(action: WeightsCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match action {
+        WeightsCommand::Inspect { file } => {
+            let wf = tlcap::weights::read_file(&file)
+                .with_context(|| format!("cannot load {}", file.display()))?;
+            print!("{}", tlcap::weights::describe(&wf));
+        }
+        WeightsCommand::Import { input, output } => {
+            let wf = tlcap::weights::read_file(&input)
+                .with_context(|| format!("cannot load {}", input.display()))?;
+            let source = input
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let metadata = std::collections::HashMap::from([
+                ("source".to_owned(), source),
+                ("source_format".to_owned(), wf.format.to_string()),
+            ]);
+            tlcap::weights::write_safetensors(&output, &wf.tensors, Some(metadata))?;
+            let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "wrote {} tensors ({:.1} MB) from {} ({}) to {}",
+                wf.tensors.len(),
+                bytes as f64 / 1e6,
+                input.display(),
+                wf.format,
+                output.display()
+            );
+        }
     }
     Ok(())
 }

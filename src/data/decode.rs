@@ -34,14 +34,9 @@ fn filter(i: Interpolation) -> FilterType {
     }
 }
 
-/// Decodes one file into `out` (3 x h x w bytes, channel-major); returns the original size.
-/// Grayscale becomes three equal channels; alpha is dropped.
-pub fn decode_into(
-    path: &Path,
-    size: ImageSize,
-    interp: Interpolation,
-    out: &mut [u8],
-) -> Result<(u32, u32), String> {
+/// Opens and decodes one image file with size and allocation limits; the error says
+/// why in words (empty, not an image, corrupt, too large).
+pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
     let mut file = std::fs::File::open(path).map_err(|e| format!("unreadable: {e}"))?;
     let len = file
         .metadata()
@@ -69,11 +64,16 @@ pub fn decode_into(
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
+    reader.decode().map_err(|e| match e {
         image::ImageError::Limits(l) => format!("too large to decode safely: {l}"),
         image::ImageError::Unsupported(u) => format!("unsupported format: {u}"),
         other => format!("corrupt or truncated: {other}"),
-    })?;
+    })
+}
+
+/// Resizes `img` to `size` and writes it into `out` (3 x h x w bytes, channel-major).
+/// Grayscale becomes three equal channels; alpha is dropped.
+fn write_chw(img: DynamicImage, size: ImageSize, interp: Interpolation, out: &mut [u8]) {
     let original = (img.width(), img.height());
     let (w, h) = (size.width, size.height);
     let plane = (w * h) as usize;
@@ -103,7 +103,58 @@ pub fn decode_into(
             }
         }
     }
+}
+
+/// Decodes one file into `out` (3 x h x w bytes, channel-major), resized to `size`;
+/// returns the original size.
+pub fn decode_into(
+    path: &Path,
+    size: ImageSize,
+    interp: Interpolation,
+    out: &mut [u8],
+) -> Result<(u32, u32), String> {
+    let img = open_image(path)?;
+    let original = (img.width(), img.height());
+    write_chw(img, size, interp, out);
     Ok(original)
+}
+
+/// ImageNet evaluation preprocessing (torchvision `Resize(shorter)` then
+/// `CenterCrop(crop)`): scales the shorter side to `shorter` pixels, crops the centre
+/// `crop` x `crop`, and returns 3 x crop x crop bytes, channel-major.
+pub fn decode_center_crop(
+    path: &Path,
+    shorter: u32,
+    crop: u32,
+    interp: Interpolation,
+) -> Result<Vec<u8>, String> {
+    let img = open_image(path)?;
+    let (w, h) = (img.width(), img.height());
+    // torchvision: the long side is int(long * shorter / short).
+    let (rw, rh) = if w <= h {
+        (shorter, (h as u64 * shorter as u64 / w as u64) as u32)
+    } else {
+        ((w as u64 * shorter as u64 / h as u64) as u32, shorter)
+    };
+    if rw < crop || rh < crop {
+        return Err(format!("image too small to crop {crop}x{crop}"));
+    }
+    let resized = DynamicImage::ImageRgb8(image::imageops::resize(
+        &img.to_rgb8(),
+        rw,
+        rh,
+        filter(interp),
+    ));
+    let left = ((rw - crop) as f64 / 2.0).round() as u32;
+    let top = ((rh - crop) as f64 / 2.0).round() as u32;
+    let cropped = resized.crop_imm(left, top, crop, crop);
+    let mut out = vec![0u8; 3 * (crop * crop) as usize];
+    let size = ImageSize {
+        width: crop,
+        height: crop,
+    };
+    write_chw(cropped, size, interp, &mut out);
+    Ok(out)
 }
 
 /// Decodes all files on all cores. `progress(done, total)` is called as files finish.

@@ -7,7 +7,9 @@ mod scan;
 mod split;
 
 pub use augment::{apply as augment_batch, Transform};
-pub use decode::{decode_all, decode_into, Decoded, MAX_DECODE_BYTES, MAX_SIDE};
+pub use decode::{
+    decode_all, decode_center_crop, decode_into, open_image, Decoded, MAX_DECODE_BYTES, MAX_SIDE,
+};
 pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
 pub use split::stratified_split;
 
@@ -238,7 +240,8 @@ impl Dataset {
 pub enum Normalisation {
     /// torchvision: (pixel/255 - mean) / std with the ImageNet mean and std.
     ImageNet,
-    /// EfficientNet-Lite: pixel/255 mapped to [-1, 1].
+    /// EfficientNet-Lite: (pixel - 127) / 128, as in its TensorFlow builder
+    /// (`MEAN_RGB = 127`, `STDDEV_RGB = 128`): about [-1, 1].
     MinusOneToOne,
     /// pixel * factor.
     Rescale(f64),
@@ -275,7 +278,7 @@ impl Normalisation {
                     .to_device(x.device());
                 (x / 255.0 - mean) / std
             }
-            Normalisation::MinusOneToOne => x / 127.5 - 1.0,
+            Normalisation::MinusOneToOne => (x - 127.0) / 128.0,
             Normalisation::Rescale(f) => x * f,
         }
     }

@@ -1,0 +1,348 @@
+//! The ordered, named layer list every backbone is made of, and the building blocks
+//! (convolution, BatchNorm, linear) that register themselves in it.
+//!
+//! A *layer* is one module that owns parameters, in forward order: a convolution, a
+//! BatchNorm or a linear layer, named exactly as in the reference implementation
+//! (`layer4.1.conv2`, `features.18.1`, `_blocks.15._bn2`). Activations, additions,
+//! padding and pooling own nothing and are not counted (Keras counts them; see the
+//! README). Freezing and "unfreeze the last N" work on this list.
+
+use std::ops::Range;
+
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+/// What a layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A dense convolution.
+    Conv,
+    /// A depthwise convolution (groups = channels).
+    DepthwiseConv,
+    /// BatchNorm (weight and bias trainable; running statistics never are).
+    BatchNorm,
+    /// A fully connected layer.
+    Linear,
+}
+
+impl LayerKind {
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Conv => "conv",
+            LayerKind::DepthwiseConv => "dwconv",
+            LayerKind::BatchNorm => "batchnorm",
+            LayerKind::Linear => "linear",
+        }
+    }
+}
+
+/// One layer as the model pane and the freeze logic see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// Reference name, e.g. `features.3.conv.1.0`.
+    pub name: String,
+    /// Its kind.
+    pub kind: LayerKind,
+    /// Number of trainable-able values (weights and biases, not running statistics).
+    pub params: usize,
+    /// Whether its parameters currently receive gradients.
+    pub trainable: bool,
+}
+
+/// A layer and handles to its parameters (shallow clones of the VarStore's tensors).
+struct Entry {
+    info: LayerInfo,
+    params: Vec<Tensor>,
+}
+
+/// The ordered layer list of a backbone, with each layer's trainable state.
+pub struct LayerTable {
+    entries: Vec<Entry>,
+    /// Whether trainable BatchNorm layers update their statistics in training mode.
+    train_bn: bool,
+}
+
+impl LayerTable {
+    /// The layers in forward order.
+    pub fn layers(&self) -> impl Iterator<Item = &LayerInfo> {
+        self.entries.iter().map(|e| &e.info)
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn set(&mut self, range: Range<usize>, trainable: bool) {
+        for e in &mut self.entries[range] {
+            e.info.trainable = trainable;
+            for p in &mut e.params {
+                let _ = p.set_requires_grad(trainable);
+            }
+        }
+    }
+
+    /// Freezes every layer: no gradients, BatchNorm in inference mode.
+    pub fn freeze_all(&mut self) {
+        self.set(0..self.entries.len(), false);
+    }
+
+    /// Makes every layer trainable (training from scratch).
+    pub fn unfreeze_all(&mut self) {
+        self.set(0..self.entries.len(), true);
+    }
+
+    /// Freezes everything, then makes the last `n` layers trainable (all of them if
+    /// `n` is larger). Returns the index range made trainable.
+    pub fn unfreeze_last(&mut self, n: usize) -> Range<usize> {
+        let len = self.entries.len();
+        let range = len.saturating_sub(n)..len;
+        self.freeze_all();
+        self.set(range.clone(), true);
+        range
+    }
+
+    /// Sets whether trainable BatchNorm layers update their statistics (`train_bn`).
+    pub fn set_train_bn(&mut self, train_bn: bool) {
+        self.train_bn = train_bn;
+    }
+
+    /// Number of trainable values in the trainable layers.
+    pub fn trainable_params(&self) -> usize {
+        self.layers()
+            .filter(|l| l.trainable)
+            .map(|l| l.params)
+            .sum()
+    }
+
+    /// Whether the layer at `index` is trainable.
+    pub fn is_trainable(&self, index: usize) -> bool {
+        self.entries[index].info.trainable
+    }
+
+    /// Whether a BatchNorm at `index` runs in training mode for a forward pass.
+    fn bn_updates(&self, index: usize, train: bool) -> bool {
+        train && self.train_bn && self.entries[index].info.trainable
+    }
+
+    /// Whether any layer in `range` is trainable.
+    pub fn any_trainable(&self, range: Range<usize>) -> bool {
+        self.entries[range].iter().any(|e| e.info.trainable)
+    }
+}
+
+/// Per-forward-pass context: training or inference, and the layer states.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// True during a training step (dropout, drop-connect, trainable BatchNorm).
+    pub train: bool,
+    /// The backbone's layer table.
+    pub table: &'a LayerTable,
+}
+
+/// Registers layers in order while a backbone is built.
+pub struct Builder<'a> {
+    root: nn::Path<'a>,
+    entries: Vec<Entry>,
+}
+
+/// Convolution options.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub cin: i64,
+    /// Output channels.
+    pub cout: i64,
+    /// Square kernel size.
+    pub kernel: i64,
+    /// Stride.
+    pub stride: i64,
+    /// Symmetric zero padding (ignored with `same`).
+    pub padding: i64,
+    /// Groups (`cin` for depthwise).
+    pub groups: i64,
+    /// Whether the conv has a bias.
+    pub bias: bool,
+    /// TensorFlow "SAME" padding, computed from the input size.
+    pub same: bool,
+}
+
+impl ConvSpec {
+    /// A bias-free convolution with PyTorch padding `(k - 1) / 2`.
+    pub fn new(cin: i64, cout: i64, kernel: i64, stride: i64) -> ConvSpec {
+        ConvSpec {
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding: (kernel - 1) / 2,
+            groups: 1,
+            bias: false,
+            same: false,
+        }
+    }
+
+    /// Depthwise (groups = channels).
+    pub fn depthwise(self) -> ConvSpec {
+        ConvSpec {
+            groups: self.cin,
+            ..self
+        }
+    }
+
+    /// With explicit symmetric padding.
+    pub fn padding(self, padding: i64) -> ConvSpec {
+        ConvSpec { padding, ..self }
+    }
+
+    /// With a bias.
+    pub fn bias(self) -> ConvSpec {
+        ConvSpec { bias: true, ..self }
+    }
+
+    /// TensorFlow "SAME" padding.
+    pub fn same(self) -> ConvSpec {
+        ConvSpec { same: true, ..self }
+    }
+}
+
+/// A convolution layer.
+#[derive(Debug)]
+pub struct Conv {
+    conv: nn::Conv2D,
+    spec: ConvSpec,
+}
+
+impl Conv {
+    /// Applies the convolution (with TF "SAME" padding when asked).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        if !self.spec.same {
+            return self.conv.forward(x);
+        }
+        let pad = |i: i64| {
+            let s = self.spec.stride;
+            let o = (i + s - 1) / s;
+            ((o - 1) * s + self.spec.kernel - i).max(0)
+        };
+        let size = x.size();
+        let (ph, pw) = (pad(size[2]), pad(size[3]));
+        if ph == 0 && pw == 0 {
+            return self.conv.forward(x);
+        }
+        let padded = x.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2]);
+        self.conv.forward(&padded)
+    }
+}
+
+/// A BatchNorm layer that knows its place in the table.
+#[derive(Debug)]
+pub struct Bn {
+    bn: nn::BatchNorm,
+    index: usize,
+}
+
+impl Bn {
+    /// Normalises; training mode only if the layer is trainable and `train_bn` is set.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        self.bn
+            .forward_t(x, ctx.table.bn_updates(self.index, ctx.train))
+    }
+
+    /// Running mean and variance (for tests and checkpoints).
+    pub fn running_stats(&self) -> (&Tensor, &Tensor) {
+        (&self.bn.running_mean, &self.bn.running_var)
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// A builder whose layer names are relative to `root`.
+    pub fn new(root: nn::Path<'a>) -> Self {
+        Builder {
+            root,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Index the next layer will get.
+    pub fn next_index(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn path(&self, name: &str) -> nn::Path<'a> {
+        name.split('.').fold(self.root.clone(), |p, s| p.sub(s))
+    }
+
+    fn push(&mut self, name: &str, kind: LayerKind, params: Vec<Tensor>) -> usize {
+        let count = params.iter().map(Tensor::numel).sum();
+        self.entries.push(Entry {
+            info: LayerInfo {
+                name: name.to_owned(),
+                kind,
+                params: count,
+                trainable: true,
+            },
+            params,
+        });
+        self.entries.len() - 1
+    }
+
+    /// A convolution named `name` (its variables are `name.weight`, `name.bias`).
+    pub fn conv(&mut self, name: &str, spec: ConvSpec) -> Conv {
+        let config = nn::ConvConfig {
+            stride: spec.stride,
+            padding: if spec.same { 0 } else { spec.padding },
+            groups: spec.groups,
+            bias: spec.bias,
+            ws_init: nn::init::DEFAULT_KAIMING_UNIFORM,
+            ..Default::default()
+        };
+        let conv = nn::conv2d(self.path(name), spec.cin, spec.cout, spec.kernel, config);
+        let mut params = vec![conv.ws.shallow_clone()];
+        params.extend(conv.bs.as_ref().map(Tensor::shallow_clone));
+        let kind = if spec.groups > 1 && spec.groups == spec.cin {
+            LayerKind::DepthwiseConv
+        } else {
+            LayerKind::Conv
+        };
+        self.push(name, kind, params);
+        Conv { conv, spec }
+    }
+
+    /// A BatchNorm named `name` with PyTorch `eps` and `momentum`.
+    pub fn bn(&mut self, name: &str, channels: i64, eps: f64, momentum: f64) -> Bn {
+        let config = nn::BatchNormConfig {
+            eps,
+            momentum,
+            ws_init: nn::Init::Const(1.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        let bn = nn::batch_norm2d(self.path(name), channels, config);
+        let params = [&bn.ws, &bn.bs]
+            .into_iter()
+            .flatten()
+            .map(Tensor::shallow_clone)
+            .collect();
+        let index = self.push(name, LayerKind::BatchNorm, params);
+        Bn { bn, index }
+    }
+
+    /// A linear layer named `name`, outside the table (original classifiers, heads).
+    pub fn linear_untracked(&self, name: &str, cin: i64, cout: i64) -> nn::Linear {
+        nn::linear(self.path(name), cin, cout, Default::default())
+    }
+
+    /// Finishes: the table, every layer trainable.
+    pub fn finish(self) -> LayerTable {
+        LayerTable {
+            entries: self.entries,
+            train_bn: false,
+        }
+    }
+}

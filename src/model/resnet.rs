@@ -1,0 +1,115 @@
+//! ResNet-18/34/50/101/152 as in torchvision (v1.5: the stride sits on the 3x3 conv of
+//! a bottleneck), with torchvision's parameter names.
+
+use tch::Tensor;
+
+use super::layers::{Bn, Builder, Conv, ConvSpec, Ctx};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// ResNet-18/34.
+    Basic,
+    /// ResNet-50/101/152.
+    Bottleneck,
+}
+
+/// One residual block.
+#[derive(Debug)]
+struct Block {
+    convs: Vec<(Conv, Bn)>,
+    downsample: Option<(Conv, Bn)>,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let mut y = x.shallow_clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            y = bn.forward(&conv.forward(&y), ctx);
+            if i < last {
+                y = y.relu();
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => bn.forward(&conv.forward(x), ctx),
+            None => x.shallow_clone(),
+        };
+        (y + shortcut).relu()
+    }
+}
+
+/// A ResNet without its `fc` layer.
+#[derive(Debug)]
+pub struct Resnet {
+    conv1: Conv,
+    bn1: Bn,
+    blocks: Vec<Block>,
+    /// Channels after the last stage (512 or 2048).
+    pub features: i64,
+}
+
+impl Resnet {
+    /// Builds a ResNet with `depths` blocks per stage.
+    pub fn new(b: &mut Builder, kind: BlockKind, depths: [usize; 4]) -> Resnet {
+        let expansion = if kind == BlockKind::Basic { 1 } else { 4 };
+        let conv1 = b.conv("conv1", ConvSpec::new(3, 64, 7, 2).padding(3));
+        let bn1 = b.bn("bn1", 64, EPS, MOMENTUM);
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (stage, &depth) in depths.iter().enumerate() {
+            let planes = 64 << stage;
+            for i in 0..depth {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                let mut convs = Vec::new();
+                let cout = planes * expansion;
+                let specs = match kind {
+                    BlockKind::Basic => vec![
+                        ConvSpec::new(cin, planes, 3, stride),
+                        ConvSpec::new(planes, planes, 3, 1),
+                    ],
+                    BlockKind::Bottleneck => vec![
+                        ConvSpec::new(cin, planes, 1, 1),
+                        ConvSpec::new(planes, planes, 3, stride),
+                        ConvSpec::new(planes, cout, 1, 1),
+                    ],
+                };
+                for (j, spec) in specs.into_iter().enumerate() {
+                    let conv = b.conv(&format!("{name}.conv{}", j + 1), spec);
+                    let bn = b.bn(&format!("{name}.bn{}", j + 1), spec.cout, EPS, MOMENTUM);
+                    convs.push((conv, bn));
+                }
+                let downsample = (stride != 1 || cin != cout).then(|| {
+                    let conv = b.conv(
+                        &format!("{name}.downsample.0"),
+                        ConvSpec::new(cin, cout, 1, stride).padding(0),
+                    );
+                    let bn = b.bn(&format!("{name}.downsample.1"), cout, EPS, MOMENTUM);
+                    (conv, bn)
+                });
+                blocks.push(Block { convs, downsample });
+                cin = cout;
+            }
+        }
+        Resnet {
+            conv1,
+            bn1,
+            blocks,
+            features: cin,
+        }
+    }
+
+    /// Feature map before pooling.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let x = self.bn1.forward(&self.conv1.forward(x), ctx).relu();
+        let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in &self.blocks {
+            x = block.forward(&x, ctx);
+        }
+        x
+    }
+}
