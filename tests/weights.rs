@@ -246,3 +246,19 @@ fn cli_imports_the_real_imagenet_file_and_inspects_it() {
         "{err}"
     );
 }
+
+/// The fuzz corpus (and whatever crashes fuzzing once found, kept there) never panics.
+#[test]
+fn the_fuzz_corpus_never_panics() {
+    use tlcap::weights::pickle::{read, Policy};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pickle");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let _ = read(&data, Policy::StateDict);
+        let _ = read(&data, Policy::TorchScriptArchive);
+        let _ = weights::read_bytes(&data);
+        n += 1;
+    }
+    assert!(n >= 10, "corpus has only {n} files");
+}

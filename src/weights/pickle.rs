@@ -41,9 +41,9 @@ pub enum Policy {
 }
 
 /// Most values on the stack plus the memo; far above any real state_dict.
-const MAX_VALUES: usize = 1 << 22;
+const MAX_VALUES: usize = 1 << 20;
 /// Most value nodes copied by memo PUT/GET/DUP in one pickle (stops "billion laughs").
-const MAX_COPIED_NODES: usize = 1 << 24;
+const MAX_COPIED_NODES: usize = 1 << 21;
 /// Deepest nesting of containers.
 const MAX_DEPTH: usize = 256;
 
@@ -270,8 +270,10 @@ struct Machine<'a> {
     /// Offset of the opcode being interpreted, for errors.
     at: usize,
     stack: Vec<Value>,
+    /// Nesting depth of each stack value (kept beside it so no value is ever walked).
+    depths: Vec<usize>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u32, (Value, usize)>,
     /// Nodes copied so far (see [`MAX_COPIED_NODES`]).
     copied: usize,
     policy: Policy,
@@ -284,6 +286,7 @@ impl<'a> Machine<'a> {
             pos: 0,
             at: 0,
             stack: Vec::new(),
+            depths: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
             copied: 0,
@@ -343,40 +346,66 @@ impl<'a> Machine<'a> {
         Ok(Value::Str(s.to_owned()))
     }
 
+    /// Pushes a leaf value.
     fn push(&mut self, v: Value) -> Result<(), PickleError> {
+        self.push_nested(v, 0)
+    }
+
+    /// Pushes a value whose nesting depth is `depth`.
+    fn push_nested(&mut self, v: Value, depth: usize) -> Result<(), PickleError> {
         if self.stack.len() + self.memo.len() >= MAX_VALUES {
             return Err(self.malformed("too many values"));
         }
-        if depth(&v) > MAX_DEPTH {
+        if depth > MAX_DEPTH {
             return Err(self.malformed("containers nested too deeply"));
         }
         self.stack.push(v);
+        self.depths.push(depth);
         Ok(())
     }
 
-    fn pop(&mut self) -> Result<Value, PickleError> {
+    fn check_underflow(&self) -> Result<(), PickleError> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
             return Err(self.malformed("stack underflow"));
         }
-        Ok(self.stack.pop().unwrap())
+        Ok(())
+    }
+
+    /// Pops a value and its depth.
+    fn pop_nested(&mut self) -> Result<(Value, usize), PickleError> {
+        self.check_underflow()?;
+        Ok((self.stack.pop().unwrap(), self.depths.pop().unwrap()))
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        Ok(self.pop_nested()?.0)
     }
 
     fn top(&mut self) -> Result<&mut Value, PickleError> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
-            return Err(self.malformed("stack underflow"));
-        }
+        self.check_underflow()?;
         Ok(self.stack.last_mut().unwrap())
     }
 
-    /// Pops everything down to the last MARK.
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    /// Pops everything down to the last MARK, with the deepest nesting among them.
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, usize), PickleError> {
         let mark = self
             .marks
             .pop()
             .ok_or_else(|| self.malformed("no MARK on the stack"))?;
-        Ok(self.stack.split_off(mark))
+        let depth = self.depths.split_off(mark).into_iter().max().unwrap_or(0);
+        Ok((self.stack.split_off(mark), depth))
+    }
+
+    /// Puts `items` (of nesting `depth`) into the container on top of the stack.
+    fn nest_into_top(&mut self, depth: usize) -> Result<(), PickleError> {
+        self.check_underflow()?;
+        let top = self.depths.last_mut().unwrap();
+        *top = (*top).max(depth + 1);
+        if *top > MAX_DEPTH {
+            return Err(self.malformed("containers nested too deeply"));
+        }
+        Ok(())
     }
 
     /// Accounts for copying `v`; fails once too much has been copied.
@@ -394,7 +423,8 @@ impl<'a> Machine<'a> {
         if self.memo.len() >= MAX_VALUES {
             return Err(self.malformed("memo too large"));
         }
-        self.memo.insert(key, v);
+        let depth = *self.depths.last().unwrap();
+        self.memo.insert(key, (v, depth));
         Ok(())
     }
 
@@ -404,8 +434,8 @@ impl<'a> Machine<'a> {
             .get(&key)
             .cloned()
             .ok_or_else(|| self.malformed(format!("memo key {key} was never stored")))?;
-        self.charge_copy(&v)?;
-        self.push(v)
+        self.charge_copy(&v.0)?;
+        self.push_nested(v.0, v.1)
     }
 
     fn global(&self, module: &str, name: &str) -> Result<Global, PickleError> {
@@ -509,7 +539,8 @@ impl<'a> Machine<'a> {
                 b'2' => {
                     let v = self.top()?.clone();
                     self.charge_copy(&v)?;
-                    self.push(v)?;
+                    let depth = *self.depths.last().unwrap();
+                    self.push_nested(v, depth)?;
                 }
                 b'N' => self.push(Value::None)?,
                 0x88 => self.push(Value::Bool(true))?,
@@ -596,46 +627,49 @@ impl<'a> Machine<'a> {
                 }
                 b')' => self.push(Value::Tuple(Vec::new()))?,
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))?;
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::Tuple(items), depth + 1)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
+                    let mut depth = 0;
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        let (v, d) = self.pop_nested()?;
+                        items.push(v);
+                        depth = depth.max(d);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items))?;
+                    self.push_nested(Value::Tuple(items), depth + 1)?;
                 }
                 b']' => self.push(Value::List(Vec::new()))?,
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))?;
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::List(items), depth + 1)?;
                 }
                 b'a' => {
-                    let item = self.pop()?;
-                    self.list_extend(vec![item])?;
+                    let (item, depth) = self.pop_nested()?;
+                    self.list_extend(vec![item], depth)?;
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    self.list_extend(items)?;
+                    let (items, depth) = self.pop_mark()?;
+                    self.list_extend(items, depth)?;
                 }
                 b'}' => self.push(Value::Dict(Vec::new()))?,
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, depth) = self.pop_mark()?;
                     let pairs = self.pairs(items)?;
-                    self.push(Value::Dict(pairs))?;
+                    self.push_nested(Value::Dict(pairs), depth + 1)?;
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.dict_extend(vec![(k, v)])?;
+                    let (v, dv) = self.pop_nested()?;
+                    let (k, dk) = self.pop_nested()?;
+                    self.dict_extend(vec![(k, v)], dv.max(dk))?;
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
+                    let (items, depth) = self.pop_mark()?;
                     let pairs = self.pairs(items)?;
-                    self.dict_extend(pairs)?;
+                    self.dict_extend(pairs, depth)?;
                 }
                 // BINPUT, LONG_BINPUT, PUT, MEMOIZE
                 b'q' => {
@@ -692,10 +726,10 @@ impl<'a> Machine<'a> {
                 }
                 // REDUCE
                 b'R' => {
-                    let args = self.pop()?;
+                    let (args, depth) = self.pop_nested()?;
                     let callable = self.pop()?;
                     let v = self.call(callable, args)?;
-                    self.push(v)?;
+                    self.push_nested(v, depth + 1)?;
                 }
                 // NEWOBJ: only TorchScript classes, which become inert objects.
                 0x81 => {
@@ -712,8 +746,8 @@ impl<'a> Machine<'a> {
                 // BUILD: an object takes the state as its attributes; state for an
                 // OrderedDict (its `_metadata`) is dropped.
                 b'b' => {
-                    let state = self.pop()?;
-                    self.check_children(&[&state])?;
+                    let (state, depth) = self.pop_nested()?;
+                    self.nest_into_top(depth)?;
                     match self.top()? {
                         Value::Dict(_) => {}
                         Value::Object { state: slot, .. } => **slot = state,
@@ -725,8 +759,8 @@ impl<'a> Machine<'a> {
                 }
                 // BINPERSID
                 b'Q' => {
-                    let pid = self.pop()?;
-                    self.push(Value::Persistent(Box::new(pid)))?;
+                    let (pid, depth) = self.pop_nested()?;
+                    self.push_nested(Value::Persistent(Box::new(pid)), depth + 1)?;
                 }
                 _ => {
                     return Err(PickleError::UnsupportedOpcode {
@@ -750,16 +784,8 @@ impl<'a> Machine<'a> {
         Ok(pairs)
     }
 
-    /// Refuses items that would nest a container too deeply.
-    fn check_children(&self, items: &[&Value]) -> Result<(), PickleError> {
-        if items.iter().any(|v| depth(v) + 1 > MAX_DEPTH) {
-            return Err(self.malformed("containers nested too deeply"));
-        }
-        Ok(())
-    }
-
-    fn list_extend(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        self.check_children(&items.iter().collect::<Vec<_>>())?;
+    fn list_extend(&mut self, items: Vec<Value>, depth: usize) -> Result<(), PickleError> {
+        self.nest_into_top(depth)?;
         match self.top()? {
             Value::List(list) => {
                 list.extend(items);
@@ -772,9 +798,8 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn dict_extend(&mut self, pairs: Vec<(Value, Value)>) -> Result<(), PickleError> {
-        let children: Vec<&Value> = pairs.iter().flat_map(|(k, v)| [k, v]).collect();
-        self.check_children(&children)?;
+    fn dict_extend(&mut self, pairs: Vec<(Value, Value)>, depth: usize) -> Result<(), PickleError> {
+        self.nest_into_top(depth)?;
         match self.top()? {
             Value::Dict(dict) => {
                 dict.extend(pairs);
@@ -816,25 +841,6 @@ fn nodes(v: &Value) -> usize {
         Value::Str(s) => 1 + s.len() / 64,
         Value::Bytes(b) | Value::BigInt(b) => 1 + b.len() / 64,
         _ => 1,
-    }
-}
-
-/// Nesting depth of a value (only the newly pushed value is measured; its children
-/// were measured when they were pushed, so this stays cheap in practice).
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Tuple(items) | Value::List(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Dict(pairs) => {
-            1 + pairs
-                .iter()
-                .map(|(k, v)| depth(k).max(depth(v)))
-                .max()
-                .unwrap_or(0)
-        }
-        Value::Persistent(inner)
-        | Value::Tensor { storage: inner, .. }
-        | Value::Object { state: inner, .. } => 1 + depth(inner),
-        _ => 0,
     }
 }
 
