@@ -32,6 +32,14 @@ enum Command {
         /// The experiment file.
         file: PathBuf,
     },
+    /// List a backbone's layers (what `unfreeze_last` counts) and what N would unfreeze.
+    Layers {
+        /// e.g. mobilenet_v2, resnet50, efficientnet_lite0, small_cnn.
+        backbone: String,
+        /// Mark the layers `finetune.unfreeze_last: N` would make trainable.
+        #[arg(long, value_name = "N")]
+        unfreeze_last: Option<usize>,
+    },
     /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
     Weights {
         #[command(subcommand)]
@@ -67,6 +75,10 @@ fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Data { file } => data_report(&file),
         Command::Weights { action } => weights(action),
+        Command::Layers {
+            backbone,
+            unfreeze_last,
+        } => layers(&backbone, unfreeze_last),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +130,19 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
             files.len().max(invalid)
         );
     }
+    Ok(())
+}
+
+/// `tlcap-tui layers`: the layer table of a backbone.
+fn layers(backbone: &str, unfreeze_last: Option<usize>) -> anyhow::Result<()> {
+    let kind: tlcap::config::Backbone = serde_yaml::from_str(backbone)
+        .map_err(|_| anyhow::anyhow!("unknown backbone `{backbone}`; see `tlcap-tui schema`"))?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let mut net = tlcap::model::Backbone::new(&vs.root(), kind, false);
+    if let Some(n) = unfreeze_last {
+        net.table_mut().unfreeze_last(n);
+    }
+    print!("{}", tlcap::model::describe_layers(net.table()));
     Ok(())
 }
 

@@ -197,10 +197,15 @@ pub fn weights_cache_dir() -> PathBuf {
 
 /// Where `weights: imagenet` points for `kind`, or a message saying how to get a file.
 pub fn imagenet_weights(kind: Kind) -> Result<PathBuf, String> {
+    imagenet_weights_in(&weights_cache_dir(), kind)
+}
+
+/// [`imagenet_weights`] with the cache folder given.
+pub fn imagenet_weights_in(cache: &Path, kind: Kind) -> Result<PathBuf, String> {
     let name = kind.name();
     match imagenet_file_name(kind) {
         Some(file) => {
-            let path = weights_cache_dir().join(file);
+            let path = cache.join(file);
             if path.is_file() {
                 Ok(path)
             } else {
@@ -223,6 +228,33 @@ pub fn imagenet_weights(kind: Kind) -> Result<PathBuf, String> {
              `weights: none` to train from scratch"
         )),
     }
+}
+
+/// The layer table as text: index, name, kind, parameters, and whether the layer
+/// would be trainable after `unfreeze_last(n)` (for `tlcap-tui layers`).
+pub fn describe_layers(table: &LayerTable) -> String {
+    let mut out = format!(
+        "{:>4}  {:<36} {:<10} {:>10}  trainable\n",
+        "#", "layer", "kind", "params"
+    );
+    for (i, l) in table.layers().enumerate() {
+        out.push_str(&format!(
+            "{:>4}  {:<36} {:<10} {:>10}  {}\n",
+            i,
+            l.name,
+            l.kind.name(),
+            l.params,
+            if l.trainable { "yes" } else { "-" }
+        ));
+    }
+    let total: usize = table.layers().map(|l| l.params).sum();
+    out.push_str(&format!(
+        "{} layers, {} parameters, {} trainable\n",
+        table.len(),
+        total,
+        table.trainable_params()
+    ));
+    out
 }
 
 /// The backbone's variables (everything in `vs` outside the head), by name.
@@ -254,4 +286,41 @@ pub fn load_weights_file(
     path: &Path,
 ) -> Result<LoadReport, WeightsError> {
     load_weights(vs, kind, &weights::read_file(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_weights_say_how_to_get_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = imagenet_weights_in(dir.path(), Kind::MobilenetV2).unwrap_err();
+        assert!(
+            err.contains("make setup") && err.contains("mobilenet_v2-b0353104.pth"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("mobilenet_v2-b0353104.pth"), b"x").unwrap();
+        assert!(imagenet_weights_in(dir.path(), Kind::MobilenetV2).is_ok());
+        let err = imagenet_weights_in(dir.path(), Kind::Resnet50).unwrap_err();
+        assert!(
+            err.contains("torchvision") && err.contains("weights import"),
+            "{err}"
+        );
+        let err = imagenet_weights_in(dir.path(), Kind::SmallCnn).unwrap_err();
+        assert!(err.contains("weights: none"), "{err}");
+    }
+
+    #[test]
+    fn layer_counts_per_backbone() {
+        let count = |kind| {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            Backbone::new(&vs.root(), kind, false).table().len()
+        };
+        assert_eq!(count(Kind::Resnet18), 40);
+        assert_eq!(count(Kind::Resnet50), 106);
+        assert_eq!(count(Kind::MobilenetV2), 104);
+        assert_eq!(count(Kind::EfficientnetLite0), 98);
+        assert_eq!(count(Kind::SmallCnn), 8);
+    }
 }
