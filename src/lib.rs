@@ -7,10 +7,12 @@
 //! - [`weights`]: weight files (.pth zip/legacy, .ot, .safetensors) read without executing anything.
 //! - [`model`]: backbones as ordered, named layers; freezing; loading weights by name.
 //! - [`fsutil`]: atomic file writes.
+//! - [`train`]: plateau detection and validation metrics (the trainer's building blocks).
 
 pub mod config;
 pub mod data;
 pub mod doctor;
 pub mod fsutil;
 pub mod model;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,179 @@
+//! Plateau detection with Keras `ReduceLROnPlateau` / `EarlyStopping` semantics:
+//! `monitor`, `mode` (auto/min/max), `patience`, `min_delta`, `cooldown`,
+//! `start_from_epoch`.
+
+use crate::config::{Monitor, StallConfig, StallMode};
+
+/// Whether a larger or a smaller value of the monitored metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Larger is better (accuracies).
+    Max,
+    /// Smaller is better (losses).
+    Min,
+}
+
+/// The direction for a monitor and mode; `auto` is max for accuracies, min for losses
+/// (Keras: "acc" in the name means max).
+pub fn direction(monitor: Monitor, mode: StallMode) -> Direction {
+    match mode {
+        StallMode::Max => Direction::Max,
+        StallMode::Min => Direction::Min,
+        StallMode::Auto => match monitor {
+            Monitor::ValAccuracy | Monitor::Accuracy => Direction::Max,
+            Monitor::ValLoss | Monitor::Loss => Direction::Min,
+        },
+    }
+}
+
+/// Watches one metric epoch by epoch and says when it has stopped improving.
+#[derive(Debug, Clone)]
+pub struct StallDetector {
+    config: StallConfig,
+    best: Option<f64>,
+    /// Epochs since the last improvement (outside cooldown).
+    wait: u32,
+    /// Epochs of cooldown left after a stall.
+    cooldown_left: u32,
+}
+
+impl StallDetector {
+    /// A detector with nothing seen yet.
+    pub fn new(config: StallConfig) -> Self {
+        StallDetector {
+            config,
+            best: None,
+            wait: 0,
+            cooldown_left: 0,
+        }
+    }
+
+    /// Takes new settings (a live edit) and keeps what has been seen.
+    pub fn set_config(&mut self, config: StallConfig) {
+        self.config = config;
+    }
+
+    /// Forgets the history (a new phase starts from a fresh baseline).
+    pub fn reset(&mut self) {
+        *self = StallDetector::new(self.config.clone());
+    }
+
+    /// The best value seen so far.
+    pub fn best(&self) -> Option<f64> {
+        self.best
+    }
+
+    /// Epochs without improvement so far.
+    pub fn wait(&self) -> u32 {
+        self.wait
+    }
+
+    fn improved(&self, value: f64) -> bool {
+        let Some(best) = self.best else {
+            return true;
+        };
+        match direction(self.config.monitor, self.config.mode) {
+            Direction::Max => value - self.config.min_delta > best,
+            Direction::Min => value + self.config.min_delta < best,
+        }
+    }
+
+    /// Records the monitored value after `epoch` (0-based, counted across phases);
+    /// returns true when the run has stalled: `patience` epochs in a row without an
+    /// improvement larger than `min_delta`. After a stall the count restarts, and
+    /// nothing is counted during `cooldown` epochs or before `start_from_epoch`.
+    /// NaN never counts as an improvement.
+    pub fn observe(&mut self, epoch: u32, value: f64) -> bool {
+        if epoch < self.config.start_from_epoch {
+            return false;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.wait = 0;
+        }
+        if !value.is_nan() && self.improved(value) {
+            self.best = Some(value);
+            self.wait = 0;
+            return false;
+        }
+        if self.cooldown_left > 0 {
+            return false;
+        }
+        self.wait += 1;
+        if self.wait >= self.config.patience.max(1) {
+            self.wait = 0;
+            self.cooldown_left = self.config.cooldown;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnStall;
+
+    fn config(patience: u32, min_delta: f64, cooldown: u32, start: u32) -> StallConfig {
+        StallConfig {
+            monitor: Monitor::ValAccuracy,
+            mode: StallMode::Auto,
+            patience,
+            min_delta,
+            cooldown,
+            start_from_epoch: start,
+            on_stall: OnStall::Suggest,
+        }
+    }
+
+    fn stalls(d: &mut StallDetector, curve: &[f64]) -> Vec<u32> {
+        (0..curve.len() as u32)
+            .filter(|&e| d.observe(e, curve[e as usize]))
+            .collect()
+    }
+
+    /// A curve that rises and then plateaus: the stall is flagged exactly `patience`
+    /// epochs after the last real improvement.
+    #[test]
+    fn flags_a_plateauing_curve_after_patience() {
+        let curve = [
+            0.60, 0.70, 0.78, 0.82, 0.845, 0.846, 0.844, 0.847, 0.845, 0.846,
+        ];
+        let mut d = StallDetector::new(config(3, 0.005, 0, 0));
+        // Improvements > 0.005 end at epoch 4 (0.845); epochs 5, 6, 7 do not count.
+        assert_eq!(stalls(&mut d, &curve), vec![7]);
+        assert_eq!(d.best(), Some(0.845));
+        // Without min_delta, 0.846 (epoch 5) and 0.847 (epoch 7) count as improvements.
+        let mut d = StallDetector::new(config(3, 0.0, 0, 0));
+        assert_eq!(stalls(&mut d, &curve), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn restarts_after_a_stall_and_honours_cooldown_and_start() {
+        let flat = [0.5; 12];
+        // patience 2: epoch 0 sets the baseline, stalls at 2, 4, 6, ...
+        let mut d = StallDetector::new(config(2, 0.0, 0, 0));
+        assert_eq!(stalls(&mut d, &flat), vec![2, 4, 6, 8, 10]);
+        // cooldown 2, as Keras ReduceLROnPlateau counts it: the cooldown ticks down on
+        // epochs 3 and 4, and epoch 4 (cooldown just over) already counts: 5, 8, 11.
+        let mut d = StallDetector::new(config(2, 0.0, 2, 0));
+        assert_eq!(stalls(&mut d, &flat), vec![2, 5, 8, 11]);
+        // start_from_epoch 5: nothing happens before epoch 5.
+        let mut d = StallDetector::new(config(2, 0.0, 0, 5));
+        assert_eq!(stalls(&mut d, &flat), vec![7, 9, 11]);
+    }
+
+    #[test]
+    fn losses_improve_downwards_and_nan_never_improves() {
+        let mut c = config(2, 0.01, 0, 0);
+        c.monitor = Monitor::ValLoss;
+        let mut d = StallDetector::new(c.clone());
+        assert_eq!(stalls(&mut d, &[1.0, 0.8, 0.795, 0.799, 0.5]), vec![3]);
+        let mut d = StallDetector::new(c.clone());
+        assert_eq!(stalls(&mut d, &[1.0, f64::NAN, f64::NAN]), vec![2]);
+        // mode: max on a loss is taken literally.
+        c.mode = StallMode::Max;
+        let mut d = StallDetector::new(c);
+        assert_eq!(stalls(&mut d, &[1.0, 0.8, 0.6]), vec![2]);
+    }
+}
