@@ -12,6 +12,7 @@ run: setup
 	./target/release/tlcap-tui doctor
 	./target/release/tlcap-tui check experiments
 	./target/release/tlcap-tui data experiments/elpv-mobilenet_v2.yaml
+	./target/release/tlcap-tui run experiments/quickstart.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check

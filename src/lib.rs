@@ -7,12 +7,16 @@
 //! - [`weights`]: weight files (.pth zip/legacy, .ot, .safetensors) read without executing anything.
 //! - [`model`]: backbones as ordered, named layers; freezing; loading weights by name.
 //! - [`fsutil`]: atomic file writes.
-//! - [`train`]: plateau detection and validation metrics (the trainer's building blocks).
+//! - [`train`]: the trainer thread: phases, metrics, stall detection, run folders.
+//! - [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
+//! - [`predict`]: class and probability for images from a trained run.
 
 pub mod config;
 pub mod data;
 pub mod doctor;
 pub mod fsutil;
+pub mod headless;
 pub mod model;
+pub mod predict;
 pub mod train;
 pub mod weights;

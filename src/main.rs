@@ -32,6 +32,46 @@ enum Command {
         /// The experiment file.
         file: PathBuf,
     },
+    /// Train an experiment without the dashboard: one line per epoch on stdout.
+    Run {
+        /// The experiment file.
+        file: PathBuf,
+        /// One JSON object per epoch (keys: epoch, phase, loss, accuracy, val_loss,
+        /// val_accuracy, lr, seconds, images_per_sec, stalled, suggestion, ...).
+        #[arg(long)]
+        json: bool,
+        /// Which phases to run.
+        #[arg(long, value_enum, default_value = "both")]
+        phase: PhaseArg,
+        /// Stop after this many epochs in total.
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        /// Also write model.safetensors (backbone + head) in the run folder at the end.
+        #[arg(long)]
+        export_model: bool,
+    },
+    /// Continue a run folder from its last finished epoch, in the right phase.
+    Resume {
+        /// A run folder (runs/<experiment>/<timestamp>).
+        run_dir: PathBuf,
+        /// One JSON object per epoch.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many epochs in total (counting the ones already done).
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+    },
+    /// Class and probability per image from a trained run (or one of its checkpoints).
+    Predict {
+        /// A run folder (uses best.safetensors) or a checkpoint inside one.
+        checkpoint_or_run_dir: PathBuf,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// List a backbone's layers (what `unfreeze_last` counts) and what N would unfreeze.
     Layers {
         /// e.g. mobilenet_v2, resnet50, efficientnet_lite0, small_cnn.
@@ -45,6 +85,14 @@ enum Command {
         #[command(subcommand)]
         action: WeightsCommand,
     },
+}
+
+/// `--phase` of `run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PhaseArg {
+    Frozen,
+    Finetune,
+    Both,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +123,23 @@ fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Data { file } => data_report(&file),
         Command::Weights { action } => weights(action),
+        Command::Run {
+            file,
+            json,
+            phase,
+            max_epochs,
+            runs,
+            export_model,
+        } => run(&file, json, phase, max_epochs, runs, export_model),
+        Command::Resume {
+            run_dir,
+            json,
+            max_epochs,
+        } => resume(&run_dir, json, max_epochs),
+        Command::Predict {
+            checkpoint_or_run_dir,
+            images,
+        } => tlcap::predict::run(&checkpoint_or_run_dir, &images),
         Command::Layers {
             backbone,
             unfreeze_last,
@@ -131,6 +196,42 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `tlcap-tui run`: trains headless.
+fn run(
+    file: &std::path::Path,
+    json: bool,
+    phase: PhaseArg,
+    max_epochs: Option<u32>,
+    runs: PathBuf,
+    export_model: bool,
+) -> anyhow::Result<()> {
+    let exp = tlcap::config::load_file(file)?;
+    let phases = match phase {
+        PhaseArg::Frozen => tlcap::train::Phases::Frozen,
+        PhaseArg::Finetune => tlcap::train::Phases::Finetune,
+        PhaseArg::Both => tlcap::train::Phases::Both,
+    };
+    let options = tlcap::train::Options {
+        runs_root: runs,
+        phases,
+        max_epochs,
+        export_model,
+        ..Default::default()
+    };
+    tlcap::headless::run(exp, options, json)
+}
+
+/// `tlcap-tui resume`: continues a run folder headless.
+fn resume(run_dir: &std::path::Path, json: bool, max_epochs: Option<u32>) -> anyhow::Result<()> {
+    let exp = tlcap::train::run_dir::read_config(run_dir)?;
+    let options = tlcap::train::Options {
+        resume: Some(run_dir.to_path_buf()),
+        max_epochs,
+        ..Default::default()
+    };
+    tlcap::headless::run(exp, options, json)
 }
 
 /// `tlcap-tui layers`: the layer table of a backbone.

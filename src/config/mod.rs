@@ -198,8 +198,8 @@ pub struct StallConfig {
     pub on_stall: OnStall,
 }
 
-/// Image size after the one-time resize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Image size after the one-time resize; written as `[height, width]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageSize {
     pub height: u32,
     pub width: u32,
@@ -294,6 +294,13 @@ pub enum OnStall {
     Suggest,
     Unfreeze,
     Stop,
+}
+
+impl Serialize for ImageSize {
+    /// As `[height, width]`, the form the files use, so a saved config reads back.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.height, self.width].serialize(s)
+    }
 }
 
 impl Default for ImageSize {

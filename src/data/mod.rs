@@ -57,6 +57,8 @@ pub struct Dataset {
     pixels: Vec<u8>,
     /// Class index of each image.
     pub labels: Vec<usize>,
+    /// The file each image came from.
+    pub files: Vec<PathBuf>,
     /// Image indices of the training and validation sets.
     pub train: Vec<usize>,
     pub val: Vec<usize>,
@@ -98,13 +100,13 @@ impl Dataset {
         }
         let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
         let decoded = decode_all(&paths, size, exp.data.interpolation, progress);
-        let labels: Vec<usize> = found
+        let (files, labels): (Vec<PathBuf>, Vec<usize>) = found
             .files
             .iter()
             .zip(&decoded.index)
             .filter(|(_, i)| i.is_some())
-            .map(|((_, label), _)| *label)
-            .collect();
+            .map(|((path, label), _)| (path.clone(), *label))
+            .unzip();
         for (class, name) in found.classes.iter().enumerate() {
             if !labels.contains(&class) {
                 return Err(DataError::NoReadableImages(name.clone()));
@@ -123,6 +125,7 @@ impl Dataset {
             size,
             pixels: decoded.pixels,
             labels,
+            files,
             train,
             val,
             skipped,

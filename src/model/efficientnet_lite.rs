@@ -56,7 +56,8 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+    /// `index` picks this block's row of `ctx.noise` for drop-connect.
+    fn forward(&self, x: &Tensor, ctx: Ctx, index: usize) -> Tensor {
         let mut y = x.shallow_clone();
         if let Some((conv, bn)) = &self.expand {
             y = relu6(bn.forward(&conv.forward(&y), ctx));
@@ -69,7 +70,14 @@ impl MbConv {
         if ctx.train && self.drop_connect > 0.0 && ctx.table.any_trainable(self.layers.clone()) {
             let keep = 1.0 - self.drop_connect;
             let n = y.size()[0];
-            let mask = (Tensor::rand([n, 1, 1, 1], (y.kind(), y.device())) + keep).floor();
+            let uniform = match ctx.noise {
+                Some(noise) if (index as i64) < noise.size()[0] => noise
+                    .get(index as i64)
+                    .to_device(y.device())
+                    .view([n, 1, 1, 1]),
+                _ => Tensor::rand([n, 1, 1, 1], (y.kind(), y.device())),
+            };
+            let mask = (uniform + keep).floor();
             y = y / keep * mask;
         }
         y + x
@@ -160,8 +168,8 @@ impl EfficientnetLite {
     /// Feature map before pooling.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let mut x = relu6(self.stem.1.forward(&self.stem.0.forward(x), ctx));
-        for block in &self.blocks {
-            x = block.forward(&x, ctx);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, ctx, i);
         }
         relu6(self.head.1.forward(&self.head.0.forward(&x), ctx))
     }

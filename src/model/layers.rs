@@ -144,6 +144,10 @@ pub struct Ctx<'a> {
     pub train: bool,
     /// The backbone's layer table.
     pub table: &'a LayerTable,
+    /// Uniform [0, 1) values `[rows, batch]` drawn by the caller's seeded generator,
+    /// for per-block randomness (drop-connect), so a run does not depend on torch's
+    /// process-wide generator; None falls back to it.
+    pub noise: Option<&'a Tensor>,
 }
 
 /// Registers layers in order while a backbone is built.

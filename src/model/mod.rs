@@ -3,6 +3,7 @@
 //! parameter names identical to the reference implementations so that real weight
 //! files load by name.
 
+pub mod classifier;
 pub mod efficientnet_lite;
 pub mod layers;
 pub mod mobilenet_v2;
@@ -19,6 +20,9 @@ use crate::config::Backbone as Kind;
 use crate::data::Normalisation;
 use crate::weights::{self, LoadReport, WeightFile, WeightsError};
 pub use layers::{Ctx, LayerInfo, LayerKind, LayerTable};
+
+/// Rows of per-block noise a training step supplies (more than any backbone's blocks).
+pub const NOISE_ROWS: i64 = 64;
 
 /// Variables whose names start with this belong to the new head, not the backbone.
 pub const HEAD_PREFIX: &str = "head.";
@@ -120,9 +124,16 @@ impl Backbone {
     /// Pooled features `[B, C]` of a normalised batch `[B, 3, H, W]`
     /// (`include_top=False` followed by global average pooling).
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.features_with_noise(x, train, None)
+    }
+
+    /// [`Backbone::features`] with the training randomness supplied: `noise` holds
+    /// uniform [0, 1) values `[NOISE_ROWS, B]` (see [`Ctx::noise`]).
+    pub fn features_with_noise(&self, x: &Tensor, train: bool, noise: Option<&Tensor>) -> Tensor {
         let ctx = Ctx {
             train,
             table: &self.table,
+            noise,
         };
         let map = match &self.body {
             Body::Resnet(n) => n.forward(x, ctx),

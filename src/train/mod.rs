@@ -1,5 +1,12 @@
-//! Training: the pieces the trainer thread is built from. So far: plateau detection
-//! ([`stall`]) and validation metrics ([`metrics`]); the trainer itself is issue #5.
+//! Training: the trainer thread ([`engine`]) with its typed commands and events
+//! ([`events`]), plateau detection ([`stall`]), validation metrics ([`metrics`]) and
+//! the run folder ([`run_dir`]).
 
+pub mod engine;
+pub mod events;
 pub mod metrics;
+pub mod run_dir;
 pub mod stall;
+
+pub use engine::{spawn, Options, Phases, TrainerHandle};
+pub use events::{Command, EndReason, EpochMetrics, Event, Phase};

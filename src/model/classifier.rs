@@ -1,0 +1,271 @@
+//! The whole network the recipe trains: normalisation, a backbone without its top,
+//! global average pooling, dropout and a new dense layer — one sigmoid unit for two
+//! classes (binary cross-entropy on logits, as in the Keras seed), softmax over N
+//! classes otherwise.
+
+use anyhow::{anyhow, bail, Context};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::{Backbone, LayerTable, HEAD_PREFIX};
+use crate::config::{Experiment, Weights};
+use crate::data::Normalisation;
+use crate::weights::LoadReport;
+
+/// Serialises seeded initialisation (see [`Classifier::new`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Picks the device an experiment asks for: `auto` (CUDA when tch sees it), `cpu`,
+/// `cuda` (device 0) or `cuda:N`; an error if CUDA is asked for and absent.
+pub fn select_device(spec: &str) -> anyhow::Result<Device> {
+    let cuda = |n: usize| {
+        if tch::Cuda::is_available() && n < tch::Cuda::device_count() as usize {
+            Ok(Device::Cuda(n))
+        } else {
+            Err(anyhow!(
+                "device `{spec}` asked for, but libtorch sees {} CUDA device(s); use `device: cpu` or `auto`",
+                if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 }
+            ))
+        }
+    };
+    match spec {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => cuda(n),
+            None => bail!("unknown device `{s}`: use auto, cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+/// Describes a device for people: `cpu` or `cuda:0`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
+    }
+}
+
+/// Backbone plus new head, with its own variables.
+pub struct Classifier {
+    /// All variables: the backbone's under their reference names, the head's under `head.`.
+    pub vs: nn::VarStore,
+    /// The backbone and its layer table.
+    pub backbone: Backbone,
+    head: nn::Linear,
+    dropout: f64,
+    /// Number of classes.
+    pub classes: usize,
+    normalisation: Normalisation,
+    /// What loading the pretrained weights did (None with `weights: none`).
+    pub weights_report: Option<LoadReport>,
+    /// Whether the backbone started from pretrained weights.
+    pub pretrained: bool,
+}
+
+impl Classifier {
+    /// Builds the network for `exp` with `classes` classes on `device` and loads the
+    /// backbone weights the file names. The head is initialised from the seed.
+    pub fn new(exp: &Experiment, classes: usize, device: Device) -> anyhow::Result<Classifier> {
+        if classes < 2 {
+            bail!("need at least two classes, found {classes}");
+        }
+        let kind = exp.model.backbone;
+        let vs = nn::VarStore::new(device);
+        // Initialisation draws from torch's process-wide generator: hold a lock from
+        // seeding to the last draw so runs started together stay reproducible.
+        let (backbone, head) = {
+            let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(exp.seed as i64);
+            let backbone = Backbone::new(&vs.root(), kind, false);
+            let outputs = if classes == 2 { 1 } else { classes as i64 };
+            let head = nn::linear(
+                vs.root().sub(HEAD_PREFIX.trim_end_matches('.')).sub("fc"),
+                backbone.feature_dim(),
+                outputs,
+                Default::default(),
+            );
+            (backbone, head)
+        };
+        let path = match &exp.model.weights {
+            Weights::None => None,
+            Weights::File(p) => Some(p.clone()),
+            Weights::Imagenet => Some(super::imagenet_weights(kind).map_err(|m| anyhow!(m))?),
+        };
+        let weights_report = match &path {
+            Some(p) => {
+                // Weight files are read on the CPU; copying moves them to the device.
+                let file = crate::weights::read_file(p)
+                    .with_context(|| format!("cannot load weights {}", p.display()))?;
+                Some(
+                    super::load_weights(&vs, kind, &file)
+                        .with_context(|| format!("cannot load weights {}", p.display()))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Classifier {
+            vs,
+            backbone,
+            head,
+            dropout: exp.model.dropout,
+            classes,
+            normalisation: Normalisation::for_model(kind, exp.data.augment.rescale),
+            pretrained: path.is_some(),
+            weights_report,
+        })
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The backbone's layer table.
+    pub fn table(&self) -> &LayerTable {
+        self.backbone.table()
+    }
+
+    /// Phase 1: the backbone frozen (inference mode), only the head trains. A backbone
+    /// without pretrained weights has nothing to preserve, so it trains whole, with
+    /// BatchNorm in training mode.
+    pub fn set_frozen_phase(&mut self) {
+        let table = self.backbone.table_mut();
+        if self.pretrained {
+            table.freeze_all();
+            table.set_train_bn(false);
+        } else {
+            table.unfreeze_all();
+            table.set_train_bn(true);
+        }
+    }
+
+    /// Phase 2: the last `n` layers trainable; BatchNorm statistics update only with
+    /// `train_bn` (always for a backbone trained from scratch). Returns how many layers
+    /// are trainable.
+    pub fn set_finetune_phase(&mut self, n: usize, train_bn: bool) -> usize {
+        let table = self.backbone.table_mut();
+        if self.pretrained {
+            let range = table.unfreeze_last(n);
+            table.set_train_bn(train_bn);
+            range.len()
+        } else {
+            table.unfreeze_all();
+            table.set_train_bn(true);
+            table.len()
+        }
+    }
+
+    /// Logits `[B, 1]` (two classes) or `[B, classes]` for float pixels on the
+    /// 0..255 scale, in inference mode.
+    pub fn forward(&self, pixels: &Tensor) -> Tensor {
+        let x = self.normalisation.apply(&pixels.to_device(self.device()));
+        self.head.forward(&self.backbone.features(&x, false))
+    }
+
+    /// Logits for a training step. Dropout and drop-connect draw from `rng` (not from
+    /// torch's process-wide generator), so a seeded run repeats exactly even with
+    /// other runs in the same process.
+    pub fn forward_train(&self, pixels: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
+        let x = self.normalisation.apply(&pixels.to_device(self.device()));
+        let batch = x.size()[0];
+        let uniform = |rows: i64, cols: i64, rng: &mut dyn rand::RngCore| {
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|_| rand::Rng::gen::<f32>(rng))
+                .collect();
+            Tensor::from_slice(&v)
+                .view([rows, cols])
+                .to_device(self.device())
+        };
+        let noise = uniform(super::NOISE_ROWS, batch, rng);
+        // A fully frozen backbone needs no graph: cheaper and less memory.
+        let frozen = !self.table().any_trainable(0..self.table().len());
+        let features = if frozen {
+            tch::no_grad(|| self.backbone.features_with_noise(&x, true, Some(&noise)))
+        } else {
+            self.backbone.features_with_noise(&x, true, Some(&noise))
+        };
+        let features = if self.dropout > 0.0 {
+            let keep = 1.0 - self.dropout;
+            let mask = uniform(batch, self.backbone.feature_dim(), rng)
+                .lt(keep)
+                .to_kind(Kind::Float);
+            features * mask / keep
+        } else {
+            features
+        };
+        self.head.forward(&features)
+    }
+
+    /// Mean loss: binary cross-entropy on logits for two classes, cross-entropy else.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        let labels = labels.to_device(logits.device());
+        if self.classes == 2 {
+            logits
+                .view([-1])
+                .binary_cross_entropy_with_logits::<Tensor>(
+                    &labels.to_kind(Kind::Float),
+                    None,
+                    None,
+                    Reduction::Mean,
+                )
+        } else {
+            logits.cross_entropy_for_logits(&labels)
+        }
+    }
+
+    /// Class probabilities `[B, classes]` (for two classes: `[1 - p, p]`).
+    pub fn probabilities(&self, logits: &Tensor) -> Tensor {
+        if self.classes == 2 {
+            let p = logits.view([-1, 1]).sigmoid();
+            Tensor::cat(&[&(1.0 - &p), &p], 1)
+        } else {
+            logits.softmax(-1, Kind::Float)
+        }
+    }
+
+    /// Names and tensors a checkpoint holds: the head, and every variable (running
+    /// statistics included) of the backbone layers trainable now.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let trainable: Vec<String> = self
+            .table()
+            .layers()
+            .filter(|l| l.trainable)
+            .map(|l| format!("{}.", l.name))
+            .collect();
+        let mut out: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with(HEAD_PREFIX) || trainable.iter().any(|p| name.starts_with(p))
+            })
+            .map(|(name, t)| (name, t.detach().to_device(Device::Cpu)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Copies checkpoint tensors over the current variables; every name must exist
+    /// with the same shape.
+    pub fn load_checkpoint(&self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+        let vars = self.vs.variables();
+        for (name, t) in tensors {
+            let var = vars
+                .get(name)
+                .ok_or_else(|| anyhow!("checkpoint tensor `{name}` is not in this model"))?;
+            if var.size() != t.size() {
+                bail!(
+                    "checkpoint tensor `{name}` has shape {:?}, the model {:?}",
+                    t.size(),
+                    var.size()
+                );
+            }
+            tch::no_grad(|| var.shallow_clone().copy_(t));
+        }
+        Ok(())
+    }
+}

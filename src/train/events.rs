@@ -1,0 +1,182 @@
+//! The trainer's typed interface: commands in, events out.
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Confusion;
+use crate::config::{Change, Experiment};
+use crate::model::LayerInfo;
+
+/// The two phases of the recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Backbone frozen, only the new head trains.
+    Frozen,
+    /// The last N backbone layers unfrozen at a tiny learning rate.
+    Finetune,
+}
+
+impl Phase {
+    /// `frozen` or `finetune`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Frozen => "frozen",
+            Phase::Finetune => "finetune",
+        }
+    }
+}
+
+/// What the UI (or the headless runner) asks of the trainer. Pause, Unfreeze and Stop
+/// take effect at the next batch boundary.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Begin (a trainer spawned without autostart waits for this).
+    Start,
+    /// Hold after the current batch.
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Switch to the fine-tune phase now.
+    Unfreeze,
+    /// Save a checkpoint and finish.
+    Stop,
+    /// New settings from an edited file; live changes apply from the next epoch.
+    ApplyConfig(Box<Experiment>),
+}
+
+/// Everything measured in one epoch: one line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based, counted across phases.
+    pub epoch: u32,
+    /// The phase the epoch ended in.
+    pub phase: Phase,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy.
+    pub accuracy: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Two classes: precision of class 1 on validation.
+    pub val_precision: Option<f64>,
+    /// Two classes: recall of class 1 on validation.
+    pub val_recall: Option<f64>,
+    /// Two classes: F1 of class 1 on validation.
+    pub val_f1: Option<f64>,
+    /// Two classes: ROC AUC on validation.
+    pub val_auc: Option<f64>,
+    /// Validation confusion matrix (rows: true class, columns: predicted).
+    pub confusion: Confusion,
+    /// Learning rate in force.
+    pub lr: f64,
+    /// Wall seconds for the epoch (training and validation).
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+    /// Validation images per second.
+    pub val_images_per_sec: f64,
+    /// Whether the stall detector fired at this epoch.
+    pub stalled: bool,
+    /// What to do about the stall, in words.
+    pub suggestion: Option<String>,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// All epochs of all phases ran.
+    Completed,
+    /// The user stopped it.
+    Stopped,
+    /// The stall detector stopped it (`on_stall: stop`).
+    Stalled,
+}
+
+/// What the trainer reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Decoding images: `done` of `total`.
+    Loading {
+        /// Images decoded.
+        done: usize,
+        /// Images to decode.
+        total: usize,
+    },
+    /// The data is in memory.
+    DataReady {
+        /// Class names (sub-folder names), in label order.
+        classes: Vec<String>,
+        /// Training images.
+        train: usize,
+        /// Validation images.
+        val: usize,
+        /// Files skipped (unreadable, not images).
+        skipped: usize,
+    },
+    /// The network is built and its weights loaded.
+    ModelReady {
+        /// `cpu` or `cuda:N`.
+        device: String,
+        /// Where the backbone weights came from, in words.
+        weights: String,
+        /// The backbone's layers.
+        layers: Vec<LayerInfo>,
+    },
+    /// The run folder in use.
+    RunDir(std::path::PathBuf),
+    /// A training batch finished.
+    Batch {
+        /// 1-based epoch.
+        epoch: u32,
+        /// 1-based batch.
+        batch: usize,
+        /// Batches in the epoch.
+        of: usize,
+        /// Mean loss so far this epoch.
+        loss: f64,
+        /// Training images per second so far this epoch.
+        images_per_sec: f64,
+    },
+    /// An epoch finished (already on disk).
+    EpochEnd(EpochMetrics),
+    /// The stall detector fired.
+    Stalled {
+        /// 1-based epoch.
+        epoch: u32,
+        /// What to do, in words.
+        suggestion: String,
+    },
+    /// A phase began.
+    PhaseChanged {
+        /// The new phase.
+        phase: Phase,
+        /// The first epoch (1-based) it applies to.
+        epoch: u32,
+        /// Layers now trainable.
+        trainable_layers: usize,
+        /// Values now trainable in the backbone.
+        trainable_params: usize,
+        /// The layer table after the change.
+        layers: Vec<LayerInfo>,
+    },
+    /// Holding after a Pause.
+    Paused,
+    /// Running again.
+    Resumed,
+    /// An edited file was taken: what changed and when it applies.
+    ConfigApplied(Vec<Change>),
+    /// A checkpoint was written.
+    Checkpoint(std::path::PathBuf),
+    /// The run ended; nothing follows.
+    Finished {
+        /// Why.
+        reason: EndReason,
+        /// The best epoch by the stall monitor, if any epoch finished.
+        best: Option<EpochMetrics>,
+    },
+    /// The run failed; nothing follows.
+    Error(String),
+}

@@ -1,0 +1,240 @@
+//! The run folder, `runs/<experiment>/<timestamp>/`: everything a run produced, on
+//! disk as it happens, so that nothing is lost when the process dies.
+//!
+//! - `config.yaml`: the settings in force (rewritten atomically when an edit is
+//!   applied); `config-history.jsonl`: one line per applied edit;
+//! - `split.json`: the classes and which files are in training and validation;
+//! - `metrics.jsonl`: one [`EpochMetrics`] per line, fsynced before the next epoch;
+//! - `events.log`: a timestamped line per event;
+//! - `last.safetensors`, `best.safetensors`: the head and every backbone layer
+//!   trained so far, written atomically, with the epoch and phase in their metadata;
+//! - `summary.json`: written when the run ends.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::events::{EpochMetrics, Phase};
+use crate::config::{Change, Experiment};
+use crate::fsutil::write_atomic;
+
+/// Which files went where, saved so `predict` and tests can check the validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// `(file, class index)` of the training images.
+    pub train: Vec<(PathBuf, usize)>,
+    /// `(file, class index)` of the validation images.
+    pub val: Vec<(PathBuf, usize)>,
+}
+
+/// What a checkpoint's metadata records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The last finished epoch (1-based).
+    pub epoch: u32,
+    /// Its phase.
+    pub phase: Phase,
+    /// Backbone layers unfrozen in that phase (0 in the frozen phase).
+    pub unfrozen: usize,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+}
+
+/// An open run folder.
+pub struct RunDir {
+    /// The folder.
+    pub path: PathBuf,
+    metrics: File,
+    events: File,
+}
+
+impl RunDir {
+    /// Creates `root/<name>/<UTC timestamp>/` (with `-2`, `-3`... if taken) and writes
+    /// the config as used.
+    pub fn create(root: &Path, exp: &Experiment) -> anyhow::Result<RunDir> {
+        let base = root.join(sanitise(&exp.name));
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        std::fs::create_dir_all(&base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
+        let mut path = base.join(&stamp);
+        let mut n = 2;
+        loop {
+            match std::fs::create_dir(&path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    path = base.join(format!("{stamp}-{n}"));
+                    n += 1;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
+            }
+        }
+        write_atomic(
+            &path.join("config.yaml"),
+            serde_yaml::to_string(exp)?.as_bytes(),
+        )?;
+        RunDir::open(&path)
+    }
+
+    /// Opens an existing run folder to append to it (resume).
+    pub fn open(path: &Path) -> anyhow::Result<RunDir> {
+        let append = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path.join(name))
+                .with_context(|| format!("cannot open {}", path.join(name).display()))
+        };
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            metrics: append("metrics.jsonl")?,
+            events: append("events.log")?,
+        })
+    }
+
+    /// Appends one epoch to `metrics.jsonl` and fsyncs it.
+    pub fn append_metrics(&mut self, m: &EpochMetrics) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(m)?;
+        line.push('\n');
+        self.metrics.write_all(line.as_bytes())?;
+        self.metrics.sync_data()?;
+        Ok(())
+    }
+
+    /// Appends a timestamped line to `events.log` (best effort: a log line is never
+    /// worth failing a run for).
+    pub fn log(&mut self, text: &str) {
+        let stamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        let _ = writeln!(self.events, "{stamp} {text}");
+    }
+
+    /// Writes the split.
+    pub fn write_split(&self, split: &Split) -> anyhow::Result<()> {
+        write_atomic(
+            &self.path.join("split.json"),
+            serde_json::to_string(split)?.as_bytes(),
+        )
+    }
+
+    /// Records an applied edit: `config.yaml` becomes the new settings and the change
+    /// list is appended to `config-history.jsonl`.
+    pub fn record_config(
+        &mut self,
+        epoch: u32,
+        exp: &Experiment,
+        changes: &[Change],
+    ) -> anyhow::Result<()> {
+        write_atomic(
+            &self.path.join("config.yaml"),
+            serde_yaml::to_string(exp)?.as_bytes(),
+        )?;
+        let line = serde_json::json!({
+            "from_epoch": epoch,
+            "changes": changes.iter().map(|c| serde_json::json!({
+                "path": c.path, "old": c.old, "new": c.new,
+            })).collect::<Vec<_>>(),
+        });
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("config-history.jsonl"))?;
+        writeln!(f, "{line}")?;
+        f.sync_data()?;
+        Ok(())
+    }
+
+    /// Writes `<name>.safetensors` atomically.
+    pub fn write_checkpoint(
+        &self,
+        name: &str,
+        tensors: &[(String, Tensor)],
+        info: &CheckpointInfo,
+    ) -> anyhow::Result<PathBuf> {
+        let path = self.path.join(format!("{name}.safetensors"));
+        let meta = HashMap::from([("tlcap".to_owned(), serde_json::to_string(info)?)]);
+        crate::weights::write_safetensors(&path, tensors, Some(meta))?;
+        Ok(path)
+    }
+
+    /// Writes `summary.json`.
+    pub fn write_summary(&self, summary: &serde_json::Value) -> anyhow::Result<()> {
+        write_atomic(
+            &self.path.join("summary.json"),
+            serde_json::to_string_pretty(summary)?.as_bytes(),
+        )
+    }
+}
+
+/// Keeps a name usable as one folder name.
+fn sanitise(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("run{s}")
+    } else {
+        s
+    }
+}
+
+/// Every complete line of a run's `metrics.jsonl`. A torn last line (the process
+/// died while writing it) is ignored; a bad line elsewhere is an error.
+pub fn read_metrics(run: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    let path = run.join("metrics.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(m) => out.push(m),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => bail!("{} line {}: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a checkpoint: its tensors and its [`CheckpointInfo`].
+pub fn read_checkpoint(path: &Path) -> anyhow::Result<(Vec<(String, Tensor)>, CheckpointInfo)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a checkpoint: {e:?}", path.display()))?;
+    let info = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("tlcap"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}: not a tlcap checkpoint (no metadata)", path.display())
+        })?;
+    let info: CheckpointInfo = serde_json::from_str(info)?;
+    let file = crate::weights::read_bytes(&bytes)?;
+    Ok((file.tensors, info))
+}
+
+/// The experiment a run used (its `config.yaml`).
+pub fn read_config(run: &Path) -> anyhow::Result<Experiment> {
+    let path = run.join("config.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a valid experiment", path.display()))
+}

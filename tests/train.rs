@@ -1,0 +1,532 @@
+//! The trainer end to end on generated images: it learns, it is deterministic, every
+//! epoch is on disk, a SIGKILLed run resumes, predict agrees with validation, and
+//! fine-tuning a real MobileNetV2 changes exactly the unfrozen layers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use tch::Tensor;
+use tlcap::config::{parse_str, Experiment};
+use tlcap::train::run_dir::{read_checkpoint, read_metrics, Split};
+use tlcap::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
+
+/// Noisy images where the class is where a bright blob sits: left / right (/ top).
+fn make_images(root: &Path, classes: &[&str], per_class: usize, size: u32) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for (c, name) in classes.iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let (cx, cy) = match c {
+                0 => (size / 4, size / 2),
+                1 => (3 * size / 4, size / 2),
+                _ => (size / 2, size / 5),
+            };
+            let jx = rng.gen_range(0..size / 6) as i64 - (size / 12) as i64;
+            let jy = rng.gen_range(0..size / 6) as i64 - (size / 12) as i64;
+            let r = (size / 6) as i64;
+            let mut img = RgbImage::new(size, size);
+            for (x, y, px) in img.enumerate_pixels_mut() {
+                let dx = x as i64 - (cx as i64 + jx);
+                let dy = y as i64 - (cy as i64 + jy);
+                let blob = dx * dx + dy * dy <= r * r;
+                let noise: u8 = rng.gen_range(0..60);
+                let v = if blob { 190 } else { 40 } + noise;
+                *px = Rgb([v, v, v.saturating_sub(20)]);
+            }
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn experiment(root: &Path, body: &str) -> Experiment {
+    let text = format!("data: {{ dir: {} }}\n{body}", root.display());
+    parse_str(&text, &root.join("exp.yaml")).unwrap()
+}
+
+const SMALL: &str = "
+data: { image_size: 32, batch_size: 16, validation_split: 0.25 }
+model: { backbone: small_cnn, dropout: 0.1 }
+frozen: { epochs: 8, lr: 3.0e-3 }
+finetune: { epochs: 0 }
+device: cpu
+";
+
+/// Runs to the end; returns every epoch row and how it ended.
+fn run_all(exp: Experiment, options: Options) -> (Vec<EpochMetrics>, EndReason, PathBuf) {
+    let handle = train::spawn(
+        exp,
+        Options {
+            autostart: true,
+            ..options
+        },
+    );
+    let (mut rows, mut end, mut dir) = (Vec::new(), None, None);
+    for e in handle.events.iter() {
+        match e {
+            Event::EpochEnd(m) => rows.push(m),
+            Event::RunDir(d) => dir = Some(d),
+            Event::Finished { reason, .. } => end = Some(reason),
+            Event::Error(e) => panic!("trainer failed: {e}"),
+            _ => {}
+        }
+    }
+    handle.join();
+    (rows, end.unwrap(), dir.unwrap())
+}
+
+/// `data.dir` needs to be nested in the YAML above; merge the two `data:` maps.
+fn small(root: &Path, extra: &str) -> Experiment {
+    let body = SMALL.replace(
+        "data: { image_size: 32,",
+        &format!("data: {{ dir: {}, image_size: 32,", root.display()),
+    );
+    parse_str(&format!("{body}{extra}"), &root.join("exp.yaml")).unwrap()
+}
+
+#[test]
+fn small_cnn_learns_two_classes_deterministically_and_predict_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 48, 32);
+    let runs = dir.path().join("runs");
+    let options = Options {
+        runs_root: runs.clone(),
+        ..Default::default()
+    };
+    let (rows, end, run) = run_all(small(&data, ""), options.clone());
+    assert_eq!(end, EndReason::Completed);
+    assert_eq!(rows.len(), 8);
+    let best = rows.iter().map(|m| m.val_accuracy).fold(0.0, f64::max);
+    assert!(best >= 0.95, "val_accuracy {best}: {rows:#?}");
+    let last = rows.last().unwrap();
+    assert!(last.val_auc.unwrap() > 0.95 && last.val_f1.is_some());
+    assert_eq!(last.confusion.counts.iter().sum::<u64>(), 24);
+    assert!(rows
+        .iter()
+        .all(|m| m.phase == Phase::Frozen && m.lr == 3e-3));
+
+    // Everything is on disk: one metrics line per epoch, checkpoints, summary.
+    assert_eq!(read_metrics(&run).unwrap(), rows);
+    for f in [
+        "config.yaml",
+        "split.json",
+        "events.log",
+        "last.safetensors",
+        "best.safetensors",
+        "summary.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["reason"], "completed");
+
+    // Same seed, same everything (timings aside).
+    let (again, _, _) = run_all(small(&data, ""), options);
+    let strip = |m: &EpochMetrics| {
+        let mut m = m.clone();
+        m.seconds = 0.0;
+        m.images_per_sec = 0.0;
+        m.val_images_per_sec = 0.0;
+        m
+    };
+    assert_eq!(
+        rows.iter().map(strip).collect::<Vec<_>>(),
+        again.iter().map(strip).collect::<Vec<_>>()
+    );
+
+    // predict with best.safetensors on the validation files gives the best epoch's accuracy.
+    let split: Split =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    let predictor = tlcap::predict::Predictor::load(&run).unwrap();
+    let files: Vec<PathBuf> = split.val.iter().map(|(p, _)| p.clone()).collect();
+    let answers = predictor.predict(&files);
+    let right = answers
+        .iter()
+        .zip(&split.val)
+        .filter(|(a, (_, label))| a.as_ref().unwrap().class == *label)
+        .count();
+    let best_row = rows.iter().fold(&rows[0], |b, m| {
+        if m.val_accuracy > b.val_accuracy {
+            m
+        } else {
+            b
+        }
+    });
+    let (_, info) = read_checkpoint(&run.join("best.safetensors")).unwrap();
+    assert_eq!(info.epoch, best_row.epoch);
+    assert_eq!(right as f64 / files.len() as f64, best_row.val_accuracy);
+}
+
+#[test]
+fn small_cnn_learns_three_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right", "top"], 40, 32);
+    let options = Options {
+        runs_root: dir.path().join("runs"),
+        ..Default::default()
+    };
+    let (rows, _, _) = run_all(small(&data, ""), options);
+    let best = rows.iter().map(|m| m.val_accuracy).fold(0.0, f64::max);
+    assert!(best >= 0.9, "val_accuracy {best}");
+    assert_eq!(rows[0].confusion.n, 3);
+    assert!(
+        rows[0].val_auc.is_none(),
+        "binary scores only for two classes"
+    );
+}
+
+#[test]
+fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 16, 32);
+    // min_delta 0.5: after the first epoch nothing counts as a gain, so the stall
+    // fires after `patience` epochs.
+    let mut exp = small(
+        &data,
+        "stall: { patience: 2, min_delta: 0.5, on_stall: unfreeze }\n",
+    );
+    exp.frozen.epochs = 6;
+    exp.finetune.epochs = 2;
+    let (rows, end, _) = run_all(
+        exp,
+        Options {
+            runs_root: dir.path().join("runs"),
+            ..Default::default()
+        },
+    );
+    assert_eq!(end, EndReason::Completed);
+    let phases: Vec<Phase> = rows.iter().map(|m| m.phase).collect();
+    // Epoch 1 sets the baseline, 2 and 3 do not improve: stall at 3, fine-tune from 4.
+    assert!(rows[2].stalled, "{rows:#?}");
+    assert!(rows[2]
+        .suggestion
+        .as_deref()
+        .unwrap()
+        .contains("unfreezing the last"));
+    assert_eq!(
+        phases,
+        [
+            Phase::Frozen,
+            Phase::Frozen,
+            Phase::Frozen,
+            Phase::Finetune,
+            Phase::Finetune
+        ]
+    );
+
+    // Stop mid-epoch: stopped.safetensors is written, the run ends as stopped.
+    let exp = small(&data, "");
+    let handle = train::spawn(
+        exp,
+        Options {
+            runs_root: dir.path().join("runs2"),
+            ..Default::default()
+        },
+    );
+    handle.commands.send(train::Command::Start).unwrap();
+    let mut stopped = None;
+    for e in handle.events.iter() {
+        match e {
+            Event::Batch {
+                epoch: 2, batch: 1, ..
+            } => handle.commands.send(train::Command::Stop).unwrap(),
+            Event::Checkpoint(p) if p.ends_with("stopped.safetensors") => stopped = Some(p),
+            Event::Finished { reason, .. } => assert_eq!(reason, EndReason::Stopped),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert!(stopped.unwrap().is_file());
+}
+
+fn tlcap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+}
+
+#[test]
+fn sigkill_mid_run_leaves_valid_metrics_and_resume_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 64, 32);
+    let file = dir.path().join("exp.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "data: {{ dir: {}, image_size: 32, batch_size: 8 }}\nmodel: {{ backbone: small_cnn }}\n\
+             frozen: {{ epochs: 12, lr: 1.0e-3 }}\nfinetune: {{ epochs: 0 }}\ndevice: cpu\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(&runs)
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for two finished epochs, then kill without warning.
+    let start = Instant::now();
+    let run = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epochs appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(mut dirs) = std::fs::read_dir(runs.join("exp")) else {
+            continue;
+        };
+        let Some(Ok(d)) = dirs.next() else { continue };
+        if read_metrics(&d.path()).map(|m| m.len()).unwrap_or(0) >= 2 {
+            break d.path();
+        }
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let done = read_metrics(&run).unwrap();
+    assert!(done.len() >= 2 && done.len() < 12, "{} epochs", done.len());
+    for (i, m) in done.iter().enumerate() {
+        assert_eq!(m.epoch as usize, i + 1);
+    }
+    assert!(text.ends_with('\n'), "every line complete");
+
+    let out = tlcap()
+        .args(["resume", "--json"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let all = read_metrics(&run).unwrap();
+    assert_eq!(all.len(), 12);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(
+            m.epoch as usize,
+            i + 1,
+            "epochs continue without gaps or repeats"
+        );
+    }
+    let first_resumed = printed[0]["epoch"].as_u64().unwrap() as usize;
+    assert!(first_resumed >= done.len() && first_resumed <= done.len() + 1);
+    for key in [
+        "epoch",
+        "phase",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+        "images_per_sec",
+        "stalled",
+        "suggestion",
+    ] {
+        assert!(printed[0].get(key).is_some(), "{key}");
+    }
+}
+
+#[test]
+fn run_command_prints_json_lines_and_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 12, 32);
+    let file = dir.path().join("exp.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "data: {{ dir: {}, image_size: 32 }}\nmodel: {{ backbone: small_cnn }}\nfrozen: {{ epochs: 3 }}\ndevice: cpu\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = tlcap()
+        .args(["run", "--json", "--max-epochs", "2", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["epoch"], 2);
+    assert_eq!(lines[1]["phase"], "frozen");
+    assert!(lines[1]["suggestion"].is_null());
+    // ResNet without weights: a clear message, exit 1.
+    std::fs::write(
+        &file,
+        format!(
+            "data: {{ dir: {} }}\nmodel: {{ backbone: resnet50 }}\ndevice: cpu\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = tlcap().args(["run"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no ImageNet weights for resnet50") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+/// Frozen, then fine-tune on the real ImageNet MobileNetV2: the exported model differs
+/// from the ImageNet file in exactly the unfrozen layers' weights; every other tensor,
+/// and every running statistic (train_bn: false), is bit-identical.
+#[test]
+fn mobilenet_v2_fine_tune_changes_exactly_the_unfrozen_layers() {
+    let imagenet = tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 8, 64);
+    let exp = experiment(
+        &data,
+        "model: { backbone: mobilenet_v2 }\n\
+         frozen: { epochs: 1, lr: 1.0e-3 }\n\
+         finetune: { epochs: 1, lr: 1.0e-3, unfreeze_last: 6 }\ndevice: cpu\n",
+    );
+    let mut exp = exp;
+    exp.data.image_size = tlcap::config::ImageSize {
+        height: 64,
+        width: 64,
+    };
+    exp.data.batch_size = 8;
+    let (rows, _, run) = run_all(
+        exp,
+        Options {
+            runs_root: dir.path().join("runs"),
+            phases: Phases::Both,
+            export_model: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        rows.iter().map(|m| m.phase).collect::<Vec<_>>(),
+        [Phase::Frozen, Phase::Finetune]
+    );
+    let base: HashMap<String, Tensor> = tlcap::weights::read_file(&imagenet)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .collect();
+    let model: HashMap<String, Tensor> = tlcap::weights::read_file(&run.join("model.safetensors"))
+        .unwrap()
+        .tensors
+        .into_iter()
+        .collect();
+    // The last 6 layers of MobileNetV2 (tlcap-tui layers mobilenet_v2 --unfreeze-last 6).
+    let unfrozen = [
+        "features.17.conv.2",
+        "features.17.conv.3",
+        "features.18.0",
+        "features.18.1",
+        "features.17.conv.1.0",
+        "features.17.conv.1.1",
+    ];
+    let mut changed = Vec::new();
+    for (name, t) in &model {
+        if name.starts_with("head.") {
+            continue;
+        }
+        let b = base[name].to_kind(t.kind());
+        if !t.equal(&b) {
+            changed.push(name.clone());
+        }
+    }
+    changed.sort();
+    let mut expected: Vec<String> = unfrozen
+        .iter()
+        .flat_map(|l| ["weight", "bias"].map(|s| format!("{l}.{s}")))
+        .filter(|n| base.contains_key(n))
+        .collect();
+    expected.sort();
+    assert_eq!(changed, expected);
+}
+
+/// Pause holds at a batch boundary; Unfreeze while paused switches phase mid-epoch;
+/// an edit applies from the next epoch and is recorded in the run folder.
+#[test]
+fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 24, 32);
+    let mut exp = small(&data, "");
+    exp.frozen.epochs = 3;
+    exp.finetune.epochs = 2;
+    let handle = train::spawn(
+        exp.clone(),
+        Options {
+            runs_root: dir.path().join("runs"),
+            ..Default::default()
+        },
+    );
+    handle.commands.send(train::Command::Start).unwrap();
+    let (mut rows, mut log, mut run) = (Vec::new(), Vec::new(), None);
+    for e in handle.events.iter() {
+        match &e {
+            Event::Batch {
+                epoch: 1, batch: 1, ..
+            } => handle.commands.send(train::Command::Pause).unwrap(),
+            Event::Paused => {
+                let mut edited = exp.clone();
+                edited.finetune.lr = 5e-4;
+                edited.seed = 99; // restart-kind: must not change the running seed
+                let c = &handle.commands;
+                c.send(train::Command::ApplyConfig(Box::new(edited)))
+                    .unwrap();
+                c.send(train::Command::Unfreeze).unwrap();
+                c.send(train::Command::Resume).unwrap();
+            }
+            Event::EpochEnd(m) => rows.push(m.clone()),
+            Event::RunDir(d) => run = Some(d.clone()),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+        log.push(format!("{e:?}").chars().take(40).collect::<String>());
+    }
+    let kinds: Vec<&str> = log
+        .iter()
+        .map(|l| l.split([' ', '(']).next().unwrap())
+        .collect();
+    let paused = kinds.iter().position(|k| *k == "Paused").unwrap();
+    assert_eq!(kinds[paused + 1], "PhaseChanged", "{kinds:?}");
+    assert_eq!(kinds[paused + 2], "Resumed");
+    // Epoch 1 ended fine-tuning at the old rate; the edit applies from epoch 2.
+    let phases: Vec<Phase> = rows.iter().map(|m| m.phase).collect();
+    assert_eq!(phases, [Phase::Finetune, Phase::Finetune]);
+    assert_eq!(rows[0].lr, exp.finetune.lr);
+    assert_eq!(rows[1].lr, 5e-4);
+    let run = run.unwrap();
+    let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
+    assert!(
+        history.contains("finetune.lr") && history.contains("\"from_epoch\":2"),
+        "{history}"
+    );
+    let saved = tlcap::train::run_dir::read_config(&run).unwrap();
+    assert_eq!((saved.finetune.lr, saved.seed), (5e-4, exp.seed));
+}
