@@ -64,6 +64,8 @@ pub struct Classifier {
     pub weights_report: Option<LoadReport>,
     /// Whether the backbone started from pretrained weights.
     pub pretrained: bool,
+    /// Backbone layers trainable at any point so far: what checkpoints must hold.
+    ever_trained: Vec<bool>,
 }
 
 impl Classifier {
@@ -116,6 +118,7 @@ impl Classifier {
             normalisation: Normalisation::for_model(kind, exp.data.augment.rescale),
             pretrained: path.is_some(),
             weights_report,
+            ever_trained: Vec::new(),
         })
     }
 
@@ -133,6 +136,11 @@ impl Classifier {
     /// without pretrained weights has nothing to preserve, so it trains whole, with
     /// BatchNorm in training mode.
     pub fn set_frozen_phase(&mut self) {
+        self.set_frozen_layers();
+        self.remember_trained();
+    }
+
+    fn set_frozen_layers(&mut self) {
         let table = self.backbone.table_mut();
         if self.pretrained {
             table.freeze_all();
@@ -147,6 +155,20 @@ impl Classifier {
     /// `train_bn` (always for a backbone trained from scratch). Returns how many layers
     /// are trainable.
     pub fn set_finetune_phase(&mut self, n: usize, train_bn: bool) -> usize {
+        let count = self.set_finetune_layers(n, train_bn);
+        self.remember_trained();
+        count
+    }
+
+    fn remember_trained(&mut self) {
+        let table = self.backbone.table();
+        self.ever_trained.resize(table.len(), false);
+        for (i, layer) in table.layers().enumerate() {
+            self.ever_trained[i] |= layer.trainable;
+        }
+    }
+
+    fn set_finetune_layers(&mut self, n: usize, train_bn: bool) -> usize {
         let table = self.backbone.table_mut();
         if self.pretrained {
             let range = table.unfreeze_last(n);
@@ -228,13 +250,14 @@ impl Classifier {
     }
 
     /// Names and tensors a checkpoint holds: the head, and every variable (running
-    /// statistics included) of the backbone layers trainable now.
+    /// statistics included) of each backbone layer trained at any point of the run.
     pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
         let trainable: Vec<String> = self
             .table()
             .layers()
-            .filter(|l| l.trainable)
-            .map(|l| format!("{}.", l.name))
+            .zip(&self.ever_trained)
+            .filter(|(_, &t)| t)
+            .map(|(l, _)| format!("{}.", l.name))
             .collect();
         let mut out: Vec<(String, Tensor)> = self
             .vs

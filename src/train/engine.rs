@@ -21,7 +21,8 @@ use crate::data::Dataset;
 use crate::model::classifier::{device_name, select_device, Classifier};
 
 /// Which phases a run goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phases {
     /// Frozen, then fine-tune.
     #[default]
@@ -251,6 +252,15 @@ impl Trainer {
                     train: files(&data.train),
                     val: files(&data.val),
                 })?;
+                // How the run was started, so `resume` continues it the same way.
+                let how = serde_json::json!({
+                    "phases": self.options.phases,
+                    "export_model": self.options.export_model,
+                });
+                crate::fsutil::write_atomic(
+                    &run.path.join("run.json"),
+                    how.to_string().as_bytes(),
+                )?;
                 self.emit(Event::RunDir(run.path.clone()));
                 self.run = Some(run);
                 let start_finetune = self.options.phases == Phases::Finetune
@@ -262,6 +272,13 @@ impl Trainer {
                 }
             }
             Some(dir) => {
+                if let Ok(text) = std::fs::read_to_string(dir.join("run.json")) {
+                    let how: serde_json::Value = serde_json::from_str(&text)?;
+                    if let Ok(phases) = serde_json::from_value(how["phases"].clone()) {
+                        self.options.phases = phases;
+                    }
+                    self.options.export_model |= how["export_model"] == true;
+                }
                 let (tensors, info) = run_dir::read_checkpoint(&dir.join("last.safetensors"))
                     .context("cannot resume: no usable last.safetensors (did an epoch finish?)")?;
                 if info.classes != data.classes {
@@ -291,28 +308,47 @@ impl Trainer {
                 ));
                 self.emit(Event::RunDir(dir.clone()));
                 self.run = Some(run);
+                state.epoch = info.epoch;
                 match info.phase {
                     Phase::Frozen => self.enter_frozen(&mut state)?,
                     Phase::Finetune => {
-                        self.exp.finetune.unfreeze_last = info.unfrozen.max(1);
-                        self.enter_finetune(&mut state)?;
+                        self.enter_finetune_with(&mut state, info.unfrozen.max(1))?
                     }
                 }
                 state.net.load_checkpoint(&tensors)?;
-                state.epoch = info.epoch;
                 // Replay the history through the detector and the best-epoch tracker.
                 for m in &metrics {
                     if m.phase != info.phase {
                         continue;
                     }
                     state.phase_epochs += 1;
+                    let epoch = m.epoch.saturating_sub(1);
                     state
                         .stall
-                        .observe(m.epoch - 1, monitored(self.exp.stall.monitor, m));
+                        .observe(epoch, monitored(self.exp.stall.monitor, m));
+                }
+                // A stall with `on_stall: unfreeze` on the last epoch before the process
+                // died still unfreezes.
+                if let Some(last) = metrics.last() {
+                    let unfreeze = last.stalled
+                        && last.phase == Phase::Frozen
+                        && self.exp.stall.on_stall == OnStall::Unfreeze;
+                    self.unfreeze_requested = unfreeze;
                 }
                 state.best = metrics
                     .iter()
                     .fold(None, |best, m| better(&self.exp, best, m));
+                // best.safetensors is written before last.safetensors: if the process
+                // died between the two, or best is stale, make it match the metrics kept.
+                if let Some(best) = &state.best {
+                    let best_file = dir.join("best.safetensors");
+                    let on_disk = run_dir::read_checkpoint(&best_file)
+                        .ok()
+                        .map(|(_, i)| i.epoch);
+                    if on_disk != Some(best.epoch) && best.epoch == info.epoch {
+                        std::fs::copy(dir.join("last.safetensors"), &best_file)?;
+                    }
+                }
             }
         }
         Ok(state)
@@ -337,15 +373,27 @@ impl Trainer {
 
     /// Unfreezes the last N layers and starts a fresh optimizer at the fine-tune rate.
     fn enter_finetune(&mut self, s: &mut State) -> anyhow::Result<()> {
-        let ft = self.exp.finetune.clone();
-        s.unfrozen = s.net.set_finetune_phase(ft.unfreeze_last, ft.train_bn);
+        self.enter_finetune_with(s, self.exp.finetune.unfreeze_last)
+    }
+
+    /// Starts the fine-tune phase with `n` layers unfrozen.
+    fn enter_finetune_with(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
+        self.set_finetune_layers(s, n)?;
         s.phase = Phase::Finetune;
         s.phase_epochs = 0;
-        s.lr = ft.lr;
-        s.opt = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
         s.stall.reset();
         self.unfreeze_requested = false;
         self.phase_event(s);
+        Ok(())
+    }
+
+    /// Makes the last `n` layers trainable with a fresh optimizer at the fine-tune
+    /// rate, without restarting the phase (also used by live edits).
+    fn set_finetune_layers(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
+        let ft = self.exp.finetune.clone();
+        s.unfrozen = s.net.set_finetune_phase(n, ft.train_bn);
+        s.lr = ft.lr;
+        s.opt = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
         Ok(())
     }
 
@@ -385,6 +433,10 @@ impl Trainer {
         let touches = |prefix: &str| live.iter().any(|p| p.starts_with(prefix));
         let old = std::mem::replace(&mut self.exp, next);
         s.stall.set_config(self.exp.stall.clone());
+        if (old.stall.monitor, old.stall.mode) != (self.exp.stall.monitor, self.exp.stall.mode) {
+            // A different metric or direction: the old best means nothing now.
+            s.stall.reset();
+        }
         match s.phase {
             Phase::Frozen => {
                 if touches("frozen.optimizer") || touches("frozen.momentum") {
@@ -402,7 +454,9 @@ impl Trainer {
                 if ft.unfreeze_last != old.finetune.unfreeze_last
                     || ft.train_bn != old.finetune.train_bn
                 {
-                    self.enter_finetune(s)?;
+                    let n = ft.unfreeze_last;
+                    self.set_finetune_layers(s, n)?;
+                    self.phase_event(s);
                 } else if touches("finetune.optimizer") || touches("finetune.momentum") {
                     s.opt = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
                 }
@@ -447,7 +501,7 @@ impl Trainer {
             s.phase_epochs += 1;
             let value = monitored(self.exp.stall.monitor, &m);
             let mut stop = false;
-            if s.stall.observe(m.epoch - 1, value) {
+            if s.stall.observe(m.epoch.saturating_sub(1), value) {
                 m.stalled = true;
                 let (suggestion, action) = self.on_stall(s, value);
                 m.suggestion = Some(suggestion);
@@ -468,11 +522,11 @@ impl Trainer {
             let tensors = s.net.checkpoint_tensors();
             let run = self.run.as_mut().expect("run folder open");
             run.append_metrics(&m)?;
-            let last = run.write_checkpoint("last", &tensors, &info)?;
             if improved {
                 run.write_checkpoint("best", &tensors, &info)?;
                 s.best = Some(m.clone());
             }
+            let last = run.write_checkpoint("last", &tensors, &info)?;
             self.emit(Event::EpochEnd(m.clone()));
             if let Some(suggestion) = m.suggestion.clone().filter(|_| m.stalled) {
                 self.emit(Event::Stalled {
@@ -767,6 +821,10 @@ fn is_better(exp: &Experiment, m: &EpochMetrics, best: &EpochMetrics) -> bool {
         monitored(exp.stall.monitor, m),
         monitored(exp.stall.monitor, best),
     );
+    // NaN is the worst value: anything real beats it, it beats nothing.
+    if a.is_nan() || b.is_nan() {
+        return !a.is_nan() && b.is_nan();
+    }
     match direction(exp.stall.monitor, exp.stall.mode) {
         Direction::Max => a > b,
         Direction::Min => a < b,

@@ -52,12 +52,16 @@ pub struct EpochMetrics {
     /// The phase the epoch ended in.
     pub phase: Phase,
     /// Mean training loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Training accuracy.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
     /// Mean validation loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
     /// Validation accuracy.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_accuracy: f64,
     /// Two classes: precision of class 1 on validation.
     pub val_precision: Option<f64>,
@@ -70,17 +74,27 @@ pub struct EpochMetrics {
     /// Validation confusion matrix (rows: true class, columns: predicted).
     pub confusion: Confusion,
     /// Learning rate in force.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// Wall seconds for the epoch (training and validation).
+    #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     /// Training images per second.
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_sec: f64,
     /// Validation images per second.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_images_per_sec: f64,
     /// Whether the stall detector fired at this epoch.
     pub stalled: bool,
     /// What to do about the stall, in words.
     pub suggestion: Option<String>,
+}
+
+/// JSON has no NaN: serde_json writes a NaN metric (a diverged epoch) as `null`;
+/// read it back as NaN instead of failing on the whole file.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Why a run ended.
@@ -179,4 +193,37 @@ pub enum Event {
     },
     /// The run failed; nothing follows.
     Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diverged_epoch_reads_back() {
+        let m = EpochMetrics {
+            epoch: 3,
+            phase: Phase::Finetune,
+            loss: f64::NAN,
+            accuracy: 0.5,
+            val_loss: f64::INFINITY,
+            val_accuracy: 0.5,
+            val_precision: None,
+            val_recall: None,
+            val_f1: None,
+            val_auc: None,
+            confusion: Confusion::new(2, &[0], &[1]),
+            lr: 1e-5,
+            seconds: 1.0,
+            images_per_sec: 10.0,
+            val_images_per_sec: 10.0,
+            stalled: false,
+            suggestion: None,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.contains("\"loss\":null"), "{line}");
+        let back: EpochMetrics = serde_json::from_str(&line).unwrap();
+        assert!(back.loss.is_nan() && back.val_loss.is_nan());
+        assert_eq!(back.accuracy, 0.5);
+    }
 }

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 use crate::fsutil;
 
 /// Largest weight file read into memory (ResNet-152 in float32 is 241 MB).
-const MAX_FILE_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 30;
 
 /// Why a weight file could not be read or applied.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,9 @@ pub enum Policy {
 
 /// Most values on the stack plus the memo; far above any real state_dict.
 const MAX_VALUES: usize = 1 << 20;
+/// Most values pushed in one pickle, wherever they end up (a real state_dict of a
+/// ResNet-152 pushes about 20,000).
+const MAX_PUSHES: usize = 1 << 22;
 /// Most value nodes copied by memo PUT/GET/DUP in one pickle (stops "billion laughs").
 const MAX_COPIED_NODES: usize = 1 << 21;
 /// Deepest nesting of containers.
@@ -276,6 +279,8 @@ struct Machine<'a> {
     memo: HashMap<u32, (Value, usize)>,
     /// Nodes copied so far (see [`MAX_COPIED_NODES`]).
     copied: usize,
+    /// Values pushed so far (see [`MAX_PUSHES`]).
+    pushed: usize,
     policy: Policy,
 }
 
@@ -290,6 +295,7 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             copied: 0,
+            pushed: 0,
             policy,
         }
     }
@@ -353,7 +359,9 @@ impl<'a> Machine<'a> {
 
     /// Pushes a value whose nesting depth is `depth`.
     fn push_nested(&mut self, v: Value, depth: usize) -> Result<(), PickleError> {
-        if self.stack.len() + self.memo.len() >= MAX_VALUES {
+        // Every value ever pushed counts (values moved into containers stay alive).
+        self.pushed += 1;
+        if self.pushed > MAX_PUSHES || self.stack.len() + self.memo.len() >= MAX_VALUES {
             return Err(self.malformed("too many values"));
         }
         if depth > MAX_DEPTH {
@@ -529,7 +537,12 @@ impl<'a> Machine<'a> {
                     let v = self.pop()?;
                     return Ok((v, self.pos));
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    if self.marks.len() >= MAX_VALUES {
+                        return Err(self.malformed("too many MARKs"));
+                    }
+                    self.marks.push(self.stack.len())
+                }
                 b'0' => {
                     self.pop()?;
                 }
@@ -835,9 +848,15 @@ fn nodes(v: &Value) -> usize {
                 .map(|(k, v)| nodes(k) + nodes(v))
                 .sum::<usize>()
         }
-        Value::Persistent(inner)
-        | Value::Tensor { storage: inner, .. }
-        | Value::Object { state: inner, .. } => 1 + nodes(inner),
+        Value::Persistent(inner) => 1 + nodes(inner),
+        Value::Tensor {
+            storage,
+            size,
+            stride,
+            ..
+        } => 1 + nodes(storage) + (size.len() + stride.len()) / 8,
+        Value::Object { class, state } => 1 + class.len() / 64 + nodes(state),
+        Value::Global(Global::Class(c)) => 1 + c.len() / 64,
         Value::Str(s) => 1 + s.len() / 64,
         Value::Bytes(b) | Value::BigInt(b) => 1 + b.len() / 64,
         _ => 1,

@@ -60,11 +60,12 @@ pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
         .and_then(|s| s.iter().map(|k| k.as_str().map(str::to_owned)).collect())
         .ok_or_else(|| bad("the storage key list is not a list of strings".into()))?;
 
-    let entries = state_dict_entries(root)?;
+    // Every storage in the file is sized by its type, including storages the state_dict
+    // does not use (an optimizer's, in a checkpoint), or the size headers after them
+    // would be read from the middle of data.
     let mut types: HashMap<String, StorageType> = HashMap::new();
-    for (_, t) in &entries {
-        types.insert(t.storage_key.clone(), t.storage_type);
-    }
+    storage_types(&root, &mut types)?;
+    let entries = state_dict_entries(root)?;
     let mut storages: HashMap<String, &[u8]> = HashMap::new();
     for key in keys {
         let header = data.get(pos..pos + 8).ok_or_else(|| {
@@ -133,7 +134,8 @@ pub fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
             continue;
         }
         let entry = format!("{prefix}data/{}", t.storage_key);
-        let limit = storage_bytes(t)?;
+        // Never trust the declared size beyond the file-size limit (zip bombs).
+        let limit = storage_bytes(t)?.min(super::MAX_FILE_BYTES as usize);
         let bytes = read_entry(&mut zip, &entry, limit)?
             .ok_or_else(|| bad(format!("storage {} is missing ({entry})", t.storage_key)))?;
         storages.insert(t.storage_key.clone(), bytes);
@@ -184,6 +186,42 @@ fn read_entry(
         )));
     }
     Ok(Some(out))
+}
+
+/// Records the element type of every storage a persistent id anywhere in `v` names;
+/// a key named with two types is refused.
+fn storage_types(v: &Value, out: &mut HashMap<String, StorageType>) -> Result<(), WeightsError> {
+    match v {
+        Value::Persistent(pid) => {
+            if let Some([_, Value::Global(pickle::Global::Storage(t)), key, ..]) = pid.as_seq() {
+                let key = match key {
+                    Value::Str(s) => s.clone(),
+                    Value::Int(i) => i.to_string(),
+                    _ => return Ok(()),
+                };
+                if out.insert(key.clone(), *t).is_some_and(|old| old != *t) {
+                    return Err(WeightsError::Malformed(format!(
+                        "storage {key} is named with two element types"
+                    )));
+                }
+            }
+        }
+        Value::Tuple(items) | Value::List(items) => {
+            for i in items {
+                storage_types(i, out)?;
+            }
+        }
+        Value::Dict(pairs) => {
+            for (k, v) in pairs {
+                storage_types(k, out)?;
+                storage_types(v, out)?;
+            }
+        }
+        Value::Tensor { storage, .. } => storage_types(storage, out)?,
+        Value::Object { state, .. } => storage_types(state, out)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 fn dict_get<'v>(dict: &'v Value, key: &str) -> Option<&'v Value> {
@@ -270,6 +308,13 @@ fn tensor_ref(
     let Value::Global(pickle::Global::Storage(storage_type)) = items[1] else {
         return Err(bad());
     };
+    // Legacy storage views (pre-1.0 files) are not supported: refuse, don't misread.
+    if items.get(5).is_some_and(|v| *v != Value::None) {
+        return Err(WeightsError::Malformed(format!(
+            "tensor `{name}` uses a storage view (a very old format); re-save the file with a \
+             recent torch"
+        )));
+    }
     let storage_key = match &items[2] {
         Value::Str(s) => s.clone(),
         Value::Int(i) => i.to_string(),
@@ -310,7 +355,7 @@ fn materialise<'s>(
     entries: Vec<(String, TensorRef)>,
     storage: impl Fn(&str) -> Option<&'s [u8]>,
 ) -> Result<Vec<(String, Tensor)>, WeightsError> {
-    let mut cache: HashMap<String, Tensor> = HashMap::new();
+    let mut cache: HashMap<String, (StorageType, Tensor)> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (name, t) in entries {
         let bad = |m: &str| WeightsError::Malformed(format!("tensor `{name}`: {m}"));
@@ -327,6 +372,10 @@ fn materialise<'s>(
             return Err(bad("negative offset, size or stride"));
         }
         let empty = t.size.contains(&0);
+        let view_numel = t.size.iter().try_fold(1i64, |acc, &s| acc.checked_mul(s));
+        if !matches!(view_numel, Some(n) if n <= numel.max(1)) {
+            return Err(bad("it has more elements than its storage"));
+        }
         if !empty {
             let last = t
                 .size
@@ -340,14 +389,21 @@ fn materialise<'s>(
             }
         }
         let kind = kind_of(t.storage_type);
-        let base = cache.entry(t.storage_key.clone()).or_insert_with(|| {
-            Tensor::from_data_size(&bytes[..numel as usize * element_size], &[numel], kind)
+        let (base_type, base) = cache.entry(t.storage_key.clone()).or_insert_with(|| {
+            (
+                t.storage_type,
+                Tensor::from_data_size(&bytes[..numel as usize * element_size], &[numel], kind),
+            )
         });
+        if *base_type != t.storage_type {
+            return Err(bad("its storage is also used with another element type"));
+        }
         let tensor = if empty {
             Tensor::zeros(&t.size, (kind, tch::Device::Cpu))
         } else {
-            base.as_strided(&t.size, &t.stride, Some(t.offset))
-                .contiguous()
+            base.f_as_strided(&t.size, &t.stride, Some(t.offset))
+                .and_then(|v| v.f_contiguous())
+                .map_err(|e| bad(&e.to_string()))?
         };
         out.push((name, tensor));
     }
