@@ -9,10 +9,8 @@ setup:
 
 run: setup
 	$(CARGO) build --release
-	./target/release/tlcap-tui doctor
 	./target/release/tlcap-tui check experiments
-	./target/release/tlcap-tui data experiments/elpv-mobilenet_v2.yaml
-	./target/release/tlcap-tui run experiments/quickstart.yaml
+	./target/release/tlcap-tui experiments
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,3 +25,4 @@ doctor: setup
 # Benchmarks print figures (images/s); they assert nothing about time.
 bench: setup
 	$(CARGO) bench --bench decode
+	$(CARGO) bench --bench dashboard

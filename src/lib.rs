@@ -7,11 +7,17 @@
 //! - [`weights`]: weight files (.pth zip/legacy, .ot, .safetensors) read without executing anything.
 //! - [`model`]: backbones as ordered, named layers; freezing; loading weights by name.
 //! - [`fsutil`]: atomic file writes.
+//! - [`app`]: dashboard state and the pure `update(state, event) -> actions`.
+//! - [`ui`]: drawing the state with ratatui.
+//! - [`dashboard`]: the tokio event loop, terminal set-up and restore.
+//! - [`watch`]: watching experiment files (notify, debounced).
 //! - [`train`]: the trainer thread: phases, metrics, stall detection, run folders.
 //! - [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //! - [`predict`]: class and probability for images from a trained run.
 
+pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod data;
 pub mod doctor;
 pub mod fsutil;
@@ -19,4 +25,6 @@ pub mod headless;
 pub mod model;
 pub mod predict;
 pub mod train;
+pub mod ui;
+pub mod watch;
 pub mod weights;

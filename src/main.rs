@@ -9,10 +9,22 @@ use clap::{Parser, Subcommand};
 
 /// Transfer-learning experiments on images, watched and steered from a terminal.
 #[derive(Parser, Debug)]
-#[command(name = "tlcap-tui", version, about, arg_required_else_help = true)]
+#[command(
+    name = "tlcap-tui",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// With no command: open the dashboard on this folder of experiment files, or on
+    /// one file (default: experiments/). When stdout is not a terminal, the
+    /// experiments run headless instead, one after the other.
+    path: Option<PathBuf>,
+    /// Where run folders go (dashboard and headless fallback).
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    runs: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,7 +126,11 @@ enum WeightsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        let target = cli.path.unwrap_or_else(|| PathBuf::from("experiments"));
+        return finish(dashboard(&target, cli.runs));
+    };
+    let result = match command {
         Command::Doctor => tlcap::doctor::run().map(|report| println!("{report}")),
         Command::Schema => {
             println!("{}", tlcap::config::json_schema());
@@ -145,6 +161,11 @@ fn main() -> ExitCode {
             unfreeze_last,
         } => layers(&backbone, unfreeze_last),
     };
+    finish(result)
+}
+
+/// Prints an error (no backtrace) and turns the result into the exit code.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -152,6 +173,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tlcap-tui [PATH]`: the dashboard, or headless runs when stdout is not a terminal.
+fn dashboard(target: &std::path::Path, runs: PathBuf) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return tlcap::dashboard::run(target, runs);
+    }
+    eprintln!(
+        "stdout is not a terminal: running {} headless",
+        target.display()
+    );
+    for exp in tlcap::dashboard::valid_experiments(target)? {
+        eprintln!("experiment {}", exp.name);
+        let options = tlcap::train::Options {
+            runs_root: runs.clone(),
+            ..Default::default()
+        };
+        tlcap::headless::run(exp, options, false)?;
+    }
+    Ok(())
 }
 
 /// `tlcap-tui check`: prints `ok` or every error per file; fails if any file is invalid.

@@ -1,0 +1,696 @@
+//! The dashboard's state and the pure `update(state, event) -> actions` that drives
+//! it. No terminal, no threads, no clock: every key and every trainer event is
+//! testable by calling [`update`].
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::config::{ChangeKind, Experiment};
+use crate::model::LayerInfo;
+use crate::train::{Command, EndReason, EpochMetrics, Event, Phase};
+
+/// What the user sees about one experiment's run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStatus {
+    /// Not started.
+    Idle,
+    /// Decoding images.
+    Loading {
+        /// Images decoded.
+        done: usize,
+        /// Images to decode.
+        total: usize,
+    },
+    /// Training.
+    Running,
+    /// Held by the user.
+    Paused,
+    /// Ended.
+    Done(EndReason),
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// One run as the dashboard follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunView {
+    /// Status.
+    pub status: RunStatus,
+    /// Current phase.
+    pub phase: Phase,
+    /// The epoch in progress (1-based); 0 before the first batch.
+    pub epoch: u32,
+    /// Epochs planned (frozen + fine-tune) when the run began.
+    pub total_epochs: u32,
+    /// Batch progress in the current epoch: (done, of).
+    pub batch: (usize, usize),
+    /// Running training loss of the current epoch.
+    pub batch_loss: f64,
+    /// Training images/s in the current epoch.
+    pub images_per_sec: f64,
+    /// Every finished epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// First epochs of each phase change after the first phase: (epoch, phase).
+    pub phase_marks: Vec<(u32, Phase)>,
+    /// The stall suggestion in force (cleared when acted on).
+    pub stall: Option<String>,
+    /// The backbone's layers (trainable marks as of the last phase change).
+    pub layers: Vec<LayerInfo>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Where the backbone weights came from.
+    pub weights: String,
+    /// The run folder.
+    pub run_dir: Option<PathBuf>,
+    /// Training / validation images.
+    pub images: (usize, usize),
+}
+
+impl RunView {
+    fn new(total_epochs: u32) -> RunView {
+        RunView {
+            status: RunStatus::Loading { done: 0, total: 0 },
+            phase: Phase::Frozen,
+            epoch: 0,
+            total_epochs,
+            batch: (0, 0),
+            batch_loss: 0.0,
+            images_per_sec: 0.0,
+            epochs: Vec::new(),
+            phase_marks: Vec::new(),
+            stall: None,
+            layers: Vec::new(),
+            device: String::new(),
+            weights: String::new(),
+            run_dir: None,
+            images: (0, 0),
+        }
+    }
+
+    /// True while a trainer thread is alive for this run.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.status,
+            RunStatus::Loading { .. } | RunStatus::Running | RunStatus::Paused
+        )
+    }
+
+    /// Index into `epochs` of the best row by validation accuracy.
+    pub fn best(&self) -> Option<usize> {
+        (0..self.epochs.len()).max_by(|&a, &b| {
+            self.epochs[a]
+                .val_accuracy
+                .total_cmp(&self.epochs[b].val_accuracy)
+                .then(b.cmp(&a))
+        })
+    }
+
+    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace
+    /// of the last finished epoch (None before one finished).
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let last = self.epochs.last()?;
+        let left_epochs = self.total_epochs.saturating_sub(self.epoch.max(last.epoch)) as f64;
+        let (done, of) = self.batch;
+        let this_epoch = if of > 0 && self.epoch > last.epoch {
+            last.seconds * (of - done) as f64 / of as f64
+        } else {
+            0.0
+        };
+        Some(this_epoch + left_epochs * last.seconds)
+    }
+}
+
+/// The configuration state of one experiment file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileState {
+    /// Parsed and valid.
+    Valid(Box<Experiment>),
+    /// Invalid: the errors (file:line:column: message), and the last good settings if
+    /// the file was ever valid.
+    Invalid {
+        /// Error lines with positions.
+        errors: Vec<String>,
+        /// The settings still in force.
+        last_good: Option<Box<Experiment>>,
+    },
+}
+
+/// One experiment file in the list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Stable identity (list positions change as files come and go).
+    pub id: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Its settings or errors.
+    pub file: FileState,
+    /// Its run, once started.
+    pub run: Option<RunView>,
+    /// Restart-only edits waiting for the next start, in words.
+    pub pending_restart: Vec<String>,
+    /// The file was deleted while its run went on.
+    pub deleted: bool,
+}
+
+impl Entry {
+    /// A list entry for a file and its load result.
+    pub fn new(id: u64, path: PathBuf, file: FileState) -> Entry {
+        Entry {
+            id,
+            path,
+            file,
+            run: None,
+            pending_restart: Vec::new(),
+            deleted: false,
+        }
+    }
+
+    /// The settings in force: the valid ones, else the last good ones.
+    pub fn settings(&self) -> Option<&Experiment> {
+        match &self.file {
+            FileState::Valid(e) => Some(e),
+            FileState::Invalid { last_good, .. } => last_good.as_deref(),
+        }
+    }
+
+    /// The name shown: the experiment's, else the file stem.
+    pub fn name(&self) -> String {
+        match self.settings() {
+            Some(e) => e.name.clone(),
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The one-word state for the list.
+    pub fn state_label(&self) -> &'static str {
+        match (&self.file, &self.run) {
+            (_, Some(run)) if run.stall.is_some() && run.is_active() => "stalled",
+            (_, Some(run)) => match run.status {
+                RunStatus::Idle => "idle",
+                RunStatus::Loading { .. } => "loading",
+                RunStatus::Running => "running",
+                RunStatus::Paused => "paused",
+                RunStatus::Done(_) => "done",
+                RunStatus::Failed(_) => "failed",
+            },
+            (FileState::Invalid { .. }, None) => "invalid",
+            (FileState::Valid(_), None) => "idle",
+        }
+    }
+}
+
+/// Pop-ups over the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlay {
+    /// Nothing.
+    None,
+    /// The key list.
+    Help,
+    /// "A run is going: quit anyway?"
+    ConfirmQuit,
+}
+
+/// A line in the messages pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Warning or error rather than information.
+    pub warning: bool,
+    /// The text.
+    pub text: String,
+}
+
+/// The whole dashboard state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    /// The experiment files, in list order.
+    pub entries: Vec<Entry>,
+    /// The selected entry.
+    pub selected: usize,
+    /// Pop-up in front.
+    pub overlay: Overlay,
+    /// Model pane instead of the metrics table.
+    pub show_model: bool,
+    /// Charts smoothed (debiased EMA).
+    pub smoothing: bool,
+    /// Rows scrolled up from the newest in the metrics table.
+    pub table_scroll: usize,
+    /// Messages, oldest first.
+    pub messages: Vec<Message>,
+    /// Set when the loop should end.
+    pub quit: bool,
+    /// The id the next new entry gets.
+    pub next_id: u64,
+}
+
+/// What the dashboard loop must do after an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a trainer for entry `id` with these settings.
+    Start(u64, Box<Experiment>),
+    /// Send a command to entry `id`'s trainer.
+    Send(u64, CommandKind),
+    /// Send edited settings to entry `id`'s trainer (live changes apply from the
+    /// next epoch).
+    Apply(u64, Box<Experiment>),
+    /// Open this file in `$EDITOR` (suspending the terminal).
+    Edit(PathBuf),
+}
+
+/// Trainer commands without payload (Clone + PartialEq for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Pause.
+    Pause,
+    /// Resume.
+    Resume,
+    /// Unfreeze now.
+    Unfreeze,
+    /// Stop (checkpoint saved).
+    Stop,
+}
+
+impl CommandKind {
+    /// The trainer command.
+    pub fn command(self) -> Command {
+        match self {
+            CommandKind::Pause => Command::Pause,
+            CommandKind::Resume => Command::Resume,
+            CommandKind::Unfreeze => Command::Unfreeze,
+            CommandKind::Stop => Command::Stop,
+        }
+    }
+}
+
+/// Everything that can happen to the dashboard.
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    /// A key press.
+    Key(KeyEvent),
+    /// An event from entry `id`'s trainer.
+    Trainer(u64, Event),
+    /// A file was (re)loaded: its new state (from the watcher).
+    FileLoaded(PathBuf, FileState),
+    /// A file disappeared.
+    FileRemoved(PathBuf),
+}
+
+/// Every key, for the help pop-up and the footer. Each one works (see [`update`]).
+pub const KEYS: &[(&str, &str)] = &[
+    ("s", "start the selected experiment"),
+    ("p", "pause / resume"),
+    ("u", "unfreeze now (fine-tune from the next batch)"),
+    ("x", "stop (checkpoint saved)"),
+    ("q", "quit (asks while a run is going)"),
+    ("?", "this help"),
+    ("↑/↓ j/k", "select experiment"),
+    ("Tab", "next experiment"),
+    ("Enter", "start, or pause/resume the selected one"),
+    ("PgUp/PgDn", "scroll the epoch table"),
+    ("m", "model pane: layers, trainable marks"),
+    ("t", "smooth the charts (debiased EMA)"),
+    ("e", "edit the selected file in $EDITOR"),
+    ("Esc", "close a pop-up"),
+];
+
+impl App {
+    /// A dashboard over these files and their load results.
+    pub fn new(files: Vec<(PathBuf, FileState)>) -> App {
+        let entries: Vec<Entry> = files
+            .into_iter()
+            .enumerate()
+            .map(|(i, (path, file))| Entry::new(i as u64, path, file))
+            .collect();
+        App {
+            next_id: entries.len() as u64,
+            entries,
+            selected: 0,
+            overlay: Overlay::None,
+            show_model: false,
+            smoothing: false,
+            table_scroll: 0,
+            messages: Vec::new(),
+            quit: false,
+        }
+    }
+
+    /// The selected entry.
+    pub fn current(&self) -> Option<&Entry> {
+        self.entries.get(self.selected)
+    }
+
+    fn say(&mut self, warning: bool, text: impl Into<String>) {
+        self.messages.push(Message {
+            warning,
+            text: text.into(),
+        });
+        let excess = self.messages.len().saturating_sub(200);
+        self.messages.drain(..excess);
+    }
+
+    /// Whether any trainer is alive.
+    pub fn any_active(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.run.as_ref().is_some_and(RunView::is_active))
+    }
+}
+
+/// Applies one event to the state; returns what the loop must do.
+pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
+    match event {
+        AppEvent::Key(key) => on_key(app, key),
+        AppEvent::Trainer(id, event) => {
+            on_trainer(app, id, event);
+            Vec::new()
+        }
+        AppEvent::FileLoaded(path, file) => on_file(app, path, file),
+        AppEvent::FileRemoved(path) => {
+            if let Some(i) = app.entries.iter().position(|e| e.path == path) {
+                if app.entries[i].run.as_ref().is_some_and(RunView::is_active) {
+                    app.entries[i].deleted = true;
+                    app.say(true, format!("{} deleted; its run goes on", path.display()));
+                } else {
+                    app.entries.remove(i);
+                    app.selected = app.selected.min(app.entries.len().saturating_sub(1));
+                }
+            }
+            Vec::new()
+        }
+    }
+}
+
+fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
+    if key.kind == KeyEventKind::Release {
+        return Vec::new();
+    }
+    let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c');
+    match app.overlay {
+        Overlay::ConfirmQuit => {
+            match key.code {
+                KeyCode::Char('y') | KeyCode::Char('q') | KeyCode::Enter => {
+                    app.quit = true;
+                    return stop_all(app);
+                }
+                _ if ctrl_c => {
+                    app.quit = true;
+                    return stop_all(app);
+                }
+                _ => app.overlay = Overlay::None,
+            }
+            return Vec::new();
+        }
+        Overlay::Help => {
+            if !ctrl_c {
+                app.overlay = Overlay::None;
+                return Vec::new();
+            }
+        }
+        Overlay::None => {}
+    }
+    let selected = app.selected;
+    let id = app.current().map_or(0, |e| e.id);
+    let status = app
+        .current()
+        .and_then(|e| e.run.as_ref())
+        .map(|r| r.status.clone());
+    let active = app
+        .current()
+        .and_then(|e| e.run.as_ref())
+        .is_some_and(RunView::is_active);
+    match key.code {
+        _ if ctrl_c => return request_quit(app),
+        KeyCode::Char('q') => return request_quit(app),
+        KeyCode::Char('?') => app.overlay = Overlay::Help,
+        KeyCode::Esc => app.overlay = Overlay::None,
+        KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab if !app.entries.is_empty() => {
+            app.selected = (app.selected + 1) % app.entries.len();
+            app.table_scroll = 0;
+        }
+        KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab if !app.entries.is_empty() => {
+            app.selected = (app.selected + app.entries.len() - 1) % app.entries.len();
+            app.table_scroll = 0;
+        }
+        KeyCode::PageUp => app.table_scroll = app.table_scroll.saturating_add(5),
+        KeyCode::PageDown => app.table_scroll = app.table_scroll.saturating_sub(5),
+        KeyCode::Char('m') => app.show_model = !app.show_model,
+        KeyCode::Char('t') => app.smoothing = !app.smoothing,
+        KeyCode::Char('e') => {
+            if let Some(e) = app.current() {
+                return vec![Action::Edit(e.path.clone())];
+            }
+        }
+        KeyCode::Char('s') => return start(app),
+        KeyCode::Enter if !active => return start(app),
+        KeyCode::Char('p') | KeyCode::Enter => match status {
+            Some(RunStatus::Running) | Some(RunStatus::Loading { .. }) => {
+                return vec![Action::Send(id, CommandKind::Pause)]
+            }
+            Some(RunStatus::Paused) => return vec![Action::Send(id, CommandKind::Resume)],
+            _ => app.say(false, "nothing to pause: start a run with s"),
+        },
+        KeyCode::Char('u') => {
+            let run = app.current().and_then(|e| e.run.as_ref());
+            match run {
+                Some(r) if r.is_active() && r.phase == Phase::Frozen => {
+                    if let Some(r) = app.entries[selected].run.as_mut() {
+                        r.stall = None;
+                    }
+                    return vec![Action::Send(id, CommandKind::Unfreeze)];
+                }
+                Some(r) if r.is_active() => app.say(false, "already fine-tuning"),
+                _ => app.say(false, "nothing to unfreeze: start a run with s"),
+            }
+        }
+        KeyCode::Char('x') => {
+            if active {
+                return vec![Action::Send(id, CommandKind::Stop)];
+            }
+            app.say(false, "nothing to stop");
+        }
+        _ => {}
+    }
+    Vec::new()
+}
+
+fn request_quit(app: &mut App) -> Vec<Action> {
+    if app.any_active() {
+        app.overlay = Overlay::ConfirmQuit;
+        Vec::new()
+    } else {
+        app.quit = true;
+        Vec::new()
+    }
+}
+
+fn stop_all(app: &App) -> Vec<Action> {
+    app.entries
+        .iter()
+        .filter(|e| e.run.as_ref().is_some_and(RunView::is_active))
+        .map(|e| Action::Send(e.id, CommandKind::Stop))
+        .collect()
+}
+
+fn start(app: &mut App) -> Vec<Action> {
+    let selected = app.selected;
+    let Some(entry) = app.entries.get_mut(selected) else {
+        return Vec::new();
+    };
+    if entry.run.as_ref().is_some_and(RunView::is_active) {
+        let name = entry.name();
+        app.say(false, format!("{name} is already running"));
+        return Vec::new();
+    }
+    let Some(exp) = entry.settings().cloned() else {
+        let name = entry.name();
+        app.say(true, format!("{name}: fix the file first (see its errors)"));
+        return Vec::new();
+    };
+    entry.pending_restart.clear();
+    entry.run = Some(RunView::new(exp.frozen.epochs + exp.finetune.epochs));
+    let id = entry.id;
+    app.table_scroll = 0;
+    vec![Action::Start(id, Box::new(exp))]
+}
+
+fn on_trainer(app: &mut App, id: u64, event: Event) {
+    let Some(entry) = app.entries.iter_mut().find(|e| e.id == id) else {
+        return;
+    };
+    let name = entry.name();
+    let Some(run) = entry.run.as_mut() else {
+        return;
+    };
+    let mut note: Option<(bool, String)> = None;
+    match event {
+        Event::Loading { done, total } => run.status = RunStatus::Loading { done, total },
+        Event::DataReady {
+            train,
+            val,
+            skipped,
+            ..
+        } => {
+            run.images = (train, val);
+            if skipped > 0 {
+                note = Some((
+                    true,
+                    format!("{name}: {skipped} unreadable file(s) skipped"),
+                ));
+            }
+        }
+        Event::ModelReady {
+            device,
+            weights,
+            layers,
+        } => {
+            run.device = device;
+            run.weights = weights;
+            run.layers = layers;
+            run.status = RunStatus::Running;
+        }
+        Event::RunDir(dir) => run.run_dir = Some(dir),
+        Event::Batch {
+            epoch,
+            batch,
+            of,
+            loss,
+            images_per_sec,
+        } => {
+            if run.status != RunStatus::Paused {
+                run.status = RunStatus::Running;
+            }
+            run.epoch = epoch;
+            run.batch = (batch, of);
+            run.batch_loss = loss;
+            run.images_per_sec = images_per_sec;
+        }
+        Event::EpochEnd(m) => {
+            run.epoch = m.epoch;
+            run.epochs.push(m);
+        }
+        Event::Stalled { suggestion, .. } => {
+            note = Some((true, format!("{name}: stalled: {suggestion}")));
+            run.stall = Some(suggestion);
+        }
+        Event::PhaseChanged {
+            phase,
+            epoch,
+            layers,
+            trainable_layers,
+            ..
+        } => {
+            // A phase that begins mid-run gets a marker on the charts.
+            if epoch > 1 {
+                run.phase_marks.push((epoch, phase));
+            }
+            if phase == Phase::Finetune {
+                run.stall = None;
+                note = Some((
+                    false,
+                    format!("{name}: fine-tuning {trainable_layers} layers from epoch {epoch}"),
+                ));
+            }
+            run.phase = phase;
+            run.layers = layers;
+        }
+        Event::Paused => run.status = RunStatus::Paused,
+        Event::Resumed => run.status = RunStatus::Running,
+        Event::ConfigApplied(changes) => {
+            let live: Vec<String> = changes
+                .iter()
+                .filter(|c| c.kind == ChangeKind::Live)
+                .map(|c| c.to_string())
+                .collect();
+            if !live.is_empty() {
+                note = Some((
+                    false,
+                    format!("{name}: {} from epoch {}", live.join(", "), run.epoch + 1),
+                ));
+            }
+        }
+        Event::Checkpoint(_) => {}
+        Event::Finished { reason, .. } => {
+            run.status = RunStatus::Done(reason);
+            note = Some((false, format!("{name}: {reason:?}").to_lowercase()));
+        }
+        Event::Error(e) => {
+            note = Some((true, format!("{name}: {e}")));
+            run.status = RunStatus::Failed(e);
+        }
+    }
+    if let Some((warning, text)) = note {
+        app.say(warning, text);
+    }
+}
+
+fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
+    let Some(i) = app.entries.iter().position(|e| e.path == path) else {
+        let selected_path = app.current().map(|e| e.path.clone());
+        app.entries
+            .push(Entry::new(app.next_id, path.clone(), file));
+        app.next_id += 1;
+        app.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(p) = selected_path {
+            app.selected = app.entries.iter().position(|e| e.path == p).unwrap_or(0);
+        }
+        app.say(false, format!("new experiment file {}", path.display()));
+        return Vec::new();
+    };
+    let old = app.entries[i].settings().cloned();
+    let active = app.entries[i].run.as_ref().is_some_and(RunView::is_active);
+    let name = app.entries[i].name();
+    app.entries[i].deleted = false;
+    match file {
+        FileState::Invalid { errors, .. } => {
+            for e in &errors {
+                app.say(true, e.clone());
+            }
+            if old.is_some() {
+                app.say(
+                    true,
+                    format!("{name}: the last good settings stay in force"),
+                );
+            }
+            app.entries[i].file = FileState::Invalid {
+                errors,
+                last_good: old.map(Box::new),
+            };
+            Vec::new()
+        }
+        FileState::Valid(new) => {
+            let was_invalid = matches!(app.entries[i].file, FileState::Invalid { .. });
+            app.entries[i].file = FileState::Valid(new.clone());
+            if was_invalid {
+                app.say(false, format!("{name}: the file is valid again"));
+            }
+            let Some(old) = old.filter(|_| active) else {
+                return Vec::new();
+            };
+            let changes = crate::config::diff(&old, &new);
+            let restart: Vec<String> = changes
+                .iter()
+                .filter(|c| c.kind == ChangeKind::Restart)
+                .map(|c| c.to_string())
+                .collect();
+            if !restart.is_empty() {
+                app.say(
+                    true,
+                    format!(
+                        "{name}: {} apply on the next start (x, then s)",
+                        restart.join(", ")
+                    ),
+                );
+            }
+            app.entries[i].pending_restart = restart;
+            if changes.iter().any(|c| c.kind == ChangeKind::Live) {
+                vec![Action::Apply(app.entries[i].id, new)]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}

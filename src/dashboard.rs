@@ -1,0 +1,306 @@
+//! The dashboard's event loop: one tokio loop merging terminal events, trainer events,
+//! file-watcher events and a redraw deadline; terminal set-up and restore on every
+//! exit path (quit, Ctrl-C, SIGTERM, SIGHUP, panic).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossterm::event::{Event as TermEvent, EventStream};
+use futures_util::StreamExt;
+use ratatui::backend::Backend;
+use ratatui::Terminal;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::time::Instant;
+
+use crate::app::{update, Action, App, AppEvent, FileState};
+use crate::config::{self, Experiment};
+use crate::train::{self, Command, Options};
+
+/// Shortest gap between two frames (at most ~10 frames/s) for keys, epochs, phases.
+const FRAME: Duration = Duration::from_millis(100);
+/// Shortest gap when only batch or loading progress changed: the gauge moves 4 times
+/// a second, which costs the trainer less CPU (see `benches/dashboard.rs`).
+const PROGRESS_FRAME: Duration = Duration::from_millis(250);
+
+/// Whether an event only moves a progress gauge.
+fn is_progress(event: &AppEvent) -> bool {
+    matches!(
+        event,
+        AppEvent::Trainer(_, crate::train::Event::Batch { .. })
+            | AppEvent::Trainer(_, crate::train::Event::Loading { .. })
+    )
+}
+
+/// Loads one experiment file into a list state: valid, or its errors with positions.
+pub fn load_state(path: &Path) -> FileState {
+    match config::load_file(path) {
+        Ok(exp) => FileState::Valid(Box::new(exp)),
+        Err(errors) => FileState::Invalid {
+            errors: errors.0.iter().map(|e| e.to_string()).collect(),
+            last_good: None,
+        },
+    }
+}
+
+/// The experiment files under `target` (a folder, or one file) with their states.
+pub fn load_files(target: &Path) -> anyhow::Result<Vec<(PathBuf, FileState)>> {
+    // Absolute paths: the watcher reports absolute paths for the same files.
+    let target = &target
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", target.display()))?;
+    let files = if target.is_dir() {
+        config::experiment_files(target)
+            .with_context(|| format!("cannot read {}", target.display()))?
+    } else if target.is_file() {
+        vec![target.to_path_buf()]
+    } else {
+        anyhow::bail!(
+            "{} is neither an experiment file nor a folder",
+            target.display()
+        );
+    };
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let state = load_state(&p);
+            (p, state)
+        })
+        .collect())
+}
+
+/// Opens the dashboard on `target` and runs it until the user quits.
+pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
+    let app = App::new(load_files(target)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // ratatui::init enters the alternate screen and raw mode and installs a panic hook
+    // that restores the terminal before the panic message is printed.
+    let mut terminal = ratatui::init();
+    let options = LoopOptions {
+        keys: true,
+        ..Default::default()
+    };
+    let result = runtime.block_on(event_loop(&mut terminal, app, target, runs_root, options));
+    ratatui::restore();
+    result
+}
+
+/// Trainers alive, by entry id.
+type Trainers = HashMap<u64, Sender<Command>>;
+
+/// Carries out what an update asked for.
+fn perform(
+    actions: Vec<Action>,
+    trainers: &mut Trainers,
+    events: &UnboundedSender<AppEvent>,
+    runs_root: &Path,
+) -> Option<PathBuf> {
+    let mut edit = None;
+    for action in actions {
+        match action {
+            Action::Start(id, exp) => {
+                let handle = train::spawn(
+                    *exp,
+                    Options {
+                        runs_root: runs_root.to_path_buf(),
+                        autostart: true,
+                        ..Default::default()
+                    },
+                );
+                trainers.insert(id, handle.commands.clone());
+                let tx = events.clone();
+                // Bridge the trainer's channel into the loop.
+                std::thread::spawn(move || {
+                    for event in handle.events.iter() {
+                        if tx.send(AppEvent::Trainer(id, event)).is_err() {
+                            break;
+                        }
+                    }
+                    handle.join();
+                });
+            }
+            Action::Send(id, kind) => {
+                if let Some(tx) = trainers.get(&id) {
+                    let _ = tx.send(kind.command());
+                }
+            }
+            Action::Apply(id, exp) => {
+                if let Some(tx) = trainers.get(&id) {
+                    let _ = tx.send(Command::ApplyConfig(exp));
+                }
+            }
+            Action::Edit(path) => edit = Some(path),
+        }
+    }
+    edit
+}
+
+/// Runs `$EDITOR` (or `vi`) on `path` with the terminal handed over to it.
+fn edit_file<B: CloneBackend>(terminal: &mut Terminal<B>, path: &Path) -> anyhow::Result<()> {
+    ratatui::restore();
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new(&editor).arg(path).status();
+    *terminal = Terminal::new(terminal.backend_mut().clone_backend())?;
+    crossterm::terminal::enable_raw_mode()?;
+    crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
+    terminal.clear()?;
+    status.with_context(|| format!("cannot run the editor `{editor}`"))?;
+    Ok(())
+}
+
+/// Backends the loop can suspend for an editor.
+pub trait CloneBackend: Backend + Sized {
+    /// A fresh backend on the same output.
+    fn clone_backend(&mut self) -> Self;
+}
+
+impl CloneBackend for ratatui::backend::CrosstermBackend<std::io::Stdout> {
+    fn clone_backend(&mut self) -> Self {
+        ratatui::backend::CrosstermBackend::new(std::io::stdout())
+    }
+}
+
+impl CloneBackend for ratatui::backend::TestBackend {
+    fn clone_backend(&mut self) -> Self {
+        let area = self.size().unwrap_or_default();
+        ratatui::backend::TestBackend::new(area.width, area.height)
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Default)]
+pub struct LoopOptions {
+    /// Read keys from the terminal (false on a TestBackend).
+    pub keys: bool,
+    /// Events handled first, as if they had happened (e.g. a key that starts a run).
+    pub script: Vec<AppEvent>,
+    /// End the loop once every started run has finished (benchmarks, demos).
+    pub quit_when_done: bool,
+}
+
+/// The loop: draws when something changed (at most every [`FRAME`]), otherwise
+/// sleeps until a key, a trainer event, a file change or a signal arrives.
+pub async fn event_loop<B: CloneBackend>(
+    terminal: &mut Terminal<B>,
+    mut app: App,
+    watch_root: &Path,
+    runs_root: PathBuf,
+    options: LoopOptions,
+) -> anyhow::Result<()> {
+    let keys = options.keys;
+    let (tx, mut rx) = unbounded_channel::<AppEvent>();
+    let _watcher = crate::watch::watch(watch_root, tx.clone())?;
+    let mut trainers: Trainers = HashMap::new();
+    let mut term_events = keys.then(EventStream::new);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // When the next frame is due; None while the screen shows the current state.
+    let mut next_draw = Some(Instant::now());
+    let mut last_draw = Instant::now();
+    for event in options.script {
+        let actions = update(&mut app, event);
+        perform(actions, &mut trainers, &tx, &runs_root);
+    }
+    loop {
+        if options.quit_when_done && !app.any_active() {
+            app.quit = true;
+        }
+        if next_draw.is_some_and(|t| Instant::now() >= t) {
+            terminal.draw(|f| crate::ui::draw(f, &app))?;
+            next_draw = None;
+            last_draw = Instant::now();
+        }
+        if app.quit {
+            break;
+        }
+        let event = tokio::select! {
+            Some(Ok(ev)) = async {
+                match term_events.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                TermEvent::Key(k) => Some(AppEvent::Key(k)),
+                TermEvent::Resize(..) => {
+                    next_draw = Some(Instant::now());
+                    None
+                }
+                _ => None,
+            },
+            Some(ev) = rx.recv() => Some(ev),
+            _ = tokio::time::sleep_until(next_draw.unwrap_or_else(Instant::now)), if next_draw.is_some() => None,
+            _ = sigterm.recv() => { app.quit = true; None }
+            _ = sighup.recv() => { app.quit = true; None }
+        };
+        if let Some(event) = event {
+            let gap = if is_progress(&event) {
+                PROGRESS_FRAME
+            } else {
+                FRAME
+            };
+            let due = last_draw + gap;
+            next_draw = Some(next_draw.map_or(due, |t| t.min(due)));
+            let actions = update(&mut app, event);
+            if let Some(path) = perform(actions, &mut trainers, &tx, &runs_root) {
+                // The editor needs stdin: stop reading it while the editor runs.
+                drop(term_events.take());
+                let result = edit_file(terminal, &path);
+                term_events = keys.then(EventStream::new);
+                if let Err(e) = result {
+                    update(
+                        &mut app,
+                        AppEvent::FileLoaded(path.clone(), load_state(&path)),
+                    );
+                    app.messages.push(crate::app::Message {
+                        warning: true,
+                        text: format!("{e:#}"),
+                    });
+                } else {
+                    let state = load_state(&path);
+                    let actions = update(&mut app, AppEvent::FileLoaded(path, state));
+                    perform(actions, &mut trainers, &tx, &runs_root);
+                }
+                next_draw = Some(Instant::now());
+            }
+        }
+    }
+    // Quitting stops every run (each saves a checkpoint) and waits briefly for them.
+    for tx in trainers.values() {
+        let _ = tx.send(Command::Stop);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.any_active() && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev @ AppEvent::Trainer(..))) => {
+                update(&mut app, ev);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// The experiment settings of every valid file under `target`, for the headless
+/// fallback (stdout not a terminal).
+pub fn valid_experiments(target: &Path) -> anyhow::Result<Vec<Experiment>> {
+    let mut out = Vec::new();
+    for (path, state) in load_files(target)? {
+        match state {
+            FileState::Valid(e) => out.push(*e),
+            FileState::Invalid { errors, .. } => {
+                for e in errors {
+                    eprintln!("error   {e}");
+                }
+                anyhow::bail!("{} is invalid", path.display());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,451 @@
+//! The dashboard without a terminal: every key in every run state through the pure
+//! `update`, and the screens drawn on ratatui's TestBackend (snapshots in
+//! tests/snapshots/, reviewed with `cargo insta review`).
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use tlcap::app::{update, Action, App, AppEvent, CommandKind, FileState, Overlay, RunStatus};
+use tlcap::config::parse_str;
+use tlcap::model::{LayerInfo, LayerKind};
+use tlcap::train::metrics::Confusion;
+use tlcap::train::{EndReason, EpochMetrics, Event, Phase};
+
+fn experiment(name: &str) -> tlcap::config::Experiment {
+    let text = format!(
+        "name: {name}\ndata: {{ dir: /data/elpv, image_size: 96 }}\nmodel: {{ backbone: mobilenet_v2 }}\n\
+         frozen: {{ epochs: 4 }}\nfinetune: {{ epochs: 4, unfreeze_last: 14 }}\n\
+         stall: {{ patience: 2, min_delta: 0.005 }}\n"
+    );
+    parse_str(&text, &PathBuf::from(format!("/exp/{name}.yaml"))).unwrap()
+}
+
+fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
+    EpochMetrics {
+        epoch,
+        phase,
+        loss: 0.7 - acc / 2.0,
+        accuracy: acc,
+        val_loss: 0.72 - acc / 2.0,
+        val_accuracy: acc - 0.01,
+        val_precision: Some(0.8),
+        val_recall: Some(0.9),
+        val_f1: Some(0.85),
+        val_auc: Some(0.88),
+        confusion: Confusion::new(2, &[0, 1], &[0, 1]),
+        lr: if phase == Phase::Frozen { 1e-3 } else { 1e-5 },
+        seconds: 12.0,
+        images_per_sec: 200.0,
+        val_images_per_sec: 600.0,
+        stalled: false,
+        suggestion: None,
+    }
+}
+
+fn layers() -> Vec<LayerInfo> {
+    (0..6)
+        .map(|i| LayerInfo {
+            name: format!("features.{}.{}", 16 + i / 2, i % 2),
+            kind: if i % 2 == 0 {
+                LayerKind::Conv
+            } else {
+                LayerKind::BatchNorm
+            },
+            params: if i % 2 == 0 { 153_600 } else { 640 },
+            trainable: i >= 2,
+        })
+        .collect()
+}
+
+/// An app with three files: `quickstart` (selected), `mobilenet`, and an invalid one.
+fn app() -> App {
+    App::new(vec![
+        (
+            PathBuf::from("/exp/quickstart.yaml"),
+            FileState::Valid(Box::new(experiment("quickstart"))),
+        ),
+        (
+            PathBuf::from("/exp/mobilenet.yaml"),
+            FileState::Valid(Box::new(experiment("mobilenet"))),
+        ),
+        (
+            PathBuf::from("/exp/broken.yaml"),
+            FileState::Invalid {
+                errors: vec!["/exp/broken.yaml:3:12: frozen.lr: must be > 0, found -0.001".into()],
+                last_good: None,
+            },
+        ),
+    ])
+}
+
+fn key(code: KeyCode) -> AppEvent {
+    AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn trainer(app: &mut App, event: Event) {
+    let id = app.current().unwrap().id;
+    update(app, AppEvent::Trainer(id, event));
+}
+
+/// Starts the selected experiment and feeds it `epochs` finished epochs.
+fn running(epochs: u32) -> App {
+    let mut app = app();
+    let actions = update(&mut app, key(KeyCode::Char('s')));
+    assert!(matches!(actions[..], [Action::Start(0, _)]));
+    trainer(
+        &mut app,
+        Event::DataReady {
+            classes: vec!["defective".into(), "functional".into()],
+            train: 2099,
+            val: 525,
+            skipped: 0,
+        },
+    );
+    trainer(
+        &mut app,
+        Event::ModelReady {
+            device: "cpu".into(),
+            weights: "ImageNet (mobilenet_v2)".into(),
+            layers: layers(),
+        },
+    );
+    trainer(
+        &mut app,
+        Event::RunDir("runs/quickstart/20261129-120000".into()),
+    );
+    for e in 1..=epochs {
+        let m = metrics(e, Phase::Frozen, 0.70 + 0.03 * e as f64);
+        trainer(&mut app, Event::EpochEnd(m));
+    }
+    trainer(
+        &mut app,
+        Event::Batch {
+            epoch: epochs + 1,
+            batch: 12,
+            of: 33,
+            loss: 0.4123,
+            images_per_sec: 231.0,
+        },
+    );
+    app
+}
+
+fn stalled() -> App {
+    let mut app = running(3);
+    trainer(
+        &mut app,
+        Event::Stalled {
+            epoch: 3,
+            suggestion: "val_accuracy 0.7900, no gain > 0.005 for 2 epochs: unfreeze the last 14 layers at lr 1e-5".into(),
+        },
+    );
+    app
+}
+
+fn paused() -> App {
+    let mut app = running(2);
+    trainer(&mut app, Event::Paused);
+    app
+}
+
+fn finished() -> App {
+    let mut app = running(2);
+    trainer(
+        &mut app,
+        Event::Finished {
+            reason: EndReason::Completed,
+            best: None,
+        },
+    );
+    app
+}
+
+fn finetuning() -> App {
+    let mut app = running(3);
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 4,
+            trainable_layers: 14,
+            trainable_params: 1_206_400,
+            layers: layers(),
+        },
+    );
+    for e in 4..=6 {
+        trainer(
+            &mut app,
+            Event::EpochEnd(metrics(e, Phase::Finetune, 0.72 + 0.04 * e as f64)),
+        );
+    }
+    app
+}
+
+fn invalid() -> App {
+    let mut app = app();
+    app.selected = 2;
+    app
+}
+
+/// What a key does in each state: (state, key) -> the actions expected.
+#[test]
+fn every_key_in_every_state() {
+    type MakeState = fn() -> App;
+    let states: Vec<(&str, MakeState)> = vec![
+        ("idle", app),
+        ("running", || running(2)),
+        ("paused", paused),
+        ("stalled", stalled),
+        ("finished", finished),
+        ("invalid", invalid),
+    ];
+    for (state, make) in &states {
+        let id = make().current().unwrap().id;
+        let active = matches!(*state, "running" | "paused" | "stalled");
+        // s: start unless already running; an invalid file cannot start.
+        let mut a = make();
+        let actions = update(&mut a, key(KeyCode::Char('s')));
+        match *state {
+            "idle" | "finished" => assert!(
+                matches!(actions[..], [Action::Start(i, _)] if i == id),
+                "{state}"
+            ),
+            _ => assert!(actions.is_empty(), "{state}: s"),
+        }
+        // p and Enter: pause / resume.
+        for k in [KeyCode::Char('p'), KeyCode::Enter] {
+            let mut a = make();
+            let actions = update(&mut a, key(k));
+            let expected = match *state {
+                "running" | "stalled" => vec![Action::Send(id, CommandKind::Pause)],
+                "paused" => vec![Action::Send(id, CommandKind::Resume)],
+                _ if k == KeyCode::Enter && *state != "invalid" => {
+                    assert!(
+                        matches!(actions[..], [Action::Start(..)]),
+                        "{state}: Enter starts"
+                    );
+                    continue;
+                }
+                _ => vec![],
+            };
+            assert_eq!(actions, expected, "{state}: {k:?}");
+        }
+        // u: unfreeze an active frozen-phase run; a stall banner goes away.
+        let mut a = make();
+        let actions = update(&mut a, key(KeyCode::Char('u')));
+        if active {
+            assert_eq!(
+                actions,
+                vec![Action::Send(id, CommandKind::Unfreeze)],
+                "{state}: u"
+            );
+            assert!(a.current().unwrap().run.as_ref().unwrap().stall.is_none());
+        } else {
+            assert!(actions.is_empty(), "{state}: u");
+            assert!(
+                !a.messages.is_empty(),
+                "{state}: u explains why nothing happened"
+            );
+        }
+        // x: stop an active run.
+        let mut a = make();
+        let actions = update(&mut a, key(KeyCode::Char('x')));
+        let expected = if active {
+            vec![Action::Send(id, CommandKind::Stop)]
+        } else {
+            vec![]
+        };
+        assert_eq!(actions, expected, "{state}: x");
+        // q: quits at once unless a run is going, then asks; y confirms and stops runs.
+        let mut a = make();
+        update(&mut a, key(KeyCode::Char('q')));
+        if active {
+            assert_eq!(
+                (a.quit, a.overlay),
+                (false, Overlay::ConfirmQuit),
+                "{state}: q"
+            );
+            let mut b = a.clone();
+            update(&mut b, key(KeyCode::Char('n')));
+            assert_eq!((b.quit, b.overlay), (false, Overlay::None));
+            let actions = update(&mut a, key(KeyCode::Char('y')));
+            assert!(a.quit);
+            assert_eq!(actions, vec![Action::Send(id, CommandKind::Stop)]);
+        } else {
+            assert!(a.quit, "{state}: q");
+        }
+        // Ctrl-C behaves like q.
+        let mut a = make();
+        update(
+            &mut a,
+            AppEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+        );
+        assert_eq!(a.quit, !active, "{state}: ctrl-c");
+        // ? opens help; any key closes it without acting.
+        let mut a = make();
+        update(&mut a, key(KeyCode::Char('?')));
+        assert_eq!(a.overlay, Overlay::Help);
+        assert!(update(&mut a, key(KeyCode::Char('x'))).is_empty());
+        assert_eq!(a.overlay, Overlay::None);
+        // Esc closes pop-ups.
+        let mut a = make();
+        update(&mut a, key(KeyCode::Char('?')));
+        update(&mut a, key(KeyCode::Esc));
+        assert_eq!(a.overlay, Overlay::None);
+        // Navigation wraps; Tab and j/Down go down, k/Up go up.
+        for (k, step) in [
+            (KeyCode::Down, 1),
+            (KeyCode::Char('j'), 1),
+            (KeyCode::Tab, 1),
+            (KeyCode::Up, 2),
+            (KeyCode::Char('k'), 2),
+        ] {
+            let mut a = make();
+            let before = a.selected;
+            update(&mut a, key(k));
+            assert_eq!(a.selected, (before + step) % 3, "{state}: {k:?}");
+        }
+        // PgUp / PgDn scroll the epoch table.
+        let mut a = make();
+        update(&mut a, key(KeyCode::PageUp));
+        assert_eq!(a.table_scroll, 5);
+        update(&mut a, key(KeyCode::PageDown));
+        assert_eq!(a.table_scroll, 0);
+        // m, t toggle panes; e asks for the editor on the selected file.
+        let mut a = make();
+        update(&mut a, key(KeyCode::Char('m')));
+        update(&mut a, key(KeyCode::Char('t')));
+        assert!(a.show_model && a.smoothing);
+        let path = a.current().unwrap().path.clone();
+        assert_eq!(
+            update(&mut a, key(KeyCode::Char('e'))),
+            vec![Action::Edit(path)]
+        );
+    }
+}
+
+#[test]
+fn every_key_shown_is_handled_and_listed() {
+    let listed: Vec<&str> = tlcap::app::KEYS.iter().map(|(k, _)| *k).collect();
+    for k in [
+        "s", "p", "u", "x", "q", "?", "m", "t", "e", "Tab", "Enter", "Esc",
+    ] {
+        assert!(
+            listed.iter().any(|l| l.contains(k)),
+            "{k} missing from help"
+        );
+    }
+}
+
+#[test]
+fn trainer_events_drive_the_run_view() {
+    let app = finetuning();
+    let run = app.current().unwrap().run.as_ref().unwrap();
+    assert_eq!(run.phase, Phase::Finetune);
+    assert_eq!(run.phase_marks, vec![(4, Phase::Finetune)]);
+    assert_eq!(run.epochs.len(), 6);
+    assert_eq!(run.best(), Some(5));
+    assert_eq!(app.current().unwrap().state_label(), "running");
+    assert_eq!(stalled().current().unwrap().state_label(), "stalled");
+    let mut failed = running(1);
+    trainer(&mut failed, Event::Error("out of memory".into()));
+    assert!(matches!(
+        failed.current().unwrap().run.as_ref().unwrap().status,
+        RunStatus::Failed(_)
+    ));
+    assert!(failed
+        .messages
+        .last()
+        .unwrap()
+        .text
+        .contains("out of memory"));
+}
+
+#[test]
+fn edits_apply_live_keep_last_good_settings_and_flag_restarts() {
+    let mut app = running(2);
+    let path = app.current().unwrap().path.clone();
+    // A broken save: the error is shown, the settings stay, nothing is sent.
+    let broken = FileState::Invalid {
+        errors: vec![format!("{}:5:9: bad", path.display())],
+        last_good: None,
+    };
+    assert!(update(&mut app, AppEvent::FileLoaded(path.clone(), broken)).is_empty());
+    assert_eq!(app.current().unwrap().state_label(), "running");
+    assert!(
+        app.current().unwrap().settings().is_some(),
+        "last good settings kept"
+    );
+    assert!(app.messages.iter().any(|m| m.text.contains(":5:9:")));
+    // A fixed save with a live change (more epochs) and a restart-only one (seed).
+    let mut edited = experiment("quickstart");
+    edited.frozen.epochs = 6;
+    edited.seed = 7;
+    let actions = update(
+        &mut app,
+        AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(edited))),
+    );
+    assert!(matches!(&actions[..], [Action::Apply(0, e)] if e.frozen.epochs == 6));
+    let entry = app.current().unwrap();
+    assert_eq!(entry.pending_restart, vec!["seed 42 -> 7".to_string()]);
+    // A new file appears in the list.
+    update(
+        &mut app,
+        AppEvent::FileLoaded(
+            "/exp/new.yaml".into(),
+            FileState::Valid(Box::new(experiment("new"))),
+        ),
+    );
+    assert!(app.entries.iter().any(|e| e.name() == "new"));
+    assert_eq!(
+        app.current().unwrap().path,
+        path,
+        "selection stays on its file"
+    );
+    // Deleting a running experiment's file keeps the run.
+    update(&mut app, AppEvent::FileRemoved(path.clone()));
+    assert!(app.current().unwrap().deleted);
+}
+
+fn render(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| tlcap::ui::draw(f, app)).unwrap();
+    terminal.backend().to_string()
+}
+
+#[test]
+fn screens() {
+    insta::assert_snapshot!("idle_list_100x30", render(&app(), 100, 30));
+    insta::assert_snapshot!("running_100x30", render(&running(3), 100, 30));
+    insta::assert_snapshot!("running_80x24", render(&running(3), 80, 24));
+    insta::assert_snapshot!("stall_banner_100x30", render(&stalled(), 100, 30));
+    insta::assert_snapshot!(
+        "finetune_phase_marker_140x40",
+        render(&finetuning(), 140, 40)
+    );
+    insta::assert_snapshot!("invalid_config_80x24", render(&invalid(), 80, 24));
+    let mut help = running(3);
+    update(&mut help, key(KeyCode::Char('?')));
+    insta::assert_snapshot!("help_80x24", render(&help, 80, 24));
+    let mut model = finetuning();
+    update(&mut model, key(KeyCode::Char('m')));
+    insta::assert_snapshot!("model_pane_100x30", render(&model, 100, 30));
+    let mut quit = running(3);
+    update(&mut quit, key(KeyCode::Char('q')));
+    insta::assert_snapshot!("confirm_quit_80x24", render(&quit, 80, 24));
+    insta::assert_snapshot!("too_small_40x10", render(&running(3), 40, 10));
+}
+
+#[test]
+fn every_size_renders_without_panicking() {
+    let states = [app(), running(3), stalled(), finetuning(), invalid()];
+    for w in (1..=200).step_by(13) {
+        for h in (1..=60).step_by(7) {
+            for s in &states {
+                render(s, w, h);
+            }
+        }
+    }
+}
