@@ -26,3 +26,4 @@ doctor: setup
 bench: setup
 	$(CARGO) bench --bench decode
 	$(CARGO) bench --bench dashboard
+	$(CARGO) bench --bench watch

@@ -6,7 +6,8 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
 
-use crate::config::Experiment;
+use crate::app::{AppEvent, FileState};
+use crate::config::{ChangeKind, Experiment};
 use crate::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
 
 /// One epoch as a JSON object: the stable keys scripts rely on, then the rest.
@@ -56,8 +57,15 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
     line
 }
 
-/// Runs `exp` to the end, printing epochs; an error if the trainer failed.
-pub fn run(exp: Experiment, options: Options, json: bool) -> anyhow::Result<()> {
+/// Runs `exp` to the end, printing epochs; an error if the trainer failed. With
+/// `watch`, edits of that file are applied while the run goes on (live settings from
+/// the next epoch; a broken save is reported and the last good settings stay).
+pub fn run(
+    exp: Experiment,
+    options: Options,
+    json: bool,
+    watch: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let total = match options.phases {
         Phases::Both => exp.frozen.epochs + exp.finetune.epochs,
         Phases::Frozen => exp.frozen.epochs,
@@ -78,6 +86,10 @@ pub fn run(exp: Experiment, options: Options, json: bool) -> anyhow::Result<()> 
             ..options
         },
     );
+    let _watcher = match watch {
+        Some(file) => Some(forward_edits(file, handle.commands.clone())?),
+        None => None,
+    };
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
     for event in handle.events.iter() {
@@ -151,7 +163,12 @@ pub fn run(exp: Experiment, options: Options, json: bool) -> anyhow::Result<()> 
             }
             Event::ConfigApplied(changes) => {
                 for c in changes {
-                    eprintln!("config: {c}");
+                    match c.kind {
+                        ChangeKind::Live => eprintln!("config: {c} (from this epoch)"),
+                        ChangeKind::Restart => {
+                            eprintln!("config: {c} needs a restart: the run keeps the old value")
+                        }
+                    }
                 }
             }
             Event::Finished { reason, best } => {
@@ -182,4 +199,38 @@ pub fn run(exp: Experiment, options: Options, json: bool) -> anyhow::Result<()> 
         bail!(e);
     }
     Ok(())
+}
+
+/// Watches `file` and sends each valid save to the trainer; reports broken saves
+/// (with their positions) and deletions on stderr. Dropping the watcher ends it.
+fn forward_edits(
+    file: &std::path::Path,
+    commands: std::sync::mpsc::Sender<train::Command>,
+) -> anyhow::Result<crate::watch::Watcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = crate::watch::watch(file, tx)?;
+    std::thread::spawn(move || {
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                AppEvent::FileLoaded(_, FileState::Valid(exp)) => {
+                    // The trainer is gone: nothing left to apply edits to.
+                    let sent = commands.send(train::Command::ApplyConfig(exp));
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                AppEvent::FileLoaded(_, FileState::Invalid { errors, .. }) => {
+                    for e in errors {
+                        eprintln!("error   {e}");
+                    }
+                    eprintln!("config: the last good settings stay in force");
+                }
+                AppEvent::FileRemoved(path) => {
+                    eprintln!("config: {} was deleted; the run goes on", path.display())
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(watcher)
 }

@@ -191,7 +191,7 @@ fn dashboard(target: &std::path::Path, runs: PathBuf) -> anyhow::Result<()> {
             runs_root: runs.clone(),
             ..Default::default()
         };
-        tlcap::headless::run(exp, options, false)?;
+        tlcap::headless::run(exp, options, false, None)?;
     }
     Ok(())
 }
@@ -262,7 +262,7 @@ fn run(
         export_model,
         ..Default::default()
     };
-    tlcap::headless::run(exp, options, json)
+    tlcap::headless::run(exp, options, json, Some(file))
 }
 
 /// `tlcap-tui resume`: continues a run folder headless.
@@ -273,7 +273,7 @@ fn resume(run_dir: &std::path::Path, json: bool, max_epochs: Option<u32>) -> any
         max_epochs,
         ..Default::default()
     };
-    tlcap::headless::run(exp, options, json)
+    tlcap::headless::run(exp, options, json, None)
 }
 
 /// `tlcap-tui layers`: the layer table of a backbone.
