@@ -134,6 +134,17 @@ fn perform(
                 }
             }
             Action::Edit(path) => edit = Some(path),
+            Action::ExportShootout(dirs) => {
+                let rows: Vec<_> = dirs
+                    .iter()
+                    .filter_map(|d| crate::shootout::summarize(d).ok().flatten())
+                    .collect();
+                let text = match crate::shootout::export(runs_root, &rows) {
+                    Ok(dir) => format!("shootout done: results in {}", dir.display()),
+                    Err(e) => format!("shootout done, but the results could not be written: {e:#}"),
+                };
+                let _ = events.send(AppEvent::Info(text));
+            }
         }
     }
     edit

@@ -65,7 +65,7 @@ pub fn run(
     options: Options,
     json: bool,
     watch: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     let total = match options.phases {
         Phases::Both => exp.frozen.epochs + exp.finetune.epochs,
         Phases::Frozen => exp.frozen.epochs,
@@ -92,6 +92,7 @@ pub fn run(
     };
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
+    let mut run_dir = None;
     for event in handle.events.iter() {
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
@@ -119,7 +120,10 @@ pub fn run(
                     layers.len()
                 )
             }
-            Event::RunDir(dir) => eprintln!("run folder: {}", dir.display()),
+            Event::RunDir(dir) => {
+                eprintln!("run folder: {}", dir.display());
+                run_dir = Some(dir);
+            }
             Event::PhaseChanged {
                 phase,
                 epoch,
@@ -198,7 +202,7 @@ pub fn run(
     if let Some(e) = failure {
         bail!(e);
     }
-    Ok(())
+    Ok(run_dir)
 }
 
 /// Watches `file` and sends each valid save to the trainer; reports broken saves

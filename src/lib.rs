@@ -14,6 +14,7 @@
 //! - [`train`]: the trainer thread: phases, metrics, stall detection, run folders.
 //! - [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //! - [`predict`]: class and probability for images from a trained run.
+//! - [`shootout`]: comparing experiments; results.csv / results.md.
 
 pub mod app;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod fsutil;
 pub mod headless;
 pub mod model;
 pub mod predict;
+pub mod shootout;
 pub mod train;
 pub mod ui;
 pub mod watch;

@@ -65,6 +65,19 @@ enum Command {
         #[arg(long)]
         export_model: bool,
     },
+    /// Run experiments one after another (headless) and compare them: prints a table,
+    /// writes runs/shootout-<timestamp>/results.csv and results.md.
+    Shootout {
+        /// Experiment files, or folders of them (every valid file in each).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        /// Stop each experiment after this many epochs in total.
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+    },
     /// Continue a run folder from its last finished epoch, in the right phase.
     Resume {
         /// A run folder (runs/<experiment>/<timestamp>).
@@ -152,6 +165,11 @@ fn main() -> ExitCode {
             json,
             max_epochs,
         } => resume(&run_dir, json, max_epochs),
+        Command::Shootout {
+            paths,
+            runs,
+            max_epochs,
+        } => shootout(&paths, runs, max_epochs),
         Command::Predict {
             checkpoint_or_run_dir,
             images,
@@ -262,7 +280,37 @@ fn run(
         export_model,
         ..Default::default()
     };
-    tlcap::headless::run(exp, options, json, Some(file))
+    tlcap::headless::run(exp, options, json, Some(file)).map(|_| ())
+}
+
+/// `tlcap-tui shootout`: every experiment headless, then the comparison.
+fn shootout(paths: &[PathBuf], runs: PathBuf, max_epochs: Option<u32>) -> anyhow::Result<()> {
+    let mut experiments = Vec::new();
+    for path in paths {
+        experiments.extend(tlcap::dashboard::valid_experiments(path)?);
+    }
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    for (i, exp) in experiments.into_iter().enumerate() {
+        eprintln!("== shootout {}: {}", i + 1, exp.name);
+        let options = tlcap::train::Options {
+            runs_root: runs.clone(),
+            max_epochs,
+            ..Default::default()
+        };
+        if let Some(run) = tlcap::headless::run(exp, options, false, None)? {
+            rows.extend(tlcap::shootout::summarize(&run)?);
+        }
+    }
+    let out = tlcap::shootout::export(&runs, &rows)?;
+    println!("{}", tlcap::shootout::markdown(&rows));
+    println!(
+        "{} experiments in {:.0} s; results in {}",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// `tlcap-tui resume`: continues a run folder headless.
@@ -273,7 +321,7 @@ fn resume(run_dir: &std::path::Path, json: bool, max_epochs: Option<u32>) -> any
         max_epochs,
         ..Default::default()
     };
-    tlcap::headless::run(exp, options, json, None)
+    tlcap::headless::run(exp, options, json, None).map(|_| ())
 }
 
 /// `tlcap-tui layers`: the layer table of a backbone.

@@ -449,3 +449,61 @@ fn every_size_renders_without_panicking() {
         }
     }
 }
+
+#[test]
+fn shootout_queue_runs_one_after_another_and_exports() {
+    let mut app = app();
+    // Nothing marked: every valid file (quickstart, mobilenet), not the broken one.
+    let actions = update(&mut app, key(KeyCode::Char('a')));
+    assert!(matches!(actions[..], [Action::Start(0, _)]), "{actions:?}");
+    assert_eq!(app.queue.iter().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(app.show_compare);
+    let finish = |app: &mut App, id: u64, dir: &str| {
+        update(app, AppEvent::Trainer(id, Event::RunDir(dir.into())));
+        update(
+            app,
+            AppEvent::Trainer(id, Event::EpochEnd(metrics(1, Phase::Frozen, 0.8))),
+        );
+        update(
+            app,
+            AppEvent::Trainer(
+                id,
+                Event::Finished {
+                    reason: EndReason::Completed,
+                    best: None,
+                },
+            ),
+        )
+    };
+    let actions = finish(&mut app, 0, "runs/quickstart/1");
+    assert!(matches!(actions[..], [Action::Start(1, _)]), "{actions:?}");
+    let actions = finish(&mut app, 1, "runs/mobilenet/1");
+    assert_eq!(
+        actions,
+        vec![Action::ExportShootout(vec![
+            "runs/quickstart/1".into(),
+            "runs/mobilenet/1".into()
+        ])]
+    );
+    insta::assert_snapshot!("compare_view_100x30", render(&app, 100, 30));
+
+    // Marked ones only; the mark shows in the list.
+    let mut app = tlcap_app_with_mark();
+    let actions = update(&mut app, key(KeyCode::Char('a')));
+    assert!(matches!(actions[..], [Action::Start(1, _)]), "{actions:?}");
+    assert!(app.queue.is_empty());
+    // While a run is going, `a` queues without starting.
+    let mut app = running(1);
+    update(&mut app, key(KeyCode::Down));
+    let actions = update(&mut app, key(KeyCode::Char('a')));
+    assert!(actions.is_empty());
+    assert_eq!(app.queue.iter().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+fn tlcap_app_with_mark() -> App {
+    let mut app = app();
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Char(' ')));
+    assert!(app.entries[1].marked);
+    app
+}

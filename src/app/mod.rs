@@ -151,6 +151,8 @@ pub struct Entry {
     pub pending_restart: Vec<String>,
     /// The file was deleted while its run went on.
     pub deleted: bool,
+    /// Marked for the shootout.
+    pub marked: bool,
 }
 
 impl Entry {
@@ -163,6 +165,7 @@ impl Entry {
             run: None,
             pending_restart: Vec::new(),
             deleted: false,
+            marked: false,
         }
     }
 
@@ -245,6 +248,12 @@ pub struct App {
     pub quit: bool,
     /// The id the next new entry gets.
     pub next_id: u64,
+    /// Shootout: entries waiting to run, in order.
+    pub queue: std::collections::VecDeque<u64>,
+    /// Shootout: the entries of the shootout in progress (exported when all are done).
+    pub shootout: Vec<u64>,
+    /// Compare view instead of the selected run.
+    pub show_compare: bool,
 }
 
 /// What the dashboard loop must do after an update.
@@ -259,6 +268,8 @@ pub enum Action {
     Apply(u64, Box<Experiment>),
     /// Open this file in `$EDITOR` (suspending the terminal).
     Edit(PathBuf),
+    /// The shootout is over: compare these run folders and export the results.
+    ExportShootout(Vec<PathBuf>),
 }
 
 /// Trainer commands without payload (Clone + PartialEq for tests).
@@ -297,6 +308,8 @@ pub enum AppEvent {
     FileLoaded(PathBuf, FileState),
     /// A file disappeared.
     FileRemoved(PathBuf),
+    /// A line for the messages pane (from the loop, e.g. where results were written).
+    Info(String),
 }
 
 /// Every key, for the help pop-up and the footer. Each one works (see [`update`]).
@@ -314,6 +327,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("m", "model pane: layers, trainable marks"),
     ("t", "smooth the charts (debiased EMA)"),
     ("e", "edit the selected file in $EDITOR"),
+    ("Space", "mark / unmark for the shootout"),
+    ("a", "shootout: run the marked (or all) one after another"),
+    ("c", "compare view: every run in one table and chart"),
     ("Esc", "close a pop-up"),
 ];
 
@@ -327,6 +343,9 @@ impl App {
             .collect();
         App {
             next_id: entries.len() as u64,
+            queue: std::collections::VecDeque::new(),
+            shootout: Vec::new(),
+            show_compare: false,
             entries,
             selected: 0,
             overlay: Overlay::None,
@@ -366,6 +385,10 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
         AppEvent::Key(key) => on_key(app, key),
         AppEvent::Trainer(id, event) => {
             on_trainer(app, id, event);
+            next_in_queue(app)
+        }
+        AppEvent::Info(text) => {
+            app.say(false, text);
             Vec::new()
         }
         AppEvent::FileLoaded(path, file) => on_file(app, path, file),
@@ -438,6 +461,13 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::PageUp => app.table_scroll = app.table_scroll.saturating_add(5),
         KeyCode::PageDown => app.table_scroll = app.table_scroll.saturating_sub(5),
         KeyCode::Char('m') => app.show_model = !app.show_model,
+        KeyCode::Char('c') => app.show_compare = !app.show_compare,
+        KeyCode::Char(' ') => {
+            if let Some(e) = app.entries.get_mut(selected) {
+                e.marked = !e.marked;
+            }
+        }
+        KeyCode::Char('a') => return queue_shootout(app),
         KeyCode::Char('t') => app.smoothing = !app.smoothing,
         KeyCode::Char('e') => {
             if let Some(e) = app.current() {
@@ -475,6 +505,63 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         _ => {}
     }
     Vec::new()
+}
+
+/// `a`: queues the marked experiments (all valid ones if none is marked) and starts
+/// the first when nothing is running.
+fn queue_shootout(app: &mut App) -> Vec<Action> {
+    if !app.queue.is_empty() {
+        app.say(false, "a shootout is already queued");
+        return Vec::new();
+    }
+    let any_marked = app.entries.iter().any(|e| e.marked);
+    let ids: Vec<u64> = app
+        .entries
+        .iter()
+        .filter(|e| (e.marked || !any_marked) && e.settings().is_some())
+        .filter(|e| !e.run.as_ref().is_some_and(RunView::is_active))
+        .map(|e| e.id)
+        .collect();
+    if ids.is_empty() {
+        app.say(true, "nothing to queue: no valid experiment");
+        return Vec::new();
+    }
+    let names: Vec<String> = app
+        .entries
+        .iter()
+        .filter(|e| ids.contains(&e.id))
+        .map(Entry::name)
+        .collect();
+    app.say(false, format!("shootout: {}", names.join(", ")));
+    app.queue = ids.iter().copied().collect();
+    app.shootout = ids;
+    app.show_compare = true;
+    next_in_queue(app)
+}
+
+/// Starts the next queued experiment when nothing runs; exports when all are done.
+fn next_in_queue(app: &mut App) -> Vec<Action> {
+    if app.shootout.is_empty() || app.any_active() {
+        return Vec::new();
+    }
+    while let Some(id) = app.queue.pop_front() {
+        let Some(i) = app.entries.iter().position(|e| e.id == id) else {
+            continue;
+        };
+        let Some(exp) = app.entries[i].settings().cloned() else {
+            continue;
+        };
+        let entry = &mut app.entries[i];
+        entry.run = Some(RunView::new(exp.frozen.epochs + exp.finetune.epochs));
+        entry.pending_restart.clear();
+        return vec![Action::Start(id, Box::new(exp))];
+    }
+    let dirs: Vec<PathBuf> = std::mem::take(&mut app.shootout)
+        .iter()
+        .filter_map(|id| app.entries.iter().find(|e| e.id == *id))
+        .filter_map(|e| e.run.as_ref()?.run_dir.clone())
+        .collect();
+    vec![Action::ExportShootout(dirs)]
 }
 
 fn request_quit(app: &mut App) -> Vec<Action> {

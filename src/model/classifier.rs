@@ -127,6 +127,11 @@ impl Classifier {
         self.vs.device()
     }
 
+    /// Values in the new head (always trainable).
+    pub fn head_params(&self) -> usize {
+        self.head.ws.numel() + self.head.bs.as_ref().map_or(0, Tensor::numel)
+    }
+
     /// The backbone's layer table.
     pub fn table(&self) -> &LayerTable {
         self.backbone.table()

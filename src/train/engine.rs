@@ -699,8 +699,8 @@ impl Trainer {
             "epochs": s.epoch,
             "phase": s.phase,
             "best": s.best,
-            "parameters": s.net.table().layers().map(|l| l.params).sum::<usize>(),
-            "trainable_parameters": s.net.table().trainable_params(),
+            "parameters": s.net.table().layers().map(|l| l.params).sum::<usize>() + s.net.head_params(),
+            "trainable_parameters": s.net.table().trainable_params() + s.net.head_params(),
             "device": device_name(s.net.device()),
         });
         if let Some(run) = &self.run {

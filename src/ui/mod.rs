@@ -39,6 +39,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Layout::horizontal([Constraint::Length(list_width), Constraint::Min(30)]).areas(main);
     draw_list(frame, app, list);
     match app.current() {
+        _ if app.show_compare => draw_compare(frame, app, right),
         Some(entry) => draw_entry(frame, app, entry, right),
         None => frame.render_widget(
             Paragraph::new("No experiment files. Add a .yaml file to the folder.")
@@ -73,7 +74,16 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
         .iter()
         .map(|e| {
             let label = e.state_label();
-            let mut name = e.name();
+            let label = if app.queue.contains(&e.id) {
+                "queued"
+            } else {
+                label
+            };
+            let mut name = if e.marked {
+                format!("+{}", e.name())
+            } else {
+                e.name()
+            };
             if e.deleted {
                 name.push_str(" (deleted)");
             }
@@ -499,6 +509,131 @@ fn draw_chart(
     frame.render_widget(chart, area);
 }
 
+const SERIES: [Color; 6] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Green,
+    Color::Magenta,
+    Color::LightRed,
+    Color::LightBlue,
+];
+
+/// The shootout comparison: one table, one chart of val_accuracy per experiment.
+fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
+    let runs: Vec<(String, &RunView)> = app
+        .entries
+        .iter()
+        .filter_map(|e| Some((e.name(), e.run.as_ref()?)))
+        .filter(|(_, r)| !r.epochs.is_empty())
+        .collect();
+    let [table_area, chart_area] = Layout::vertical([
+        Constraint::Length(runs.len() as u16 + 3),
+        Constraint::Min(6),
+    ])
+    .areas(area);
+    let best = |r: &RunView, phase: Option<Phase>| {
+        r.epochs
+            .iter()
+            .filter(|m| phase.is_none_or(|p| m.phase == p))
+            .map(|m| m.val_accuracy)
+            .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v))))
+    };
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let rows: Vec<Row> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, r))| {
+            let b = r.best().map(|i| &r.epochs[i]);
+            let secs = r.epochs.iter().map(|m| m.seconds).sum::<f64>() / r.epochs.len() as f64;
+            let total: usize = r.layers.iter().map(|l| l.params).sum();
+            let trainable: usize = r
+                .layers
+                .iter()
+                .filter(|l| l.trainable)
+                .map(|l| l.params)
+                .sum();
+            Row::new(vec![
+                name.clone(),
+                b.map_or("-".into(), |b| {
+                    format!("{:.3} @{}", b.val_accuracy, b.epoch)
+                }),
+                fmt(best(r, Some(Phase::Frozen))),
+                fmt(best(r, Some(Phase::Finetune))),
+                format!("{secs:.1}"),
+                format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
+            ])
+            .style(Style::new().fg(SERIES[i % SERIES.len()]))
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Min(12),
+            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(12),
+        ],
+    )
+    .header(
+        Row::new(["experiment", "best", "frozen", "tuned", "s/ep", "backbone"])
+            .style(Style::new().bold()),
+    )
+    .block(
+        Block::bordered()
+            .title(" compare (c: back) — best val_acc @epoch, params trainable/total "),
+    );
+    frame.render_widget(table, table_area);
+    let series: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|(_, r)| {
+            r.epochs
+                .iter()
+                .map(|m| (m.epoch as f64, m.val_accuracy))
+                .collect()
+        })
+        .collect();
+    let values = series
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((1.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        ((lo - 0.02).max(0.0), (hi + 0.02).min(1.0))
+    };
+    let x_max = series.iter().map(Vec::len).max().unwrap_or(1).max(2) as f64;
+    let datasets: Vec<Dataset> = series
+        .iter()
+        .zip(&runs)
+        .enumerate()
+        .map(|(i, (points, (name, _)))| {
+            Dataset::default()
+                .name(name.clone())
+                .marker(symbols::Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(SERIES[i % SERIES.len()]))
+                .data(points)
+        })
+        .collect();
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(" val_accuracy per epoch "))
+        .x_axis(
+            Axis::default()
+                .bounds([1.0, x_max])
+                .labels(["1".to_string(), format!("{x_max:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels([format!("{lo:.2}"), format!("{hi:.2}")]),
+        );
+    frame.render_widget(chart, chart_area);
+}
+
 fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
     let visible = area.height.saturating_sub(2) as usize;
     let start = app.messages.len().saturating_sub(visible);
@@ -519,7 +654,8 @@ fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect) {
-    let keys = "s start  p pause  u unfreeze  x stop  m model  t smooth  e edit  ? help  q quit";
+    let keys =
+        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  ? help  q quit";
     frame.render_widget(
         Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
         area,
