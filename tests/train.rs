@@ -530,3 +530,52 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
     let saved = tlcap::train::run_dir::read_config(&run).unwrap();
     assert_eq!((saved.finetune.lr, saved.seed), (5e-4, exp.seed));
 }
+
+#[test]
+fn shootout_command_runs_each_experiment_and_exports_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 12, 32);
+    let exps = dir.path().join("exps");
+    std::fs::create_dir_all(&exps).unwrap();
+    for (name, dropout) in [("one", 0.1), ("two", 0.3)] {
+        std::fs::write(
+            exps.join(format!("{name}.yaml")),
+            format!(
+                "data: {{ dir: ../data, image_size: 32 }}\nmodel: {{ backbone: small_cnn, dropout: {dropout} }}\n\
+                 frozen: {{ epochs: 2 }}\nfinetune: {{ epochs: 0 }}\ndevice: cpu\n"
+            ),
+        )
+        .unwrap();
+    }
+    let runs = dir.path().join("runs");
+    let out = tlcap()
+        .args(["shootout", "--runs"])
+        .arg(&runs)
+        .arg(&exps)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| one | small_cnn |") && table.contains("| two | small_cnn |"),
+        "{table}"
+    );
+    let results = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("shootout-")
+        })
+        .unwrap();
+    let csv = std::fs::read_to_string(results.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(results.join("results.md").is_file());
+}
