@@ -80,6 +80,17 @@ pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
     // ratatui::init enters the alternate screen and raw mode and installs a panic hook
     // that restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();
+    // A trainer thread's panic is caught and reported as an error event: it must not
+    // restore the terminal (or print) under the running dashboard.
+    let restore_and_report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let trainer = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(crate::train::engine::THREAD_PREFIX));
+        if !trainer {
+            restore_and_report(info);
+        }
+    }));
     let options = LoopOptions {
         keys: true,
         ..Default::default()
@@ -151,18 +162,32 @@ fn perform(
 }
 
 /// Runs `$EDITOR` (or `vi`) on `path` with the terminal handed over to it.
-fn edit_file<B: CloneBackend>(terminal: &mut Terminal<B>, path: &Path) -> anyhow::Result<()> {
+/// Hands the terminal to the editor and takes it back. Returns the editor's problem
+/// in words, if any; failing to take the terminal back is an error.
+fn edit_file<B: CloneBackend>(
+    terminal: &mut Terminal<B>,
+    path: &Path,
+) -> anyhow::Result<Option<String>> {
     ratatui::restore();
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new(&editor).arg(path).status();
-    *terminal = Terminal::new(terminal.backend_mut().clone_backend())?;
+    // Through the shell, so `code --wait` or `emacsclient -t` work.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(path)
+        .status();
     crossterm::terminal::enable_raw_mode()?;
     crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
+    *terminal = Terminal::new(terminal.backend_mut().clone_backend())?;
     terminal.clear()?;
-    status.with_context(|| format!("cannot run the editor `{editor}`"))?;
-    Ok(())
+    Ok(match status {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!("the editor `{editor}` exited with {s}")),
+        Err(e) => Some(format!("cannot run the editor `{editor}`: {e}")),
+    })
 }
 
 /// Backends the loop can suspend for an editor.
@@ -211,9 +236,12 @@ pub async fn event_loop<B: CloneBackend>(
     let mut term_events = keys.then(EventStream::new);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     // When the next frame is due; None while the screen shows the current state.
     let mut next_draw = Some(Instant::now());
     let mut last_draw = Instant::now();
+    // An error that ends the loop; the runs are still stopped (checkpoints saved).
+    let mut failure: Option<anyhow::Error> = None;
     for event in options.script {
         let actions = update(&mut app, event);
         perform(actions, &mut trainers, &tx, &runs_root);
@@ -223,7 +251,10 @@ pub async fn event_loop<B: CloneBackend>(
             app.quit = true;
         }
         if next_draw.is_some_and(|t| Instant::now() >= t) {
-            terminal.draw(|f| crate::ui::draw(f, &app))?;
+            if let Err(e) = terminal.draw(|f| crate::ui::draw(f, &app)) {
+                failure = Some(anyhow::Error::from(e).context("cannot draw"));
+                break;
+            }
             next_draw = None;
             last_draw = Instant::now();
         }
@@ -248,6 +279,7 @@ pub async fn event_loop<B: CloneBackend>(
             _ = tokio::time::sleep_until(next_draw.unwrap_or_else(Instant::now)), if next_draw.is_some() => None,
             _ = sigterm.recv() => { app.quit = true; None }
             _ = sighup.recv() => { app.quit = true; None }
+            _ = sigint.recv() => { app.quit = true; None }
         };
         if let Some(event) = event {
             let gap = if is_progress(&event) {
@@ -263,19 +295,19 @@ pub async fn event_loop<B: CloneBackend>(
                 drop(term_events.take());
                 let result = edit_file(terminal, &path);
                 term_events = keys.then(EventStream::new);
-                if let Err(e) = result {
-                    update(
-                        &mut app,
-                        AppEvent::FileLoaded(path.clone(), load_state(&path)),
-                    );
-                    app.messages.push(crate::app::Message {
-                        warning: true,
-                        text: format!("{e:#}"),
-                    });
-                } else {
-                    let state = load_state(&path);
-                    let actions = update(&mut app, AppEvent::FileLoaded(path, state));
-                    perform(actions, &mut trainers, &tx, &runs_root);
+                match result {
+                    Err(e) => {
+                        failure = Some(e.context("cannot take the terminal back from the editor"));
+                        break;
+                    }
+                    Ok(problem) => {
+                        if let Some(text) = problem {
+                            update(&mut app, AppEvent::Info(text));
+                        }
+                        let state = load_state(&path);
+                        let actions = update(&mut app, AppEvent::FileLoaded(path, state));
+                        perform(actions, &mut trainers, &tx, &runs_root);
+                    }
                 }
                 next_draw = Some(Instant::now());
             }
@@ -285,6 +317,9 @@ pub async fn event_loop<B: CloneBackend>(
     for tx in trainers.values() {
         let _ = tx.send(Command::Stop);
     }
+    // Nothing queued may start while we wait for the runs to stop.
+    app.queue.clear();
+    app.shootout.clear();
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.any_active() && Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -295,7 +330,10 @@ pub async fn event_loop<B: CloneBackend>(
             _ => break,
         }
     }
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The experiment settings of every valid file under `target`, for the headless

@@ -27,6 +27,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates `parent/name` (and `parent`), or `parent/name-2`, `-3`... if taken; returns
+/// the folder made. Two callers never get the same folder.
+pub fn create_unique_dir(parent: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let mut dir = parent.join(name);
+    let mut n = 2;
+    loop {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                dir = parent.join(format!("{name}-{n}"));
+                n += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +58,14 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unique_dirs_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = create_unique_dir(&dir.path().join("x"), "run").unwrap();
+        let b = create_unique_dir(&dir.path().join("x"), "run").unwrap();
+        assert_ne!(a, b);
+        assert!(b.ends_with("run-2"));
     }
 }

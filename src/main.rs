@@ -267,6 +267,8 @@ fn run(
     runs: PathBuf,
     export_model: bool,
 ) -> anyhow::Result<()> {
+    // Absolute, so that the watcher's reloads resolve relative paths the same way.
+    let file = &file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
     let exp = tlcap::config::load_file(file)?;
     let phases = match phase {
         PhaseArg::Frozen => tlcap::train::Phases::Frozen,
@@ -285,9 +287,20 @@ fn run(
 
 /// `tlcap-tui shootout`: every experiment headless, then the comparison.
 fn shootout(paths: &[PathBuf], runs: PathBuf, max_epochs: Option<u32>) -> anyhow::Result<()> {
+    // Every valid file; invalid ones are reported and skipped.
     let mut experiments = Vec::new();
     for path in paths {
-        experiments.extend(tlcap::dashboard::valid_experiments(path)?);
+        for (file, state) in tlcap::dashboard::load_files(path)? {
+            match state {
+                tlcap::app::FileState::Valid(exp) => experiments.push(*exp),
+                tlcap::app::FileState::Invalid { errors, .. } => {
+                    for e in errors {
+                        eprintln!("error   {e}");
+                    }
+                    eprintln!("skipping {}", file.display());
+                }
+            }
+        }
     }
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
@@ -298,8 +311,13 @@ fn shootout(paths: &[PathBuf], runs: PathBuf, max_epochs: Option<u32>) -> anyhow
             max_epochs,
             ..Default::default()
         };
-        if let Some(run) = tlcap::headless::run(exp, options, false, None)? {
-            rows.extend(tlcap::shootout::summarize(&run)?);
+        // One failed experiment does not end the shootout.
+        let name = exp.name.clone();
+        match tlcap::headless::run(exp, options, false, None)
+            .and_then(|run| run.map(|r| tlcap::shootout::summarize(&r)).transpose())
+        {
+            Ok(row) => rows.extend(row.flatten()),
+            Err(e) => eprintln!("error: {name}: {e:#}"),
         }
     }
     let out = tlcap::shootout::export(&runs, &rows)?;

@@ -128,8 +128,8 @@ fn sorted(rows: &[ResultRow]) -> Vec<&ResultRow> {
 /// Writes `results.csv` and `results.md` into a new `root/shootout-<timestamp>/`.
 pub fn export(root: &Path, rows: &[ResultRow]) -> anyhow::Result<PathBuf> {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-    let dir = root.join(format!("shootout-{stamp}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A new folder each time, even for two exports in the same second.
+    let dir = crate::fsutil::create_unique_dir(root, &format!("shootout-{stamp}"))?;
     let mut csv = csv::Writer::from_writer(Vec::new());
     for r in sorted(rows) {
         csv.serialize(r)?;

@@ -309,8 +309,18 @@ fn every_key_in_every_state() {
         }
         // PgUp / PgDn scroll the epoch table.
         let mut a = make();
+        let rows = a
+            .current()
+            .unwrap()
+            .run
+            .as_ref()
+            .map_or(0, |r| r.epochs.len());
         update(&mut a, key(KeyCode::PageUp));
-        assert_eq!(a.table_scroll, 5);
+        assert_eq!(
+            a.table_scroll,
+            5.min(rows.saturating_sub(1)),
+            "{state}: PgUp"
+        );
         update(&mut a, key(KeyCode::PageDown));
         assert_eq!(a.table_scroll, 0);
         // m, t toggle panes; e asks for the editor on the selected file.
@@ -506,4 +516,66 @@ fn tlcap_app_with_mark() -> App {
     update(&mut app, key(KeyCode::Char(' ')));
     assert!(app.entries[1].marked);
     app
+}
+
+#[test]
+fn review_edge_cases() {
+    // Quitting during a shootout starts nothing more.
+    let mut app = crate::app();
+    update(&mut app, key(KeyCode::Char('a')));
+    update(&mut app, key(KeyCode::Char('q')));
+    let actions = update(&mut app, key(KeyCode::Char('y')));
+    assert_eq!(actions, vec![Action::Send(0, CommandKind::Stop)]);
+    assert!(app.queue.is_empty() && app.shootout.is_empty());
+    let after = update(
+        &mut app,
+        AppEvent::Trainer(
+            0,
+            Event::Finished {
+                reason: EndReason::Stopped,
+                best: None,
+            },
+        ),
+    );
+    assert!(after.is_empty(), "{after:?}");
+    // Starting a queued entry by hand takes it out of the queue.
+    let mut app = crate::app();
+    update(&mut app, key(KeyCode::Char('a')));
+    update(&mut app, key(KeyCode::Down));
+    assert!(matches!(
+        update(&mut app, key(KeyCode::Char('s')))[..],
+        [Action::Start(1, _)]
+    ));
+    assert!(app.queue.is_empty());
+    // Removing a file above the selection keeps the selection on its file.
+    let mut app = crate::app();
+    update(&mut app, key(KeyCode::Down));
+    update(
+        &mut app,
+        AppEvent::FileRemoved("/exp/quickstart.yaml".into()),
+    );
+    assert_eq!(app.current().unwrap().name(), "mobilenet");
+    // PgUp stops at the first row; a NaN epoch is never the best.
+    let mut app = running(2);
+    for _ in 0..5 {
+        update(&mut app, key(KeyCode::PageUp));
+    }
+    assert_eq!(app.table_scroll, 1);
+    trainer(
+        &mut app,
+        Event::EpochEnd(metrics(3, Phase::Frozen, f64::NAN)),
+    );
+    assert_eq!(app.current().unwrap().run.as_ref().unwrap().best(), Some(1));
+    // An early unfreeze recounts the epochs: 3 done + 4 fine-tune.
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 4,
+            trainable_layers: 14,
+            trainable_params: 1,
+            layers: layers(),
+        },
+    );
+    assert_eq!(app.current().unwrap().run.as_ref().unwrap().total_epochs, 7);
 }

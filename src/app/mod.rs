@@ -98,12 +98,14 @@ impl RunView {
 
     /// Index into `epochs` of the best row by validation accuracy.
     pub fn best(&self) -> Option<usize> {
-        (0..self.epochs.len()).max_by(|&a, &b| {
-            self.epochs[a]
-                .val_accuracy
-                .total_cmp(&self.epochs[b].val_accuracy)
-                .then(b.cmp(&a))
-        })
+        (0..self.epochs.len())
+            .filter(|&i| !self.epochs[i].val_accuracy.is_nan())
+            .max_by(|&a, &b| {
+                self.epochs[a]
+                    .val_accuracy
+                    .total_cmp(&self.epochs[b].val_accuracy)
+                    .then(b.cmp(&a))
+            })
     }
 
     /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace
@@ -399,6 +401,9 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
                     app.say(true, format!("{} deleted; its run goes on", path.display()));
                 } else {
                     app.entries.remove(i);
+                    if i < app.selected {
+                        app.selected -= 1;
+                    }
                     app.selected = app.selected.min(app.entries.len().saturating_sub(1));
                 }
             }
@@ -458,7 +463,16 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
             app.selected = (app.selected + app.entries.len() - 1) % app.entries.len();
             app.table_scroll = 0;
         }
-        KeyCode::PageUp => app.table_scroll = app.table_scroll.saturating_add(5),
+        KeyCode::PageUp => {
+            let rows = app
+                .current()
+                .and_then(|e| e.run.as_ref())
+                .map_or(0, |r| r.epochs.len());
+            app.table_scroll = app
+                .table_scroll
+                .saturating_add(5)
+                .min(rows.saturating_sub(1));
+        }
         KeyCode::PageDown => app.table_scroll = app.table_scroll.saturating_sub(5),
         KeyCode::Char('m') => app.show_model = !app.show_model,
         KeyCode::Char('c') => app.show_compare = !app.show_compare,
@@ -510,8 +524,8 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
 /// `a`: queues the marked experiments (all valid ones if none is marked) and starts
 /// the first when nothing is running.
 fn queue_shootout(app: &mut App) -> Vec<Action> {
-    if !app.queue.is_empty() {
-        app.say(false, "a shootout is already queued");
+    if !app.queue.is_empty() || !app.shootout.is_empty() {
+        app.say(false, "a shootout is already going");
         return Vec::new();
     }
     let any_marked = app.entries.iter().any(|e| e.marked);
@@ -570,11 +584,16 @@ fn request_quit(app: &mut App) -> Vec<Action> {
         Vec::new()
     } else {
         app.quit = true;
+        app.queue.clear();
+        app.shootout.clear();
         Vec::new()
     }
 }
 
-fn stop_all(app: &App) -> Vec<Action> {
+/// Quitting: no queued experiment may start any more; every active run stops.
+fn stop_all(app: &mut App) -> Vec<Action> {
+    app.queue.clear();
+    app.shootout.clear();
     app.entries
         .iter()
         .filter(|e| e.run.as_ref().is_some_and(RunView::is_active))
@@ -600,6 +619,8 @@ fn start(app: &mut App) -> Vec<Action> {
     entry.pending_restart.clear();
     entry.run = Some(RunView::new(exp.frozen.epochs + exp.finetune.epochs));
     let id = entry.id;
+    // Started by hand: the shootout queue must not run it a second time.
+    app.queue.retain(|q| *q != id);
     app.table_scroll = 0;
     vec![Action::Start(id, Box::new(exp))]
 }
@@ -609,6 +630,7 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
         return;
     };
     let name = entry.name();
+    let settings = entry.settings().cloned();
     let Some(run) = entry.run.as_mut() else {
         return;
     };
@@ -675,6 +697,10 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
                 run.phase_marks.push((epoch, phase));
             }
             if phase == Phase::Finetune {
+                // An early unfreeze: the fine-tune epochs count from here.
+                if let Some(exp) = settings {
+                    run.total_epochs = epoch.saturating_sub(1) + exp.finetune.epochs;
+                }
                 run.stall = None;
                 note = Some((
                     false,
@@ -774,6 +800,15 @@ fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
             }
             app.entries[i].pending_restart = restart;
             if changes.iter().any(|c| c.kind == ChangeKind::Live) {
+                if let Some(run) = app.entries[i].run.as_mut() {
+                    run.total_epochs = match run.phase {
+                        Phase::Frozen => new.frozen.epochs + new.finetune.epochs,
+                        Phase::Finetune => {
+                            run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1)
+                                + new.finetune.epochs
+                        }
+                    };
+                }
                 vec![Action::Apply(app.entries[i].id, new)]
             } else {
                 Vec::new()

@@ -20,6 +20,9 @@ use crate::config::{ChangeKind, Experiment, Monitor, OnStall, Optimizer, Weights
 use crate::data::Dataset;
 use crate::model::classifier::{device_name, select_device, Classifier};
 
+/// Trainer threads are named with this prefix and the experiment name.
+pub const THREAD_PREFIX: &str = "trainer ";
+
 /// Which phases a run goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,7 +75,7 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
     let (commands, command_rx) = channel();
     let (event_tx, events) = channel();
     let thread = std::thread::Builder::new()
-        .name(format!("trainer {}", exp.name))
+        .name(format!("{THREAD_PREFIX}{}", exp.name))
         .spawn(move || {
             let events = event_tx.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -59,24 +59,8 @@ impl RunDir {
     /// Creates `root/<name>/<UTC timestamp>/` (with `-2`, `-3`... if taken) and writes
     /// the config as used.
     pub fn create(root: &Path, exp: &Experiment) -> anyhow::Result<RunDir> {
-        let base = root.join(sanitise(&exp.name));
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-        std::fs::create_dir_all(&base)
-            .with_context(|| format!("cannot create {}", base.display()))?;
-        let mut path = base.join(&stamp);
-        let mut n = 2;
-        loop {
-            match std::fs::create_dir(&path) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    path = base.join(format!("{stamp}-{n}"));
-                    n += 1;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
-                }
-            }
-        }
+        let path = crate::fsutil::create_unique_dir(&root.join(sanitise(&exp.name)), &stamp)?;
         write_atomic(
             &path.join("config.yaml"),
             serde_yaml::to_string(exp)?.as_bytes(),
