@@ -27,3 +27,4 @@ bench: setup
 	$(CARGO) bench --bench decode
 	$(CARGO) bench --bench dashboard
 	$(CARGO) bench --bench watch
+	$(CARGO) bench --bench feature_cache

@@ -96,6 +96,13 @@ pub fn run(
     for event in handle.events.iter() {
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
+            Event::Caching { done, total } => {
+                progress(format!("caching backbone features: batch {done}/{total}"))
+            }
+            Event::Note(text) => {
+                progress(String::new());
+                eprintln!("{}{text}", if tty { "\r" } else { "" });
+            }
             Event::DataReady {
                 classes,
                 train,

@@ -579,3 +579,68 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(results.join("results.md").is_file());
 }
+
+/// The frozen-phase feature cache changes the speed, not the numbers: the same run
+/// with `feature_cache: off` gives the same metrics.
+#[test]
+fn feature_cache_gives_the_same_metrics() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 12, 64);
+    let run = |cache: &str| {
+        let mut exp = experiment(
+            &data,
+            &format!(
+                "model: {{ backbone: mobilenet_v2 }}\nfrozen: {{ epochs: 3, lr: 1.0e-3, feature_cache: {cache} }}\n\
+                 finetune: {{ epochs: 1, lr: 1.0e-4, unfreeze_last: 4 }}\ndevice: cpu\n"
+            ),
+        );
+        exp.data.image_size = tlcap::config::ImageSize {
+            height: 64,
+            width: 64,
+        };
+        exp.data.batch_size = 8;
+        let handle = train::spawn(
+            exp,
+            Options {
+                runs_root: dir.path().join(format!("runs-{cache}")),
+                autostart: true,
+                ..Default::default()
+            },
+        );
+        let (mut rows, mut notes) = (Vec::new(), Vec::new());
+        for e in handle.events.iter() {
+            match e {
+                Event::EpochEnd(m) => rows.push(m),
+                Event::Note(n) => notes.push(n),
+                Event::Error(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+        (rows, notes)
+    };
+    let (cached, notes) = run("auto");
+    let (plain, plain_notes) = run("off");
+    assert!(notes.iter().any(|n| n.contains("cached")), "{notes:?}");
+    assert!(plain_notes.is_empty(), "{plain_notes:?}");
+    assert_eq!(cached.len(), 4);
+    for (a, b) in cached.iter().zip(&plain) {
+        assert_eq!((a.epoch, a.phase), (b.epoch, b.phase));
+        assert_eq!(a.val_accuracy, b.val_accuracy, "epoch {}", a.epoch);
+        assert_eq!(a.accuracy, b.accuracy, "epoch {}", a.epoch);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4 * b.loss.abs().max(1.0),
+            "epoch {}: {} vs {}",
+            a.epoch,
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.val_loss - b.val_loss).abs() < 1e-4 * b.val_loss.abs().max(1.0),
+            "epoch {}",
+            a.epoch
+        );
+    }
+}

@@ -22,6 +22,13 @@ pub enum RunStatus {
         /// Images to decode.
         total: usize,
     },
+    /// Computing the frozen backbone's features once (feature cache).
+    Caching {
+        /// Batches done.
+        done: usize,
+        /// Batches in all.
+        total: usize,
+    },
     /// Training.
     Running,
     /// Held by the user.
@@ -92,7 +99,10 @@ impl RunView {
     pub fn is_active(&self) -> bool {
         matches!(
             self.status,
-            RunStatus::Loading { .. } | RunStatus::Running | RunStatus::Paused
+            RunStatus::Loading { .. }
+                | RunStatus::Caching { .. }
+                | RunStatus::Running
+                | RunStatus::Paused
         )
     }
 
@@ -198,6 +208,7 @@ impl Entry {
             (_, Some(run)) => match run.status {
                 RunStatus::Idle => "idle",
                 RunStatus::Loading { .. } => "loading",
+                RunStatus::Caching { .. } => "caching",
                 RunStatus::Running => "running",
                 RunStatus::Paused => "paused",
                 RunStatus::Done(_) => "done",
@@ -491,9 +502,9 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Char('s') => return start(app),
         KeyCode::Enter if !active => return start(app),
         KeyCode::Char('p') | KeyCode::Enter => match status {
-            Some(RunStatus::Running) | Some(RunStatus::Loading { .. }) => {
-                return vec![Action::Send(id, CommandKind::Pause)]
-            }
+            Some(RunStatus::Running)
+            | Some(RunStatus::Loading { .. })
+            | Some(RunStatus::Caching { .. }) => return vec![Action::Send(id, CommandKind::Pause)],
             Some(RunStatus::Paused) => return vec![Action::Send(id, CommandKind::Resume)],
             _ => app.say(false, "nothing to pause: start a run with s"),
         },
@@ -637,6 +648,12 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
     let mut note: Option<(bool, String)> = None;
     match event {
         Event::Loading { done, total } => run.status = RunStatus::Loading { done, total },
+        Event::Caching { done, total } => {
+            if run.status != RunStatus::Paused {
+                run.status = RunStatus::Caching { done, total };
+            }
+        }
+        Event::Note(text) => note = Some((false, format!("{name}: {text}"))),
         Event::DataReady {
             train,
             val,

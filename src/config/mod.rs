@@ -140,6 +140,22 @@ pub struct FrozenPhase {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub momentum: f64,
+    /// `auto`: with augmentation off and pretrained weights, the frozen backbone's
+    /// features are computed once and later epochs train the head on them (the same
+    /// numbers, much faster); `off`: the backbone runs every epoch.
+    #[serde(default)]
+    pub feature_cache: FeatureCache,
+}
+
+/// Whether the frozen phase caches backbone features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureCache {
+    /// When augmentation is off and the backbone is pretrained.
+    #[default]
+    Auto,
+    /// Never.
+    Off,
 }
 
 /// `finetune:` — the phase that unfreezes the last layers.
@@ -196,6 +212,17 @@ pub struct StallConfig {
     /// `suggest` (banner only), `unfreeze` (start fine-tuning) or `stop`.
     #[serde(default)]
     pub on_stall: OnStall,
+}
+
+impl AugmentConfig {
+    /// Whether any random transform is on (then every epoch sees different images).
+    pub fn is_random(&self) -> bool {
+        self.rotation_range > 0.0
+            || self.width_shift_range > 0.0
+            || self.height_shift_range > 0.0
+            || self.zoom_range > 0.0
+            || self.horizontal_flip
+    }
 }
 
 /// Image size after the one-time resize; written as `[height, width]`.
@@ -320,6 +347,7 @@ impl Default for FrozenPhase {
             optimizer: Optimizer::Adam,
             lr: defaults::frozen_lr(),
             momentum: 0.0,
+            feature_cache: FeatureCache::Auto,
         }
     }
 }

@@ -198,16 +198,7 @@ impl Classifier {
     /// other runs in the same process.
     pub fn forward_train(&self, pixels: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
         let x = self.normalisation.apply(&pixels.to_device(self.device()));
-        let batch = x.size()[0];
-        let uniform = |rows: i64, cols: i64, rng: &mut dyn rand::RngCore| {
-            let v: Vec<f32> = (0..rows * cols)
-                .map(|_| rand::Rng::gen::<f32>(rng))
-                .collect();
-            Tensor::from_slice(&v)
-                .view([rows, cols])
-                .to_device(self.device())
-        };
-        let noise = uniform(super::NOISE_ROWS, batch, rng);
+        let noise = self.uniform(super::NOISE_ROWS, x.size()[0], rng);
         // A fully frozen backbone needs no graph: cheaper and less memory.
         let frozen = !self.table().any_trainable(0..self.table().len());
         let features = if frozen {
@@ -215,16 +206,49 @@ impl Classifier {
         } else {
             self.backbone.features_with_noise(&x, true, Some(&noise))
         };
+        self.head_train(&features, rng)
+    }
+
+    /// A training step's logits from cached features of a frozen backbone. It draws the
+    /// same random numbers as [`Classifier::forward_train`], so a run with the feature
+    /// cache computes what a run without it computes.
+    pub fn forward_train_cached(&self, features: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
+        let _unused_noise = self.uniform(super::NOISE_ROWS, features.size()[0], rng);
+        self.head_train(&features.to_device(self.device()), rng)
+    }
+
+    /// Pooled features `[B, C]` in inference mode, without a graph (for the cache).
+    pub fn features(&self, pixels: &Tensor) -> Tensor {
+        let x = self.normalisation.apply(&pixels.to_device(self.device()));
+        tch::no_grad(|| self.backbone.features(&x, false))
+    }
+
+    /// Logits from pooled features, in inference mode.
+    pub fn head_eval(&self, features: &Tensor) -> Tensor {
+        self.head.forward(&features.to_device(self.device()))
+    }
+
+    /// Dropout (mask from `rng`) and the dense layer, in training mode.
+    fn head_train(&self, features: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
         let features = if self.dropout > 0.0 {
             let keep = 1.0 - self.dropout;
-            let mask = uniform(batch, self.backbone.feature_dim(), rng)
+            let mask = self
+                .uniform(features.size()[0], self.backbone.feature_dim(), rng)
                 .lt(keep)
                 .to_kind(Kind::Float);
             features * mask / keep
         } else {
-            features
+            features.shallow_clone()
         };
         self.head.forward(&features)
+    }
+
+    /// Uniform [0, 1) values `[rows, cols]` from `rng`, on the model's device.
+    fn uniform(&self, rows: i64, cols: i64, rng: &mut impl rand::Rng) -> Tensor {
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen::<f32>()).collect();
+        Tensor::from_slice(&v)
+            .view([rows, cols])
+            .to_device(self.device())
     }
 
     /// Mean loss: binary cross-entropy on logits for two classes, cross-entropy else.

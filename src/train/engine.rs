@@ -16,7 +16,7 @@ use super::events::{Command, EndReason, EpochMetrics, Event, Phase};
 use super::metrics::{binary_scores, Confusion};
 use super::run_dir::{self, CheckpointInfo, RunDir, Split};
 use super::stall::{direction, Direction, StallDetector};
-use crate::config::{ChangeKind, Experiment, Monitor, OnStall, Optimizer, Weights};
+use crate::config::{ChangeKind, Experiment, FeatureCache, Monitor, OnStall, Optimizer, Weights};
 use crate::data::Dataset;
 use crate::model::classifier::{device_name, select_device, Classifier};
 
@@ -132,6 +132,8 @@ struct State {
     best: Option<EpochMetrics>,
     /// Backbone layers trainable in the current phase.
     unfrozen: usize,
+    /// Frozen-phase feature cache: pooled backbone features of every image, by index.
+    features: Option<Tensor>,
 }
 
 impl Trainer {
@@ -241,6 +243,7 @@ impl Trainer {
             stall: StallDetector::new(self.exp.stall.clone()),
             best: None,
             unfrozen: 0,
+            features: None,
         };
         match self.options.resume.clone() {
             None => {
@@ -393,6 +396,8 @@ impl Trainer {
     /// Makes the last `n` layers trainable with a fresh optimizer at the fine-tune
     /// rate, without restarting the phase (also used by live edits).
     fn set_finetune_layers(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
+        // The backbone changes from now on: cached features would be stale.
+        s.features = None;
         let ft = self.exp.finetune.clone();
         s.unfrozen = s.net.set_finetune_phase(n, ft.train_bn);
         s.lr = ft.lr;
@@ -628,28 +633,35 @@ impl Trainer {
         let number = s.epoch + 1;
         let start = Instant::now();
         let seed = self.exp.seed;
+        // Building the feature cache counts as training time of the first epoch.
+        let train_start = Instant::now();
+        if !self.cache_features(s, data)? {
+            return self.stopped(s, data);
+        }
         let batches = data.train_batches(self.exp.data.batch_size, seed, number as u64);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        let train_start = Instant::now();
         for (b, images) in batches.iter().enumerate() {
             if let Control::Stop = self.control(s)? {
-                let info = CheckpointInfo {
-                    epoch: s.epoch,
-                    phase: s.phase,
-                    unfrozen: s.unfrozen,
-                    classes: data.classes.clone(),
-                };
-                let tensors = s.net.checkpoint_tensors();
-                let run = self.run.as_mut().expect("run folder open");
-                let path = run.write_checkpoint("stopped", &tensors, &info)?;
-                self.emit(Event::Checkpoint(path));
-                return Ok(None);
+                return self.stopped(s, data);
             }
             let mut rng = ChaCha8Rng::seed_from_u64(
                 seed ^ (number as u64) << 32 ^ (b as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             );
-            let (x, y) = data.train_batch(images, &self.exp.data.augment, &mut rng);
-            let logits = s.net.forward_train(&x, &mut rng);
+            let cached = s.features.as_ref().filter(|_| s.phase == Phase::Frozen);
+            let (logits, y) = match cached {
+                Some(features) => {
+                    let rows: Vec<i64> = images.iter().map(|&i| i as i64).collect();
+                    let f = features.index_select(0, &Tensor::from_slice(&rows));
+                    (
+                        s.net.forward_train_cached(&f, &mut rng),
+                        data.label_tensor(images),
+                    )
+                }
+                None => {
+                    let (x, y) = data.train_batch(images, &self.exp.data.augment, &mut rng);
+                    (s.net.forward_train(&x, &mut rng), y)
+                }
+            };
             let loss = s.net.loss(&logits, &y);
             s.opt.backward_step(&loss);
             let n = images.len();
@@ -670,7 +682,8 @@ impl Trainer {
         }
         let train_seconds = train_start.elapsed().as_secs_f64().max(1e-9);
         let val_start = Instant::now();
-        let v = validate(&s.net, data, self.exp.data.batch_size);
+        let cached = s.features.as_ref().filter(|_| s.phase == Phase::Frozen);
+        let v = validate(&s.net, data, self.exp.data.batch_size, cached);
         let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
         let seen = seen.max(1);
         Ok(Some(EpochMetrics {
@@ -692,6 +705,63 @@ impl Trainer {
             stalled: false,
             suggestion: None,
         }))
+    }
+
+    /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.
+    fn stopped(&mut self, s: &State, data: &Dataset) -> anyhow::Result<Option<EpochMetrics>> {
+        let info = CheckpointInfo {
+            epoch: s.epoch,
+            phase: s.phase,
+            unfrozen: s.unfrozen,
+            classes: data.classes.clone(),
+        };
+        let tensors = s.net.checkpoint_tensors();
+        let run = self.run.as_mut().expect("run folder open");
+        let path = run.write_checkpoint("stopped", &tensors, &info)?;
+        self.emit(Event::Checkpoint(path));
+        Ok(None)
+    }
+
+    /// Makes sure the frozen-phase feature cache exists when it applies (frozen phase,
+    /// `feature_cache: auto`, pretrained backbone, no random augmentation) and is gone
+    /// otherwise. Commands are taken between batches; false if told to stop.
+    fn cache_features(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<bool> {
+        let applies = s.phase == Phase::Frozen
+            && self.exp.frozen.feature_cache == FeatureCache::Auto
+            && s.net.pretrained
+            && !self.exp.data.augment.is_random();
+        if !applies {
+            s.features = None;
+            return Ok(true);
+        }
+        if s.features.is_some() {
+            return Ok(true);
+        }
+        let start = Instant::now();
+        let all: Vec<usize> = (0..data.len()).collect();
+        let chunks: Vec<&[usize]> = all.chunks(self.exp.data.batch_size.max(1)).collect();
+        let mut parts = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            if let Control::Stop = self.control(s)? {
+                return Ok(false);
+            }
+            if s.phase != Phase::Frozen {
+                return Ok(true); // unfrozen meanwhile: no cache
+            }
+            let (x, _) = data.val_batch(chunk);
+            parts.push(s.net.features(&x));
+            self.emit(Event::Caching {
+                done: i + 1,
+                total: chunks.len(),
+            });
+        }
+        s.features = Some(Tensor::cat(&parts, 0));
+        self.emit(Event::Note(format!(
+            "frozen phase: backbone features of {} images cached in {:.1} s; the head trains on them",
+            data.len(),
+            start.elapsed().as_secs_f64()
+        )));
+        Ok(true)
     }
 
     fn finish(&mut self, s: &State, reason: EndReason) -> anyhow::Result<()> {
@@ -762,14 +832,28 @@ struct Validation {
 }
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
-/// inference mode.
-fn validate(net: &Classifier, data: &Dataset, batch_size: usize) -> Validation {
+/// inference mode; from cached backbone features when given.
+fn validate(
+    net: &Classifier,
+    data: &Dataset,
+    batch_size: usize,
+    cached: Option<&Tensor>,
+) -> Validation {
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
     tch::no_grad(|| {
         for images in data.val_batches(batch_size) {
-            let (x, y) = data.val_batch(&images);
-            let logits = net.forward(&x);
+            let (logits, y) = match cached {
+                Some(features) => {
+                    let rows: Vec<i64> = images.iter().map(|&i| i as i64).collect();
+                    let f = features.index_select(0, &Tensor::from_slice(&rows));
+                    (net.head_eval(&f), data.label_tensor(&images))
+                }
+                None => {
+                    let (x, y) = data.val_batch(&images);
+                    (net.forward(&x), y)
+                }
+            };
             loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
             let probs = net.probabilities(&logits).to_device(tch::Device::Cpu);
             let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();

@@ -119,6 +119,15 @@ pub enum Event {
         /// Images to decode.
         total: usize,
     },
+    /// Computing the frozen backbone's features once: batch `done` of `total`.
+    Caching {
+        /// Batches done.
+        done: usize,
+        /// Batches in all.
+        total: usize,
+    },
+    /// Something worth telling the user, in words.
+    Note(String),
     /// The data is in memory.
     DataReady {
         /// Class names (sub-folder names), in label order.

@@ -58,7 +58,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 
 fn state_style(label: &str) -> Style {
     match label {
-        "running" | "loading" => Style::new().fg(Color::Green),
+        "running" | "loading" | "caching" => Style::new().fg(Color::Green),
         "paused" => Style::new().fg(Color::Yellow),
         "stalled" => Style::new().fg(Color::Magenta),
         "done" => Style::new().fg(Color::Cyan),
@@ -261,6 +261,7 @@ fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
     let status = match &run.status {
         RunStatus::Idle => "idle".to_string(),
         RunStatus::Loading { done, total } => format!("loading {done}/{total} images"),
+        RunStatus::Caching { .. } => "caching features".into(),
         RunStatus::Running => "running".into(),
         RunStatus::Paused => "paused".into(),
         RunStatus::Done(EndReason::Completed) => "done".into(),
@@ -294,6 +295,10 @@ fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
         RunStatus::Loading { done, total } if total > 0 => (
             done as f64 / total as f64,
             format!("decoding {done}/{total}"),
+        ),
+        RunStatus::Caching { done, total } if total > 0 => (
+            done as f64 / total as f64,
+            format!("backbone features, batch {done}/{total}"),
         ),
         _ if of > 0 => (
             done as f64 / of as f64,
