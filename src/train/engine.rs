@@ -521,12 +521,7 @@ impl Trainer {
             }
             // On disk before the next epoch: the metrics line, then the checkpoints.
             let improved = s.best.as_ref().is_none_or(|b| is_better(&self.exp, &m, b));
-            let info = CheckpointInfo {
-                epoch: m.epoch,
-                phase: m.phase,
-                unfrozen: s.unfrozen,
-                classes: data.classes.clone(),
-            };
+            let info = checkpoint_info(s, data);
             let tensors = s.net.checkpoint_tensors();
             let run = self.run.as_mut().expect("run folder open");
             run.append_metrics(&m)?;
@@ -709,12 +704,7 @@ impl Trainer {
 
     /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.
     fn stopped(&mut self, s: &State, data: &Dataset) -> anyhow::Result<Option<EpochMetrics>> {
-        let info = CheckpointInfo {
-            epoch: s.epoch,
-            phase: s.phase,
-            unfrozen: s.unfrozen,
-            classes: data.classes.clone(),
-        };
+        let info = checkpoint_info(s, data);
         let tensors = s.net.checkpoint_tensors();
         let run = self.run.as_mut().expect("run folder open");
         let path = run.write_checkpoint("stopped", &tensors, &info)?;
@@ -796,6 +786,16 @@ impl Trainer {
             best: s.best.clone(),
         });
         Ok(())
+    }
+}
+
+/// What a checkpoint written now records: the last finished epoch and its phase.
+fn checkpoint_info(s: &State, data: &Dataset) -> CheckpointInfo {
+    CheckpointInfo {
+        epoch: s.epoch,
+        phase: s.phase,
+        unfrozen: s.unfrozen,
+        classes: data.classes.clone(),
     }
 }
 
