@@ -38,7 +38,8 @@ pub struct ResultRow {
     pub run_dir: PathBuf,
 }
 
-fn best_of<'a>(rows: impl Iterator<Item = &'a EpochMetrics>) -> Option<&'a EpochMetrics> {
+/// The epoch with the highest val_accuracy (the earliest on a tie; NaN never wins).
+pub fn best_of<'a>(rows: impl Iterator<Item = &'a EpochMetrics>) -> Option<&'a EpochMetrics> {
     rows.filter(|m| !m.val_accuracy.is_nan()).fold(
         None,
         |best: Option<&EpochMetrics>, m| match best {

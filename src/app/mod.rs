@@ -108,14 +108,8 @@ impl RunView {
 
     /// Index into `epochs` of the best row by validation accuracy.
     pub fn best(&self) -> Option<usize> {
-        (0..self.epochs.len())
-            .filter(|&i| !self.epochs[i].val_accuracy.is_nan())
-            .max_by(|&a, &b| {
-                self.epochs[a]
-                    .val_accuracy
-                    .total_cmp(&self.epochs[b].val_accuracy)
-                    .then(b.cmp(&a))
-            })
+        let best = crate::shootout::best_of(self.epochs.iter())?;
+        self.epochs.iter().position(|m| std::ptr::eq(m, best))
     }
 
     /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace

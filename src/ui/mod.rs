@@ -1,5 +1,7 @@
 //! Drawing the dashboard: a pure function of [`App`]. Nothing here changes state.
 
+use std::path::PathBuf;
+
 use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::symbols;
@@ -536,20 +538,11 @@ fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Min(6),
     ])
     .areas(area);
-    let best = |r: &RunView, phase: Option<Phase>| {
-        r.epochs
-            .iter()
-            .filter(|m| phase.is_none_or(|p| m.phase == p))
-            .map(|m| m.val_accuracy)
-            .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v))))
-    };
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let rows: Vec<Row> = runs
         .iter()
         .enumerate()
         .map(|(i, (name, r))| {
-            let b = r.best().map(|i| &r.epochs[i]);
-            let secs = r.epochs.iter().map(|m| m.seconds).sum::<f64>() / r.epochs.len() as f64;
             let total: usize = r.layers.iter().map(|l| l.params).sum();
             let trainable: usize = r
                 .layers
@@ -557,17 +550,21 @@ fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 .filter(|l| l.trainable)
                 .map(|l| l.params)
                 .sum();
-            Row::new(vec![
-                name.clone(),
-                b.map_or("-".into(), |b| {
-                    format!("{:.3} @{}", b.val_accuracy, b.epoch)
-                }),
-                fmt(best(r, Some(Phase::Frozen))),
-                fmt(best(r, Some(Phase::Finetune))),
-                format!("{secs:.1}"),
-                format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
-            ])
-            .style(Style::new().fg(SERIES[i % SERIES.len()]))
+            // The same figures `tlcap-tui shootout` exports.
+            let cells =
+                match crate::shootout::row(name, "", &r.epochs, (trainable, total), PathBuf::new())
+                {
+                    Some(c) => vec![
+                        name.clone(),
+                        format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
+                        fmt(c.frozen_best),
+                        fmt(c.finetune_best),
+                        format!("{:.1}", c.seconds_per_epoch),
+                        format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
+                    ],
+                    None => vec![name.clone(), "-".into()],
+                };
+            Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
         .collect();
     let table = Table::new(
