@@ -19,10 +19,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A running watcher; dropping it stops watching.
 pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
-fn is_experiment_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-}
-
 /// Watches `target` (a folder of experiment files, or one file) and sends an event
 /// per changed file: its new state (valid or its errors), or its removal.
 pub fn watch(target: &Path, events: UnboundedSender<AppEvent>) -> anyhow::Result<Watcher> {
@@ -41,7 +37,7 @@ pub fn watch(target: &Path, events: UnboundedSender<AppEvent>) -> anyhow::Result
         let paths: BTreeSet<PathBuf> = batch
             .iter()
             .flat_map(|e| e.paths.iter().cloned())
-            .filter(|p| is_experiment_file(p))
+            .filter(|p| crate::config::is_experiment_file(p))
             .filter(|p| only.as_ref().is_none_or(|o| o == p))
             .collect();
         for path in paths {

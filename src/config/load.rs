@@ -65,13 +65,19 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Whether a path names an experiment file (`*.yaml`, `*.yml`).
+pub fn is_experiment_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
 /// The experiment files (`*.yaml`, `*.yml`) directly inside `dir`, sorted by name.
 pub fn experiment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
+        .filter(|p| p.is_file() && is_experiment_file(p))
         .collect();
     files.sort();
     Ok(files)

@@ -7,7 +7,10 @@ mod schema;
 mod validate;
 
 pub use diff::{diff, Change, ChangeKind};
-pub use load::{experiment_files, load_file, parse_str, ConfigError, ConfigErrors, MAX_FILE_BYTES};
+pub use load::{
+    experiment_files, is_experiment_file, load_file, parse_str, ConfigError, ConfigErrors,
+    MAX_FILE_BYTES,
+};
 pub use schema::json_schema;
 
 use std::path::PathBuf;

@@ -10,7 +10,6 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::{Backbone, LayerTable, HEAD_PREFIX};
 use crate::config::{Experiment, Weights};
 use crate::data::Normalisation;
-use crate::weights::LoadReport;
 
 /// Serialises seeded initialisation (see [`Classifier::new`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -60,8 +59,7 @@ pub struct Classifier {
     /// Number of classes.
     pub classes: usize,
     normalisation: Normalisation,
-    /// What loading the pretrained weights did (None with `weights: none`).
-    pub weights_report: Option<LoadReport>,
+
     /// Whether the backbone started from pretrained weights.
     pub pretrained: bool,
     /// Backbone layers trainable at any point so far: what checkpoints must hold.
@@ -97,18 +95,13 @@ impl Classifier {
             Weights::File(p) => Some(p.clone()),
             Weights::Imagenet => Some(super::imagenet_weights(kind).map_err(|m| anyhow!(m))?),
         };
-        let weights_report = match &path {
-            Some(p) => {
-                // Weight files are read on the CPU; copying moves them to the device.
-                let file = crate::weights::read_file(p)
-                    .with_context(|| format!("cannot load weights {}", p.display()))?;
-                Some(
-                    super::load_weights(&vs, kind, &file)
-                        .with_context(|| format!("cannot load weights {}", p.display()))?,
-                )
-            }
-            None => None,
-        };
+        if let Some(p) = &path {
+            // Weight files are read on the CPU; copying moves them to the device.
+            let file = crate::weights::read_file(p)
+                .with_context(|| format!("cannot load weights {}", p.display()))?;
+            super::load_weights(&vs, kind, &file)
+                .with_context(|| format!("cannot load weights {}", p.display()))?;
+        }
         Ok(Classifier {
             vs,
             backbone,
@@ -117,7 +110,6 @@ impl Classifier {
             classes,
             normalisation: Normalisation::for_model(kind, exp.data.augment.rescale),
             pretrained: path.is_some(),
-            weights_report,
             ever_trained: Vec::new(),
         })
     }

@@ -121,11 +121,6 @@ impl LayerTable {
             .sum()
     }
 
-    /// Whether the layer at `index` is trainable.
-    pub fn is_trainable(&self, index: usize) -> bool {
-        self.entries[index].info.trainable
-    }
-
     /// Whether a BatchNorm at `index` runs in training mode for a forward pass.
     fn bn_updates(&self, index: usize, train: bool) -> bool {
         train && self.train_bn && self.entries[index].info.trainable
@@ -256,11 +251,6 @@ impl Bn {
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         self.bn
             .forward_t(x, ctx.table.bn_updates(self.index, ctx.train))
-    }
-
-    /// Running mean and variance (for tests and checkpoints).
-    pub fn running_stats(&self) -> (&Tensor, &Tensor) {
-        (&self.bn.running_mean, &self.bn.running_var)
     }
 }
 

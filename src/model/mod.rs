@@ -17,7 +17,6 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::Backbone as Kind;
-use crate::data::Normalisation;
 use crate::weights::{self, LoadReport, WeightFile, WeightsError};
 pub use layers::{Ctx, LayerInfo, LayerKind, LayerTable};
 
@@ -168,11 +167,6 @@ pub fn top_name(kind: Kind) -> Option<&'static str> {
         k if lite_variant(k) > 0 || k == Kind::EfficientnetLite0 => Some("_fc"),
         _ => Some("fc"),
     }
-}
-
-/// The input scaling the backbone's weights were trained with.
-pub fn normalisation(kind: Kind, rescale: Option<f64>) -> Normalisation {
-    Normalisation::for_model(kind, rescale)
 }
 
 /// The resolution the ImageNet weights were trained at (square).
