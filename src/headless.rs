@@ -96,8 +96,9 @@ pub fn run(
     for event in handle.events.iter() {
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
-            Event::Caching { done, total } => {
-                progress(format!("caching backbone features: batch {done}/{total}"))
+            Event::Compute(text) => {
+                progress(String::new());
+                eprintln!("{}compute: {text}", if tty { "\r" } else { "" });
             }
             Event::Note(text) => {
                 progress(String::new());

@@ -8,7 +8,9 @@ use tch::{Kind, Tensor};
 
 use crate::data::decode_into;
 use crate::model::classifier::Classifier;
+use crate::train::engine::resolve_precision;
 use crate::train::run_dir::{read_checkpoint, read_config};
+use crate::train::Phase;
 
 /// One image's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +52,16 @@ impl Predictor {
         let (tensors, info) = read_checkpoint(&checkpoint)
             .with_context(|| format!("cannot use {}", checkpoint.display()))?;
         let device = crate::model::classifier::select_device(&exp.device)?;
-        let net = Classifier::new(&exp, info.classes.len(), device)?;
+        let mut net = Classifier::new(&exp, info.classes.len(), device)?;
+        // The layer states and precision of the checkpoint's epoch, so that the frozen
+        // part computes exactly as it did in validation.
+        match info.phase {
+            Phase::Frozen => net.set_frozen_phase(),
+            Phase::Finetune => {
+                net.set_finetune_phase(info.unfrozen.max(1), exp.finetune.train_bn);
+            }
+        }
+        net.set_precision(Some(resolve_precision(exp.precision, device)));
         net.load_checkpoint(&tensors)?;
         Ok(Predictor {
             net,

@@ -162,6 +162,7 @@ mod tests {
             seconds: epoch as f64,
             images_per_sec: 1.0,
             val_images_per_sec: 1.0,
+            compute: String::new(),
             stalled: false,
             suggestion: None,
         }

@@ -39,6 +39,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         seconds: 12.0,
         images_per_sec: 200.0,
         val_images_per_sec: 600.0,
+        compute: "bf16 frozen part, features cached (13 MB)".into(),
         stalled: false,
         suggestion: None,
     }

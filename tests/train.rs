@@ -140,10 +140,15 @@ fn small_cnn_learns_two_classes_deterministically_and_predict_agrees() {
         again.iter().map(strip).collect::<Vec<_>>()
     );
 
-    // predict with best.safetensors on the validation files gives the best epoch's accuracy.
+    predict_agrees_with_the_best_epoch(&run, &rows);
+}
+
+/// `predict` with best.safetensors on the validation files gives the best epoch's
+/// validation accuracy.
+fn predict_agrees_with_the_best_epoch(run: &Path, rows: &[EpochMetrics]) {
     let split: Split =
         serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
-    let predictor = tlcap::predict::Predictor::load(&run).unwrap();
+    let predictor = tlcap::predict::Predictor::load(run).unwrap();
     let files: Vec<PathBuf> = split.val.iter().map(|(p, _)| p.clone()).collect();
     let answers = predictor.predict(&files);
     let right = answers
@@ -580,67 +585,202 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
     assert!(results.join("results.md").is_file());
 }
 
-/// The frozen-phase feature cache changes the speed, not the numbers: the same run
-/// with `feature_cache: off` gives the same metrics.
+/// Runs MobileNetV2 (ImageNet weights) on 64 px generated images with `settings`
+/// (YAML lines after `data:`/`model:`); returns the epoch rows and the notes.
+fn mobilenet_run(
+    data: &Path,
+    runs: &Path,
+    augment: &str,
+    settings: &str,
+) -> (Vec<EpochMetrics>, Vec<String>, PathBuf) {
+    let mut exp = experiment(
+        data,
+        &format!("model: {{ backbone: mobilenet_v2 }}\ndevice: cpu\n{settings}"),
+    );
+    exp.data.image_size = tlcap::config::ImageSize {
+        height: 64,
+        width: 64,
+    };
+    exp.data.batch_size = 8;
+    exp.data.augment = serde_yaml::from_str(augment).unwrap();
+    let handle = train::spawn(
+        exp,
+        Options {
+            runs_root: runs.to_path_buf(),
+            autostart: true,
+            ..Default::default()
+        },
+    );
+    let (mut rows, mut notes, mut run) = (Vec::new(), Vec::new(), None);
+    for e in handle.events.iter() {
+        match e {
+            Event::EpochEnd(m) => rows.push(m),
+            Event::Note(n) => notes.push(n),
+            Event::RunDir(d) => run = Some(d),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    (rows, notes, run.expect("a run folder"))
+}
+
+/// The same figures within float noise: equal accuracies, losses within 1e-4.
+fn assert_same_figures(a: &[EpochMetrics], b: &[EpochMetrics]) {
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!((a.epoch, a.phase), (b.epoch, b.phase));
+        assert_eq!(a.val_accuracy, b.val_accuracy, "epoch {}", a.epoch);
+        assert_eq!(a.accuracy, b.accuracy, "epoch {}", a.epoch);
+        for (x, y) in [(a.loss, b.loss), (a.val_loss, b.val_loss)] {
+            assert!(
+                (x - y).abs() < 1e-4 * y.abs().max(1.0),
+                "epoch {}: {x} vs {y}",
+                a.epoch
+            );
+        }
+    }
+}
+
+/// The frozen-phase feature cache and the fine-tune prefix cache change the speed,
+/// not the numbers: the same run with both `off` gives the same metrics, and every
+/// row says how it computed.
 #[test]
-fn feature_cache_gives_the_same_metrics() {
+fn feature_and_prefix_caches_give_the_same_metrics() {
     tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
         .expect("run `make setup` first");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_images(&data, &["left", "right"], 12, 64);
     let run = |cache: &str| {
-        let mut exp = experiment(
+        mobilenet_run(
             &data,
+            &dir.path().join(format!("runs-{cache}")),
+            "{}",
             &format!(
-                "model: {{ backbone: mobilenet_v2 }}\nfrozen: {{ epochs: 3, lr: 1.0e-3, feature_cache: {cache} }}\n\
-                 finetune: {{ epochs: 1, lr: 1.0e-4, unfreeze_last: 4 }}\ndevice: cpu\n"
+                "frozen: {{ epochs: 3, lr: 1.0e-3, feature_cache: {cache} }}\n\
+                 finetune: {{ epochs: 2, lr: 1.0e-4, unfreeze_last: 4, prefix_cache: {cache} }}\n\
+                 precision: fp32\n"
             ),
-        );
-        exp.data.image_size = tlcap::config::ImageSize {
-            height: 64,
-            width: 64,
-        };
-        exp.data.batch_size = 8;
-        let handle = train::spawn(
-            exp,
-            Options {
-                runs_root: dir.path().join(format!("runs-{cache}")),
-                autostart: true,
-                ..Default::default()
-            },
-        );
-        let (mut rows, mut notes) = (Vec::new(), Vec::new());
-        for e in handle.events.iter() {
-            match e {
-                Event::EpochEnd(m) => rows.push(m),
-                Event::Note(n) => notes.push(n),
-                Event::Error(e) => panic!("{e}"),
-                _ => {}
-            }
-        }
-        (rows, notes)
+        )
     };
-    let (cached, notes) = run("auto");
-    let (plain, plain_notes) = run("off");
-    assert!(notes.iter().any(|n| n.contains("cached")), "{notes:?}");
-    assert!(plain_notes.is_empty(), "{plain_notes:?}");
-    assert_eq!(cached.len(), 4);
-    for (a, b) in cached.iter().zip(&plain) {
-        assert_eq!((a.epoch, a.phase), (b.epoch, b.phase));
-        assert_eq!(a.val_accuracy, b.val_accuracy, "epoch {}", a.epoch);
-        assert_eq!(a.accuracy, b.accuracy, "epoch {}", a.epoch);
+    let (cached, notes, _) = run("auto");
+    let (plain, plain_notes, _) = run("off");
+    assert!(
+        notes.is_empty() && plain_notes.is_empty(),
+        "{notes:?} {plain_notes:?}"
+    );
+    let compute: Vec<&str> = cached.iter().map(|m| m.compute.as_str()).collect();
+    assert!(
+        compute[0].starts_with("fp32 frozen part, features caching"),
+        "{compute:?}"
+    );
+    assert!(
+        compute[1].starts_with("fp32 frozen part, features cached"),
+        "{compute:?}"
+    );
+    assert!(
+        compute[2].starts_with("fp32 frozen part, features cached"),
+        "{compute:?}"
+    );
+    assert!(
+        compute[3].starts_with("fp32 frozen part, prefix up to features.16.conv.3 caching"),
+        "{compute:?}"
+    );
+    assert!(
+        compute[4].starts_with("fp32 frozen part, prefix up to features.16.conv.3 cached"),
+        "{compute:?}"
+    );
+    assert!(plain
+        .iter()
+        .all(|m| m.compute == "fp32 frozen part, no cache"));
+    assert_eq!(cached.len(), 5);
+    assert_same_figures(&cached, &plain);
+}
+
+/// bfloat16 for the frozen part: the run still learns, says `bf16`, and lands close to
+/// float32.
+#[test]
+fn bf16_frozen_part_learns_like_fp32() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 12, 64);
+    let run = |precision: &str| {
+        mobilenet_run(
+            &data,
+            &dir.path().join(precision),
+            "{}",
+            &format!(
+                "frozen: {{ epochs: 6, lr: 3.0e-3 }}\nfinetune: {{ epochs: 0 }}\nprecision: {precision}\n"
+            ),
+        )
+    };
+    let ((bf16, _, bf16_run), (fp32, _, _)) = (run("bf16"), run("fp32"));
+    predict_agrees_with_the_best_epoch(&bf16_run, &bf16);
+    assert!(
+        bf16.iter().all(|m| m.compute.starts_with("bf16 ")),
+        "{:?}",
+        bf16[0].compute
+    );
+    let best = |rows: &[EpochMetrics]| rows.iter().map(|m| m.val_accuracy).fold(0.0, f64::max);
+    assert!(best(&bf16) >= 0.8, "bf16 best {}", best(&bf16));
+    assert!(
+        (best(&bf16) - best(&fp32)).abs() <= 0.2,
+        "bf16 {} vs fp32 {}",
+        best(&bf16),
+        best(&fp32)
+    );
+}
+
+/// With random augmentation, `augment_views: 2` caches two augmented views during
+/// the first two frozen epochs and cycles through them after; the fine-tune phase
+/// keeps only the validation prefix. A prefix over its memory budget is refused with
+/// a note and the phase runs without it.
+#[test]
+fn augment_views_cycle_and_an_oversized_prefix_cache_is_refused() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 8, 64);
+    let (rows, notes, _) = mobilenet_run(
+        &data,
+        &dir.path().join("views"),
+        "{ horizontal_flip: true, rotation_range: 10 }",
+        "frozen: { epochs: 4, lr: 1.0e-3, augment_views: 2 }\n\
+         finetune: { epochs: 1, lr: 1.0e-4, unfreeze_last: 4 }\nprecision: fp32\n",
+    );
+    let compute: Vec<&str> = rows.iter().map(|m| m.compute.as_str()).collect();
+    let expected = [
+        "features of view 1/2 caching",
+        "features of view 2/2 caching",
+        "features of view 1/2 cached",
+        "features of view 2/2 cached",
+        "validation prefix up to features.16.conv.3 cached (training is augmented)",
+    ];
+    for (c, e) in compute.iter().zip(expected) {
         assert!(
-            (a.loss - b.loss).abs() < 1e-4 * b.loss.abs().max(1.0),
-            "epoch {}: {} vs {}",
-            a.epoch,
-            a.loss,
-            b.loss
-        );
-        assert!(
-            (a.val_loss - b.val_loss).abs() < 1e-4 * b.val_loss.abs().max(1.0),
-            "epoch {}",
-            a.epoch
+            c.starts_with(&format!("fp32 frozen part, {e}")),
+            "{compute:?}"
         );
     }
+    assert!(notes.is_empty(), "{notes:?}");
+
+    let (rows, notes, _) = mobilenet_run(
+        &data,
+        &dir.path().join("budget"),
+        "{}",
+        "frozen: { epochs: 0 }\n\
+         finetune: { epochs: 2, lr: 1.0e-4, unfreeze_last: 4, prefix_cache_mb: 0 }\n\
+         precision: fp32\n",
+    );
+    assert_eq!(rows.len(), 2);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("cache off: it would need")),
+        "{notes:?}"
+    );
+    assert_eq!(rows[1].compute, "fp32 frozen part, no cache");
 }

@@ -22,13 +22,6 @@ pub enum RunStatus {
         /// Images to decode.
         total: usize,
     },
-    /// Computing the frozen backbone's features once (feature cache).
-    Caching {
-        /// Batches done.
-        done: usize,
-        /// Batches in all.
-        total: usize,
-    },
     /// Training.
     Running,
     /// Held by the user.
@@ -72,6 +65,8 @@ pub struct RunView {
     pub run_dir: Option<PathBuf>,
     /// Training / validation images.
     pub images: (usize, usize),
+    /// How the current epoch computes (precision, what is cached), in words.
+    pub compute: String,
 }
 
 impl RunView {
@@ -92,6 +87,7 @@ impl RunView {
             weights: String::new(),
             run_dir: None,
             images: (0, 0),
+            compute: String::new(),
         }
     }
 
@@ -99,10 +95,7 @@ impl RunView {
     pub fn is_active(&self) -> bool {
         matches!(
             self.status,
-            RunStatus::Loading { .. }
-                | RunStatus::Caching { .. }
-                | RunStatus::Running
-                | RunStatus::Paused
+            RunStatus::Loading { .. } | RunStatus::Running | RunStatus::Paused
         )
     }
 
@@ -202,7 +195,6 @@ impl Entry {
             (_, Some(run)) => match run.status {
                 RunStatus::Idle => "idle",
                 RunStatus::Loading { .. } => "loading",
-                RunStatus::Caching { .. } => "caching",
                 RunStatus::Running => "running",
                 RunStatus::Paused => "paused",
                 RunStatus::Done(_) => "done",
@@ -496,9 +488,9 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Char('s') => return start(app),
         KeyCode::Enter if !active => return start(app),
         KeyCode::Char('p') | KeyCode::Enter => match status {
-            Some(RunStatus::Running)
-            | Some(RunStatus::Loading { .. })
-            | Some(RunStatus::Caching { .. }) => return vec![Action::Send(id, CommandKind::Pause)],
+            Some(RunStatus::Running) | Some(RunStatus::Loading { .. }) => {
+                return vec![Action::Send(id, CommandKind::Pause)]
+            }
             Some(RunStatus::Paused) => return vec![Action::Send(id, CommandKind::Resume)],
             _ => app.say(false, "nothing to pause: start a run with s"),
         },
@@ -642,11 +634,7 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
     let mut note: Option<(bool, String)> = None;
     match event {
         Event::Loading { done, total } => run.status = RunStatus::Loading { done, total },
-        Event::Caching { done, total } => {
-            if run.status != RunStatus::Paused {
-                run.status = RunStatus::Caching { done, total };
-            }
-        }
+        Event::Compute(text) => run.compute = text,
         Event::Note(text) => note = Some((false, format!("{name}: {text}"))),
         Event::DataReady {
             train,

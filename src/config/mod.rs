@@ -45,6 +45,24 @@ pub struct Experiment {
     /// Seeds the split, the augmentation, the head's initial weights and dropout.
     #[serde(default = "defaults::seed")]
     pub seed: u64,
+    /// Number format of the frozen part of the backbone: `auto` (bfloat16 where the CPU
+    /// computes it natively, AVX512-BF16 or AMX; float32 otherwise), `fp32` or `bf16`.
+    /// The trainable layers, the head and the loss are always float32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `precision:` — the number format of the frozen part of the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 on a CPU with native bfloat16 arithmetic, fp32 elsewhere.
+    #[default]
+    Auto,
+    /// float32.
+    Fp32,
+    /// bfloat16.
+    Bf16,
 }
 
 /// `data:` — where the images are and how they are fed.
@@ -148,13 +166,20 @@ pub struct FrozenPhase {
     /// numbers, much faster); `off`: the backbone runs every epoch.
     #[serde(default)]
     pub feature_cache: FeatureCache,
+    /// With random augmentation: 0 (default) augments afresh every epoch, as Keras does;
+    /// K >= 1 keeps the backbone features of K augmented views of each training image,
+    /// computed during the first K frozen epochs, and later epochs cycle through them
+    /// (much faster; the head then sees only K variants of each image). 0..=100.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub augment_views: u32,
 }
 
-/// Whether the frozen phase caches backbone features.
+/// Whether a phase keeps outputs of the frozen part of the backbone between epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureCache {
-    /// When augmentation is off and the backbone is pretrained.
+    /// Whenever the result is the same as without the cache.
     #[default]
     Auto,
     /// Never.
@@ -187,6 +212,17 @@ pub struct FinetunePhase {
     /// Let unfrozen BatchNorm layers update their statistics (default false: inference mode).
     #[serde(default)]
     pub train_bn: bool,
+    /// `auto`: the output of the frozen part of the backbone (every block before the
+    /// first unfrozen layer) is kept after the first fine-tune epoch, so later epochs
+    /// run only the trainable blocks; with random augmentation only validation images
+    /// are kept. `off`: the whole backbone runs every step.
+    #[serde(default)]
+    pub prefix_cache: FeatureCache,
+    /// Memory the prefix cache may take, in MiB (also never more than half of the
+    /// memory available at the start of the phase); when it would need more, the
+    /// phase runs without it and says so.
+    #[serde(default = "defaults::prefix_cache_mb")]
+    pub prefix_cache_mb: u64,
 }
 
 /// `stall:` — plateau detection.
@@ -351,6 +387,7 @@ impl Default for FrozenPhase {
             lr: defaults::frozen_lr(),
             momentum: 0.0,
             feature_cache: FeatureCache::Auto,
+            augment_views: 0,
         }
     }
 }
@@ -364,6 +401,8 @@ impl Default for FinetunePhase {
             momentum: 0.0,
             unfreeze_last: defaults::unfreeze_last(),
             train_bn: false,
+            prefix_cache: FeatureCache::Auto,
+            prefix_cache_mb: defaults::prefix_cache_mb(),
         }
     }
 }
@@ -408,6 +447,9 @@ impl Backbone {
 }
 
 mod defaults {
+    pub fn prefix_cache_mb() -> u64 {
+        2048
+    }
     pub fn device() -> String {
         "auto".into()
     }

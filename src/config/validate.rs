@@ -115,6 +115,14 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         "unfreeze_last must be at least 1".into(),
     );
     check(
+        exp.frozen.augment_views <= 100,
+        "frozen.augment_views",
+        format!(
+            "augment_views must be 0..=100, got {}",
+            exp.frozen.augment_views
+        ),
+    );
+    check(
         exp.stall.min_delta >= 0.0 && exp.stall.min_delta.is_finite(),
         "stall.min_delta",
         format!("min_delta must be >= 0, got {}", exp.stall.min_delta),

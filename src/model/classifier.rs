@@ -3,6 +3,8 @@
 //! classes (binary cross-entropy on logits, as in the Keras seed), softmax over N
 //! classes otherwise.
 
+use std::cell::RefCell;
+
 use anyhow::{anyhow, bail, Context};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -64,6 +66,24 @@ pub struct Classifier {
     pub pretrained: bool,
     /// Backbone layers trainable at any point so far: what checkpoints must hold.
     ever_trained: Vec<bool>,
+    /// The precision of the frozen part, run on [`FrozenCopy`]; None: the variables.
+    precision: Option<Kind>,
+    /// Built on first use, dropped whenever layer states or weights change.
+    frozen_copy: RefCell<Option<FrozenCopy>>,
+}
+
+/// The backbone again, frozen, with channels-last weights in the frozen precision.
+struct FrozenCopy {
+    _vs: nn::VarStore,
+    backbone: Backbone,
+}
+
+/// The same values with channels-last strides (NHWC in memory, NCHW in shape).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    if x.dim() != 4 {
+        return x.shallow_clone();
+    }
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 impl Classifier {
@@ -111,6 +131,8 @@ impl Classifier {
             normalisation: Normalisation::for_model(kind, exp.data.augment.rescale),
             pretrained: path.is_some(),
             ever_trained: Vec::new(),
+            precision: None,
+            frozen_copy: RefCell::new(None),
         })
     }
 
@@ -158,6 +180,8 @@ impl Classifier {
     }
 
     fn remember_trained(&mut self) {
+        // The layer states changed: the frozen copy may miss trained weights.
+        self.frozen_copy = RefCell::new(None);
         let table = self.backbone.table();
         self.ever_trained.resize(table.len(), false);
         for (i, layer) in table.layers().enumerate() {
@@ -181,43 +205,128 @@ impl Classifier {
     /// Logits `[B, 1]` (two classes) or `[B, classes]` for float pixels on the
     /// 0..255 scale, in inference mode.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let x = self.normalisation.apply(&pixels.to_device(self.device()));
-        self.head.forward(&self.backbone.features(&x, false))
+        let k = self.frozen_segments();
+        self.forward_from(&self.run_prefix(pixels, k), k)
     }
 
     /// Logits for a training step. Dropout and drop-connect draw from `rng` (not from
     /// torch's process-wide generator), so a seeded run repeats exactly even with
     /// other runs in the same process.
     pub fn forward_train(&self, pixels: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
+        let k = self.frozen_segments();
+        self.forward_train_from(&self.run_prefix(pixels, k), k, rng)
+    }
+
+    /// How many leading backbone segments are frozen: [`Classifier::run_prefix`] may
+    /// run them once and cache the result. Equal to the segment count when the whole
+    /// backbone is frozen.
+    pub fn frozen_segments(&self) -> usize {
+        self.backbone.frozen_segments()
+    }
+
+    /// The output of the first `k` segments (which must be frozen) for float pixels
+    /// (0..255), without a graph: a feature map in the frozen precision, or pooled
+    /// float32 features `[B, C]` when `k` covers the whole backbone. The same pixels
+    /// always give the same output while the layer states stay as they are.
+    pub fn run_prefix(&self, pixels: &Tensor, k: usize) -> Tensor {
         let x = self.normalisation.apply(&pixels.to_device(self.device()));
-        let noise = self.uniform(super::NOISE_ROWS, x.size()[0], rng);
-        // A fully frozen backbone needs no graph: cheaper and less memory.
-        let frozen = !self.table().any_trainable(0..self.table().len());
-        let features = if frozen {
-            tch::no_grad(|| self.backbone.features_with_noise(&x, true, Some(&noise)))
-        } else {
-            self.backbone.features_with_noise(&x, true, Some(&noise))
-        };
+        if k == 0 {
+            return x;
+        }
+        let all = k == self.backbone.segments();
+        tch::no_grad(|| {
+            let map = match self.precision {
+                None => self.backbone.forward_segments(&x, 0..k, false, None),
+                Some(kind) => {
+                    let mut copy = self.frozen_copy.borrow_mut();
+                    let copy = copy.get_or_insert_with(|| self.build_frozen_copy(kind));
+                    let x = channels_last(&x.to_kind(kind));
+                    copy.backbone.forward_segments(&x, 0..k, false, None)
+                }
+            };
+            if all {
+                super::pool(&map).to_kind(Kind::Float)
+            } else {
+                map
+            }
+        })
+    }
+
+    /// Training-step logits from the output of [`Classifier::run_prefix`] with the same
+    /// `k`: the remaining segments (with a graph where layers train), pooling, dropout
+    /// and the head. It draws from `rng` exactly what [`Classifier::forward_train`]
+    /// draws, so a cached prefix gives the numbers an uncached run gives.
+    pub fn forward_train_from(
+        &self,
+        prefix: &Tensor,
+        k: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Tensor {
+        let prefix = prefix.to_device(self.device());
+        let noise = self.uniform(super::NOISE_ROWS, prefix.size()[0], rng);
+        let features = self.suffix(&prefix, k, true, Some(&noise));
         self.head_train(&features, rng)
     }
 
-    /// A training step's logits from cached features of a frozen backbone. It draws the
-    /// same random numbers as [`Classifier::forward_train`], so a run with the feature
-    /// cache computes what a run without it computes.
-    pub fn forward_train_cached(&self, features: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
-        let _unused_noise = self.uniform(super::NOISE_ROWS, features.size()[0], rng);
-        self.head_train(&features.to_device(self.device()), rng)
+    /// Inference logits from the output of [`Classifier::run_prefix`] with the same `k`.
+    pub fn forward_from(&self, prefix: &Tensor, k: usize) -> Tensor {
+        let prefix = prefix.to_device(self.device());
+        let features = tch::no_grad(|| self.suffix(&prefix, k, false, None));
+        self.head.forward(&features)
     }
 
-    /// Pooled features `[B, C]` in inference mode, without a graph (for the cache).
-    pub fn features(&self, pixels: &Tensor) -> Tensor {
-        let x = self.normalisation.apply(&pixels.to_device(self.device()));
-        tch::no_grad(|| self.backbone.features(&x, false))
+    /// Segments `k..` and pooling on a prefix output (float32 from here on).
+    fn suffix(&self, prefix: &Tensor, k: usize, train: bool, noise: Option<&Tensor>) -> Tensor {
+        let n = self.backbone.segments();
+        if k == n {
+            return prefix.to_kind(Kind::Float);
+        }
+        let x = prefix.to_kind(Kind::Float).contiguous();
+        super::pool(&self.backbone.forward_segments(&x, k..n, train, noise))
     }
 
-    /// Logits from pooled features, in inference mode.
-    pub fn head_eval(&self, features: &Tensor) -> Tensor {
-        self.head.forward(&features.to_device(self.device()))
+    /// Runs the frozen part of the backbone in `kind` (float32 or bfloat16) on a
+    /// channels-last copy of its weights, which oneDNN runs faster; `None` runs it on
+    /// the model's own variables. The head and the loss are always float32.
+    pub fn set_precision(&mut self, kind: Option<Kind>) {
+        self.precision = kind;
+        self.frozen_copy = RefCell::new(None);
+    }
+
+    /// The precision the frozen part runs in.
+    pub fn precision(&self) -> Kind {
+        self.precision.unwrap_or(Kind::Float)
+    }
+
+    /// A frozen, channels-last copy of the backbone's current weights in `kind`.
+    fn build_frozen_copy(&self, kind: Kind) -> FrozenCopy {
+        let mut vs = nn::VarStore::new(self.device());
+        // Building initialises from torch's global generator: keep other runs' seeded
+        // initialisation undisturbed.
+        let mut backbone = {
+            let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            Backbone::new(&vs.root(), self.backbone.kind(), false)
+        };
+        backbone.table_mut().freeze_all();
+        let source = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, var) in vs.variables() {
+                if let Some(src) = source.get(&name) {
+                    var.shallow_clone().copy_(src);
+                }
+            }
+        });
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        tch::no_grad(|| {
+            for (_, var) in vs.variables() {
+                if var.dim() == 4 {
+                    var.shallow_clone().set_data(&channels_last(&var));
+                }
+            }
+        });
+        FrozenCopy { _vs: vs, backbone }
     }
 
     /// Dropout (mask from `rng`) and the dense layer, in training mode.
@@ -310,6 +419,7 @@ impl Classifier {
             }
             tch::no_grad(|| var.shallow_clone().copy_(t));
         }
+        self.frozen_copy.replace(None);
         Ok(())
     }
 }

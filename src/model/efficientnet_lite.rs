@@ -90,6 +90,8 @@ pub struct EfficientnetLite {
     stem: (Conv, Bn),
     blocks: Vec<MbConv>,
     head: (Conv, Bn),
+    /// First layer index of each segment (stem, blocks, head conv).
+    pub starts: Vec<usize>,
 }
 
 impl EfficientnetLite {
@@ -157,21 +159,31 @@ impl EfficientnetLite {
                 layers: first..b.next_index(),
             });
         }
+        let mut starts = vec![0];
+        starts.extend(blocks.iter().map(|b| b.layers.start));
+        starts.push(b.next_index());
         let cin = specs.last().map_or(32, |s| s.4);
         let head = (
             b.conv("_conv_head", ConvSpec::new(cin, FEATURES, 1, 1).same()),
             b.bn("_bn1", FEATURES, EPS, MOMENTUM),
         );
-        EfficientnetLite { stem, blocks, head }
+        EfficientnetLite {
+            stem,
+            blocks,
+            head,
+            starts,
+        }
     }
 
-    /// Feature map before pooling.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let mut x = relu6(self.stem.1.forward(&self.stem.0.forward(x), ctx));
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, ctx, i);
+    /// Segment `i`: 0 is the stem, then the MBConv blocks, then the head conv.
+    pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
+        let conv_bn =
+            |(conv, bn): &(Conv, Bn), x: &Tensor| relu6(bn.forward(&conv.forward(x), ctx));
+        match i {
+            0 => conv_bn(&self.stem, x),
+            i if i <= self.blocks.len() => self.blocks[i - 1].forward(x, ctx, i - 1),
+            _ => conv_bn(&self.head, x),
         }
-        relu6(self.head.1.forward(&self.head.0.forward(&x), ctx))
     }
 }
 

@@ -54,6 +54,8 @@ pub struct MobilenetV2 {
     stem: (Conv, Bn),
     blocks: Vec<InvertedResidual>,
     last: (Conv, Bn),
+    /// First layer index of each segment (stem, blocks, last conv).
+    pub starts: Vec<usize>,
 }
 
 impl MobilenetV2 {
@@ -65,11 +67,13 @@ impl MobilenetV2 {
         );
         let mut cin = 32;
         let mut blocks = Vec::new();
+        let mut starts = vec![0];
         let mut index = 1;
         for (t, c, n, s) in SETTING {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
                 let hidden = cin * t;
+                starts.push(b.next_index());
                 let p = format!("features.{index}.conv");
                 let mut activated = Vec::new();
                 let mut sub = 0;
@@ -100,6 +104,7 @@ impl MobilenetV2 {
                 index += 1;
             }
         }
+        starts.push(b.next_index());
         let last = (
             b.conv(
                 &format!("features.{index}.0"),
@@ -107,15 +112,23 @@ impl MobilenetV2 {
             ),
             b.bn(&format!("features.{index}.1"), FEATURES, EPS, MOMENTUM),
         );
-        MobilenetV2 { stem, blocks, last }
+        MobilenetV2 {
+            stem,
+            blocks,
+            last,
+            starts,
+        }
     }
 
-    /// Feature map before pooling.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let mut x = relu6(self.stem.1.forward(&self.stem.0.forward(x), ctx));
-        for block in &self.blocks {
-            x = block.forward(&x, ctx);
+    /// Segment `i`: 0 is the stem, then the inverted residual blocks, then the last
+    /// 1x1 conv.
+    pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
+        let conv_bn =
+            |(conv, bn): &(Conv, Bn), x: &Tensor| relu6(bn.forward(&conv.forward(x), ctx));
+        match i {
+            0 => conv_bn(&self.stem, x),
+            i if i <= self.blocks.len() => self.blocks[i - 1].forward(x, ctx),
+            _ => conv_bn(&self.last, x),
         }
-        relu6(self.last.1.forward(&self.last.0.forward(&x), ctx))
     }
 }

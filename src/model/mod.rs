@@ -41,6 +41,8 @@ pub struct Backbone {
     table: LayerTable,
     top: Option<nn::Linear>,
     features: i64,
+    /// First layer index of each segment, in forward order.
+    starts: Vec<usize>,
 }
 
 impl Backbone {
@@ -91,12 +93,19 @@ impl Backbone {
             Some(name) if with_top => Some(b.linear_untracked(name, features, 1000)),
             _ => None,
         };
+        let starts = match &body {
+            Body::Resnet(n) => n.starts.clone(),
+            Body::MobilenetV2(n) => n.starts.clone(),
+            Body::EfficientnetLite(n) => n.starts.clone(),
+            Body::SmallCnn(n) => n.starts(),
+        };
         Backbone {
             kind,
             body,
             table: b.finish(),
             top,
             features,
+            starts,
         }
     }
 
@@ -129,24 +138,64 @@ impl Backbone {
     /// [`Backbone::features`] with the training randomness supplied: `noise` holds
     /// uniform [0, 1) values `[NOISE_ROWS, B]` (see [`Ctx::noise`]).
     pub fn features_with_noise(&self, x: &Tensor, train: bool, noise: Option<&Tensor>) -> Tensor {
+        pool(&self.forward_segments(x, 0..self.segments(), train, noise))
+    }
+
+    /// Number of segments: the pieces (stem, blocks, last conv) the forward pass is
+    /// made of. A cache can hold the output of any leading run of them.
+    pub fn segments(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The layer indices of segment `i`.
+    pub fn segment_layers(&self, i: usize) -> std::ops::Range<usize> {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.table.len());
+        self.starts[i]..end
+    }
+
+    /// How many leading segments have no trainable layer: their output does not change
+    /// while the layer states stay as they are.
+    pub fn frozen_segments(&self) -> usize {
+        (0..self.segments())
+            .take_while(|&i| !self.table.any_trainable(self.segment_layers(i)))
+            .count()
+    }
+
+    /// Runs segments `range` on `x` (a normalised batch for range 0.., else the output
+    /// of segment `range.start - 1`) and returns the feature map after the last one.
+    pub fn forward_segments(
+        &self,
+        x: &Tensor,
+        range: std::ops::Range<usize>,
+        train: bool,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
         let ctx = Ctx {
             train,
             table: &self.table,
             noise,
         };
-        let map = match &self.body {
-            Body::Resnet(n) => n.forward(x, ctx),
-            Body::MobilenetV2(n) => n.forward(x, ctx),
-            Body::EfficientnetLite(n) => n.forward(x, ctx),
-            Body::SmallCnn(n) => n.forward(x, ctx),
-        };
-        map.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        let mut x = x.shallow_clone();
+        for i in range {
+            x = match &self.body {
+                Body::Resnet(n) => n.segment(i, &x, ctx),
+                Body::MobilenetV2(n) => n.segment(i, &x, ctx),
+                Body::EfficientnetLite(n) => n.segment(i, &x, ctx),
+                Body::SmallCnn(n) => n.segment(i, &x, ctx),
+            };
+        }
+        x
     }
 
     /// The original ImageNet logits for pooled features, if built `with_top`.
     pub fn imagenet_logits(&self, features: &Tensor) -> Option<Tensor> {
         self.top.as_ref().map(|fc| fc.forward(features))
     }
+}
+
+/// Global average pooling: a feature map `[B, C, H, W]` to pooled features `[B, C]`.
+pub fn pool(map: &Tensor) -> Tensor {
+    map.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
 }
 
 fn lite_variant(kind: Kind) -> usize {

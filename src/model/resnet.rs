@@ -50,6 +50,8 @@ pub struct Resnet {
     blocks: Vec<Block>,
     /// Channels after the last stage (512 or 2048).
     pub features: i64,
+    /// First layer index of each segment (the stem, then one per block).
+    pub starts: Vec<usize>,
 }
 
 impl Resnet {
@@ -59,12 +61,14 @@ impl Resnet {
         let conv1 = b.conv("conv1", ConvSpec::new(3, 64, 7, 2).padding(3));
         let bn1 = b.bn("bn1", 64, EPS, MOMENTUM);
         let mut blocks = Vec::new();
+        let mut starts = vec![0];
         let mut cin = 64;
         for (stage, &depth) in depths.iter().enumerate() {
             let planes = 64 << stage;
             for i in 0..depth {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
+                starts.push(b.next_index());
                 let mut convs = Vec::new();
                 let cout = planes * expansion;
                 let specs = match kind {
@@ -100,16 +104,19 @@ impl Resnet {
             bn1,
             blocks,
             features: cin,
+            starts,
         }
     }
 
-    /// Feature map before pooling.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let x = self.bn1.forward(&self.conv1.forward(x), ctx).relu();
-        let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for block in &self.blocks {
-            x = block.forward(&x, ctx);
+    /// Segment `i`: 0 is the stem (conv, BatchNorm, ReLU, max-pool), then the blocks.
+    pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
+        match i {
+            0 => self
+                .bn1
+                .forward(&self.conv1.forward(x), ctx)
+                .relu()
+                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+            i => self.blocks[i - 1].forward(x, ctx),
         }
-        x
     }
 }

@@ -33,16 +33,19 @@ impl SmallCnn {
         SmallCnn { stages }
     }
 
-    /// Feature map before pooling.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let mut x = x.shallow_clone();
-        let last = self.stages.len() - 1;
-        for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            x = bn.forward(&conv.forward(&x), ctx).relu();
-            if i < last {
-                x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
-            }
+    /// First layer index of each segment (one conv + BatchNorm per stage).
+    pub fn starts(&self) -> Vec<usize> {
+        (0..self.stages.len()).map(|i| 2 * i).collect()
+    }
+
+    /// Stage `i`: conv, BatchNorm, ReLU, and max-pooling except after the last.
+    pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
+        let (conv, bn) = &self.stages[i];
+        let x = bn.forward(&conv.forward(x), ctx).relu();
+        if i + 1 < self.stages.len() {
+            x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+        } else {
+            x
         }
-        x
     }
 }

@@ -12,11 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
+use super::cache::{human_bytes, Cache, FeatureTable, TrainSource};
 use super::events::{Command, EndReason, EpochMetrics, Event, Phase};
 use super::metrics::{binary_scores, Confusion};
 use super::run_dir::{self, CheckpointInfo, RunDir, Split};
 use super::stall::{direction, Direction, StallDetector};
-use crate::config::{ChangeKind, Experiment, FeatureCache, Monitor, OnStall, Optimizer, Weights};
+use crate::config::{
+    ChangeKind, Experiment, FeatureCache, Monitor, OnStall, Optimizer, Precision, Weights,
+};
 use crate::data::Dataset;
 use crate::model::classifier::{device_name, select_device, Classifier};
 
@@ -132,8 +135,52 @@ struct State {
     best: Option<EpochMetrics>,
     /// Backbone layers trainable in the current phase.
     unfrozen: usize,
-    /// Frozen-phase feature cache: pooled backbone features of every image, by index.
-    features: Option<Tensor>,
+    /// Outputs of the frozen part of the backbone kept for the current layer states.
+    cache: Option<Cache>,
+    /// A cache was over its memory budget in this phase: do not try again.
+    cache_refused: bool,
+}
+
+/// A training batch made ready ahead of time by the input thread: the batch's random
+/// generator (after the augmentation draws) and its augmented pixels, unless the
+/// batch's backbone outputs are cached.
+struct Prepared {
+    rng: ChaCha8Rng,
+    pixels: Option<Tensor>,
+}
+
+/// The random generator of batch `b` of 1-based epoch `epoch`.
+fn batch_rng(seed: u64, epoch: u32, b: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64) << 32 ^ (b as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    )
+}
+
+/// The number format `precision` means on `device`: bfloat16 for `auto` only on a CPU
+/// with native bfloat16 arithmetic.
+pub fn resolve_precision(precision: Precision, device: tch::Device) -> Kind {
+    match precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Auto => {
+            let native =
+                device == tch::Device::Cpu && crate::doctor::CpuFeatures::detect().native_bf16();
+            if native {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            }
+        }
+    }
+}
+
+/// `bf16` or `fp32`.
+pub fn precision_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
 }
 
 impl Trainer {
@@ -198,7 +245,8 @@ impl Trainer {
             skipped: data.skipped.len(),
         });
         let device = select_device(&self.exp.device)?;
-        let net = Classifier::new(&self.exp, data.classes.len(), device)?;
+        let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;
+        net.set_precision(Some(resolve_precision(self.exp.precision, device)));
         let weights = match &self.exp.model.weights {
             Weights::None => "none (trained from scratch)".to_string(),
             Weights::Imagenet => format!("ImageNet ({})", self.exp.model.backbone.name()),
@@ -243,7 +291,8 @@ impl Trainer {
             stall: StallDetector::new(self.exp.stall.clone()),
             best: None,
             unfrozen: 0,
-            features: None,
+            cache: None,
+            cache_refused: false,
         };
         match self.options.resume.clone() {
             None => {
@@ -361,6 +410,7 @@ impl Trainer {
     }
 
     fn enter_frozen(&mut self, s: &mut State) -> anyhow::Result<()> {
+        s.cache = None;
         s.net.set_frozen_phase();
         s.phase = Phase::Frozen;
         s.phase_epochs = 0;
@@ -396,8 +446,9 @@ impl Trainer {
     /// Makes the last `n` layers trainable with a fresh optimizer at the fine-tune
     /// rate, without restarting the phase (also used by live edits).
     fn set_finetune_layers(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
-        // The backbone changes from now on: cached features would be stale.
-        s.features = None;
+        // The layer states change: cached outputs would be stale.
+        s.cache = None;
+        s.cache_refused = false;
         let ft = self.exp.finetune.clone();
         s.unfrozen = s.net.set_finetune_phase(n, ft.train_bn);
         s.lr = ft.lr;
@@ -440,6 +491,23 @@ impl Trainer {
         next.seed = self.exp.seed;
         let touches = |prefix: &str| live.iter().any(|p| p.starts_with(prefix));
         let old = std::mem::replace(&mut self.exp, next);
+        let cache_settings = |e: &Experiment| {
+            (
+                e.precision,
+                e.data.augment.clone(),
+                e.frozen.feature_cache,
+                e.frozen.augment_views,
+                e.finetune.prefix_cache,
+                e.finetune.prefix_cache_mb,
+            )
+        };
+        if cache_settings(&old) != cache_settings(&self.exp) {
+            s.cache = None;
+            let kind = resolve_precision(self.exp.precision, s.net.device());
+            if kind != s.net.precision() {
+                s.net.set_precision(Some(kind));
+            }
+        }
         s.stall.set_config(self.exp.stall.clone());
         if (old.stall.monitor, old.stall.mode) != (self.exp.stall.monitor, self.exp.stall.mode) {
             // A different metric or direction: the old best means nothing now.
@@ -623,40 +691,138 @@ impl Trainer {
     }
 
     /// One epoch: training batches, then validation. None if stopped mid-epoch (after
-    /// saving `stopped.safetensors`).
+    /// saving `stopped.safetensors`). An input thread augments the next batches while
+    /// this one computes.
     fn epoch(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<Option<EpochMetrics>> {
         let number = s.epoch + 1;
         let start = Instant::now();
         let seed = self.exp.seed;
-        // Building the feature cache counts as training time of the first epoch.
-        let train_start = Instant::now();
-        if !self.cache_features(s, data)? {
-            return self.stopped(s, data);
+        if s.cache.is_none() {
+            s.cache = self.plan_cache(s, data);
         }
+        let source = s
+            .cache
+            .as_ref()
+            .map_or(TrainSource::Images, |c| c.train_source(number));
+        let compute = self.describe_compute(s, data, source);
+        self.emit(Event::Compute(compute.clone()));
         let batches = data.train_batches(self.exp.data.batch_size, seed, number as u64);
+        let need_pixels: Vec<bool> = {
+            let table = s.cache.as_mut().and_then(|c| c.train_table(source));
+            batches
+                .iter()
+                .map(|b| !table.as_ref().is_some_and(|t| t.has(b)))
+                .collect()
+        };
+        let augment = self.exp.data.augment.clone();
+        let train_start = Instant::now();
+        let trained = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(2);
+            let (batches, need_pixels, augment) = (&batches, &need_pixels, &augment);
+            std::thread::Builder::new()
+                .name("tlcap input".into())
+                .spawn_scoped(scope, move || {
+                    for (b, images) in batches.iter().enumerate() {
+                        let mut rng = batch_rng(seed, number, b);
+                        let pixels =
+                            need_pixels[b].then(|| data.train_batch(images, augment, &mut rng).0);
+                        if tx.send(Prepared { rng, pixels }).is_err() {
+                            return; // the epoch ended early
+                        }
+                    }
+                })
+                .expect("cannot start the input thread");
+            self.train_batches(s, data, batches, rx, (number, source), train_start)
+        })?;
+        let Some((loss_sum, correct, seen)) = trained else {
+            return self.stopped(s, data);
+        };
+        let train_seconds = train_start.elapsed().as_secs_f64().max(1e-9);
+        let val_start = Instant::now();
+        let k = s.net.frozen_segments();
+        let plain = s
+            .cache
+            .as_mut()
+            .filter(|c| c.split == k)
+            .map(|c| &mut c.plain);
+        let v = validate(&s.net, data, self.exp.data.batch_size, plain);
+        let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
+        if let Some((needed, budget)) = s.cache.as_ref().and_then(Cache::too_big) {
+            self.emit(Event::Note(format!(
+                "cache off: it would need {}, over its budget of {} (finetune.prefix_cache_mb, \
+                 at most half the available memory)",
+                human_bytes(needed),
+                human_bytes(budget)
+            )));
+            s.cache = None;
+            s.cache_refused = true;
+        }
+        let seen = seen.max(1);
+        Ok(Some(EpochMetrics {
+            epoch: number,
+            phase: s.phase,
+            loss: loss_sum / seen as f64,
+            accuracy: correct as f64 / seen as f64,
+            val_loss: v.loss,
+            val_accuracy: v.confusion.accuracy(),
+            val_precision: v.binary.map(|b| b.precision),
+            val_recall: v.binary.map(|b| b.recall),
+            val_f1: v.binary.map(|b| b.f1),
+            val_auc: v.binary.and_then(|b| b.auc),
+            confusion: v.confusion,
+            lr: s.lr,
+            seconds: start.elapsed().as_secs_f64(),
+            images_per_sec: seen as f64 / train_seconds,
+            val_images_per_sec: data.val.len() as f64 / val_seconds,
+            compute,
+            stalled: false,
+            suggestion: None,
+        }))
+    }
+
+    /// The training batches of an epoch, fed by the input thread through `prepared`.
+    /// Returns (loss sum, correct, seen), or None if told to stop.
+    fn train_batches(
+        &mut self,
+        s: &mut State,
+        data: &Dataset,
+        batches: &[Vec<usize>],
+        prepared: std::sync::mpsc::Receiver<Prepared>,
+        (number, source): (u32, TrainSource),
+        train_start: Instant,
+    ) -> anyhow::Result<Option<(f64, i64, usize)>> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        for (b, images) in batches.iter().enumerate() {
+        for (b, (images, ready)) in batches.iter().zip(prepared.iter()).enumerate() {
             if let Control::Stop = self.control(s)? {
-                return self.stopped(s, data);
+                return Ok(None);
             }
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                seed ^ (number as u64) << 32 ^ (b as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
-            );
-            let cached = s.features.as_ref().filter(|_| s.phase == Phase::Frozen);
-            let (logits, y) = match cached {
-                Some(features) => {
-                    let rows: Vec<i64> = images.iter().map(|&i| i as i64).collect();
-                    let f = features.index_select(0, &Tensor::from_slice(&rows));
-                    (
-                        s.net.forward_train_cached(&f, &mut rng),
-                        data.label_tensor(images),
-                    )
-                }
+            let Prepared { mut rng, pixels } = ready;
+            // An Unfreeze or an edit between batches may change what is frozen.
+            let k = s.net.frozen_segments();
+            if s.cache.as_ref().is_some_and(|c| c.split != k) {
+                s.cache = None;
+            }
+            let mut table = s.cache.as_mut().and_then(|c| c.train_table(source));
+            let prefix = match table.as_ref().and_then(|t| t.get(images)) {
+                Some(stored) => stored,
                 None => {
-                    let (x, y) = data.train_batch(images, &self.exp.data.augment, &mut rng);
-                    (s.net.forward_train(&x, &mut rng), y)
+                    let x = match pixels {
+                        Some(x) => x,
+                        None => {
+                            // Cached when the epoch began, not any more: augment here.
+                            rng = batch_rng(self.exp.seed, number, b);
+                            data.train_batch(images, &self.exp.data.augment, &mut rng).0
+                        }
+                    };
+                    let out = s.net.run_prefix(&x, k);
+                    if let Some(t) = table.as_mut() {
+                        t.put(images, &out);
+                    }
+                    out
                 }
             };
+            let logits = s.net.forward_train_from(&prefix, k, &mut rng);
+            let y = data.label_tensor(images);
             let loss = s.net.loss(&logits, &y);
             s.opt.backward_step(&loss);
             let n = images.len();
@@ -675,31 +841,7 @@ impl Trainer {
                 images_per_sec: seen as f64 / elapsed,
             });
         }
-        let train_seconds = train_start.elapsed().as_secs_f64().max(1e-9);
-        let val_start = Instant::now();
-        let cached = s.features.as_ref().filter(|_| s.phase == Phase::Frozen);
-        let v = validate(&s.net, data, self.exp.data.batch_size, cached);
-        let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
-        let seen = seen.max(1);
-        Ok(Some(EpochMetrics {
-            epoch: number,
-            phase: s.phase,
-            loss: loss_sum / seen as f64,
-            accuracy: correct as f64 / seen as f64,
-            val_loss: v.loss,
-            val_accuracy: v.confusion.accuracy(),
-            val_precision: v.binary.map(|b| b.precision),
-            val_recall: v.binary.map(|b| b.recall),
-            val_f1: v.binary.map(|b| b.f1),
-            val_auc: v.binary.and_then(|b| b.auc),
-            confusion: v.confusion,
-            lr: s.lr,
-            seconds: start.elapsed().as_secs_f64(),
-            images_per_sec: seen as f64 / train_seconds,
-            val_images_per_sec: data.val.len() as f64 / val_seconds,
-            stalled: false,
-            suggestion: None,
-        }))
+        Ok(Some((loss_sum, correct, seen)))
     }
 
     /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.
@@ -712,46 +854,86 @@ impl Trainer {
         Ok(None)
     }
 
-    /// Makes sure the frozen-phase feature cache exists when it applies (frozen phase,
-    /// `feature_cache: auto`, pretrained backbone, no random augmentation) and is gone
-    /// otherwise. Commands are taken between batches; false if told to stop.
-    fn cache_features(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<bool> {
-        let applies = s.phase == Phase::Frozen
-            && self.exp.frozen.feature_cache == FeatureCache::Auto
-            && s.net.pretrained
-            && !self.exp.data.augment.is_random();
-        if !applies {
-            s.features = None;
-            return Ok(true);
+    /// What to keep for the current phase and layer states (see [`Cache`]): nothing
+    /// when no leading part of the backbone is frozen, the phase's cache setting is
+    /// `off`, or a cache was refused for memory earlier in this phase.
+    fn plan_cache(&self, s: &State, data: &Dataset) -> Option<Cache> {
+        let split = s.net.frozen_segments();
+        let setting = match s.phase {
+            Phase::Frozen => self.exp.frozen.feature_cache,
+            Phase::Finetune => self.exp.finetune.prefix_cache,
+        };
+        if split == 0 || setting == FeatureCache::Off || s.cache_refused {
+            return None;
         }
-        if s.features.is_some() {
-            return Ok(true);
-        }
-        let start = Instant::now();
+        let random = self.exp.data.augment.is_random();
+        let views = match s.phase {
+            Phase::Frozen if random => self.exp.frozen.augment_views as usize,
+            _ => 0,
+        };
+        let budget = (self.exp.finetune.prefix_cache_mb << 20)
+            .min(crate::data::memory_budget_bytes())
+            / (1 + views as u64);
         let all: Vec<usize> = (0..data.len()).collect();
-        let chunks: Vec<&[usize]> = all.chunks(self.exp.data.batch_size.max(1)).collect();
-        let mut parts = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            if let Control::Stop = self.control(s)? {
-                return Ok(false);
-            }
-            if s.phase != Phase::Frozen {
-                return Ok(true); // unfrozen meanwhile: no cache
-            }
-            let (x, _) = data.val_batch(chunk);
-            parts.push(s.net.features(&x));
-            self.emit(Event::Caching {
-                done: i + 1,
-                total: chunks.len(),
-            });
+        let plain = if random { &data.val } else { &all };
+        Some(Cache {
+            split,
+            plain: FeatureTable::new(plain, data.len(), budget),
+            train_plain: !random,
+            views: (0..views)
+                .map(|_| FeatureTable::new(&data.train, data.len(), budget))
+                .collect(),
+        })
+    }
+
+    /// How this epoch computes, in words: the precision of the frozen part and what
+    /// is cached (shown by the dashboard, kept in `metrics.jsonl`).
+    fn describe_compute(&self, s: &mut State, data: &Dataset, source: TrainSource) -> String {
+        let precision = precision_name(s.net.precision());
+        let split = s.net.frozen_segments();
+        let segments = s.net.backbone.segments();
+        if split == 0 {
+            return format!("{precision}: the whole backbone trains");
         }
-        s.features = Some(Tensor::cat(&parts, 0));
-        self.emit(Event::Note(format!(
-            "frozen phase: backbone features of {} images cached in {:.1} s; the head trains on them",
-            data.len(),
-            start.elapsed().as_secs_f64()
-        )));
-        Ok(true)
+        let frozen_part = if split == segments {
+            "features".to_string()
+        } else {
+            let last = s.net.backbone.segment_layers(split - 1);
+            let name = s
+                .net
+                .table()
+                .layers()
+                .nth(last.end - 1)
+                .map_or(String::new(), |l| l.name.clone());
+            format!("prefix up to {name}")
+        };
+        let Some(cache) = s.cache.as_mut() else {
+            return format!("{precision} frozen part, no cache");
+        };
+        let bytes = cache.bytes();
+        let table = cache.train_table(source);
+        let state = |t: &FeatureTable| {
+            if t.has(&data.train) {
+                "cached"
+            } else {
+                "caching"
+            }
+        };
+        let what = match (source, table) {
+            (TrainSource::View(v), Some(t)) => format!(
+                "{frozen_part} of view {}/{} {}",
+                v + 1,
+                self.exp.frozen.augment_views,
+                state(t)
+            ),
+            (_, Some(t)) => format!("{frozen_part} {}", state(t)),
+            (_, None) => format!("validation {frozen_part} cached (training is augmented)"),
+        };
+        if bytes == 0 {
+            format!("{precision} frozen part, {what}")
+        } else {
+            format!("{precision} frozen part, {what} ({})", human_bytes(bytes))
+        }
     }
 
     fn finish(&mut self, s: &State, reason: EndReason) -> anyhow::Result<()> {
@@ -832,28 +1014,32 @@ struct Validation {
 }
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
-/// inference mode; from cached backbone features when given.
+/// inference mode. The frozen part's outputs come from `stored` when it has them and
+/// are stored there otherwise.
 fn validate(
     net: &Classifier,
     data: &Dataset,
     batch_size: usize,
-    cached: Option<&Tensor>,
+    mut stored: Option<&mut FeatureTable>,
 ) -> Validation {
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
+    let k = net.frozen_segments();
     tch::no_grad(|| {
         for images in data.val_batches(batch_size) {
-            let (logits, y) = match cached {
-                Some(features) => {
-                    let rows: Vec<i64> = images.iter().map(|&i| i as i64).collect();
-                    let f = features.index_select(0, &Tensor::from_slice(&rows));
-                    (net.head_eval(&f), data.label_tensor(&images))
-                }
+            let prefix = match stored.as_ref().and_then(|t| t.get(&images)) {
+                Some(p) => p,
                 None => {
-                    let (x, y) = data.val_batch(&images);
-                    (net.forward(&x), y)
+                    let (x, _) = data.val_batch(&images);
+                    let out = net.run_prefix(&x, k);
+                    if let Some(t) = stored.as_mut() {
+                        t.put(&images, &out);
+                    }
+                    out
                 }
             };
+            let logits = net.forward_from(&prefix, k);
+            let y = data.label_tensor(&images);
             loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
             let probs = net.probabilities(&logits).to_device(tch::Device::Cpu);
             let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();

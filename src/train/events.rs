@@ -85,6 +85,9 @@ pub struct EpochMetrics {
     /// Validation images per second.
     #[serde(deserialize_with = "nan_if_null")]
     pub val_images_per_sec: f64,
+    /// How the epoch computed (precision, cache), in words; empty in older files.
+    #[serde(default)]
+    pub compute: String,
     /// Whether the stall detector fired at this epoch.
     pub stalled: bool,
     /// What to do about the stall, in words.
@@ -119,13 +122,9 @@ pub enum Event {
         /// Images to decode.
         total: usize,
     },
-    /// Computing the frozen backbone's features once: batch `done` of `total`.
-    Caching {
-        /// Batches done.
-        done: usize,
-        /// Batches in all.
-        total: usize,
-    },
+    /// How the epoch about to run computes: the precision of the frozen part of the
+    /// backbone and what of it is cached, in words.
+    Compute(String),
     /// Something worth telling the user, in words.
     Note(String),
     /// The data is in memory.
@@ -226,6 +225,7 @@ mod tests {
             seconds: 1.0,
             images_per_sec: 10.0,
             val_images_per_sec: 10.0,
+            compute: String::new(),
             stalled: false,
             suggestion: None,
         };

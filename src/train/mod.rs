@@ -1,7 +1,9 @@
 //! Training: the trainer thread ([`engine`]) with its typed commands and events
 //! ([`events`]), plateau detection ([`stall`]), validation metrics ([`metrics`]) and
-//! the run folder ([`run_dir`]).
+//! the run folder ([`run_dir`]) and the outputs of the frozen backbone kept between
+//! epochs ([`cache`]).
 
+pub mod cache;
 pub mod engine;
 pub mod events;
 pub mod metrics;

@@ -255,7 +255,10 @@ fn clock(seconds: f64) -> String {
 }
 
 fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
-    let block = Block::bordered().title(format!(" {} ", entry.name()));
+    let mut block = Block::bordered().title(format!(" {} ", entry.name()));
+    if !run.compute.is_empty() {
+        block = block.title_top(Line::from(format!(" {} ", run.compute)).right_aligned());
+    }
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [top, gauge] =
@@ -263,7 +266,6 @@ fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
     let status = match &run.status {
         RunStatus::Idle => "idle".to_string(),
         RunStatus::Loading { done, total } => format!("loading {done}/{total} images"),
-        RunStatus::Caching { .. } => "caching features".into(),
         RunStatus::Running => "running".into(),
         RunStatus::Paused => "paused".into(),
         RunStatus::Done(EndReason::Completed) => "done".into(),
@@ -297,10 +299,6 @@ fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
         RunStatus::Loading { done, total } if total > 0 => (
             done as f64 / total as f64,
             format!("decoding {done}/{total}"),
-        ),
-        RunStatus::Caching { done, total } if total > 0 => (
-            done as f64 / total as f64,
-            format!("backbone features, batch {done}/{total}"),
         ),
         _ if of > 0 => (
             done as f64 / of as f64,
