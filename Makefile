@@ -27,4 +27,5 @@ bench: setup
 	$(CARGO) bench --bench decode
 	$(CARGO) bench --bench dashboard
 	$(CARGO) bench --bench watch
-	$(CARGO) bench --bench feature_cache
+	$(CARGO) build --release
+	./target/release/tlcap-tui bench

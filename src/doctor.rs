@@ -57,6 +57,9 @@ pub struct Report {
     pub libtorch_dir: PathBuf,
     pub libtorch_version: String,
     pub intra_op_threads: i32,
+    pub inter_op_threads: i32,
+    /// Threads decoding images when a dataset loads.
+    pub decode_threads: usize,
     pub cpu: CpuFeatures,
     pub cuda_available: bool,
     pub cuda_devices: i64,
@@ -138,7 +141,9 @@ pub fn run() -> Result<Report> {
     Ok(Report {
         libtorch_dir,
         libtorch_version,
-        intra_op_threads: tch::get_num_threads(),
+        intra_op_threads: crate::train::engine::intra_op_threads(),
+        inter_op_threads: tch::get_num_interop_threads(),
+        decode_threads: rayon::current_num_threads(),
         cpu: CpuFeatures::detect(),
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
@@ -159,7 +164,12 @@ impl fmt::Display for Report {
         writeln!(f, "libtorch version   {}", self.libtorch_version)?;
         writeln!(f, "libtorch path      {}", self.libtorch_dir.display())?;
         writeln!(f, "tch version        {TCH_VERSION}")?;
-        writeln!(f, "intra-op threads   {}", self.intra_op_threads)?;
+        writeln!(
+            f,
+            "threads            libtorch {} intra-op per trainer, {} inter-op; 1 input thread \
+             per run (augments the next batches, 1 libtorch thread); {} decoding",
+            self.intra_op_threads, self.inter_op_threads, self.decode_threads
+        )?;
         writeln!(
             f,
             "cpu features       avx2 {}, avx512 {}, avx512-bf16 {}, amx-bf16 {}",
@@ -172,9 +182,9 @@ impl fmt::Display for Report {
             f,
             "bf16 kernels       {}",
             if self.cpu.native_bf16() {
-                "native"
+                "native: `precision: auto` runs the frozen backbone in bf16"
             } else {
-                "emulated (bf16 gives no speed-up)"
+                "emulated: `precision: auto` stays fp32 (bf16 gives no speed-up)"
             }
         )?;
         writeln!(

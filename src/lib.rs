@@ -17,6 +17,7 @@
 //! - [`shootout`]: comparing experiments; results.csv / results.md.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod dashboard;
 pub mod data;

@@ -105,6 +105,27 @@ enum Command {
         #[arg(long, value_name = "N")]
         unfreeze_last: Option<usize>,
     },
+    /// Measure speed on generated images: data loading, frozen epochs (uncached,
+    /// cached, fp32, bf16), fine-tuning with and without the prefix cache, with
+    /// GFLOP/s against a matrix-multiply peak measured in the same run.
+    Bench {
+        /// Comma-separated backbones.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "resnet18,resnet50,mobilenet_v2"
+        )]
+        backbones: Vec<String>,
+        /// Generated images in all (a fifth is held out for validation).
+        #[arg(long, default_value_t = 96)]
+        images: usize,
+        /// Square input size.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Images per batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+    },
     /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
     Weights {
         #[command(subcommand)]
@@ -178,6 +199,12 @@ fn main() -> ExitCode {
             backbone,
             unfreeze_last,
         } => layers(&backbone, unfreeze_last),
+        Command::Bench {
+            backbones,
+            images,
+            size,
+            batch_size,
+        } => bench(&backbones, images, size, batch_size),
     };
     finish(result)
 }
@@ -343,9 +370,31 @@ fn resume(run_dir: &std::path::Path, json: bool, max_epochs: Option<u32>) -> any
 }
 
 /// `tlcap-tui layers`: the layer table of a backbone.
+/// A backbone by its file name (`resnet50`).
+fn backbone_kind(name: &str) -> anyhow::Result<tlcap::config::Backbone> {
+    serde_yaml::from_str(name)
+        .map_err(|_| anyhow::anyhow!("unknown backbone `{name}`; see `tlcap-tui schema`"))
+}
+
+/// `tlcap-tui bench`.
+fn bench(backbones: &[String], images: usize, size: u32, batch_size: usize) -> anyhow::Result<()> {
+    if size < 32 {
+        bail!("--size must be at least 32");
+    }
+    let options = tlcap::bench::BenchOptions {
+        backbones: backbones
+            .iter()
+            .map(|b| backbone_kind(b.trim()))
+            .collect::<anyhow::Result<_>>()?,
+        images,
+        size,
+        batch_size: batch_size.max(1),
+    };
+    tlcap::bench::run(&options).map(|_| ())
+}
+
 fn layers(backbone: &str, unfreeze_last: Option<usize>) -> anyhow::Result<()> {
-    let kind: tlcap::config::Backbone = serde_yaml::from_str(backbone)
-        .map_err(|_| anyhow::anyhow!("unknown backbone `{backbone}`; see `tlcap-tui schema`"))?;
+    let kind = backbone_kind(backbone)?;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let mut net = tlcap::model::Backbone::new(&vs.root(), kind, false);
     if let Some(n) = unfreeze_last {

@@ -163,6 +163,7 @@ mod tests {
             images_per_sec: 1.0,
             val_images_per_sec: 1.0,
             compute: String::new(),
+            input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,
         }

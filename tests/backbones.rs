@@ -271,3 +271,58 @@ fn batchnorm_statistics_do_not_move_unless_train_bn() {
         }
     }
 }
+
+/// Segments cover the layer table in order, running them in two parts gives the
+/// whole forward pass, and the convolution FLOPs match the published figures
+/// (ResNet-18 1.82 GMAC, ResNet-50 4.1 GMAC, MobileNetV2 0.30 GMAC at 224).
+#[test]
+fn segments_split_the_forward_pass_and_count_its_flops() {
+    for (kind, gflops) in [
+        (Kind_::Resnet18, 3.64),
+        (Kind_::Resnet50, 8.18),
+        (Kind_::MobilenetV2, 0.60),
+        (Kind_::EfficientnetLite0, 0.78),
+        (Kind_::SmallCnn, 0.0),
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut net = Backbone::new(&vs.root(), kind, false);
+        let n = net.segments();
+        let mut covered = Vec::new();
+        for i in 0..n {
+            covered.extend(net.segment_layers(i));
+        }
+        assert_eq!(
+            covered,
+            (0..net.table().len()).collect::<Vec<_>>(),
+            "{kind:?}"
+        );
+
+        let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let whole = tch::no_grad(|| net.features(&x, false));
+        let k = n / 2;
+        let parts = tch::no_grad(|| {
+            let prefix = net.forward_segments(&x, 0..k, false, None);
+            model::pool(&net.forward_segments(&prefix, k..n, false, None))
+        });
+        assert!(whole.allclose(&parts, 1e-5, 1e-5, false), "{kind:?}");
+
+        let flops = net.layer_flops(224, 224);
+        let total = flops.iter().sum::<u64>() as f64 / 1e9;
+        if gflops > 0.0 {
+            assert!(
+                (total - gflops).abs() < 0.03 * gflops,
+                "{kind:?}: {total} GFLOP"
+            );
+        }
+        // Frozen: forward only. Last layers trainable and the rest cached: only those
+        // layers, each forward plus a weight gradient, plus input gradients after the first.
+        net.table_mut().freeze_all();
+        assert_eq!(net.training_flops(&flops, 0), flops.iter().sum::<u64>());
+        net.table_mut().unfreeze_last(2);
+        let k = net.frozen_segments();
+        assert!(k < n);
+        let cached = net.training_flops(&flops, k);
+        let uncached = net.training_flops(&flops, 0);
+        assert!(cached < uncached, "{kind:?}");
+    }
+}

@@ -1,4 +1,4 @@
-//! The binary as a user runs it: `doctor`, `--help`, `--version`.
+//! The binary as a user runs it: `doctor`, `bench`, `--help`, `--version`.
 
 use std::process::Command;
 
@@ -20,7 +20,8 @@ fn doctor_reports_libtorch_2_13_without_ld_library_path() {
     assert!(stdout.contains("libtorch version   2.13.0"), "{stdout}");
     assert!(stdout.contains("tch version        0.26.0"), "{stdout}");
     assert!(stdout.contains("sums to 134 (ok)"), "{stdout}");
-    assert!(stdout.contains("intra-op threads"), "{stdout}");
+    assert!(stdout.contains("intra-op per trainer"), "{stdout}");
+    assert!(stdout.contains("1 input thread per run"), "{stdout}");
     assert!(stdout.contains("avx512-bf16"), "{stdout}");
 }
 
@@ -83,4 +84,52 @@ fn every_subcommand_has_help_and_there_is_a_version() {
             "{sub} --help"
         );
     }
+}
+
+/// A small `bench` prints every row of its table with figures, and the ratios.
+#[test]
+fn bench_prints_a_table_of_figures() {
+    let out = tlcap()
+        .args([
+            "bench",
+            "--backbones",
+            "mobilenet_v2",
+            "--images",
+            "20",
+            "--size",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("matmul peak"), "{stdout}");
+    assert!(stdout.contains("data load (decode + resize"), "{stdout}");
+    for mode in [
+        "frozen fp32, no cache (epoch 1)",
+        "frozen bf16, no cache (epoch 1)",
+        "frozen fp32, features cached (epoch 2)",
+        "frozen fp32, augmented, input thread",
+        "fine-tune last 6 layers fp32, no cache",
+        "fine-tune last 6 layers fp32, prefix cached",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(mode))
+            .unwrap_or_else(|| panic!("no row `{mode}`: {stdout}"));
+        let rate: f64 = line[13 + 1 + 44..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no img/s in `{line}`"));
+        assert!(rate > 0.0, "{line}");
+    }
+    let ratios = stdout
+        .lines()
+        .find(|l| l.starts_with("mobilenet_v2  ") && l.ends_with('x'));
+    assert!(ratios.is_some(), "{stdout}");
 }

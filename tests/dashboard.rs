@@ -40,6 +40,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         images_per_sec: 200.0,
         val_images_per_sec: 600.0,
         compute: "bf16 frozen part, features cached (13 MB)".into(),
+        input_wait_seconds: 0.0,
         stalled: false,
         suggestion: None,
     }

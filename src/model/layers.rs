@@ -126,6 +126,14 @@ impl LayerTable {
         train && self.train_bn && self.entries[index].info.trainable
     }
 
+    /// The device of the parameters (CPU for an empty table).
+    pub fn device(&self) -> tch::Device {
+        self.entries
+            .first()
+            .and_then(|e| e.params.first())
+            .map_or(tch::Device::Cpu, Tensor::device)
+    }
+
     /// Whether any layer in `range` is trainable.
     pub fn any_trainable(&self, range: Range<usize>) -> bool {
         self.entries[range].iter().any(|e| e.info.trainable)
@@ -216,11 +224,40 @@ impl ConvSpec {
 pub struct Conv {
     conv: nn::Conv2D,
     spec: ConvSpec,
+    /// Its place in the layer table.
+    index: usize,
+}
+
+thread_local! {
+    /// (layer index, floating-point operations) of the convolutions run on this thread,
+    /// while counting.
+    static FLOPS: std::cell::RefCell<Option<Vec<(usize, u64)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The floating-point operations (2 per multiply-add) of each convolution `f` runs on
+/// this thread, by layer index; nothing is counted outside such a call.
+pub fn count_flops(f: impl FnOnce()) -> Vec<(usize, u64)> {
+    FLOPS.with(|c| c.replace(Some(Vec::new())));
+    f();
+    FLOPS.with(|c| c.take()).unwrap_or_default()
 }
 
 impl Conv {
     /// Applies the convolution (with TF "SAME" padding when asked).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.apply(x);
+        FLOPS.with(|c| {
+            if let Some(counts) = c.borrow_mut().as_mut() {
+                let s = &self.spec;
+                let per_output = 2 * (s.cin / s.groups) * s.kernel * s.kernel;
+                counts.push((self.index, (y.numel() as i64 * per_output) as u64));
+            }
+        });
+        y
+    }
+
+    fn apply(&self, x: &Tensor) -> Tensor {
         if !self.spec.same {
             return self.conv.forward(x);
         }
@@ -304,8 +341,8 @@ impl<'a> Builder<'a> {
         } else {
             LayerKind::Conv
         };
-        self.push(name, kind, params);
-        Conv { conv, spec }
+        let index = self.push(name, kind, params);
+        Conv { conv, spec, index }
     }
 
     /// A BatchNorm named `name` with PyTorch `eps` and `momentum`.

@@ -18,7 +18,7 @@ use tch::Tensor;
 
 use crate::config::Backbone as Kind;
 use crate::weights::{self, LoadReport, WeightFile, WeightsError};
-pub use layers::{Ctx, LayerInfo, LayerKind, LayerTable};
+pub use layers::{count_flops, Ctx, LayerInfo, LayerKind, LayerTable};
 
 /// Rows of per-block noise a training step supplies (more than any backbone's blocks).
 pub const NOISE_ROWS: i64 = 64;
@@ -185,6 +185,46 @@ impl Backbone {
             };
         }
         x
+    }
+
+    /// Forward floating-point operations (2 per multiply-add) of each convolution for
+    /// one `height` x `width` image, by layer index (0 for other layers).
+    pub fn layer_flops(&self, height: i64, width: i64) -> Vec<u64> {
+        let x = Tensor::zeros(
+            [1, 3, height, width],
+            (tch::Kind::Float, self.table.device()),
+        );
+        let mut flops = vec![0; self.table.len()];
+        for (i, f) in count_flops(|| {
+            let _ = tch::no_grad(|| self.forward_segments(&x, 0..self.segments(), false, None));
+        }) {
+            flops[i] += f;
+        }
+        flops
+    }
+
+    /// Training floating-point operations per image with the current layer states,
+    /// when the first `from` segments' output comes from a cache: each convolution
+    /// after that runs forward; a trainable one also computes its weight gradient; and
+    /// one after the first trainable layer also passes the gradient to its input
+    /// (each of those costs about one forward).
+    pub fn training_flops(&self, flops: &[u64], from: usize) -> u64 {
+        let start = self.starts.get(from).copied().unwrap_or(self.table.len());
+        let first_trainable = self
+            .table
+            .layers()
+            .position(|l| l.trainable)
+            .unwrap_or(usize::MAX);
+        self.table
+            .layers()
+            .enumerate()
+            .skip(start)
+            .map(|(i, layer)| {
+                let weight_grad = u64::from(layer.trainable);
+                let input_grad = u64::from(i > first_trainable);
+                flops[i] * (1 + weight_grad + input_grad)
+            })
+            .sum()
     }
 
     /// The original ImageNet logits for pooled features, if built `with_top`.

@@ -75,11 +75,13 @@ impl TrainerHandle {
 
 /// Starts a trainer for `exp` on its own thread.
 pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
+    let threads = intra_op_threads();
     let (commands, command_rx) = channel();
     let (event_tx, events) = channel();
     let thread = std::thread::Builder::new()
         .name(format!("{THREAD_PREFIX}{}", exp.name))
         .spawn(move || {
+            tch::set_num_threads(threads);
             let events = event_tx.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Trainer::new(exp, options, command_rx, event_tx).run()
@@ -101,6 +103,13 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
         events,
         thread,
     }
+}
+
+/// libtorch's intra-op threads for trainer threads: its default (one per physical
+/// core), read once before any input thread lowers its own count to 1.
+pub fn intra_op_threads() -> i32 {
+    static THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(tch::get_num_threads)
 }
 
 /// What a batch-boundary check of the command queue decided.
@@ -147,6 +156,15 @@ struct State {
 struct Prepared {
     rng: ChaCha8Rng,
     pixels: Option<Tensor>,
+}
+
+/// What the training batches of an epoch add up to.
+struct Trained {
+    loss_sum: f64,
+    correct: i64,
+    seen: usize,
+    /// Seconds spent waiting for the input thread.
+    input_wait: f64,
 }
 
 /// The random generator of batch `b` of 1-based epoch `epoch`.
@@ -722,6 +740,8 @@ impl Trainer {
             std::thread::Builder::new()
                 .name("tlcap input".into())
                 .spawn_scoped(scope, move || {
+                    // One libtorch thread here: the trainer's threads keep the cores.
+                    tch::set_num_threads(1);
                     for (b, images) in batches.iter().enumerate() {
                         let mut rng = batch_rng(seed, number, b);
                         let pixels =
@@ -734,7 +754,13 @@ impl Trainer {
                 .expect("cannot start the input thread");
             self.train_batches(s, data, batches, rx, (number, source), train_start)
         })?;
-        let Some((loss_sum, correct, seen)) = trained else {
+        let Some(Trained {
+            loss_sum,
+            correct,
+            seen,
+            input_wait,
+        }) = trained
+        else {
             return self.stopped(s, data);
         };
         let train_seconds = train_start.elapsed().as_secs_f64().max(1e-9);
@@ -775,13 +801,14 @@ impl Trainer {
             images_per_sec: seen as f64 / train_seconds,
             val_images_per_sec: data.val.len() as f64 / val_seconds,
             compute,
+            input_wait_seconds: input_wait,
             stalled: false,
             suggestion: None,
         }))
     }
 
-    /// The training batches of an epoch, fed by the input thread through `prepared`.
-    /// Returns (loss sum, correct, seen), or None if told to stop.
+    /// The training batches of an epoch, fed by the input thread through `prepared`;
+    /// None if told to stop.
     fn train_batches(
         &mut self,
         s: &mut State,
@@ -790,12 +817,16 @@ impl Trainer {
         prepared: std::sync::mpsc::Receiver<Prepared>,
         (number, source): (u32, TrainSource),
         train_start: Instant,
-    ) -> anyhow::Result<Option<(f64, i64, usize)>> {
+    ) -> anyhow::Result<Option<Trained>> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        for (b, (images, ready)) in batches.iter().zip(prepared.iter()).enumerate() {
+        let mut input_wait = 0.0;
+        for (b, images) in batches.iter().enumerate() {
             if let Control::Stop = self.control(s)? {
                 return Ok(None);
             }
+            let waiting = Instant::now();
+            let ready = prepared.recv().context("the input thread ended early")?;
+            input_wait += waiting.elapsed().as_secs_f64();
             let Prepared { mut rng, pixels } = ready;
             // An Unfreeze or an edit between batches may change what is frozen.
             let k = s.net.frozen_segments();
@@ -841,7 +872,12 @@ impl Trainer {
                 images_per_sec: seen as f64 / elapsed,
             });
         }
-        Ok(Some((loss_sum, correct, seen)))
+        Ok(Some(Trained {
+            loss_sum,
+            correct,
+            seen,
+            input_wait,
+        }))
     }
 
     /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.

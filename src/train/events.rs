@@ -88,6 +88,10 @@ pub struct EpochMetrics {
     /// How the epoch computed (precision, cache), in words; empty in older files.
     #[serde(default)]
     pub compute: String,
+    /// Seconds the training loop waited for the input thread (augmentation) to hand
+    /// over a batch: near 0 when input keeps up with compute.
+    #[serde(default)]
+    pub input_wait_seconds: f64,
     /// Whether the stall detector fired at this epoch.
     pub stalled: bool,
     /// What to do about the stall, in words.
@@ -226,6 +230,7 @@ mod tests {
             images_per_sec: 10.0,
             val_images_per_sec: 10.0,
             compute: String::new(),
+            input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,
         };

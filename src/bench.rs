@@ -1,0 +1,335 @@
+//! `tlcap-tui bench`: what each part of the recipe costs on this machine, measured in
+//! one run so that the ratios hold even on a noisy machine. It generates images, gives
+//! each backbone random weights (speed does not depend on the values), runs the real
+//! trainer in each mode and prints images/s, achieved GFLOP/s and the share of a
+//! matrix-multiply peak measured in the same run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use tch::{nn, Kind, Tensor};
+
+use crate::config::{Backbone as Kind_, Experiment, Weights};
+use crate::model::Backbone;
+use crate::train::{self, EpochMetrics, Event, Options, Phases};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Backbones, in order.
+    pub backbones: Vec<Kind_>,
+    /// Generated images in all (two classes; a fifth is held out for validation).
+    pub images: usize,
+    /// Square input size.
+    pub size: u32,
+    /// Images per batch.
+    pub batch_size: usize,
+}
+
+/// One measured row.
+struct Row {
+    what: String,
+    images_per_sec: f64,
+    /// Floating-point operations per training image, when the row computes any.
+    flops_per_image: Option<f64>,
+    /// The peak this row is compared with (GFLOP/s).
+    peak: f64,
+    note: String,
+}
+
+/// Measures and prints the table; returns it as text too.
+pub fn run(options: &BenchOptions) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let mut out = String::new();
+    let mut say = |line: String| {
+        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
+    };
+    let images = options.images.max(10);
+    let data = dir.path().join("data");
+    eprint!("generating {images} images ...");
+    make_images(&data, images);
+    eprintln!(" done");
+    let fp32_peak = matmul_peak(Kind::Float);
+    let bf16_peak = matmul_peak(Kind::BFloat16);
+    say(format!(
+        "tlcap bench: {images} generated 320x320 PNGs resized to {s}x{s}, batch {}, \
+         {} libtorch threads, 1 input thread",
+        options.batch_size,
+        tch::get_num_threads(),
+        s = options.size
+    ));
+    say(format!(
+        "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, bf16 {bf16_peak:.0} GFLOP/s"
+    ));
+    let probe = experiment(dir.path(), options, Kind_::MobilenetV2, "")?;
+    let loaded = crate::data::Dataset::load(&probe, &|_, _| {})?;
+    say(format!(
+        "data load (decode + resize, {} threads): {:.0} img/s",
+        rayon::current_num_threads(),
+        loaded.len() as f64 / loaded.load_seconds.max(1e-9)
+    ));
+    drop(loaded);
+    say(String::new());
+    say(format!(
+        "{:<13} {:<44} {:>8} {:>8} {:>5}  {}",
+        "backbone", "mode", "img/s", "GFLOP/s", "eff", "note"
+    ));
+    let mut ratios = Vec::new();
+    for &kind in &options.backbones {
+        eprintln!("measuring {} ...", kind.name());
+        let weights = random_weights(dir.path(), kind)?;
+        // Forward work of the whole backbone, and training work when the last stage
+        // trains (without and with the frozen prefix cached).
+        let unfreeze = last_stage_layers(kind);
+        let (all, finetune_flops, cached_flops) = {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let mut b = Backbone::new(&vs.root(), kind, false);
+            let flops = b.layer_flops(options.size as i64, options.size as i64);
+            b.table_mut().unfreeze_last(unfreeze);
+            let split = b.frozen_segments();
+            (
+                flops.iter().sum::<u64>() as f64,
+                b.training_flops(&flops, 0) as f64,
+                b.training_flops(&flops, split) as f64,
+            )
+        };
+        let run = |extra: &str, phases: Phases| -> anyhow::Result<Vec<EpochMetrics>> {
+            let mut exp = experiment(dir.path(), options, kind, extra)?;
+            exp.model.weights = Weights::File(weights.clone());
+            train_rows(exp, phases, &dir.path().join("runs"))
+        };
+        let mut rows = Vec::new();
+        let frozen = |precision: &str| {
+            run(
+                &format!("frozen: {{ epochs: 2 }}\nprecision: {precision}\n"),
+                Phases::Frozen,
+            )
+        };
+        let fp32 = frozen("fp32")?;
+        let bf16 = frozen("bf16")?;
+        let augmented = {
+            let mut exp = experiment(dir.path(), options, kind, "frozen: { epochs: 1 }\n")?;
+            exp.model.weights = Weights::File(weights.clone());
+            exp.precision = crate::config::Precision::Fp32;
+            exp.data.augment = serde_yaml::from_str(
+                "{ rotation_range: 20, width_shift_range: 0.1, height_shift_range: 0.1, horizontal_flip: true }",
+            )?;
+            train_rows(exp, Phases::Frozen, &dir.path().join("runs"))?
+        };
+        for (label, rows_of, peak) in [("fp32", &fp32, fp32_peak), ("bf16", &bf16, bf16_peak)] {
+            rows.push(Row {
+                what: format!("frozen {label}, no cache (epoch 1)"),
+                images_per_sec: rows_of[0].images_per_sec,
+                flops_per_image: Some(all),
+                peak,
+                note: String::new(),
+            });
+        }
+        rows.push(Row {
+            what: "frozen fp32, features cached (epoch 2)".into(),
+            images_per_sec: fp32[1].images_per_sec,
+            flops_per_image: None,
+            peak: fp32_peak,
+            note: format!(
+                "{:.0}x epoch 1",
+                fp32[1].images_per_sec / fp32[0].images_per_sec
+            ),
+        });
+        let wait = &augmented[0];
+        rows.push(Row {
+            what: "frozen fp32, augmented, input thread".into(),
+            images_per_sec: wait.images_per_sec,
+            flops_per_image: Some(all),
+            peak: fp32_peak,
+            note: format!(
+                "input wait {:.1}% of training time",
+                100.0 * wait.input_wait_seconds * wait.images_per_sec / train_images(images) as f64
+            ),
+        });
+        let finetune = |cache: &str, epochs: u32| {
+            run(
+                &format!(
+                    "frozen: {{ epochs: 0 }}\nfinetune: {{ epochs: {epochs}, unfreeze_last: {unfreeze}, prefix_cache: {cache} }}\nprecision: fp32\n"
+                ),
+                Phases::Finetune,
+            )
+        };
+        let uncached = finetune("off", 1)?;
+        let cached = finetune("auto", 2)?;
+        rows.push(Row {
+            what: format!("fine-tune last {unfreeze} layers fp32, no cache"),
+            images_per_sec: uncached[0].images_per_sec,
+            flops_per_image: Some(finetune_flops),
+            peak: fp32_peak,
+            note: String::new(),
+        });
+        rows.push(Row {
+            what: format!("fine-tune last {unfreeze} layers fp32, prefix cached"),
+            images_per_sec: cached[1].images_per_sec,
+            flops_per_image: Some(cached_flops),
+            peak: fp32_peak,
+            note: format!(
+                "{:.1}x no cache",
+                cached[1].images_per_sec / uncached[0].images_per_sec
+            ),
+        });
+        for (i, row) in rows.iter().enumerate() {
+            let gflops = row.flops_per_image.map(|f| f * row.images_per_sec / 1e9);
+            say(format!(
+                "{:<13} {:<44} {:>8.1} {:>8} {:>5}  {}",
+                if i == 0 { kind.name() } else { "" },
+                row.what,
+                row.images_per_sec,
+                gflops.map_or("-".into(), |g| format!("{g:.1}")),
+                gflops.map_or("-".into(), |g| format!("{:.0}%", 100.0 * g / row.peak)),
+                row.note
+            ));
+        }
+        ratios.push((
+            kind.name(),
+            fp32[1].images_per_sec / fp32[0].images_per_sec,
+            bf16[0].images_per_sec / fp32[0].images_per_sec,
+            cached[1].images_per_sec / uncached[0].images_per_sec,
+        ));
+    }
+    say(String::new());
+    say(format!(
+        "{:<13} {:>22} {:>16} {:>22}",
+        "ratios", "cached/uncached (>=20)", "bf16/fp32 (>=1.5)", "prefix/no cache (>=2)"
+    ));
+    for (name, cache, bf16, prefix) in ratios {
+        say(format!(
+            "{name:<13} {cache:>21.0}x {bf16:>15.2}x {prefix:>21.2}x"
+        ));
+    }
+    Ok(out)
+}
+
+/// The training images of `images` with a 0.2 validation split per class.
+fn train_images(images: usize) -> usize {
+    let per_class = images / 2;
+    let val = ((per_class as f64) * 0.2).round() as usize;
+    2 * (per_class - val)
+}
+
+/// GFLOP/s of a 2048x2048 matrix multiply in `kind`, best of repeated timings.
+fn matmul_peak(kind: Kind) -> f64 {
+    let n = 2048;
+    let a = Tensor::randn([n, n], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+    let b = Tensor::randn([n, n], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+    let _ = a.matmul(&b);
+    let mut best = 0.0f64;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 1.0 {
+        let t = Instant::now();
+        let _ = a.matmul(&b);
+        let flops = 2.0 * (n as f64).powi(3);
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// How many layers "inside the last stage" means for each backbone: the last block
+/// and whatever follows it.
+fn last_stage_layers(kind: Kind_) -> usize {
+    match kind {
+        Kind_::Resnet18 | Kind_::Resnet34 => 4,
+        Kind_::Resnet50 | Kind_::Resnet101 | Kind_::Resnet152 => 6,
+        Kind_::SmallCnn => 2,
+        _ => 6,
+    }
+}
+
+/// An experiment on the generated data with `extra` YAML lines.
+fn experiment(
+    root: &Path,
+    options: &BenchOptions,
+    kind: Kind_,
+    extra: &str,
+) -> anyhow::Result<Experiment> {
+    let text = format!(
+        "data: {{ dir: data, image_size: {}, batch_size: {}, interpolation: bilinear }}\n\
+         model: {{ backbone: {}, weights: none }}\ndevice: cpu\n{extra}",
+        options.size,
+        options.batch_size,
+        kind.name()
+    );
+    crate::config::parse_str(&text, &root.join("bench.yaml")).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Random weights for `kind` in a safetensors file (the caches need a pretrained
+/// backbone; the speed does not depend on the values).
+fn random_weights(root: &Path, kind: Kind_) -> anyhow::Result<PathBuf> {
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    tch::manual_seed(0);
+    let _backbone = Backbone::new(&vs.root(), kind, false);
+    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = root.join(format!("{}.safetensors", kind.name()));
+    crate::weights::write_safetensors(&path, &tensors, None)?;
+    Ok(path)
+}
+
+/// Runs the trainer to the end and returns its epoch rows.
+fn train_rows(exp: Experiment, phases: Phases, runs: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    let handle = train::spawn(
+        exp,
+        Options {
+            runs_root: runs.to_path_buf(),
+            phases,
+            autostart: true,
+            ..Default::default()
+        },
+    );
+    let mut rows = Vec::new();
+    for event in handle.events.iter() {
+        match event {
+            Event::EpochEnd(m) => rows.push(m),
+            Event::Error(e) => bail!("{e}"),
+            _ => {}
+        }
+    }
+    handle.join();
+    Ok(rows)
+}
+
+/// Two classes of noisy 320x320 images (a bright blob left or right).
+fn make_images(root: &Path, images: usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for i in 0..images {
+        let class = i % 2;
+        let dir = root.join(["left", "right"][class]);
+        std::fs::create_dir_all(&dir).expect("cannot create the bench data folder");
+        let cx = if class == 0 { 90 } else { 230 };
+        let img = RgbImage::from_fn(320, 320, |x, y| {
+            let (dx, dy) = (x as i64 - cx, y as i64 - 160);
+            let base = if dx * dx + dy * dy < 60 * 60 { 190 } else { 50 };
+            let v = base + rng.gen_range(0..50u8);
+            Rgb([v, v, v / 2])
+        });
+        img.save(dir.join(format!("{i}.png")))
+            .expect("cannot write a bench image");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_stage_is_inside_the_last_block() {
+        // ResNet-18: layer4.1's two convs and BatchNorms train; layer4.0 and before are
+        // the cached prefix (the stem + 7 blocks).
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut b = Backbone::new(&vs.root(), Kind_::Resnet18, false);
+        b.table_mut()
+            .unfreeze_last(last_stage_layers(Kind_::Resnet18));
+        assert_eq!(b.frozen_segments(), 8);
+        assert_eq!(train_images(96), 76);
+    }
+}
