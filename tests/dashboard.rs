@@ -117,6 +117,10 @@ fn running(epochs: u32) -> App {
         &mut app,
         Event::RunDir("runs/quickstart/20261129-120000".into()),
     );
+    trainer(
+        &mut app,
+        Event::Compute("bf16 frozen part, features cached (13 MB)".into()),
+    );
     for e in 1..=epochs {
         let m = metrics(e, Phase::Frozen, 0.70 + 0.03 * e as f64);
         trainer(&mut app, Event::EpochEnd(m));
@@ -359,6 +363,8 @@ fn trainer_events_drive_the_run_view() {
     assert_eq!(run.phase_marks, vec![(4, Phase::Finetune)]);
     assert_eq!(run.epochs.len(), 6);
     assert_eq!(run.best(), Some(5));
+    assert_eq!(run.compute, "bf16 frozen part, features cached (13 MB)");
+    assert!(render(&app, 140, 40).contains("bf16 frozen part, features cached (13 MB)"));
     assert_eq!(app.current().unwrap().state_label(), "running");
     assert_eq!(stalled().current().unwrap().state_label(), "stalled");
     let mut failed = running(1);
