@@ -663,8 +663,8 @@ impl Trainer {
             }
             (_, false) => (
                 format!(
-                    "{seen}: stop, or lower the learning rate (e.g. to {:e})",
-                    s.lr / 10.0
+                    "{seen}: stop, or lower the learning rate (e.g. to {})",
+                    short_float(s.lr / 10.0)
                 ),
                 OnStall::Suggest,
             ),
@@ -1105,6 +1105,19 @@ fn validate(
     }
 }
 
+/// A float in scientific notation with at most 4 significant digits: `1e-6`, not
+/// `1.0000000000000002e-6`.
+fn short_float(x: f64) -> String {
+    let text = format!("{x:.3e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) if mantissa.contains('.') => {
+            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+            format!("{mantissa}e{exponent}")
+        }
+        _ => text,
+    }
+}
+
 /// The value of the monitored metric in an epoch row.
 pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     match monitor {
@@ -1144,5 +1157,14 @@ fn better(exp: &Experiment, best: Option<EpochMetrics>, m: &EpochMetrics) -> Opt
     match best {
         Some(b) if !is_better(exp, m, &b) => Some(b),
         _ => Some(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_floats() {
+        assert_eq!(super::short_float(1e-5 / 10.0), "1e-6");
+        assert_eq!(super::short_float(2.5e-4), "2.5e-4");
     }
 }
