@@ -53,15 +53,20 @@ impl Predictor {
             .with_context(|| format!("cannot use {}", checkpoint.display()))?;
         let device = crate::model::classifier::select_device(&exp.device)?;
         let mut net = Classifier::new(&exp, info.classes.len(), device)?;
-        // The layer states and precision of the checkpoint's epoch, so that the frozen
-        // part computes exactly as it did in validation.
+        // The layer states and precision of the checkpoint's epoch (recorded in it), so
+        // that the frozen part computes as it did in validation.
         match info.phase {
             Phase::Frozen => net.set_frozen_phase(),
             Phase::Finetune => {
                 net.set_finetune_phase(info.unfrozen.max(1), exp.finetune.train_bn);
             }
         }
-        net.set_precision(Some(resolve_precision(exp.precision, device)));
+        let precision = match info.precision.as_deref() {
+            Some("bf16") => Kind::BFloat16,
+            Some(_) => Kind::Float,
+            None => resolve_precision(exp.precision, device),
+        };
+        net.set_precision(Some(precision));
         net.load_checkpoint(&tensors)?;
         Ok(Predictor {
             net,

@@ -133,6 +133,7 @@ fn small_cnn_learns_two_classes_deterministically_and_predict_agrees() {
         m.seconds = 0.0;
         m.images_per_sec = 0.0;
         m.val_images_per_sec = 0.0;
+        m.input_wait_seconds = 0.0;
         m
     };
     assert_eq!(

@@ -81,6 +81,9 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
     let thread = std::thread::Builder::new()
         .name(format!("{THREAD_PREFIX}{}", exp.name))
         .spawn(move || {
+            // The first call fixes this thread's count from the process-wide value
+            // (which an input thread may have lowered); then set ours.
+            let _ = tch::get_num_threads();
             tch::set_num_threads(threads);
             let events = event_tx.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -89,11 +92,7 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
             let error = match result {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => format!("{e:#}"),
-                Err(panic) => panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "the trainer panicked".into()),
+                Err(panic) => panic_message(panic.as_ref()),
             };
             let _ = events.send(Event::Error(error));
         })
@@ -110,6 +109,15 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
 pub fn intra_op_threads() -> i32 {
     static THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     *THREADS.get_or_init(tch::get_num_threads)
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 /// What a batch-boundary check of the command queue decided.
@@ -735,19 +743,27 @@ impl Trainer {
         let augment = self.exp.data.augment.clone();
         let train_start = Instant::now();
         let trained = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, String>>(2);
             let (batches, need_pixels, augment) = (&batches, &need_pixels, &augment);
             std::thread::Builder::new()
                 .name("tlcap input".into())
                 .spawn_scoped(scope, move || {
                     // One libtorch thread here: the trainer's threads keep the cores.
+                    let _ = tch::get_num_threads();
                     tch::set_num_threads(1);
                     for (b, images) in batches.iter().enumerate() {
                         let mut rng = batch_rng(seed, number, b);
-                        let pixels =
-                            need_pixels[b].then(|| data.train_batch(images, augment, &mut rng).0);
-                        if tx.send(Prepared { rng, pixels }).is_err() {
-                            return; // the epoch ended early
+                        // A panic here becomes the trainer's error, with its message.
+                        let pixels = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            need_pixels[b].then(|| data.train_batch(images, augment, &mut rng).0)
+                        }));
+                        let ready = match pixels {
+                            Ok(pixels) => Ok(Prepared { rng, pixels }),
+                            Err(panic) => Err(panic_message(panic.as_ref())),
+                        };
+                        let failed = ready.is_err();
+                        if tx.send(ready).is_err() || failed {
+                            return; // the epoch ended early, or input failed
                         }
                     }
                 })
@@ -775,7 +791,7 @@ impl Trainer {
         let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
         if let Some((needed, budget)) = s.cache.as_ref().and_then(Cache::too_big) {
             self.emit(Event::Note(format!(
-                "cache off: it would need {}, over its budget of {} (finetune.prefix_cache_mb, \
+                "cache off: it would need {}, over the cache budget of {} (finetune.prefix_cache_mb, \
                  at most half the available memory)",
                 human_bytes(needed),
                 human_bytes(budget)
@@ -814,7 +830,7 @@ impl Trainer {
         s: &mut State,
         data: &Dataset,
         batches: &[Vec<usize>],
-        prepared: std::sync::mpsc::Receiver<Prepared>,
+        prepared: std::sync::mpsc::Receiver<Result<Prepared, String>>,
         (number, source): (u32, TrainSource),
         train_start: Instant,
     ) -> anyhow::Result<Option<Trained>> {
@@ -825,7 +841,10 @@ impl Trainer {
                 return Ok(None);
             }
             let waiting = Instant::now();
-            let ready = prepared.recv().context("the input thread ended early")?;
+            let ready = prepared
+                .recv()
+                .context("the input thread ended early")?
+                .map_err(|e| anyhow!("preparing batch {}: {e}", b + 1))?;
             input_wait += waiting.elapsed().as_secs_f64();
             let Prepared { mut rng, pixels } = ready;
             // An Unfreeze or an edit between batches may change what is frozen.
@@ -929,7 +948,8 @@ impl Trainer {
         let split = s.net.frozen_segments();
         let segments = s.net.backbone.segments();
         if split == 0 {
-            return format!("{precision}: the whole backbone trains");
+            // Nothing is frozen: everything runs in float32 on the model itself.
+            return "fp32, no frozen part (the first segment trains)".into();
         }
         let frozen_part = if split == segments {
             "features".to_string()
@@ -1014,6 +1034,7 @@ fn checkpoint_info(s: &State, data: &Dataset) -> CheckpointInfo {
         phase: s.phase,
         unfrozen: s.unfrozen,
         classes: data.classes.clone(),
+        precision: Some(precision_name(s.net.precision()).into()),
     }
 }
 
