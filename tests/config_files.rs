@@ -59,6 +59,67 @@ fn the_schema_validates_the_shipped_experiments_and_rejects_bad_ones() {
     assert!(validator.iter_errors(&bad).count() >= 3);
 }
 
+/// On range boundaries the schema (what an editor checks while typing) agrees with
+/// `check`: open ends are exclusive in both.
+#[test]
+fn the_schema_and_check_agree_on_range_boundaries() {
+    let schema: serde_json::Value = serde_json::from_str(&tlcap::config::json_schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let cases = [
+        (
+            "data: { dir: x, validation_split: 0 }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, validation_split: 1 }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, validation_split: 0.5 }\nmodel: { backbone: resnet18 }",
+            true,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18, dropout: 1 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18, dropout: 0 }",
+            true,
+        ),
+        (
+            "data: { dir: x, augment: { width_shift_range: 1 } }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, augment: { zoom_range: 1 } }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, augment: { rescale: 0 } }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfrozen: { lr: 0 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { momentum: 1 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { momentum: 0 }",
+            true,
+        ),
+    ];
+    for (text, valid) in cases {
+        let yaml: serde_json::Value = serde_yaml::from_str(text).unwrap();
+        let by_schema = validator.is_valid(&yaml);
+        let by_check =
+            tlcap::config::parse_str(text, std::path::Path::new("/tmp/boundary.yaml")).is_ok();
+        assert_eq!((by_schema, by_check), (valid, valid), "{text}");
+    }
+}
+
 #[test]
 fn check_accepts_the_shipped_experiments() {
     let (code, out, err) = tlcap(&["check", &format!("{ROOT}/experiments")]);

@@ -94,12 +94,23 @@ fn leaves(exp: &Experiment) -> BTreeMap<String, Value> {
         }
     }
     let mut out = BTreeMap::new();
-    walk(
-        "",
-        &serde_json::to_value(exp).expect("an experiment serialises"),
-        &mut out,
-    );
+    walk("", &to_value(exp), &mut out);
     out
+}
+
+/// The experiment as JSON. A path that is not UTF-8 cannot be serialised; such paths
+/// are compared by their lossy text instead of failing.
+fn to_value(exp: &Experiment) -> Value {
+    serde_json::to_value(exp).unwrap_or_else(|_| {
+        let lossy =
+            |p: &std::path::Path| std::path::PathBuf::from(p.to_string_lossy().into_owned());
+        let mut e = exp.clone();
+        e.data.dir = lossy(&e.data.dir);
+        if let super::Weights::File(p) = &e.model.weights {
+            e.model.weights = super::Weights::File(lossy(p));
+        }
+        serde_json::to_value(&e).unwrap_or(Value::Null)
+    })
 }
 
 fn show(v: &Value) -> String {
@@ -179,5 +190,18 @@ mod tests {
         assert_eq!(changes.len(), 5, "{changes:?}");
         assert!(changes.iter().all(|c| c.kind == ChangeKind::Live));
         assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_compared_not_a_panic() {
+        use std::os::unix::ffi::OsStrExt;
+        let a = exp("");
+        let mut b = a.clone();
+        b.data.dir = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/data/\xff"));
+        let changes = diff(&a, &b);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].path, "data.dir");
+        assert_eq!(changes[0].kind, ChangeKind::Restart);
+        assert!(diff(&b, &b).is_empty());
     }
 }

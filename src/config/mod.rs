@@ -76,7 +76,7 @@ pub struct DataConfig {
     pub image_size: ImageSize,
     /// Fraction of each class held out for validation, in (0, 1).
     #[serde(default = "defaults::validation_split")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
     pub validation_split: f64,
     /// Images per batch, >= 1.
     #[serde(default = "defaults::batch_size")]
@@ -98,7 +98,7 @@ pub struct AugmentConfig {
     /// Only used by backbones without their own input normalisation (small_cnn);
     /// pretrained backbones always get their own normalisation of pixel/255.
     #[serde(default)]
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub rescale: Option<f64>,
     /// Random rotation, uniform in [-r, r] degrees; 0..=180.
     #[serde(default)]
@@ -106,18 +106,18 @@ pub struct AugmentConfig {
     pub rotation_range: f64,
     /// Random horizontal shift, uniform in [-w, w] as a fraction of the width; 0..1.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub width_shift_range: f64,
     /// Random vertical shift, uniform in [-h, h] as a fraction of the height; 0..1.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub height_shift_range: f64,
     /// Mirror left-right with probability 0.5.
     #[serde(default)]
     pub horizontal_flip: bool,
     /// Random zoom: `z` means a scale in [1-z, 1+z] for each axis; 0..1.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub zoom_range: f64,
     /// How points outside the image are filled (Keras default: nearest).
     #[serde(default)]
@@ -139,7 +139,7 @@ pub struct ModelConfig {
     pub weights: Weights,
     /// Dropout rate before the new dense layer, in [0, 1).
     #[serde(default = "defaults::dropout")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub dropout: f64,
 }
 
@@ -155,11 +155,11 @@ pub struct FrozenPhase {
     pub optimizer: Optimizer,
     /// Learning rate, > 0 (Keras Adam default 0.001).
     #[serde(default = "defaults::frozen_lr")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub lr: f64,
     /// SGD momentum in [0, 1) (Keras default 0); ignored by Adam.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub momentum: f64,
     /// `auto`: with augmentation off and pretrained weights, the frozen backbone's
     /// features are computed once and later epochs train the head on them (the same
@@ -198,11 +198,11 @@ pub struct FinetunePhase {
     pub optimizer: Optimizer,
     /// Learning rate, > 0; tiny, e.g. 1e-5, so the pretrained features are not wrecked.
     #[serde(default = "defaults::finetune_lr")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
     pub lr: f64,
     /// SGD momentum in [0, 1); ignored by Adam.
     #[serde(default)]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub momentum: f64,
     /// How many of the backbone's last layers to unfreeze, >= 1 (see the README for how
     /// layers are counted).
