@@ -202,3 +202,29 @@ fn a_headless_run_takes_edits_and_survives_a_broken_save() {
     assert!(err.contains("last good settings stay in force"), "{err}");
     assert!(err.contains("frozen.epochs 3 -> 5"), "{err}");
 }
+
+/// A `.yaml` in the folder that is a symlink to a file elsewhere: saving the target
+/// (in place or by renaming over it) reloads the link's entry.
+#[test]
+fn a_symlinked_experiment_follows_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let (shared, watched) = (root.join("shared"), root.join("experiments"));
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&watched).unwrap();
+    let target = shared.join("base.yaml");
+    let link = watched.join("link.yaml");
+    std::fs::write(&target, VALID).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _w = tlcap::watch::watch(&watched, tx).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let t = Instant::now();
+    std::fs::write(&target, VALID.replace("epochs: 3", "epochs: 6")).unwrap();
+    let (mut ev, _) = next_for(&mut rx, &link, t);
+    while !matches!(&ev, AppEvent::FileLoaded(_, FileState::Valid(e)) if e.frozen.epochs == 6) {
+        ev = next_for(&mut rx, &link, t).0;
+    }
+    assert_eq!(epochs_of(&ev), 6);
+}
