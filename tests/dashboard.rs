@@ -408,6 +408,8 @@ fn edits_apply_live_keep_last_good_settings_and_flag_restarts() {
     assert!(matches!(&actions[..], [Action::Apply(0, e)] if e.frozen.epochs == 6));
     let entry = app.current().unwrap();
     assert_eq!(entry.pending_restart, vec!["seed 42 -> 7".to_string()]);
+    // ... and the run header says so, next to the run it concerns.
+    assert!(render(&app, 100, 30).contains("on next start: seed 42 -> 7"));
     // A new file appears in the list.
     update(
         &mut app,

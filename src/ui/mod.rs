@@ -259,6 +259,10 @@ fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
     if !run.compute.is_empty() {
         block = block.title_top(Line::from(format!(" {} ", run.compute)).right_aligned());
     }
+    if !entry.pending_restart.is_empty() {
+        let pending = format!(" on next start: {} ", entry.pending_restart.join(", "));
+        block = block.title_bottom(Line::from(pending).fg(Color::Yellow));
+    }
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [top, gauge] =
