@@ -586,14 +586,9 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
     assert!(results.join("results.md").is_file());
 }
 
-/// Runs MobileNetV2 (ImageNet weights) on 64 px generated images with `settings`
-/// (YAML lines after `data:`/`model:`); returns the epoch rows and the notes.
-fn mobilenet_run(
-    data: &Path,
-    runs: &Path,
-    augment: &str,
-    settings: &str,
-) -> (Vec<EpochMetrics>, Vec<String>, PathBuf) {
+/// MobileNetV2 (ImageNet weights) on 64 px generated images with `augment` and
+/// `settings` (YAML lines after `data:`/`model:`).
+fn mobilenet_exp(data: &Path, augment: &str, settings: &str) -> Experiment {
     let mut exp = experiment(
         data,
         &format!("model: {{ backbone: mobilenet_v2 }}\ndevice: cpu\n{settings}"),
@@ -604,6 +599,18 @@ fn mobilenet_run(
     };
     exp.data.batch_size = 8;
     exp.data.augment = serde_yaml::from_str(augment).unwrap();
+    exp
+}
+
+/// Runs [`mobilenet_exp`] to the end; returns the epoch rows, the notes and the run
+/// folder.
+fn mobilenet_run(
+    data: &Path,
+    runs: &Path,
+    augment: &str,
+    settings: &str,
+) -> (Vec<EpochMetrics>, Vec<String>, PathBuf) {
+    let exp = mobilenet_exp(data, augment, settings);
     let handle = train::spawn(
         exp,
         Options {
@@ -784,4 +791,60 @@ fn augment_views_cycle_and_an_oversized_prefix_cache_is_refused() {
         "{notes:?}"
     );
     assert_eq!(rows[1].compute, "fp32 frozen part, no cache");
+}
+
+/// An Unfreeze in the middle of a frozen epoch that fills the feature cache: the
+/// rest of the epoch runs without a cache, and the epoch's row says from which batch.
+#[test]
+fn a_mid_epoch_unfreeze_drops_the_cache_and_says_so() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 12, 64);
+    let exp = mobilenet_exp(
+        &data,
+        "{}",
+        "frozen: { epochs: 3, lr: 1.0e-3 }\nfinetune: { epochs: 2, lr: 1.0e-4, unfreeze_last: 4 }\n\
+         precision: fp32\n",
+    );
+    let handle = train::spawn(
+        exp,
+        Options {
+            runs_root: dir.path().join("runs"),
+            autostart: true,
+            ..Default::default()
+        },
+    );
+    let mut rows = Vec::new();
+    for e in handle.events.iter() {
+        match e {
+            // Pause holds at a batch boundary; unfreeze there.
+            Event::Batch {
+                epoch: 1, batch: 1, ..
+            } => handle.commands.send(train::Command::Pause).unwrap(),
+            Event::Paused => {
+                handle.commands.send(train::Command::Unfreeze).unwrap();
+                handle.commands.send(train::Command::Resume).unwrap();
+            }
+            Event::EpochEnd(m) => rows.push(m),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    let changed = rows
+        .iter()
+        .find(|m| {
+            m.compute
+                .starts_with("fp32 frozen part, no cache from batch ")
+        })
+        .unwrap_or_else(|| panic!("no row says the cache stopped: {rows:#?}"));
+    assert_eq!(changed.phase, Phase::Finetune);
+    assert!(changed.val_accuracy.is_finite());
+    let last = rows.last().unwrap();
+    assert!(
+        last.compute.starts_with("fp32 frozen part, prefix up to"),
+        "the next epoch plans a prefix cache: {}",
+        last.compute
+    );
 }

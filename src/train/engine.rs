@@ -730,7 +730,7 @@ impl Trainer {
             .cache
             .as_ref()
             .map_or(TrainSource::Images, |c| c.train_source(number));
-        let compute = self.describe_compute(s, data, source);
+        let mut compute = self.describe_compute(s, data, source);
         self.emit(Event::Compute(compute.clone()));
         let batches = data.train_batches(self.exp.data.batch_size, seed, number as u64);
         let need_pixels: Vec<bool> = {
@@ -768,7 +768,8 @@ impl Trainer {
                     }
                 })
                 .expect("cannot start the input thread");
-            self.train_batches(s, data, batches, rx, (number, source), train_start)
+            let epoch = (number, source, &mut compute);
+            self.train_batches(s, data, batches, rx, epoch, train_start)
         })?;
         let Some(Trained {
             loss_sum,
@@ -831,11 +832,12 @@ impl Trainer {
         data: &Dataset,
         batches: &[Vec<usize>],
         prepared: std::sync::mpsc::Receiver<Result<Prepared, String>>,
-        (number, source): (u32, TrainSource),
+        (number, source, compute): (u32, TrainSource, &mut String),
         train_start: Instant,
     ) -> anyhow::Result<Option<Trained>> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let mut input_wait = 0.0;
+        let mut split = s.net.frozen_segments();
         for (b, images) in batches.iter().enumerate() {
             if let Control::Stop = self.control(s)? {
                 return Ok(None);
@@ -851,6 +853,12 @@ impl Trainer {
             let k = s.net.frozen_segments();
             if s.cache.as_ref().is_some_and(|c| c.split != k) {
                 s.cache = None;
+            }
+            if k != split {
+                split = k;
+                let now = self.describe_compute(s, data, source);
+                *compute = format!("{now} from batch {}", b + 1);
+                self.emit(Event::Compute(compute.clone()));
             }
             let mut table = s.cache.as_mut().and_then(|c| c.train_table(source));
             let prefix = match table.as_ref().and_then(|t| t.get(images)) {
