@@ -12,7 +12,7 @@ use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use tch::{nn, Kind, Tensor};
 
-use crate::config::{Backbone as Kind_, Experiment, Weights};
+use crate::config::{Backbone as BackboneKind, Experiment, Weights};
 use crate::model::Backbone;
 use crate::train::{self, EpochMetrics, Event, Options, Phases};
 
@@ -20,7 +20,7 @@ use crate::train::{self, EpochMetrics, Event, Options, Phases};
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Backbones, in order.
-    pub backbones: Vec<Kind_>,
+    pub backbones: Vec<BackboneKind>,
     /// Generated images in all (two classes; a fifth is held out for validation).
     pub images: usize,
     /// Square input size.
@@ -66,7 +66,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<String> {
     say(format!(
         "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, bf16 {bf16_peak:.0} GFLOP/s"
     ));
-    let probe = experiment(dir.path(), options, Kind_::MobilenetV2, "")?;
+    let probe = experiment(dir.path(), options, BackboneKind::MobilenetV2, "")?;
     let loaded = crate::data::Dataset::load(&probe, &|_, _| {})?;
     say(format!(
         "data load (decode + resize, {} threads): {:.0} img/s",
@@ -236,11 +236,11 @@ fn matmul_peak(kind: Kind) -> f64 {
 
 /// How many layers "inside the last stage" means for each backbone: the last block
 /// and whatever follows it.
-fn last_stage_layers(kind: Kind_) -> usize {
+fn last_stage_layers(kind: BackboneKind) -> usize {
     match kind {
-        Kind_::Resnet18 | Kind_::Resnet34 => 4,
-        Kind_::Resnet50 | Kind_::Resnet101 | Kind_::Resnet152 => 6,
-        Kind_::SmallCnn => 2,
+        BackboneKind::Resnet18 | BackboneKind::Resnet34 => 4,
+        BackboneKind::Resnet50 | BackboneKind::Resnet101 | BackboneKind::Resnet152 => 6,
+        BackboneKind::SmallCnn => 2,
         _ => 6,
     }
 }
@@ -249,7 +249,7 @@ fn last_stage_layers(kind: Kind_) -> usize {
 fn experiment(
     root: &Path,
     options: &BenchOptions,
-    kind: Kind_,
+    kind: BackboneKind,
     extra: &str,
 ) -> anyhow::Result<Experiment> {
     let text = format!(
@@ -264,7 +264,7 @@ fn experiment(
 
 /// Random weights for `kind` in a safetensors file (the caches need a pretrained
 /// backbone; the speed does not depend on the values).
-fn random_weights(root: &Path, kind: Kind_) -> anyhow::Result<PathBuf> {
+fn random_weights(root: &Path, kind: BackboneKind) -> anyhow::Result<PathBuf> {
     let vs = nn::VarStore::new(tch::Device::Cpu);
     tch::manual_seed(0);
     let _backbone = Backbone::new(&vs.root(), kind, false);
@@ -326,9 +326,9 @@ mod tests {
         // ResNet-18: layer4.1's two convs and BatchNorms train; layer4.0 and before are
         // the cached prefix (the stem + 7 blocks).
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let mut b = Backbone::new(&vs.root(), Kind_::Resnet18, false);
+        let mut b = Backbone::new(&vs.root(), BackboneKind::Resnet18, false);
         b.table_mut()
-            .unfreeze_last(last_stage_layers(Kind_::Resnet18));
+            .unfreeze_last(last_stage_layers(BackboneKind::Resnet18));
         assert_eq!(b.frozen_segments(), 8);
         assert_eq!(train_images(96), 76);
     }
