@@ -5,16 +5,19 @@
 //! - [`data`]: image folders, the split, decoding once, batched augmentation, normalisation.
 //! - [`config`]: experiment files: schema, defaults, validation with positions, diff.
 //! - [`weights`]: weight files (.pth zip/legacy, .ot, .safetensors) read without executing anything.
-//! - [`model`]: backbones as ordered, named layers; freezing; loading weights by name.
+//! - [`model`]: backbones as ordered, named layers in segments; freezing; loading
+//!   weights by name; the frozen part in bf16/fp32.
 //! - [`fsutil`]: atomic file writes.
 //! - [`app`]: dashboard state and the pure `update(state, event) -> actions`.
 //! - [`ui`]: drawing the state with ratatui.
 //! - [`dashboard`]: the tokio event loop, terminal set-up and restore.
 //! - [`watch`]: watching experiment files (notify, debounced).
-//! - [`train`]: the trainer thread: phases, metrics, stall detection, run folders.
+//! - [`train`]: the trainer thread: phases, metrics, stall detection, run folders,
+//!   caches of the frozen part of the backbone.
 //! - [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //! - [`predict`]: class and probability for images from a trained run.
 //! - [`shootout`]: comparing experiments; results.csv / results.md.
+//! - [`bench`]: `tlcap-tui bench`, speed per mode against a matmul peak.
 
 pub mod app;
 pub mod bench;
