@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::layers::{Bn, Builder, Conv, ConvSpec, Ctx};
+use super::layers::{conv_bn, relu6, Bn, Builder, Conv, ConvSpec, Ctx};
 
 /// TF epsilon 1e-3; TF momentum 0.99 is PyTorch momentum 0.01.
 const EPS: f64 = 1e-3;
@@ -39,10 +39,6 @@ fn round_filters(filters: i64, width: f64) -> i64 {
     new
 }
 
-fn relu6(x: Tensor) -> Tensor {
-    x.clamp(0.0, 6.0)
-}
-
 /// A mobile inverted bottleneck block.
 #[derive(Debug)]
 struct MbConv {
@@ -59,11 +55,11 @@ impl MbConv {
     /// `index` picks this block's row of `ctx.noise` for drop-connect.
     fn forward(&self, x: &Tensor, ctx: Ctx, index: usize) -> Tensor {
         let mut y = x.shallow_clone();
-        if let Some((conv, bn)) = &self.expand {
-            y = relu6(bn.forward(&conv.forward(&y), ctx));
+        if let Some(expand) = &self.expand {
+            y = relu6(conv_bn(expand, &y, ctx));
         }
-        y = relu6(self.depthwise.1.forward(&self.depthwise.0.forward(&y), ctx));
-        y = self.project.1.forward(&self.project.0.forward(&y), ctx);
+        y = relu6(conv_bn(&self.depthwise, &y, ctx));
+        y = conv_bn(&self.project, &y, ctx);
         if !self.residual {
             return y;
         }
@@ -177,12 +173,10 @@ impl EfficientnetLite {
 
     /// Segment `i`: 0 is the stem, then the MBConv blocks, then the head conv.
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
-        let conv_bn =
-            |(conv, bn): &(Conv, Bn), x: &Tensor| relu6(bn.forward(&conv.forward(x), ctx));
         match i {
-            0 => conv_bn(&self.stem, x),
+            0 => relu6(conv_bn(&self.stem, x, ctx)),
             i if i <= self.blocks.len() => self.blocks[i - 1].forward(x, ctx, i - 1),
-            _ => conv_bn(&self.head, x),
+            _ => relu6(conv_bn(&self.head, x, ctx)),
         }
     }
 }

@@ -276,6 +276,16 @@ impl Conv {
     }
 }
 
+/// A convolution and the BatchNorm after it: convolution, then normalisation.
+pub fn conv_bn((conv, bn): &(Conv, Bn), x: &Tensor, ctx: Ctx) -> Tensor {
+    bn.forward(&conv.forward(x), ctx)
+}
+
+/// ReLU6 (MobileNetV2, EfficientNet-Lite).
+pub fn relu6(x: Tensor) -> Tensor {
+    x.clamp(0.0, 6.0)
+}
+
 /// A BatchNorm layer that knows its place in the table.
 #[derive(Debug)]
 pub struct Bn {

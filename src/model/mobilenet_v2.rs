@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::layers::{Bn, Builder, Conv, ConvSpec, Ctx};
+use super::layers::{conv_bn, relu6, Bn, Builder, Conv, ConvSpec, Ctx};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -20,10 +20,6 @@ const SETTING: [(i64, i64, usize, i64); 7] = [
 /// Channels of the last 1x1 conv: the pooled feature size.
 pub const FEATURES: i64 = 1280;
 
-fn relu6(x: Tensor) -> Tensor {
-    x.clamp(0.0, 6.0)
-}
-
 /// An inverted residual block: optional 1x1 expansion, 3x3 depthwise, 1x1 projection.
 #[derive(Debug)]
 struct InvertedResidual {
@@ -36,10 +32,10 @@ struct InvertedResidual {
 impl InvertedResidual {
     fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let mut y = x.shallow_clone();
-        for (conv, bn) in &self.activated {
-            y = relu6(bn.forward(&conv.forward(&y), ctx));
+        for pair in &self.activated {
+            y = relu6(conv_bn(pair, &y, ctx));
         }
-        let y = self.project.1.forward(&self.project.0.forward(&y), ctx);
+        let y = conv_bn(&self.project, &y, ctx);
         if self.residual {
             y + x
         } else {
@@ -123,12 +119,10 @@ impl MobilenetV2 {
     /// Segment `i`: 0 is the stem, then the inverted residual blocks, then the last
     /// 1x1 conv.
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
-        let conv_bn =
-            |(conv, bn): &(Conv, Bn), x: &Tensor| relu6(bn.forward(&conv.forward(x), ctx));
         match i {
-            0 => conv_bn(&self.stem, x),
+            0 => relu6(conv_bn(&self.stem, x, ctx)),
             i if i <= self.blocks.len() => self.blocks[i - 1].forward(x, ctx),
-            _ => conv_bn(&self.last, x),
+            _ => relu6(conv_bn(&self.last, x, ctx)),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::layers::{Bn, Builder, Conv, ConvSpec, Ctx};
+use super::layers::{conv_bn, Bn, Builder, Conv, ConvSpec, Ctx};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -28,14 +28,14 @@ impl Block {
     fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward(&conv.forward(&y), ctx);
+        for (i, pair) in self.convs.iter().enumerate() {
+            y = conv_bn(pair, &y, ctx);
             if i < last {
                 y = y.relu();
             }
         }
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x), ctx),
+            Some(pair) => conv_bn(pair, x, ctx),
             None => x.shallow_clone(),
         };
         (y + shortcut).relu()
