@@ -40,15 +40,10 @@ struct Row {
     note: String,
 }
 
-/// Measures and prints the table; returns it as text too.
-pub fn run(options: &BenchOptions) -> anyhow::Result<String> {
+/// Measures and prints the table.
+pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let mut out = String::new();
-    let mut say = |line: String| {
-        println!("{line}");
-        out.push_str(&line);
-        out.push('\n');
-    };
+    let say = |line: String| println!("{line}");
     let images = options.images.max(10);
     let data = dir.path().join("data");
     eprint!("generating {images} images ...");
@@ -207,7 +202,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<String> {
             "{name:<13} {cache:>21.0}x {bf16:>15.2}x {prefix:>21.2}x"
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The training images of `images` with a 0.2 validation split per class.

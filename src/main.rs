@@ -390,7 +390,7 @@ fn bench(backbones: &[String], images: usize, size: u32, batch_size: usize) -> a
         size,
         batch_size: batch_size.max(1),
     };
-    tlcap::bench::run(&options).map(|_| ())
+    tlcap::bench::run(&options)
 }
 
 fn layers(backbone: &str, unfreeze_last: Option<usize>) -> anyhow::Result<()> {

@@ -61,12 +61,8 @@ impl Predictor {
                 net.set_finetune_phase(info.unfrozen.max(1), exp.finetune.train_bn);
             }
         }
-        let precision = match info.precision.as_deref() {
-            Some("bf16") => Kind::BFloat16,
-            Some(_) => Kind::Float,
-            None => resolve_precision(exp.precision, device),
-        };
-        net.set_precision(Some(precision));
+        let precision = info.precision.unwrap_or(exp.precision);
+        net.set_precision(Some(resolve_precision(precision, device)));
         net.load_checkpoint(&tensors)?;
         Ok(Predictor {
             net,

@@ -132,13 +132,7 @@ impl Backbone {
     /// Pooled features `[B, C]` of a normalised batch `[B, 3, H, W]`
     /// (`include_top=False` followed by global average pooling).
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        self.features_with_noise(x, train, None)
-    }
-
-    /// [`Backbone::features`] with the training randomness supplied: `noise` holds
-    /// uniform [0, 1) values `[NOISE_ROWS, B]` (see [`Ctx::noise`]).
-    pub fn features_with_noise(&self, x: &Tensor, train: bool, noise: Option<&Tensor>) -> Tensor {
-        pool(&self.forward_segments(x, 0..self.segments(), train, noise))
+        pool(&self.forward_segments(x, 0..self.segments(), train, None))
     }
 
     /// Number of segments: the pieces (stem, blocks, last conv) the forward pass is

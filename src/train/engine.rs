@@ -1042,7 +1042,11 @@ fn checkpoint_info(s: &State, data: &Dataset) -> CheckpointInfo {
         phase: s.phase,
         unfrozen: s.unfrozen,
         classes: data.classes.clone(),
-        precision: Some(precision_name(s.net.precision()).into()),
+        precision: Some(if s.net.precision() == Kind::BFloat16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }),
     }
 }
 

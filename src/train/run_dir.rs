@@ -45,9 +45,9 @@ pub struct CheckpointInfo {
     pub unfrozen: usize,
     /// Class names in label order.
     pub classes: Vec<String>,
-    /// The number format the frozen part ran in (`bf16`, `fp32`); None in older files.
+    /// The number format the frozen part ran in (`bf16` or `fp32`); None in older files.
     #[serde(default)]
-    pub precision: Option<String>,
+    pub precision: Option<crate::config::Precision>,
 }
 
 /// An open run folder.
