@@ -253,6 +253,19 @@ fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
     assert!(stopped.unwrap().is_file());
 }
 
+/// The JSON objects a successful `--json` command printed, one per line.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn tlcap() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
 }
@@ -312,15 +325,7 @@ fn sigkill_mid_run_leaves_valid_metrics_and_resume_continues() {
         .arg(&run)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let printed = json_lines(&out);
     let all = read_metrics(&run).unwrap();
     assert_eq!(all.len(), 12);
     for (i, m) in all.iter().enumerate() {
@@ -369,15 +374,7 @@ fn run_command_prints_json_lines_and_fails_cleanly() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["epoch"], 2);
     assert_eq!(lines[1]["phase"], "frozen");
