@@ -1,5 +1,6 @@
-//! Backbones against reference outputs (`../shared/fixtures/backbones/*.json`), real
-//! ImageNet weights on real photos, and the freeze / unfreeze semantics.
+//! Backbones against reference outputs (`tests/fixtures/backbones/*.json`, computed with
+//! torchvision), real ImageNet weights on real photos, and the freeze / unfreeze semantics.
+//! Everything read here is in the repository or in the cache `make setup` fills.
 
 use std::path::{Path, PathBuf};
 
@@ -11,29 +12,57 @@ use tlcap::data::{decode_center_crop, Normalisation};
 use tlcap::model::{self, Backbone, LayerKind};
 
 fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    assert!(
-        dir.join("backbones").is_dir(),
-        "reference fixtures not found at {} (the project expects shared/ beside the checkout)",
-        dir.display()
-    );
-    dir
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn fixture(name: &str) -> Value {
     let path = fixtures().join("backbones").join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The weights a fixture was computed with: the real ImageNet file from the
-/// project's set-up, or the float16 safetensors beside the fixture.
-fn weights_for(name: &str, kind: Kind_) -> PathBuf {
-    match model::imagenet_weights(kind) {
-        Ok(p) => p,
-        Err(_) => fixtures()
-            .join("backbones")
-            .join(format!("{name}_random_f16.safetensors")),
-    }
+/// The value of one formula rule for tensor `j` of shape `shape`, element by element:
+/// computed in float64 and cast to float32, as the fixture's `rules` state.
+fn formula_tensor(rule: &str, j: usize, shape: &[i64]) -> Tensor {
+    let numel: i64 = shape.iter().product();
+    let s = (Tensor::arange(numel, (Kind::Double, Device::Cpu)) * 0.61803 + j as f64).sin();
+    let values = match rule {
+        "conv_or_linear_weight" => {
+            let fan_in = (numel / shape[0]) as f64;
+            s * (3.0 / fan_in).sqrt()
+        }
+        "bn_weight" => s * 0.2 + 1.0,
+        "residual_bn_weight" => s * 0.1 + 0.2,
+        "bn_running_var" => s * 0.5 + 1.0,
+        "bias_or_bn_shift" => s * 0.1,
+        other => panic!("unknown formula rule {other:?}"),
+    };
+    values.to_kind(Kind::Float).view(shape)
+}
+
+/// Rebuilds a `*_formula.json` fixture's weights and writes them as a safetensors file,
+/// so the test loads them through the same loader a user's file goes through.
+fn formula_weights(json: &Value, dir: &Path) -> PathBuf {
+    let rules = json["rules"].as_object().expect("rules");
+    let tensors: Vec<(String, Tensor)> = json["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .enumerate()
+        .map(|(j, entry)| {
+            let name = entry[0].as_str().unwrap().to_string();
+            let shape: Vec<i64> = serde_json::from_value(entry[1].clone()).unwrap();
+            let rule = entry[2].as_str().unwrap();
+            assert!(
+                rules.contains_key(rule),
+                "{name}: rule {rule} not described"
+            );
+            (name, formula_tensor(rule, j, &shape))
+        })
+        .collect();
+    let path = dir.join("formula.safetensors");
+    tlcap::weights::write_safetensors(&path, &tensors, None).unwrap();
+    path
 }
 
 /// `x.flat[i] = sin(0.001 * i)` in float64, cast to float32, shape [2, 3, 224, 224].
@@ -74,10 +103,10 @@ fn build(kind: Kind_, weights: &Path) -> (nn::VarStore, Backbone) {
     (vs, net)
 }
 
-fn check_fixture(name: &str, kind: Kind_) {
+fn check_fixture(name: &str, kind: Kind_, weights: &Path) {
     let json = fixture(name);
     assert!(json["tolerance"].as_str().unwrap().contains("1e-3"));
-    let (_vs, net) = build(kind, &weights_for(name, kind));
+    let (_vs, net) = build(kind, weights);
     let (features, logits) = tch::no_grad(|| {
         let f = net.features(&formula_input(), false);
         let l = net.imagenet_logits(&f).unwrap();
@@ -97,24 +126,51 @@ fn check_fixture(name: &str, kind: Kind_) {
 
 #[test]
 fn mobilenet_v2_matches_torchvision_with_real_imagenet_weights() {
-    model::imagenet_weights(Kind_::MobilenetV2).expect("run `make setup` first");
-    check_fixture("mobilenet_v2", Kind_::MobilenetV2);
+    let weights = model::imagenet_weights(Kind_::MobilenetV2).expect("run `make setup` first");
+    check_fixture("mobilenet_v2", Kind_::MobilenetV2, &weights);
 }
 
 #[test]
 fn efficientnet_lite0_matches_the_reference_with_real_imagenet_weights() {
-    model::imagenet_weights(Kind_::EfficientnetLite0).expect("run `make setup` first");
-    check_fixture("efficientnet_lite0", Kind_::EfficientnetLite0);
+    let weights =
+        model::imagenet_weights(Kind_::EfficientnetLite0).expect("run `make setup` first");
+    check_fixture("efficientnet_lite0", Kind_::EfficientnetLite0, &weights);
+}
+
+fn check_formula_fixture(name: &str, kind: Kind_) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = formula_weights(&fixture(name), dir.path());
+    check_fixture(name, kind, &weights);
 }
 
 #[test]
-fn resnet18_matches_torchvision_with_float16_weights() {
-    check_fixture("resnet18", Kind_::Resnet18);
+fn resnet18_matches_torchvision_with_formula_weights() {
+    check_formula_fixture("resnet18_formula", Kind_::Resnet18);
 }
 
 #[test]
-fn resnet50_matches_torchvision_with_float16_weights() {
-    check_fixture("resnet50", Kind_::Resnet50);
+fn resnet50_matches_torchvision_with_formula_weights() {
+    check_formula_fixture("resnet50_formula", Kind_::Resnet50);
+}
+
+/// The formula rebuild itself: a wrong rule or a shifted index would make the ResNet
+/// comparisons fail for the wrong reason, so pin a few values computed by hand.
+#[test]
+fn formula_rules_give_the_documented_values() {
+    let w = formula_tensor("conv_or_linear_weight", 2, &[4, 3]);
+    let a = (3.0f64 / 3.0).sqrt();
+    for i in 0..12 {
+        let expected = a * (0.61803 * i as f64 + 2.0).sin();
+        let got = w.view([-1]).double_value(&[i]);
+        assert!(
+            (got - expected).abs() < 1e-6,
+            "element {i}: {got} vs {expected}"
+        );
+    }
+    let v = formula_tensor("bn_running_var", 7, &[5]);
+    let expected = 1.0 + 0.5 * (0.61803f64 * 4.0 + 7.0).sin();
+    assert!((v.double_value(&[4]) - expected).abs() < 1e-6);
+    assert_eq!(w.kind(), Kind::Float);
 }
 
 /// Top-1 on the CC0 photos with our own decoding and preprocessing.
