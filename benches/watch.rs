@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use tlcap::app::{AppEvent, FileState};
+use tlcap::watch::FileEvent;
 
 const TEXT: &str = "data: { dir: data }\nmodel: { backbone: small_cnn }\n";
 const SAVES: usize = 15;
@@ -58,7 +58,7 @@ fn main() {
                     .expect("no event within 5 s")
                     .unwrap();
                 // The save is seen when the event carries its content.
-                if matches!(&ev, AppEvent::FileLoaded(p, FileState::Valid(e))
+                if matches!(&ev, FileEvent::Changed(p, Ok(e))
                     if *p == file && e.seed == i as u64)
                 {
                     break;

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use anyhow::Context;
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
 use ratatui::backend::Backend;
@@ -16,7 +15,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::time::Instant;
 
 use crate::app::{update, Action, App, AppEvent, FileState};
-use crate::config::{self, Experiment};
+use crate::config;
 use crate::train::{self, Command, Options};
 
 /// Shortest gap between two frames (at most ~10 frames/s) for keys, epochs, phases.
@@ -34,40 +33,11 @@ fn is_progress(event: &AppEvent) -> bool {
     )
 }
 
-/// Loads one experiment file into a list state: valid, or its errors with positions.
-pub fn load_state(path: &Path) -> FileState {
-    match config::load_file(path) {
-        Ok(exp) => FileState::Valid(Box::new(exp)),
-        Err(errors) => FileState::Invalid {
-            errors: errors.0.iter().map(|e| e.to_string()).collect(),
-            last_good: None,
-        },
-    }
-}
-
 /// The experiment files under `target` (a folder, or one file) with their states.
 pub fn load_files(target: &Path) -> anyhow::Result<Vec<(PathBuf, FileState)>> {
-    // Absolute paths: the watcher reports absolute paths for the same files.
-    let target = &target
-        .canonicalize()
-        .with_context(|| format!("cannot open {}", target.display()))?;
-    let files = if target.is_dir() {
-        config::experiment_files(target)
-            .with_context(|| format!("cannot read {}", target.display()))?
-    } else if target.is_file() {
-        vec![target.to_path_buf()]
-    } else {
-        anyhow::bail!(
-            "{} is neither an experiment file nor a folder",
-            target.display()
-        );
-    };
-    Ok(files
+    Ok(config::load_all(target)?
         .into_iter()
-        .map(|p| {
-            let state = load_state(&p);
-            (p, state)
-        })
+        .map(|(path, loaded)| (path, loaded.into()))
         .collect())
 }
 
@@ -146,15 +116,22 @@ fn perform(
             }
             Action::Edit(path) => edit = Some(path),
             Action::ExportShootout(dirs) => {
-                let rows: Vec<_> = dirs
-                    .iter()
-                    .filter_map(|d| crate::shootout::summarize(d).ok().flatten())
-                    .collect();
-                let text = match crate::shootout::export(runs_root, &rows) {
-                    Ok(dir) => format!("shootout done: results in {}", dir.display()),
-                    Err(e) => format!("shootout done, but the results could not be written: {e:#}"),
-                };
-                let _ = events.send(AppEvent::Info(text));
+                // Off the UI loop: reading every run folder and writing the results
+                // takes disk time the screen should not wait for.
+                let (tx, runs_root) = (events.clone(), runs_root.to_path_buf());
+                std::thread::spawn(move || {
+                    let rows: Vec<_> = dirs
+                        .iter()
+                        .filter_map(|d| crate::shootout::summarize(d).ok().flatten())
+                        .collect();
+                    let text = match crate::shootout::export(&runs_root, &rows) {
+                        Ok(dir) => format!("shootout done: results in {}", dir.display()),
+                        Err(e) => {
+                            format!("shootout done, but the results could not be written: {e:#}")
+                        }
+                    };
+                    let _ = tx.send(AppEvent::Info(text));
+                });
             }
         }
     }
@@ -231,7 +208,8 @@ pub async fn event_loop<B: CloneBackend>(
 ) -> anyhow::Result<()> {
     let keys = options.keys;
     let (tx, mut rx) = unbounded_channel::<AppEvent>();
-    let _watcher = crate::watch::watch(watch_root, tx.clone())?;
+    let (file_tx, mut file_rx) = unbounded_channel::<crate::watch::FileEvent>();
+    let _watcher = crate::watch::watch(watch_root, file_tx)?;
     let mut trainers: Trainers = HashMap::new();
     let mut term_events = keys.then(EventStream::new);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -276,6 +254,7 @@ pub async fn event_loop<B: CloneBackend>(
                 _ => None,
             },
             Some(ev) = rx.recv() => Some(ev),
+            Some(ev) = file_rx.recv() => Some(AppEvent::from(ev)),
             _ = tokio::time::sleep_until(next_draw.unwrap_or_else(Instant::now)), if next_draw.is_some() => None,
             _ = sigterm.recv() => { app.quit = true; None }
             _ = sighup.recv() => { app.quit = true; None }
@@ -304,7 +283,7 @@ pub async fn event_loop<B: CloneBackend>(
                         if let Some(text) = problem {
                             update(&mut app, AppEvent::Info(text));
                         }
-                        let state = load_state(&path);
+                        let state = config::load(&path).into();
                         let actions = update(&mut app, AppEvent::FileLoaded(path, state));
                         perform(actions, &mut trainers, &tx, &runs_root);
                     }
@@ -334,22 +313,4 @@ pub async fn event_loop<B: CloneBackend>(
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// The experiment settings of every valid file under `target`, for the headless
-/// fallback (stdout not a terminal).
-pub fn valid_experiments(target: &Path) -> anyhow::Result<Vec<Experiment>> {
-    let mut out = Vec::new();
-    for (path, state) in load_files(target)? {
-        match state {
-            FileState::Valid(e) => out.push(*e),
-            FileState::Invalid { errors, .. } => {
-                for e in errors {
-                    eprintln!("error   {e}");
-                }
-                anyhow::bail!("{} is invalid", path.display());
-            }
-        }
-    }
-    Ok(out)
 }

@@ -5,51 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::runtime::{self, CpuFeatures};
+
 /// The libtorch version this build of tch requires.
 pub const REQUIRED_LIBTORCH: &str = "2.13.0";
 /// The tch crate version compiled in.
 pub const TCH_VERSION: &str = "0.26.0";
 /// The libtorch lib dir embedded as rpath at build time.
 pub const BUILD_LIBTORCH_LIB: &str = env!("TLCAP_LIBTORCH_LIB");
-
-/// CPU features that decide which kernels libtorch can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuFeatures {
-    pub avx2: bool,
-    pub avx512f: bool,
-    pub avx512_bf16: bool,
-    pub amx_bf16: bool,
-}
-
-impl CpuFeatures {
-    /// Reads the features from `/proc/cpuinfo` flags (what the kernel enabled).
-    pub fn detect() -> Self {
-        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        Self::from_cpuinfo(&flags)
-    }
-
-    /// Parses the `flags` line of a `/proc/cpuinfo` text.
-    pub fn from_cpuinfo(cpuinfo: &str) -> Self {
-        let flags: Vec<&str> = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("flags"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, f)| f.split_whitespace().collect())
-            .unwrap_or_default();
-        let has = |f: &str| flags.contains(&f);
-        CpuFeatures {
-            avx2: has("avx2"),
-            avx512f: has("avx512f"),
-            avx512_bf16: has("avx512_bf16"),
-            amx_bf16: has("amx_bf16") && has("amx_tile"),
-        }
-    }
-
-    /// True when bfloat16 matrix kernels run natively (AVX512-BF16 or AMX).
-    pub fn native_bf16(&self) -> bool {
-        self.avx512_bf16 || self.amx_bf16
-    }
-}
 
 /// Everything `doctor` found.
 #[derive(Debug, Clone)]
@@ -63,6 +26,8 @@ pub struct Report {
     pub cpu: CpuFeatures,
     pub cuda_available: bool,
     pub cuda_devices: i64,
+    /// Apple's Metal backend (macOS builds).
+    pub mps_available: bool,
     pub check_result: f64,
 }
 
@@ -141,12 +106,13 @@ pub fn run() -> Result<Report> {
     Ok(Report {
         libtorch_dir,
         libtorch_version,
-        intra_op_threads: crate::train::engine::intra_op_threads(),
+        intra_op_threads: runtime::intra_op_threads(),
         inter_op_threads: tch::get_num_interop_threads(),
         decode_threads: rayon::current_num_threads(),
         cpu: CpuFeatures::detect(),
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
+        mps_available: tch::utils::has_mps(),
         check_result,
     })
 }
@@ -189,13 +155,16 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "cuda               {} ({} device(s))",
-            if self.cuda_available {
-                "available"
-            } else {
-                "not available"
-            },
-            self.cuda_devices
+            "libtorch build     {}",
+            runtime::describe_build(
+                runtime::LIBTORCH_VARIANT,
+                if self.cuda_available {
+                    self.cuda_devices
+                } else {
+                    0
+                },
+                self.mps_available
+            )
         )?;
         write!(
             f,
@@ -208,15 +177,6 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_cpuinfo_flags() {
-        let text = "processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n";
-        let cpu = CpuFeatures::from_cpuinfo(text);
-        assert!(cpu.avx2 && cpu.avx512f && cpu.avx512_bf16 && cpu.amx_bf16);
-        let plain = CpuFeatures::from_cpuinfo("flags : fpu sse2 avx2\n");
-        assert!(plain.avx2 && !plain.avx512f && !plain.native_bf16());
-    }
 
     #[test]
     fn rejects_a_libtorch_setting_that_is_not_a_libtorch() {

@@ -6,9 +6,9 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
 
-use crate::app::{AppEvent, FileState};
 use crate::config::{ChangeKind, Experiment};
 use crate::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
+use crate::watch::FileEvent;
 
 /// One epoch as a JSON object: the stable keys scripts rely on, then the rest.
 pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
@@ -224,25 +224,43 @@ fn forward_edits(
     std::thread::spawn(move || {
         while let Some(event) = rx.blocking_recv() {
             match event {
-                AppEvent::FileLoaded(_, FileState::Valid(exp)) => {
+                FileEvent::Changed(_, Ok(exp)) => {
                     // The trainer is gone: nothing left to apply edits to.
                     let sent = commands.send(train::Command::ApplyConfig(exp));
                     if sent.is_err() {
                         return;
                     }
                 }
-                AppEvent::FileLoaded(_, FileState::Invalid { errors, .. }) => {
+                FileEvent::Changed(_, Err(errors)) => {
                     for e in errors {
                         eprintln!("error   {e}");
                     }
                     eprintln!("config: the last good settings stay in force");
                 }
-                AppEvent::FileRemoved(path) => {
+                FileEvent::Removed(path) => {
                     eprintln!("config: {} was deleted; the run goes on", path.display())
                 }
-                _ => {}
+                FileEvent::Problem(text) => eprintln!("{text}"),
             }
         }
     });
     Ok(watcher)
+}
+
+/// The experiment settings of every valid file under `target`, for the headless
+/// fallback (stdout not a terminal); an invalid file is an error, with its problems.
+pub fn valid_experiments(target: &std::path::Path) -> anyhow::Result<Vec<Experiment>> {
+    let mut out = Vec::new();
+    for (path, loaded) in crate::config::load_all(target)? {
+        match loaded {
+            Ok(e) => out.push(*e),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error   {e}");
+                }
+                bail!("{} is invalid", path.display());
+            }
+        }
+    }
+    Ok(out)
 }

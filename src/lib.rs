@@ -1,6 +1,8 @@
 //! tlcap: transfer-learning experiments on images, driven from a terminal dashboard.
 //!
 //! Modules, one job each:
+//! - [`runtime`]: what the machine and libtorch offer (CPU features, CUDA/MPS devices,
+//!   precision of the frozen part, threads); read by doctor, train, predict and bench.
 //! - [`doctor`]: checks that libtorch is usable and reports what the machine offers.
 //! - [`data`]: image folders, the split, decoding once, batched augmentation, normalisation.
 //! - [`config`]: experiment files: schema, defaults, validation with positions, diff.
@@ -29,6 +31,7 @@ pub mod fsutil;
 pub mod headless;
 pub mod model;
 pub mod predict;
+pub mod runtime;
 pub mod shootout;
 pub mod train;
 pub mod ui;

@@ -230,7 +230,7 @@ fn dashboard(target: &std::path::Path, runs: PathBuf) -> anyhow::Result<()> {
         "stdout is not a terminal: running {} headless",
         target.display()
     );
-    for exp in tlcap::dashboard::valid_experiments(target)? {
+    for exp in tlcap::headless::valid_experiments(target)? {
         eprintln!("experiment {}", exp.name);
         let options = tlcap::train::Options {
             runs_root: runs.clone(),
@@ -317,10 +317,10 @@ fn shootout(paths: &[PathBuf], runs: PathBuf, max_epochs: Option<u32>) -> anyhow
     // Every valid file; invalid ones are reported and skipped.
     let mut experiments = Vec::new();
     for path in paths {
-        for (file, state) in tlcap::dashboard::load_files(path)? {
-            match state {
-                tlcap::app::FileState::Valid(exp) => experiments.push(*exp),
-                tlcap::app::FileState::Invalid { errors, .. } => {
+        for (file, loaded) in tlcap::config::load_all(path)? {
+            match loaded {
+                Ok(exp) => experiments.push(*exp),
+                Err(errors) => {
                     for e in errors {
                         eprintln!("error   {e}");
                     }

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::data::decode_into;
 use crate::model::classifier::Classifier;
-use crate::train::engine::resolve_precision;
+use crate::runtime::{resolve_precision, select_device};
 use crate::train::run_dir::{read_checkpoint, read_config};
 use crate::train::Phase;
 
@@ -51,7 +51,7 @@ impl Predictor {
         let exp = read_config(&run)?;
         let (tensors, info) = read_checkpoint(&checkpoint)
             .with_context(|| format!("cannot use {}", checkpoint.display()))?;
-        let device = crate::model::classifier::select_device(&exp.device)?;
+        let device = select_device(&exp.device)?;
         let mut net = Classifier::new(&exp, info.classes.len(), device)?;
         // The layer states and precision of the checkpoint's epoch (recorded in it), so
         // that the frozen part computes as it did in validation.

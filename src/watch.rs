@@ -1,8 +1,9 @@
 //! Watching experiment files: `notify` with a debouncer (editors save by renaming a
 //! temp file, by truncating and writing, or in several writes), turned into
-//! [`AppEvent::FileLoaded`] / [`AppEvent::FileRemoved`] for the dashboard. Watcher
-//! errors and lost events (a full kernel queue) are reported and answered by reading
-//! every file again; a `.yaml` that is a symlink is watched through its target too.
+//! [`FileEvent`]s: a file read again, a file removed, a problem of the watcher itself.
+//! Watcher errors and lost events (a full kernel queue) are reported and answered by
+//! reading every file again; a `.yaml` that is a symlink is watched through its target
+//! too. The dashboard and headless runs each translate these events for themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,19 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::app::AppEvent;
-use crate::dashboard::load_state;
+use crate::config::Loaded;
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileEvent {
+    /// An experiment file was saved (or appeared): its settings, or its errors.
+    Changed(PathBuf, Loaded),
+    /// An experiment file was deleted or renamed away.
+    Removed(PathBuf),
+    /// The watcher itself had a problem (lost events, an error); every file was read
+    /// again.
+    Problem(String),
+}
 
 /// How long a burst of writes may last before it counts as one save.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -75,8 +87,8 @@ impl Scope {
         files
     }
 
-    /// The dashboard events for one debounced batch of watcher events.
-    fn events(&self, result: DebounceEventResult) -> Vec<AppEvent> {
+    /// The file events for one debounced batch of watcher events.
+    fn events(&self, result: DebounceEventResult) -> Vec<FileEvent> {
         let mut out = Vec::new();
         let (paths, rescan): (BTreeSet<PathBuf>, bool) = match result {
             Ok(batch) => {
@@ -91,7 +103,7 @@ impl Scope {
                     .filter(|p| self.wanted(p))
                     .collect();
                 if rescan {
-                    out.push(AppEvent::Info(
+                    out.push(FileEvent::Problem(
                         "file watcher: events were lost; every experiment file is read again"
                             .into(),
                     ));
@@ -100,7 +112,7 @@ impl Scope {
             }
             Err(errors) => {
                 let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                out.push(AppEvent::Info(format!(
+                out.push(FileEvent::Problem(format!(
                     "file watcher: {}; every experiment file is read again",
                     text.join("; ")
                 )));
@@ -114,9 +126,10 @@ impl Scope {
         };
         for path in paths {
             out.push(if path.is_file() {
-                AppEvent::FileLoaded(path.clone(), load_state(&path))
+                let loaded = crate::config::load(&path);
+                FileEvent::Changed(path, loaded)
             } else {
-                AppEvent::FileRemoved(path)
+                FileEvent::Removed(path)
             });
         }
         out
@@ -125,7 +138,7 @@ impl Scope {
 
 /// Watches `target` (a folder of experiment files, or one file) and sends an event
 /// per changed file: its new state (valid or its errors), or its removal.
-pub fn watch(target: &Path, events: UnboundedSender<AppEvent>) -> anyhow::Result<Watcher> {
+pub fn watch(target: &Path, events: UnboundedSender<FileEvent>) -> anyhow::Result<Watcher> {
     let scope = Scope::new(target);
     let (dir, targets): (PathBuf, Vec<PathBuf>) =
         (scope.dir.clone(), scope.links.keys().cloned().collect());
@@ -158,11 +171,11 @@ mod tests {
         )
     }
 
-    fn loaded(events: &[AppEvent]) -> Vec<PathBuf> {
+    fn loaded(events: &[FileEvent]) -> Vec<PathBuf> {
         events
             .iter()
             .filter_map(|e| match e {
-                AppEvent::FileLoaded(p, _) => Some(p.clone()),
+                FileEvent::Changed(p, _) => Some(p.clone()),
                 _ => None,
             })
             .collect()
@@ -178,7 +191,7 @@ mod tests {
         let scope = Scope::new(&root);
         let events = scope.events(Err(vec![notify::Error::generic("queue overflow")]));
         assert!(
-            matches!(&events[0], AppEvent::Info(t) if t.contains("queue overflow")),
+            matches!(&events[0], FileEvent::Problem(t) if t.contains("queue overflow")),
             "{events:?}"
         );
         assert_eq!(loaded(&events), [root.join("a.yaml"), root.join("b.yml")]);
@@ -186,7 +199,7 @@ mod tests {
         let mut lost = modified(&root);
         lost.event = lost.event.clone().set_flag(Flag::Rescan);
         let events = scope.events(Ok(vec![lost]));
-        assert!(matches!(&events[0], AppEvent::Info(t) if t.contains("lost")));
+        assert!(matches!(&events[0], FileEvent::Problem(t) if t.contains("lost")));
         assert_eq!(loaded(&events).len(), 2);
 
         // An ordinary save: just that file, no message.

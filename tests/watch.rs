@@ -8,17 +8,17 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tlcap::app::{AppEvent, FileState};
+use tlcap::watch::FileEvent;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const VALID: &str = "data: { dir: data }\nmodel: { backbone: small_cnn }\nfrozen: { epochs: 3 }\n";
 
 /// The next event for `path`, and how long it took; panics after 5 s.
 fn next_for(
-    rx: &mut UnboundedReceiver<AppEvent>,
+    rx: &mut UnboundedReceiver<FileEvent>,
     path: &Path,
     since: Instant,
-) -> (AppEvent, Duration) {
+) -> (FileEvent, Duration) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -29,7 +29,7 @@ fn next_for(
             .unwrap_or_else(|_| panic!("no event for {}", path.display()))
             .unwrap();
         let p = match &ev {
-            AppEvent::FileLoaded(p, _) | AppEvent::FileRemoved(p) => p.clone(),
+            FileEvent::Changed(p, _) | FileEvent::Removed(p) => p.clone(),
             _ => continue,
         };
         if p == path {
@@ -39,14 +39,14 @@ fn next_for(
 }
 
 /// Lets trailing events of the last save arrive, then drops them.
-fn settle(rx: &mut UnboundedReceiver<AppEvent>) {
+fn settle(rx: &mut UnboundedReceiver<FileEvent>) {
     std::thread::sleep(Duration::from_millis(400));
     while rx.try_recv().is_ok() {}
 }
 
-fn epochs_of(ev: &AppEvent) -> u32 {
+fn epochs_of(ev: &FileEvent) -> u32 {
     match ev {
-        AppEvent::FileLoaded(_, FileState::Valid(e)) => e.frozen.epochs,
+        FileEvent::Changed(_, Ok(e)) => e.frozen.epochs,
         other => panic!("expected a valid load, got {other:?}"),
     }
 }
@@ -85,7 +85,7 @@ fn saves_of_every_style_are_seen() {
     drop(f);
     let (mut ev, truncate_latency) = next_for(&mut rx, &file, t);
     // A reader may catch the half-written file first; the final state arrives after.
-    while !matches!(&ev, AppEvent::FileLoaded(_, FileState::Valid(e)) if e.frozen.epochs == 5) {
+    while !matches!(&ev, FileEvent::Changed(_, Ok(e)) if e.frozen.epochs == 5) {
         ev = next_for(&mut rx, &file, t).0;
     }
 
@@ -99,7 +99,7 @@ fn saves_of_every_style_are_seen() {
     let t = Instant::now();
     let (ev, _) = next_for(&mut rx, &file, t);
     match ev {
-        AppEvent::FileLoaded(_, FileState::Invalid { errors, .. }) => {
+        FileEvent::Changed(_, Err(errors)) => {
             assert!(
                 errors.iter().any(|e| e.contains("exp.yaml:3:")),
                 "{errors:?}"
@@ -119,7 +119,7 @@ fn saves_of_every_style_are_seen() {
     let t = Instant::now();
     std::fs::remove_file(&new).unwrap();
     let (ev, _) = next_for(&mut rx, &new, t);
-    assert!(matches!(ev, AppEvent::FileRemoved(_)));
+    assert!(matches!(ev, FileEvent::Removed(_)));
     eprintln!(
         "save -> event: rename-style {} ms, truncate-style {} ms (benches/watch.rs measures more)",
         rename_latency.as_millis(),
@@ -223,7 +223,7 @@ fn a_symlinked_experiment_follows_its_target() {
     let t = Instant::now();
     std::fs::write(&target, VALID.replace("epochs: 3", "epochs: 6")).unwrap();
     let (mut ev, _) = next_for(&mut rx, &link, t);
-    while !matches!(&ev, AppEvent::FileLoaded(_, FileState::Valid(e)) if e.frozen.epochs == 6) {
+    while !matches!(&ev, FileEvent::Changed(_, Ok(e)) if e.frozen.epochs == 6) {
         ev = next_for(&mut rx, &link, t).0;
     }
     assert_eq!(epochs_of(&ev), 6);

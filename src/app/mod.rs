@@ -135,6 +135,29 @@ pub enum FileState {
     },
 }
 
+impl From<crate::config::Loaded> for FileState {
+    fn from(loaded: crate::config::Loaded) -> FileState {
+        match loaded {
+            Ok(exp) => FileState::Valid(exp),
+            Err(errors) => FileState::Invalid {
+                errors,
+                last_good: None,
+            },
+        }
+    }
+}
+
+impl From<crate::watch::FileEvent> for AppEvent {
+    fn from(event: crate::watch::FileEvent) -> AppEvent {
+        use crate::watch::FileEvent;
+        match event {
+            FileEvent::Changed(path, loaded) => AppEvent::FileLoaded(path, loaded.into()),
+            FileEvent::Removed(path) => AppEvent::FileRemoved(path),
+            FileEvent::Problem(text) => AppEvent::Info(text),
+        }
+    }
+}
+
 /// One experiment file in the list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {

@@ -97,6 +97,43 @@ pub fn load_file(path: &Path) -> Result<Experiment, ConfigErrors> {
     parse_str(&text, path)
 }
 
+/// One experiment file as read: its settings, or every error as
+/// `file:line:column: message`.
+pub type Loaded = Result<Box<Experiment>, Vec<String>>;
+
+/// Reads one experiment file into a [`Loaded`].
+pub fn load(path: &Path) -> Loaded {
+    load_file(path)
+        .map(Box::new)
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+}
+
+/// The experiment files under `target` (a folder, or one file), each read. Paths are
+/// absolute, as the watcher reports them.
+pub fn load_all(target: &Path) -> anyhow::Result<Vec<(PathBuf, Loaded)>> {
+    use anyhow::Context;
+    let target = &target
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", target.display()))?;
+    let files = if target.is_dir() {
+        experiment_files(target).with_context(|| format!("cannot read {}", target.display()))?
+    } else if target.is_file() {
+        vec![target.to_path_buf()]
+    } else {
+        anyhow::bail!(
+            "{} is neither an experiment file nor a folder",
+            target.display()
+        );
+    };
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let loaded = load(&p);
+            (p, loaded)
+        })
+        .collect())
+}
+
 /// Parses the text of an experiment file that lives at `path` (used for error messages,
 /// the default name, and resolving relative paths).
 pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {

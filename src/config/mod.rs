@@ -8,8 +8,8 @@ mod validate;
 
 pub use diff::{diff, Change, ChangeKind};
 pub use load::{
-    experiment_files, is_experiment_file, load_file, parse_str, ConfigError, ConfigErrors,
-    MAX_FILE_BYTES,
+    experiment_files, is_experiment_file, load, load_all, load_file, parse_str, ConfigError,
+    ConfigErrors, Loaded, MAX_FILE_BYTES,
 };
 pub use schema::json_schema;
 
@@ -38,9 +38,10 @@ pub struct Experiment {
     /// When validation stops improving (Keras EarlyStopping / ReduceLROnPlateau semantics).
     #[serde(default)]
     pub stall: StallConfig,
-    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    /// `auto` (CUDA when available, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`
+    /// (Apple GPUs, macOS builds).
     #[serde(default = "defaults::device")]
-    #[schemars(regex(pattern = r"^(auto|cpu|cuda|cuda:[0-9]+)$"))]
+    #[schemars(regex(pattern = r"^(auto|cpu|cuda|cuda:[0-9]+|mps)$"))]
     pub device: String,
     /// Seeds the split, the augmentation, the head's initial weights and dropout.
     #[serde(default = "defaults::seed")]

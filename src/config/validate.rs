@@ -129,12 +129,12 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
     );
     let dev = exp.device.as_str();
     check(
-        matches!(dev, "auto" | "cpu" | "cuda")
+        matches!(dev, "auto" | "cpu" | "cuda" | "mps")
             || dev
                 .strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<usize>().is_ok()),
         "device",
-        format!("device must be auto, cpu, cuda or cuda:N, got `{dev}`"),
+        format!("device must be auto, cpu, cuda, cuda:N or mps, got `{dev}`"),
     );
     out
 }

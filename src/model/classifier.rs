@@ -16,40 +16,6 @@ use crate::data::Normalisation;
 /// Serialises seeded initialisation (see [`Classifier::new`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Picks the device an experiment asks for: `auto` (CUDA when tch sees it), `cpu`,
-/// `cuda` (device 0) or `cuda:N`; an error if CUDA is asked for and absent.
-pub fn select_device(spec: &str) -> anyhow::Result<Device> {
-    let cuda = |n: usize| {
-        if tch::Cuda::is_available() && n < tch::Cuda::device_count() as usize {
-            Ok(Device::Cuda(n))
-        } else {
-            Err(anyhow!(
-                "device `{spec}` asked for, but libtorch sees {} CUDA device(s); use `device: cpu` or `auto`",
-                if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 }
-            ))
-        }
-    };
-    match spec {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => cuda(n),
-            None => bail!("unknown device `{s}`: use auto, cpu, cuda or cuda:N"),
-        },
-    }
-}
-
-/// Describes a device for people: `cpu` or `cuda:0`.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(n) => format!("cuda:{n}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-        Device::Cpu => "cpu".into(),
-    }
-}
-
 /// Backbone plus new head, with its own variables.
 pub struct Classifier {
     /// All variables: the backbone's under their reference names, the head's under `head.`.

@@ -21,7 +21,10 @@ use crate::config::{
     ChangeKind, Experiment, FeatureCache, Monitor, OnStall, Optimizer, Precision, Weights,
 };
 use crate::data::Dataset;
-use crate::model::classifier::{device_name, select_device, Classifier};
+use crate::model::classifier::Classifier;
+use crate::runtime::{
+    device_name, intra_op_threads, prepare_device, resolve_precision, select_device,
+};
 
 /// Trainer threads are named with this prefix and the experiment name.
 pub const THREAD_PREFIX: &str = "trainer ";
@@ -104,13 +107,6 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
     }
 }
 
-/// libtorch's intra-op threads for trainer threads: its default (one per physical
-/// core), read once before any input thread lowers its own count to 1.
-pub fn intra_op_threads() -> i32 {
-    static THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(tch::get_num_threads)
-}
-
 /// The message of a caught panic.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -180,24 +176,6 @@ fn batch_rng(seed: u64, epoch: u32, b: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(
         seed ^ (epoch as u64) << 32 ^ (b as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
     )
-}
-
-/// The number format `precision` means on `device`: bfloat16 for `auto` only on a CPU
-/// with native bfloat16 arithmetic.
-pub fn resolve_precision(precision: Precision, device: tch::Device) -> Kind {
-    match precision {
-        Precision::Fp32 => Kind::Float,
-        Precision::Bf16 => Kind::BFloat16,
-        Precision::Auto => {
-            let native =
-                device == tch::Device::Cpu && crate::doctor::CpuFeatures::detect().native_bf16();
-            if native {
-                Kind::BFloat16
-            } else {
-                Kind::Float
-            }
-        }
-    }
 }
 
 /// `bf16` or `fp32`.
@@ -271,6 +249,7 @@ impl Trainer {
             skipped: data.skipped.len(),
         });
         let device = select_device(&self.exp.device)?;
+        prepare_device(device);
         let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;
         net.set_precision(Some(resolve_precision(self.exp.precision, device)));
         let weights = match &self.exp.model.weights {

@@ -1,0 +1,206 @@
+//! What this machine and this libtorch offer, and the choices that follow from it:
+//! CPU features, the libtorch variant, devices, the number format of the frozen part,
+//! and thread counts. Read by `doctor`, `train`, `predict` and `bench` alike.
+
+use anyhow::{anyhow, bail};
+use tch::{Device, Kind};
+
+use crate::config::Precision;
+
+/// `cpu` or `cuda`: the libtorch variant this binary was linked against (`build.rs`).
+pub const LIBTORCH_VARIANT: &str = env!("TLCAP_LIBTORCH_VARIANT");
+
+/// CPU features that decide which kernels libtorch can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFeatures {
+    pub avx2: bool,
+    pub avx512f: bool,
+    pub avx512_bf16: bool,
+    pub amx_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// Reads the features from `/proc/cpuinfo` flags (what the kernel enabled).
+    pub fn detect() -> Self {
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::from_cpuinfo(&flags)
+    }
+
+    /// Parses the `flags` line of a `/proc/cpuinfo` text.
+    pub fn from_cpuinfo(cpuinfo: &str) -> Self {
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, f)| f.split_whitespace().collect())
+            .unwrap_or_default();
+        let has = |f: &str| flags.contains(&f);
+        CpuFeatures {
+            avx2: has("avx2"),
+            avx512f: has("avx512f"),
+            avx512_bf16: has("avx512_bf16"),
+            amx_bf16: has("amx_bf16") && has("amx_tile"),
+        }
+    }
+
+    /// True when bfloat16 matrix kernels run natively (AVX512-BF16 or AMX).
+    pub fn native_bf16(&self) -> bool {
+        self.avx512_bf16 || self.amx_bf16
+    }
+}
+
+/// CUDA devices libtorch sees (0 on a CPU build, or a CUDA build with no GPU).
+pub fn cuda_devices() -> i64 {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count()
+    } else {
+        0
+    }
+}
+
+/// Picks the device an experiment asks for: `auto` (CUDA when tch sees it, else the
+/// CPU), `cpu`, `cuda` (device 0), `cuda:N` or `mps`; a one-line error if the device is
+/// asked for and absent (a CPU build, or a CUDA build on a machine without a GPU).
+pub fn select_device(spec: &str) -> anyhow::Result<Device> {
+    let cuda = |n: usize| {
+        if (n as i64) < cuda_devices() {
+            Ok(Device::Cuda(n))
+        } else {
+            Err(anyhow!(
+                "device `{spec}` asked for, but this {} libtorch sees {} CUDA device(s); use \
+                 `device: cpu` or `auto`",
+                LIBTORCH_VARIANT.to_uppercase(),
+                cuda_devices()
+            ))
+        }
+    };
+    match spec {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        "mps" if tch::utils::has_mps() => Ok(Device::Mps),
+        "mps" => bail!(
+            "device `mps` asked for, but this libtorch has no MPS backend (macOS only); use \
+             `device: cpu` or `auto`"
+        ),
+        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => cuda(n),
+            None => bail!("unknown device `{s}`: use auto, cpu, cuda, cuda:N or mps"),
+        },
+    }
+}
+
+/// Sets libtorch up for training on `device`: on CUDA, cuDNN picks the fastest
+/// convolution algorithms for the (fixed) batch shapes.
+pub fn prepare_device(device: Device) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+}
+
+/// Describes a device for people: `cpu`, `cuda:0`, `mps`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
+    }
+}
+
+/// The number format `precision` means on `device` for the frozen part of the
+/// backbone: for `auto`, bfloat16 on a GPU and on a CPU with native bfloat16
+/// arithmetic, float32 otherwise. Trainable layers always stay float32.
+pub fn resolve_precision(precision: Precision, device: Device) -> Kind {
+    match precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Auto => {
+            let native = match device {
+                Device::Cpu => CpuFeatures::detect().native_bf16(),
+                Device::Cuda(_) => true,
+                _ => false,
+            };
+            if native {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            }
+        }
+    }
+}
+
+/// libtorch's intra-op threads for trainer threads: its default (one per physical
+/// core), read once before any input thread lowers its own count to 1.
+pub fn intra_op_threads() -> i32 {
+    static THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(tch::get_num_threads)
+}
+
+/// How the libtorch build and its devices read in `doctor`: "CPU build", or
+/// "CUDA build, 0 devices (...)".
+pub fn describe_build(variant: &str, cuda_devices: i64, mps: bool) -> String {
+    match (variant, cuda_devices) {
+        ("cuda", 0) => "CUDA build, 0 devices (`device: auto` trains on the CPU; \
+                        `device: cuda` is an error here)"
+            .to_string(),
+        ("cuda", n) => format!("CUDA build, {n} device(s): `device: auto` trains on cuda:0"),
+        _ if mps => "CPU build with MPS (`device: mps` trains on the Apple GPU)".to_string(),
+        (_, n) if n > 0 => format!("CPU build, yet {n} CUDA device(s) seen"),
+        _ => "CPU build (`TLCAP_LIBTORCH=cuda make setup` builds the CUDA one)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpuinfo_flags() {
+        let text = "processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n";
+        let cpu = CpuFeatures::from_cpuinfo(text);
+        assert!(cpu.avx2 && cpu.avx512f && cpu.avx512_bf16 && cpu.amx_bf16);
+        let plain = CpuFeatures::from_cpuinfo("flags : fpu sse2 avx2\n");
+        assert!(plain.avx2 && !plain.avx512f && !plain.native_bf16());
+    }
+
+    #[test]
+    fn describes_each_build_and_device_count() {
+        assert!(describe_build("cuda", 0, false).starts_with("CUDA build, 0 devices"));
+        assert!(describe_build("cuda", 2, false).starts_with("CUDA build, 2 device(s)"));
+        assert!(describe_build("cpu", 0, false).starts_with("CPU build"));
+        assert!(describe_build("cpu", 0, true).contains("device: mps"));
+    }
+
+    #[test]
+    fn devices_that_are_absent_are_one_line_errors() {
+        assert_eq!(select_device("cpu").unwrap(), Device::Cpu);
+        if cuda_devices() == 0 {
+            assert_eq!(select_device("auto").unwrap(), Device::Cpu);
+            let err = select_device("cuda").unwrap_err().to_string();
+            assert!(err.contains("sees 0 CUDA device(s)"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            assert!(select_device("cuda:3").is_err());
+        }
+        if !tch::utils::has_mps() {
+            let err = select_device("mps").unwrap_err().to_string();
+            assert!(err.contains("no MPS backend"), "{err}");
+        }
+        let err = select_device("tpu").unwrap_err().to_string();
+        assert!(err.contains("use auto, cpu, cuda, cuda:N or mps"), "{err}");
+    }
+
+    #[test]
+    fn precision_auto_follows_the_device() {
+        assert_eq!(
+            resolve_precision(Precision::Fp32, Device::Cuda(0)),
+            Kind::Float
+        );
+        assert_eq!(
+            resolve_precision(Precision::Auto, Device::Cuda(0)),
+            Kind::BFloat16
+        );
+        let cpu = resolve_precision(Precision::Auto, Device::Cpu);
+        assert_eq!(cpu == Kind::BFloat16, CpuFeatures::detect().native_bf16());
+    }
+}
