@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub size: u32,
     /// Images per batch.
     pub batch_size: usize,
+    /// The experiment's `device:` (cpu, cuda, cuda:N, mps, auto).
+    pub device: String,
 }
 
 /// One measured row.
@@ -49,15 +51,22 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     eprint!("generating {images} images ...");
     make_images(&data, images);
     eprintln!(" done");
-    let fp32_peak = matmul_peak(Kind::Float);
-    let bf16_peak = matmul_peak(Kind::BFloat16);
+    let device = crate::runtime::select_device(&options.device)?;
+    let fp32_peak = matmul_peak(Kind::Float, device);
+    let bf16_peak = matmul_peak(Kind::BFloat16, device);
     say(format!(
         "tlcap bench: {images} generated 320x320 PNGs resized to {s}x{s}, batch {}, \
-         {} libtorch threads, 1 input thread",
+         {} libtorch threads, 1 input thread, on {}",
         options.batch_size,
         tch::get_num_threads(),
+        crate::runtime::device_name(device),
         s = options.size
     ));
+    if device.is_cuda() {
+        for gpu in crate::runtime::gpu_descriptions() {
+            say(format!("gpu: {gpu}"));
+        }
+    }
     say(format!(
         "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, bf16 {bf16_peak:.0} GFLOP/s"
     ));
@@ -212,17 +221,25 @@ fn train_images(images: usize) -> usize {
     2 * (per_class - val)
 }
 
-/// GFLOP/s of a 2048x2048 matrix multiply in `kind`, best of repeated timings.
-fn matmul_peak(kind: Kind) -> f64 {
+/// GFLOP/s of a 2048x2048 matrix multiply in `kind` on `device`, best of repeated
+/// timings (a GPU is synchronised before each timing ends).
+fn matmul_peak(kind: Kind, device: tch::Device) -> f64 {
     let n = 2048;
-    let a = Tensor::randn([n, n], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
-    let b = Tensor::randn([n, n], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+    let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+    let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     let _ = a.matmul(&b);
+    sync();
     let mut best = 0.0f64;
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < 1.0 {
         let t = Instant::now();
         let _ = a.matmul(&b);
+        sync();
         let flops = 2.0 * (n as f64).powi(3);
         best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
     }
@@ -249,10 +266,11 @@ fn experiment(
 ) -> anyhow::Result<Experiment> {
     let text = format!(
         "data: {{ dir: data, image_size: {}, batch_size: {}, interpolation: bilinear }}\n\
-         model: {{ backbone: {}, weights: none }}\ndevice: cpu\n{extra}",
+         model: {{ backbone: {}, weights: none }}\ndevice: {}\n{extra}",
         options.size,
         options.batch_size,
-        kind.name()
+        kind.name(),
+        options.device
     );
     crate::config::parse_str(&text, &root.join("bench.yaml")).map_err(|e| anyhow::anyhow!("{e}"))
 }

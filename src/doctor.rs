@@ -28,6 +28,8 @@ pub struct Report {
     pub cuda_devices: i64,
     /// Apple's Metal backend (macOS builds).
     pub mps_available: bool,
+    /// One line per GPU (`nvidia-smi`), when there is any.
+    pub gpus: Vec<String>,
     pub check_result: f64,
 }
 
@@ -113,6 +115,7 @@ pub fn run() -> Result<Report> {
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
         mps_available: tch::utils::has_mps(),
+        gpus: runtime::gpu_descriptions(),
         check_result,
     })
 }
@@ -166,6 +169,9 @@ impl fmt::Display for Report {
                 self.mps_available
             )
         )?;
+        for gpu in &self.gpus {
+            writeln!(f, "gpu                {gpu}")?;
+        }
         write!(
             f,
             "tensor check       [[1,2],[3,4]] @ [[5,6],[7,8]] sums to {} (ok)",

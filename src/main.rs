@@ -125,6 +125,9 @@ enum Command {
         /// Images per batch.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
+        /// Where to measure: cpu, cuda, cuda:N, mps or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
     Weights {
@@ -204,7 +207,8 @@ fn main() -> ExitCode {
             images,
             size,
             batch_size,
-        } => bench(&backbones, images, size, batch_size),
+            device,
+        } => bench(&backbones, images, size, batch_size, device),
     };
     finish(result)
 }
@@ -377,10 +381,18 @@ fn backbone_kind(name: &str) -> anyhow::Result<tlcap::config::Backbone> {
 }
 
 /// `tlcap-tui bench`.
-fn bench(backbones: &[String], images: usize, size: u32, batch_size: usize) -> anyhow::Result<()> {
+fn bench(
+    backbones: &[String],
+    images: usize,
+    size: u32,
+    batch_size: usize,
+    device: String,
+) -> anyhow::Result<()> {
     if size < 32 {
         bail!("--size must be at least 32");
     }
+    // A device that is not there is a one-line error before anything is generated.
+    tlcap::runtime::select_device(&device)?;
     let options = tlcap::bench::BenchOptions {
         backbones: backbones
             .iter()
@@ -389,6 +401,7 @@ fn bench(backbones: &[String], images: usize, size: u32, batch_size: usize) -> a
         images,
         size,
         batch_size: batch_size.max(1),
+        device,
     };
     tlcap::bench::run(&options)
 }

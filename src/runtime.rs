@@ -58,6 +58,31 @@ pub fn cuda_devices() -> i64 {
     }
 }
 
+/// One line per NVIDIA GPU: name, memory and driver, as `nvidia-smi` reports them
+/// (libtorch has no such query); empty when there is no `nvidia-smi`.
+pub fn gpu_descriptions() -> Vec<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,name,memory.total,driver_version",
+            "--format=csv,noheader",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').map(str::trim).collect();
+                match f.as_slice() {
+                    [i, name, mem, driver] => format!("{i}: {name}, {mem}, driver {driver}"),
+                    _ => l.trim().to_string(),
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Picks the device an experiment asks for: `auto` (CUDA when tch sees it, else the
 /// CPU), `cpu`, `cuda` (device 0), `cuda:N` or `mps`; a one-line error if the device is
 /// asked for and absent (a CPU build, or a CUDA build on a machine without a GPU).

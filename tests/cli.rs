@@ -23,6 +23,34 @@ fn doctor_reports_libtorch_2_13_without_ld_library_path() {
     assert!(stdout.contains("intra-op per trainer"), "{stdout}");
     assert!(stdout.contains("1 input thread per run"), "{stdout}");
     assert!(stdout.contains("avx512-bf16"), "{stdout}");
+    // Which libtorch this is, and what it sees.
+    let build = match tlcap::runtime::LIBTORCH_VARIANT {
+        "cuda" => "libtorch build     CUDA build",
+        _ => "libtorch build     CPU build",
+    };
+    assert!(stdout.contains(build), "{stdout}");
+}
+
+/// A device that is not there is one line on stderr, exit 1, before any work starts.
+#[test]
+fn a_missing_device_is_a_one_line_error() {
+    if tlcap::runtime::cuda_devices() > 0 {
+        return; // a GPU machine: cuda is there
+    }
+    for device in ["cuda", "cuda:1"] {
+        let out = tlcap()
+            .args(["bench", "--device", device])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("device `{device}` asked for"))
+                && stderr.contains("sees 0 CUDA device(s)"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

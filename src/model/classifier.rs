@@ -102,6 +102,17 @@ impl Classifier {
         })
     }
 
+    /// `t` on the model's device. A batch in pinned host memory (the input thread pins
+    /// batches for a GPU) is copied without blocking, overlapping the copy with compute.
+    pub fn to_model_device(&self, t: &Tensor) -> Tensor {
+        let device = self.device();
+        if device.is_cuda() && t.device() == Device::Cpu && t.is_pinned(device) {
+            t.to_device_(device, t.kind(), true, false)
+        } else {
+            t.to_device(device)
+        }
+    }
+
     /// The device the variables live on.
     pub fn device(&self) -> Device {
         self.vs.device()
@@ -195,7 +206,7 @@ impl Classifier {
     /// float32 features `[B, C]` when `k` covers the whole backbone. The same pixels
     /// always give the same output while the layer states stay as they are.
     pub fn run_prefix(&self, pixels: &Tensor, k: usize) -> Tensor {
-        let x = self.normalisation.apply(&pixels.to_device(self.device()));
+        let x = self.normalisation.apply(&self.to_model_device(pixels));
         if k == 0 {
             return x;
         }

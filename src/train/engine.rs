@@ -720,6 +720,7 @@ impl Trainer {
                 .collect()
         };
         let augment = self.exp.data.augment.clone();
+        let device = s.net.device();
         let train_start = Instant::now();
         let trained = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, String>>(2);
@@ -734,7 +735,15 @@ impl Trainer {
                         let mut rng = batch_rng(seed, number, b);
                         // A panic here becomes the trainer's error, with its message.
                         let pixels = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            need_pixels[b].then(|| data.train_batch(images, augment, &mut rng).0)
+                            need_pixels[b].then(|| {
+                                let x = data.train_batch(images, augment, &mut rng).0;
+                                // Pinned host memory: the copy to a GPU does not block.
+                                if device.is_cuda() {
+                                    x.pin_memory(device)
+                                } else {
+                                    x
+                                }
+                            })
                         }));
                         let ready = match pixels {
                             Ok(pixels) => Ok(Prepared { rng, pixels }),
