@@ -56,7 +56,7 @@ pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(move |info| {
         let trainer = std::thread::current()
             .name()
-            .is_some_and(|n| n.starts_with(crate::train::engine::THREAD_PREFIX));
+            .is_some_and(|n| n.starts_with(crate::train::THREAD_PREFIX));
         if !trainer {
             restore_and_report(info);
         }
@@ -104,9 +104,9 @@ fn perform(
                     handle.join();
                 });
             }
-            Action::Send(id, kind) => {
+            Action::Send(id, command) => {
                 if let Some(tx) = trainers.get(&id) {
-                    let _ = tx.send(kind.command());
+                    let _ = tx.send(command);
                 }
             }
             Action::Apply(id, exp) => {
@@ -122,7 +122,7 @@ fn perform(
                 std::thread::spawn(move || {
                     let rows: Vec<_> = dirs
                         .iter()
-                        .filter_map(|d| crate::shootout::summarize(d).ok().flatten())
+                        .filter_map(|d| crate::results::summarize(d).ok().flatten())
                         .collect();
                     let text = match crate::shootout::export(&runs_root, &rows) {
                         Ok(dir) => format!("shootout done: results in {}", dir.display()),

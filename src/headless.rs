@@ -67,9 +67,9 @@ pub fn run(
     watch: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
     let total = match options.phases {
-        Phases::Both => exp.frozen.epochs + exp.finetune.epochs,
+        Phases::Both => exp.planned_epochs(None),
         Phases::Frozen => exp.frozen.epochs,
-        Phases::Finetune => exp.finetune.epochs,
+        Phases::Finetune => exp.planned_epochs(Some(0)),
     };
     let total = options.max_epochs.map_or(total, |m| m.min(total));
     let tty = std::io::stderr().is_terminal();
@@ -263,4 +263,19 @@ pub fn valid_experiments(target: &std::path::Path) -> anyhow::Result<Vec<Experim
         }
     }
     Ok(out)
+}
+
+/// `tlcap-tui resume`: continues a run folder headless.
+pub fn resume(
+    run_dir: &std::path::Path,
+    json: bool,
+    max_epochs: Option<u32>,
+) -> anyhow::Result<()> {
+    let exp = crate::train::run_dir::read_config(run_dir)?;
+    let options = crate::train::Options {
+        resume: Some(run_dir.to_path_buf()),
+        max_epochs,
+        ..Default::default()
+    };
+    crate::headless::run(exp, options, json, None).map(|_| ())
 }

@@ -18,6 +18,7 @@
 //!   caches of the frozen part of the backbone.
 //! - [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //! - [`predict`]: class and probability for images from a trained run.
+//! - [`results`]: the best epoch of a run and a run folder as one comparable row.
 //! - [`shootout`]: comparing experiments; results.csv / results.md.
 //! - [`bench`]: `tlcap-tui bench`, speed per mode against a matmul peak.
 
@@ -31,6 +32,7 @@ pub mod fsutil;
 pub mod headless;
 pub mod model;
 pub mod predict;
+pub mod results;
 pub mod runtime;
 pub mod shootout;
 pub mod train;

@@ -5,93 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use serde::Serialize;
-
-use crate::train::run_dir::read_metrics;
-use crate::train::{EpochMetrics, Phase};
-
-/// One experiment's line in the comparison.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ResultRow {
-    /// Experiment name.
-    pub experiment: String,
-    /// Backbone name.
-    pub backbone: String,
-    /// Best validation accuracy over all epochs.
-    pub best_val_accuracy: f64,
-    /// Its epoch (1-based).
-    pub best_epoch: u32,
-    /// Best validation accuracy in the frozen phase.
-    pub frozen_best: Option<f64>,
-    /// Best validation accuracy in the fine-tune phase.
-    pub finetune_best: Option<f64>,
-    /// Mean wall seconds per epoch.
-    pub seconds_per_epoch: f64,
-    /// Parameters trainable at the end (head included).
-    pub trainable_params: usize,
-    /// All parameters (backbone and head).
-    pub total_params: usize,
-    /// Epochs run.
-    pub epochs: u32,
-    /// The run folder.
-    pub run_dir: PathBuf,
-}
-
-/// The epoch with the highest val_accuracy (the earliest on a tie; NaN never wins).
-pub fn best_of<'a>(rows: impl Iterator<Item = &'a EpochMetrics>) -> Option<&'a EpochMetrics> {
-    rows.filter(|m| !m.val_accuracy.is_nan()).fold(
-        None,
-        |best: Option<&EpochMetrics>, m| match best {
-            Some(b) if b.val_accuracy >= m.val_accuracy => Some(b),
-            _ => Some(m),
-        },
-    )
-}
-
-/// Builds a result row from epoch rows and the parameter counts.
-pub fn row(
-    experiment: &str,
-    backbone: &str,
-    epochs: &[EpochMetrics],
-    params: (usize, usize),
-    run_dir: PathBuf,
-) -> Option<ResultRow> {
-    let best = best_of(epochs.iter())?;
-    let phase_best =
-        |p: Phase| best_of(epochs.iter().filter(|m| m.phase == p)).map(|m| m.val_accuracy);
-    Some(ResultRow {
-        experiment: experiment.to_string(),
-        backbone: backbone.to_string(),
-        best_val_accuracy: best.val_accuracy,
-        best_epoch: best.epoch,
-        frozen_best: phase_best(Phase::Frozen),
-        finetune_best: phase_best(Phase::Finetune),
-        seconds_per_epoch: epochs.iter().map(|m| m.seconds).sum::<f64>() / epochs.len() as f64,
-        trainable_params: params.0,
-        total_params: params.1,
-        epochs: epochs.len() as u32,
-        run_dir,
-    })
-}
-
-/// Reads a finished run folder (`metrics.jsonl`, `summary.json`) into a row.
-pub fn summarize(run_dir: &Path) -> anyhow::Result<Option<ResultRow>> {
-    let metrics = read_metrics(run_dir)?;
-    let path = run_dir.join("summary.json");
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-    )?;
-    let count = |k: &str| summary[k].as_u64().unwrap_or(0) as usize;
-    Ok(row(
-        summary["experiment"].as_str().unwrap_or_default(),
-        summary["backbone"].as_str().unwrap_or_default(),
-        &metrics,
-        (count("trainable_parameters"), count("parameters")),
-        run_dir.to_path_buf(),
-    ))
-}
+pub use crate::results::ResultRow;
 
 fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.4}"))
@@ -140,10 +54,62 @@ pub fn export(root: &Path, rows: &[ResultRow]) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// `tlcap-tui shootout`: every experiment headless, then the comparison.
+pub fn run_headless(
+    paths: &[PathBuf],
+    runs: PathBuf,
+    max_epochs: Option<u32>,
+) -> anyhow::Result<()> {
+    // Every valid file; invalid ones are reported and skipped.
+    let mut experiments = Vec::new();
+    for path in paths {
+        for (file, loaded) in crate::config::load_all(path)? {
+            match loaded {
+                Ok(exp) => experiments.push(*exp),
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error   {e}");
+                    }
+                    eprintln!("skipping {}", file.display());
+                }
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    for (i, exp) in experiments.into_iter().enumerate() {
+        eprintln!("== shootout {}: {}", i + 1, exp.name);
+        let options = crate::train::Options {
+            runs_root: runs.clone(),
+            max_epochs,
+            ..Default::default()
+        };
+        // One failed experiment does not end the shootout.
+        let name = exp.name.clone();
+        match crate::headless::run(exp, options, false, None)
+            .and_then(|run| run.map(|r| crate::results::summarize(&r)).transpose())
+        {
+            Ok(row) => rows.extend(row.flatten()),
+            Err(e) => eprintln!("error: {name}: {e:#}"),
+        }
+    }
+    let out = crate::shootout::export(&runs, &rows)?;
+    println!("{}", crate::shootout::markdown(&rows));
+    println!(
+        "{} experiments in {:.0} s; results in {}",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::row;
     use crate::train::metrics::Confusion;
+    use crate::train::{EpochMetrics, Phase};
 
     fn m(epoch: u32, phase: Phase, val: f64) -> EpochMetrics {
         EpochMetrics {

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use tlcap::app::{update, Action, App, AppEvent, CommandKind, FileState, Overlay, RunStatus};
+use tlcap::app::{update, Action, App, AppEvent, FileState, Overlay, RunStatus};
 use tlcap::config::parse_str;
 use tlcap::model::{LayerInfo, LayerKind};
 use tlcap::train::metrics::Confusion;
-use tlcap::train::{EndReason, EpochMetrics, Event, Phase};
+use tlcap::train::{Command, EndReason, EpochMetrics, Event, Phase};
 
 fn experiment(name: &str) -> tlcap::config::Experiment {
     let text = format!(
@@ -225,8 +225,8 @@ fn every_key_in_every_state() {
             let mut a = make();
             let actions = update(&mut a, key(k));
             let expected = match *state {
-                "running" | "stalled" => vec![Action::Send(id, CommandKind::Pause)],
-                "paused" => vec![Action::Send(id, CommandKind::Resume)],
+                "running" | "stalled" => vec![Action::Send(id, Command::Pause)],
+                "paused" => vec![Action::Send(id, Command::Resume)],
                 _ if k == KeyCode::Enter && *state != "invalid" => {
                     assert!(
                         matches!(actions[..], [Action::Start(..)]),
@@ -244,7 +244,7 @@ fn every_key_in_every_state() {
         if active {
             assert_eq!(
                 actions,
-                vec![Action::Send(id, CommandKind::Unfreeze)],
+                vec![Action::Send(id, Command::Unfreeze)],
                 "{state}: u"
             );
             assert!(a.current().unwrap().run.as_ref().unwrap().stall.is_none());
@@ -259,7 +259,7 @@ fn every_key_in_every_state() {
         let mut a = make();
         let actions = update(&mut a, key(KeyCode::Char('x')));
         let expected = if active {
-            vec![Action::Send(id, CommandKind::Stop)]
+            vec![Action::Send(id, Command::Stop)]
         } else {
             vec![]
         };
@@ -278,7 +278,7 @@ fn every_key_in_every_state() {
             assert_eq!((b.quit, b.overlay), (false, Overlay::None));
             let actions = update(&mut a, key(KeyCode::Char('y')));
             assert!(a.quit);
-            assert_eq!(actions, vec![Action::Send(id, CommandKind::Stop)]);
+            assert_eq!(actions, vec![Action::Send(id, Command::Stop)]);
         } else {
             assert!(a.quit, "{state}: q");
         }
@@ -344,7 +344,7 @@ fn every_key_in_every_state() {
 
 #[test]
 fn every_key_shown_is_handled_and_listed() {
-    let listed: Vec<&str> = tlcap::app::KEYS.iter().map(|(k, _)| *k).collect();
+    let listed: Vec<&str> = tlcap::app::KEYS.iter().map(|k| k.keys).collect();
     for k in [
         "s", "p", "u", "x", "q", "?", "m", "t", "e", "Tab", "Enter", "Esc",
     ] {
@@ -353,6 +353,11 @@ fn every_key_shown_is_handled_and_listed() {
             "{k} missing from help"
         );
     }
+    // The footer is built from the same table, so it cannot name a key help lacks.
+    assert_eq!(
+        tlcap::app::footer_text(),
+        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  ? help  q quit"
+    );
 }
 
 #[test]
@@ -535,7 +540,7 @@ fn review_edge_cases() {
     update(&mut app, key(KeyCode::Char('a')));
     update(&mut app, key(KeyCode::Char('q')));
     let actions = update(&mut app, key(KeyCode::Char('y')));
-    assert_eq!(actions, vec![Action::Send(0, CommandKind::Stop)]);
+    assert_eq!(actions, vec![Action::Send(0, Command::Stop)]);
     assert!(app.queue.is_empty() && app.shootout.is_empty());
     let after = update(
         &mut app,

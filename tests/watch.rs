@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use tlcap::watch::FileEvent;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -127,21 +129,6 @@ fn saves_of_every_style_are_seen() {
     );
 }
 
-fn make_images(root: &Path, n: u32) {
-    for (c, name) in ["a", "b"].iter().enumerate() {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..n {
-            let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                let on = if c == 0 { x < 16 } else { x >= 16 };
-                let v = if on { 180 } else { 60 } + ((x * 5 + y * 11 + i) % 40) as u8;
-                image::Rgb([v, v, v])
-            });
-            img.save(dir.join(format!("{i}.png"))).unwrap();
-        }
-    }
-}
-
 fn save_by_rename(file: &Path, text: &str) {
     let tmp = file.with_extension("yaml.swp");
     std::fs::write(&tmp, text).unwrap();
@@ -151,7 +138,7 @@ fn save_by_rename(file: &Path, text: &str) {
 #[test]
 fn a_headless_run_takes_edits_and_survives_a_broken_save() {
     let dir = tempfile::tempdir().unwrap();
-    make_images(&dir.path().join("data"), 300);
+    common::make_images(&dir.path().join("data"), &["a", "b"], 300, 32);
     let file: PathBuf = dir.path().join("live.yaml");
     let body = |epochs: &str| {
         format!(

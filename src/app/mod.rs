@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::config::{ChangeKind, Experiment};
+use crate::config::{ChangeKind, Experiment, LiveEdit};
 use crate::model::LayerInfo;
 use crate::train::{Command, EndReason, EpochMetrics, Event, Phase};
 
@@ -101,7 +101,7 @@ impl RunView {
 
     /// Index into `epochs` of the best row by validation accuracy.
     pub fn best(&self) -> Option<usize> {
-        let best = crate::shootout::best_of(self.epochs.iter())?;
+        let best = crate::results::best_of(self.epochs.iter())?;
         self.epochs.iter().position(|m| std::ptr::eq(m, best))
     }
 
@@ -284,7 +284,7 @@ pub enum Action {
     /// Start a trainer for entry `id` with these settings.
     Start(u64, Box<Experiment>),
     /// Send a command to entry `id`'s trainer.
-    Send(u64, CommandKind),
+    Send(u64, Command),
     /// Send edited settings to entry `id`'s trainer (live changes apply from the
     /// next epoch).
     Apply(u64, Box<Experiment>),
@@ -292,31 +292,6 @@ pub enum Action {
     Edit(PathBuf),
     /// The shootout is over: compare these run folders and export the results.
     ExportShootout(Vec<PathBuf>),
-}
-
-/// Trainer commands without payload (Clone + PartialEq for tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    /// Pause.
-    Pause,
-    /// Resume.
-    Resume,
-    /// Unfreeze now.
-    Unfreeze,
-    /// Stop (checkpoint saved).
-    Stop,
-}
-
-impl CommandKind {
-    /// The trainer command.
-    pub fn command(self) -> Command {
-        match self {
-            CommandKind::Pause => Command::Pause,
-            CommandKind::Resume => Command::Resume,
-            CommandKind::Unfreeze => Command::Unfreeze,
-            CommandKind::Stop => Command::Stop,
-        }
-    }
 }
 
 /// Everything that can happen to the dashboard.
@@ -334,26 +309,86 @@ pub enum AppEvent {
     Info(String),
 }
 
+/// One key (or key group) of the dashboard: what it does, and its word in the footer
+/// (with its place there), if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHelp {
+    /// The key as the user types it.
+    pub keys: &'static str,
+    /// What it does (the help pop-up).
+    pub what: &'static str,
+    /// Place and word in the footer.
+    pub footer: Option<(u8, &'static str)>,
+}
+
+const fn key(keys: &'static str, what: &'static str) -> KeyHelp {
+    KeyHelp {
+        keys,
+        what,
+        footer: None,
+    }
+}
+
+const fn shown(keys: &'static str, what: &'static str, place: u8, word: &'static str) -> KeyHelp {
+    KeyHelp {
+        keys,
+        what,
+        footer: Some((place, word)),
+    }
+}
+
 /// Every key, for the help pop-up and the footer. Each one works (see [`update`]).
-pub const KEYS: &[(&str, &str)] = &[
-    ("s", "start the selected experiment"),
-    ("p", "pause / resume"),
-    ("u", "unfreeze now (fine-tune from the next batch)"),
-    ("x", "stop (checkpoint saved)"),
-    ("q", "quit (asks while a run is going)"),
-    ("?", "this help"),
-    ("↑/↓ j/k", "select experiment"),
-    ("Tab", "next experiment"),
-    ("Enter", "start, or pause/resume the selected one"),
-    ("PgUp/PgDn", "scroll the epoch table"),
-    ("m", "model pane: layers, trainable marks"),
-    ("t", "smooth the charts (debiased EMA)"),
-    ("e", "edit the selected file in $EDITOR"),
-    ("Space", "mark / unmark for the shootout"),
-    ("a", "shootout: run the marked (or all) one after another"),
-    ("c", "compare view: every run in one table and chart"),
-    ("Esc", "close a pop-up"),
+pub const KEYS: &[KeyHelp] = &[
+    shown("s", "start the selected experiment", 0, "start"),
+    shown("p", "pause / resume", 1, "pause"),
+    shown(
+        "u",
+        "unfreeze now (fine-tune from the next batch)",
+        2,
+        "unfreeze",
+    ),
+    shown("x", "stop (checkpoint saved)", 3, "stop"),
+    shown("q", "quit (asks while a run is going)", 8, "quit"),
+    shown("?", "this help", 7, "help"),
+    key("↑/↓ j/k", "select experiment"),
+    key("Tab", "next experiment"),
+    key("Enter", "start, or pause/resume the selected one"),
+    key("PgUp/PgDn", "scroll the epoch table"),
+    shown("m", "model pane: layers, trainable marks", 6, "model"),
+    key("t", "smooth the charts (debiased EMA)"),
+    key("e", "edit the selected file in $EDITOR"),
+    key("Space", "mark / unmark for the shootout"),
+    shown(
+        "a",
+        "shootout: run the marked (or all) one after another",
+        4,
+        "shootout",
+    ),
+    shown(
+        "c",
+        "compare view: every run in one table and chart",
+        5,
+        "compare",
+    ),
+    key("Esc", "close a pop-up"),
 ];
+
+/// The footer line, built from [`KEYS`]: `s start  p pause  ...`.
+pub fn footer_text() -> String {
+    let mut shown: Vec<(u8, String)> = KEYS
+        .iter()
+        .filter_map(|k| {
+            k.footer
+                .map(|(place, word)| (place, format!("{} {word}", k.keys)))
+        })
+        .collect();
+    shown.sort();
+    shown
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>()
+        .join("  ")
+}
 
 impl App {
     /// A dashboard over these files and their load results.
@@ -512,9 +547,9 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Enter if !active => return start(app),
         KeyCode::Char('p') | KeyCode::Enter => match status {
             Some(RunStatus::Running) | Some(RunStatus::Loading { .. }) => {
-                return vec![Action::Send(id, CommandKind::Pause)]
+                return vec![Action::Send(id, Command::Pause)]
             }
-            Some(RunStatus::Paused) => return vec![Action::Send(id, CommandKind::Resume)],
+            Some(RunStatus::Paused) => return vec![Action::Send(id, Command::Resume)],
             _ => app.say(false, "nothing to pause: start a run with s"),
         },
         KeyCode::Char('u') => {
@@ -524,7 +559,7 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
                     if let Some(r) = app.entries[selected].run.as_mut() {
                         r.stall = None;
                     }
-                    return vec![Action::Send(id, CommandKind::Unfreeze)];
+                    return vec![Action::Send(id, Command::Unfreeze)];
                 }
                 Some(r) if r.is_active() => app.say(false, "already fine-tuning"),
                 _ => app.say(false, "nothing to unfreeze: start a run with s"),
@@ -532,7 +567,7 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         KeyCode::Char('x') => {
             if active {
-                return vec![Action::Send(id, CommandKind::Stop)];
+                return vec![Action::Send(id, Command::Stop)];
             }
             app.say(false, "nothing to stop");
         }
@@ -586,7 +621,7 @@ fn next_in_queue(app: &mut App) -> Vec<Action> {
             continue;
         };
         let entry = &mut app.entries[i];
-        entry.run = Some(RunView::new(exp.frozen.epochs + exp.finetune.epochs));
+        entry.run = Some(RunView::new(exp.planned_epochs(None)));
         entry.pending_restart.clear();
         return vec![Action::Start(id, Box::new(exp))];
     }
@@ -617,7 +652,7 @@ fn stop_all(app: &mut App) -> Vec<Action> {
     app.entries
         .iter()
         .filter(|e| e.run.as_ref().is_some_and(RunView::is_active))
-        .map(|e| Action::Send(e.id, CommandKind::Stop))
+        .map(|e| Action::Send(e.id, Command::Stop))
         .collect()
 }
 
@@ -637,7 +672,7 @@ fn start(app: &mut App) -> Vec<Action> {
         return Vec::new();
     };
     entry.pending_restart.clear();
-    entry.run = Some(RunView::new(exp.frozen.epochs + exp.finetune.epochs));
+    entry.run = Some(RunView::new(exp.planned_epochs(None)));
     let id = entry.id;
     // Started by hand: the shootout queue must not run it a second time.
     app.queue.retain(|q| *q != id);
@@ -721,7 +756,7 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
             if phase == Phase::Finetune {
                 // An early unfreeze: the fine-tune epochs count from here.
                 if let Some(exp) = settings {
-                    run.total_epochs = epoch.saturating_sub(1) + exp.finetune.epochs;
+                    run.total_epochs = exp.planned_epochs(Some(epoch.saturating_sub(1)));
                 }
                 run.stall = None;
                 note = Some((
@@ -805,12 +840,8 @@ fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
             let Some(old) = old.filter(|_| active) else {
                 return Vec::new();
             };
-            let changes = crate::config::diff(&old, &new);
-            let restart: Vec<String> = changes
-                .iter()
-                .filter(|c| c.kind == ChangeKind::Restart)
-                .map(|c| c.to_string())
-                .collect();
+            let edit = LiveEdit::new(&old, &new);
+            let restart: Vec<String> = edit.restart_only().map(|c| c.to_string()).collect();
             if !restart.is_empty() {
                 app.say(
                     true,
@@ -821,14 +852,13 @@ fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
                 );
             }
             app.entries[i].pending_restart = restart;
-            if changes.iter().any(|c| c.kind == ChangeKind::Live) {
+            if edit.live().next().is_some() {
                 if let Some(run) = app.entries[i].run.as_mut() {
                     run.total_epochs = match run.phase {
-                        Phase::Frozen => new.frozen.epochs + new.finetune.epochs,
-                        Phase::Finetune => {
-                            run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1)
-                                + new.finetune.epochs
-                        }
+                        Phase::Frozen => new.planned_epochs(None),
+                        Phase::Finetune => new.planned_epochs(Some(
+                            run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1),
+                        )),
                     };
                 }
                 vec![Action::Apply(app.entries[i].id, new)]

@@ -31,19 +31,73 @@ impl fmt::Display for Change {
     }
 }
 
+/// Keeps one restart-only setting of a running experiment in an edited one.
+type Keep = fn(&mut Experiment, &Experiment);
+
 /// Settings that define the data, the model or the randomness: changing them mid-run
-/// would make the epochs before and after incomparable, so they need a restart.
-const RESTART: &[&str] = &[
-    "data.dir",
-    "data.image_size",
-    "data.validation_split",
-    "data.batch_size",
-    "data.interpolation",
-    "model.backbone",
-    "model.weights",
-    "device",
-    "seed",
+/// would make the epochs before and after incomparable, so they need a restart. The
+/// one list of them: [`diff`] names them, [`LiveEdit`] keeps their running values.
+const RESTART: &[(&str, Keep)] = &[
+    ("data.dir", |to, from| to.data.dir = from.data.dir.clone()),
+    ("data.image_size", |to, from| {
+        to.data.image_size = from.data.image_size
+    }),
+    ("data.validation_split", |to, from| {
+        to.data.validation_split = from.data.validation_split
+    }),
+    ("data.batch_size", |to, from| {
+        to.data.batch_size = from.data.batch_size
+    }),
+    ("data.interpolation", |to, from| {
+        to.data.interpolation = from.data.interpolation
+    }),
+    ("model.backbone", |to, from| {
+        to.model.backbone = from.model.backbone
+    }),
+    ("model.weights", |to, from| {
+        to.model.weights = from.model.weights.clone()
+    }),
+    ("device", |to, from| to.device = from.device.clone()),
+    ("seed", |to, from| to.seed = from.seed),
 ];
+
+/// What a saved experiment file means for a run in progress: every change, and the
+/// settings to go on with (the edited live settings; the running values of every
+/// restart-only setting, which wait for the next start). The dashboard and the
+/// trainer both use it, so they agree on what applies now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEdit {
+    /// Every difference, live and restart-only, sorted by path.
+    pub changes: Vec<Change>,
+    /// The settings in force once the edit is applied.
+    pub next: Experiment,
+}
+
+impl LiveEdit {
+    /// Compares the running settings with an edited file.
+    pub fn new(running: &Experiment, edited: &Experiment) -> LiveEdit {
+        let mut next = edited.clone();
+        for (_, keep) in RESTART {
+            keep(&mut next, running);
+        }
+        LiveEdit {
+            changes: diff(running, edited),
+            next,
+        }
+    }
+
+    /// The changes that apply at the next epoch boundary.
+    pub fn live(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.kind == ChangeKind::Live)
+    }
+
+    /// The changes that wait for the next start.
+    pub fn restart_only(&self) -> impl Iterator<Item = &Change> {
+        self.changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Restart)
+    }
+}
 
 /// Every difference between `old` and `new`, sorted by path.
 pub fn diff(old: &Experiment, new: &Experiment) -> Vec<Change> {
@@ -60,7 +114,7 @@ pub fn diff(old: &Experiment, new: &Experiment) -> Vec<Change> {
             new: b.get(p).map(show).unwrap_or_else(|| "-".into()),
             kind: if RESTART
                 .iter()
-                .any(|r| p == r || p.starts_with(&format!("{r}.")))
+                .any(|(r, _)| p == r || p.starts_with(&format!("{r}.")))
             {
                 ChangeKind::Restart
             } else {
@@ -136,6 +190,31 @@ mod tests {
     fn exp(extra: &str) -> Experiment {
         let text = format!("data: {{ dir: d }}\nmodel: {{ backbone: mobilenet_v2 }}\n{extra}");
         parse_str(&text, Path::new("e.yaml")).unwrap()
+    }
+
+    /// Every restart-only setting changed at once, with one live one: the merge keeps
+    /// the running value of each (so no list entry lacks its keeper) and takes the
+    /// live one.
+    #[test]
+    fn a_live_edit_keeps_every_restart_only_setting() {
+        let running = exp("frozen: { lr: 1.0e-3 }\n");
+        let edited = parse_str(
+            "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
+             interpolation: bicubic }\nmodel: { backbone: resnet18, weights: none }\n\
+             device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
+            Path::new("e.yaml"),
+        )
+        .unwrap();
+        let edit = LiveEdit::new(&running, &edited);
+        let restart: Vec<&str> = edit.restart_only().map(|c| c.path.as_str()).collect();
+        let mut expected: Vec<&str> = RESTART.iter().map(|(p, _)| *p).collect();
+        expected.sort();
+        assert_eq!(restart, expected);
+        let live: Vec<&str> = edit.live().map(|c| c.path.as_str()).collect();
+        assert_eq!(live, ["frozen.lr"]);
+        let left = diff(&running, &edit.next);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].path, "frozen.lr");
     }
 
     #[test]

@@ -221,6 +221,50 @@ fn with_suggestion(msg: &str) -> String {
     }
 }
 
+/// `tlcap-tui check`: prints `ok` or every error per file; fails if any file is invalid.
+pub fn check_files(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    let mut invalid = 0;
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        match experiment_files(path) {
+            Ok(found) if found.is_empty() => {
+                invalid += 1;
+                println!(
+                    "error   {}: no *.yaml or *.yml files in this folder",
+                    path.display()
+                );
+            }
+            Ok(found) => files.extend(found),
+            Err(e) => {
+                invalid += 1;
+                println!("error   {}: cannot read folder: {e}", path.display());
+            }
+        }
+    }
+    for file in &files {
+        match load_file(file) {
+            Ok(exp) => println!("ok      {} ({})", file.display(), exp.name),
+            Err(errors) => {
+                invalid += 1;
+                for e in &errors.0 {
+                    println!("error   {e}");
+                }
+            }
+        }
+    }
+    if invalid > 0 {
+        anyhow::bail!(
+            "{invalid} of {} experiment file(s) or folder(s) invalid",
+            files.len().max(invalid)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,10 @@ mod load;
 mod schema;
 mod validate;
 
-pub use diff::{diff, Change, ChangeKind};
+pub use diff::{diff, Change, ChangeKind, LiveEdit};
 pub use load::{
-    experiment_files, is_experiment_file, load, load_all, load_file, parse_str, ConfigError,
-    ConfigErrors, Loaded, MAX_FILE_BYTES,
+    check_files, experiment_files, is_experiment_file, load, load_all, load_file, parse_str,
+    ConfigError, ConfigErrors, Loaded, MAX_FILE_BYTES,
 };
 pub use schema::json_schema;
 
@@ -252,6 +252,18 @@ pub struct StallConfig {
     /// `suggest` (banner only), `unfreeze` (start fine-tuning) or `stop`.
     #[serde(default)]
     pub on_stall: OnStall,
+}
+
+impl Experiment {
+    /// The epochs a run plans in all (the one rule for every progress display): the
+    /// frozen and the fine-tune epochs, or, once fine-tuning started after
+    /// `finetune_after` epochs, those plus the fine-tune epochs.
+    pub fn planned_epochs(&self, finetune_after: Option<u32>) -> u32 {
+        match finetune_after {
+            None => self.frozen.epochs + self.finetune.epochs,
+            Some(before) => before + self.finetune.epochs,
+        }
+    }
 }
 
 impl AugmentConfig {

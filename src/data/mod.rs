@@ -330,3 +330,24 @@ impl fmt::Display for Dataset {
         Ok(())
     }
 }
+
+/// `tlcap-tui data`: loads the images with a progress line on stderr, prints the report.
+pub fn report(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let exp = crate::config::load_file(file)?;
+    let tty = std::io::stderr().is_terminal();
+    let progress = |done: usize, total: usize| {
+        if tty {
+            eprint!("\rdecoding {done}/{total} images");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let dataset = Dataset::load(&exp, &progress)?;
+    if tty {
+        eprintln!();
+    }
+    println!("experiment           {} ({})", exp.name, file.display());
+    println!("data folder          {}", exp.data.dir.display());
+    println!("{dataset}");
+    Ok(())
+}

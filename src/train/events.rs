@@ -28,7 +28,7 @@ impl Phase {
 
 /// What the UI (or the headless runner) asks of the trainer. Pause, Unfreeze and Stop
 /// take effect at the next batch boundary.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Begin (a trainer spawned without autostart waits for this).
     Start,
@@ -102,6 +102,19 @@ pub struct EpochMetrics {
 /// read it back as NaN instead of failing on the whole file.
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// Which phases a run goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phases {
+    /// Frozen, then fine-tune.
+    #[default]
+    Both,
+    /// Only the frozen phase.
+    Frozen,
+    /// Straight to fine-tuning.
+    Finetune,
 }
 
 /// Why a run ended.

@@ -1,14 +1,25 @@
-//! Training: the trainer thread ([`engine`]) with its typed commands and events
-//! ([`events`]), plateau detection ([`stall`]), validation metrics ([`metrics`]) and
-//! the run folder ([`run_dir`]) and the outputs of the frozen backbone kept between
-//! epochs ([`cache`]).
+//! Training, one job per file:
+//! - [`controller`]: the trainer thread, its phases and the command protocol;
+//! - [`resume`]: opening a new run folder or resuming one;
+//! - [`epoch`]: one epoch with its input thread; [`validate`]: the validation pass;
+//! - [`live_edit`]: applying a saved experiment file at an epoch boundary;
+//! - [`plan`]: what to cache of the frozen part, and how an epoch computes;
+//! - [`cache`]: the kept outputs of the frozen part of the backbone;
+//! - [`stall`]: plateau detection and the best-epoch rule;
+//! - [`metrics`]: validation metrics; [`events`]: the typed commands and events;
+//! - [`run_dir`]: the run folder on disk.
 
 pub mod cache;
-pub mod engine;
+pub mod controller;
+mod epoch;
 pub mod events;
+mod live_edit;
 pub mod metrics;
+pub mod plan;
+mod resume;
 pub mod run_dir;
 pub mod stall;
+mod validate;
 
-pub use engine::{spawn, Options, Phases, TrainerHandle};
+pub use controller::{spawn, Options, Phases, TrainerHandle, THREAD_PREFIX};
 pub use events::{Command, EndReason, EpochMetrics, Event, Phase};

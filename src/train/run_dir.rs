@@ -8,7 +8,8 @@
 //! - `events.log`: a timestamped line per event;
 //! - `last.safetensors`, `best.safetensors`: the head and every backbone layer
 //!   trained so far, written atomically, with the epoch and phase in their metadata;
-//! - `summary.json`: written when the run ends.
+//! - `run.json`: how the run was started ([`RunInfo`]);
+//! - `summary.json`: written when the run ends ([`Summary`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -19,7 +20,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::events::{EpochMetrics, Phase};
+use super::events::{EndReason, EpochMetrics, Phase, Phases};
 use crate::config::{Change, Experiment};
 use crate::fsutil::write_atomic;
 
@@ -48,6 +49,39 @@ pub struct CheckpointInfo {
     /// The number format the frozen part ran in (`bf16` or `fp32`); None in older files.
     #[serde(default)]
     pub precision: Option<crate::config::Precision>,
+}
+
+/// `summary.json`: how a run ended, written once when it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The experiment's name.
+    pub experiment: String,
+    /// The backbone's name.
+    pub backbone: String,
+    /// Why the run ended.
+    pub reason: EndReason,
+    /// Epochs finished in total.
+    pub epochs: u32,
+    /// The phase it ended in.
+    pub phase: Phase,
+    /// The best epoch by the stall monitor (the epoch in `best.safetensors`).
+    pub best: Option<EpochMetrics>,
+    /// Parameters of backbone and head.
+    pub parameters: usize,
+    /// Of those, trainable at the end.
+    pub trainable_parameters: usize,
+    /// `cpu`, `cuda:0`, ...
+    pub device: String,
+}
+
+/// `run.json`: how a run was started, so that `resume` continues it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Which phases the run goes through.
+    pub phases: Phases,
+    /// Whether the end writes `model.safetensors`.
+    #[serde(default)]
+    pub export_model: bool,
 }
 
 /// An open run folder.
@@ -152,10 +186,18 @@ impl RunDir {
     }
 
     /// Writes `summary.json`.
-    pub fn write_summary(&self, summary: &serde_json::Value) -> anyhow::Result<()> {
+    pub fn write_summary(&self, summary: &Summary) -> anyhow::Result<()> {
         write_atomic(
             &self.path.join("summary.json"),
             serde_json::to_string_pretty(summary)?.as_bytes(),
+        )
+    }
+
+    /// Writes `run.json`.
+    pub fn write_info(&self, info: &RunInfo) -> anyhow::Result<()> {
+        write_atomic(
+            &self.path.join("run.json"),
+            serde_json::to_string(info)?.as_bytes(),
         )
     }
 }
@@ -224,4 +266,24 @@ pub fn read_config(run: &Path) -> anyhow::Result<Experiment> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_yaml::from_str(&text)
         .with_context(|| format!("{} is not a valid experiment", path.display()))
+}
+
+/// A run's `summary.json` (present once the run has ended).
+pub fn read_summary(run: &Path) -> anyhow::Result<Summary> {
+    let path = run.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a run summary", path.display()))
+}
+
+/// A run's `run.json`; None for a folder without one (older runs).
+pub fn read_info(run: &Path) -> anyhow::Result<Option<RunInfo>> {
+    let path = run.join("run.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a run description", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }

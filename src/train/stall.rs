@@ -2,7 +2,8 @@
 //! `monitor`, `mode` (auto/min/max), `patience`, `min_delta`, `cooldown`,
 //! `start_from_epoch`.
 
-use crate::config::{Monitor, StallConfig, StallMode};
+use super::events::EpochMetrics;
+use crate::config::{Experiment, Monitor, StallConfig, StallMode};
 
 /// Whether a larger or a smaller value of the monitored metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,10 +110,77 @@ impl StallDetector {
     }
 }
 
+/// A float in scientific notation with at most 4 significant digits: `1e-6`, not
+/// `1.0000000000000002e-6`.
+pub fn short_float(x: f64) -> String {
+    let text = format!("{x:.3e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) if mantissa.contains('.') => {
+            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+            format!("{mantissa}e{exponent}")
+        }
+        _ => text,
+    }
+}
+
+/// The value of the monitored metric in an epoch row.
+pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
+    match monitor {
+        Monitor::ValAccuracy => m.val_accuracy,
+        Monitor::ValLoss => m.val_loss,
+        Monitor::Accuracy => m.accuracy,
+        Monitor::Loss => m.loss,
+    }
+}
+
+pub fn monitor_name(monitor: Monitor) -> &'static str {
+    match monitor {
+        Monitor::ValAccuracy => "val_accuracy",
+        Monitor::ValLoss => "val_loss",
+        Monitor::Accuracy => "accuracy",
+        Monitor::Loss => "loss",
+    }
+}
+
+/// Whether `m` beats `best` on the stall monitor (the one definition of the best
+/// epoch for checkpoints and resume).
+pub fn is_better(exp: &Experiment, m: &EpochMetrics, best: &EpochMetrics) -> bool {
+    let (a, b) = (
+        monitored(exp.stall.monitor, m),
+        monitored(exp.stall.monitor, best),
+    );
+    // NaN is the worst value: anything real beats it, it beats nothing.
+    if a.is_nan() || b.is_nan() {
+        return !a.is_nan() && b.is_nan();
+    }
+    match direction(exp.stall.monitor, exp.stall.mode) {
+        Direction::Max => a > b,
+        Direction::Min => a < b,
+    }
+}
+
+/// The better of the best so far and `m`.
+pub fn better(
+    exp: &Experiment,
+    best: Option<EpochMetrics>,
+    m: &EpochMetrics,
+) -> Option<EpochMetrics> {
+    match best {
+        Some(b) if !is_better(exp, m, &b) => Some(b),
+        _ => Some(m.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::OnStall;
+
+    #[test]
+    fn short_floats() {
+        assert_eq!(short_float(1e-5 / 10.0), "1e-6");
+        assert_eq!(short_float(2.5e-4), "2.5e-4");
+    }
 
     fn config(patience: u32, min_delta: f64, cooldown: u32, start: u32) -> StallConfig {
         StallConfig {

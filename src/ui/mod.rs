@@ -553,19 +553,23 @@ fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 .map(|l| l.params)
                 .sum();
             // The same figures `tlcap-tui shootout` exports.
-            let cells =
-                match crate::shootout::row(name, "", &r.epochs, (trainable, total), PathBuf::new())
-                {
-                    Some(c) => vec![
-                        name.clone(),
-                        format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
-                        fmt(c.frozen_best),
-                        fmt(c.finetune_best),
-                        format!("{:.1}", c.seconds_per_epoch),
-                        format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
-                    ],
-                    None => vec![name.clone(), "-".into()],
-                };
+            let cells = match crate::results::row(
+                name,
+                "",
+                &r.epochs,
+                (trainable, total),
+                PathBuf::new(),
+            ) {
+                Some(c) => vec![
+                    name.clone(),
+                    format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
+                    fmt(c.frozen_best),
+                    fmt(c.finetune_best),
+                    format!("{:.1}", c.seconds_per_epoch),
+                    format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
+                ],
+                None => vec![name.clone(), "-".into()],
+            };
             Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
         .collect();
@@ -658,8 +662,7 @@ fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect) {
-    let keys =
-        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  ? help  q quit";
+    let keys = crate::app::footer_text();
     frame.render_widget(
         Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
         area,
@@ -681,10 +684,10 @@ fn draw_help(frame: &mut Frame, area: Rect) {
     let rect = popup(area, 58, KEYS.len() as u16 + 4);
     let lines: Vec<Line> = KEYS
         .iter()
-        .map(|(k, what)| {
+        .map(|k| {
             Line::from(vec![
-                Span::styled(format!("{k:>10}  "), Style::new().bold()),
-                Span::raw(*what),
+                Span::styled(format!("{:>10}  ", k.keys), Style::new().bold()),
+                Span::raw(k.what),
             ])
         })
         .collect();

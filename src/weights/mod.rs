@@ -350,3 +350,54 @@ pub fn describe(file: &WeightFile) -> String {
     ));
     out
 }
+
+/// What `tlcap-tui weights` does.
+#[derive(Debug, Clone)]
+pub enum WeightsAction {
+    /// Convert a weight file to .safetensors.
+    Import {
+        /// The file to read.
+        input: std::path::PathBuf,
+        /// The .safetensors file to write.
+        output: std::path::PathBuf,
+    },
+    /// List a weight file's tensors.
+    Inspect {
+        /// The file to read.
+        file: std::path::PathBuf,
+    },
+}
+
+/// `tlcap-tui weights import|inspect`.
+pub fn run_cli(action: WeightsAction) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match action {
+        WeightsAction::Inspect { file } => {
+            let wf = read_file(&file).with_context(|| format!("cannot load {}", file.display()))?;
+            print!("{}", describe(&wf));
+        }
+        WeightsAction::Import { input, output } => {
+            let wf =
+                read_file(&input).with_context(|| format!("cannot load {}", input.display()))?;
+            let source = input
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let metadata = std::collections::HashMap::from([
+                ("source".to_owned(), source),
+                ("source_format".to_owned(), wf.format.to_string()),
+            ]);
+            write_safetensors(&output, &wf.tensors, Some(metadata))?;
+            let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "wrote {} tensors ({:.1} MB) from {} ({}) to {}",
+                wf.tensors.len(),
+                bytes as f64 / 1e6,
+                input.display(),
+                wf.format,
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}

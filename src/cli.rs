@@ -1,0 +1,159 @@
+//! The command line: clap's types for `tlcap-tui` and its subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Transfer-learning experiments on images, watched and steered from a terminal.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tlcap-tui",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no command: open the dashboard on this folder of experiment files, or on
+    /// one file (default: experiments/). When stdout is not a terminal, the
+    /// experiments run headless instead, one after the other.
+    pub path: Option<PathBuf>,
+    /// Where run folders go (dashboard and headless fallback).
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    pub runs: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check that libtorch works and report versions, threads, CPU features and CUDA.
+    Doctor,
+    /// Print the JSON Schema of experiment files (for yaml-language-server and editors).
+    Schema,
+    /// Validate experiment files (or every .yaml in a folder) and print every error.
+    Check {
+        /// Experiment files or folders.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Load an experiment's images and print a dataset report (classes, split, skipped files, speed).
+    Data {
+        /// The experiment file.
+        file: PathBuf,
+    },
+    /// Train an experiment without the dashboard: one line per epoch on stdout.
+    Run {
+        /// The experiment file.
+        file: PathBuf,
+        /// One JSON object per epoch (keys: epoch, phase, loss, accuracy, val_loss,
+        /// val_accuracy, lr, seconds, images_per_sec, stalled, suggestion, ...).
+        #[arg(long)]
+        json: bool,
+        /// Which phases to run.
+        #[arg(long, value_enum, default_value = "both")]
+        phase: PhaseArg,
+        /// Stop after this many epochs in total.
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        /// Also write model.safetensors (backbone + head) in the run folder at the end.
+        #[arg(long)]
+        export_model: bool,
+    },
+    /// Run experiments one after another (headless) and compare them: prints a table,
+    /// writes runs/shootout-<timestamp>/results.csv and results.md.
+    Shootout {
+        /// Experiment files, or folders of them (every valid file in each).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        /// Stop each experiment after this many epochs in total.
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+    },
+    /// Continue a run folder from its last finished epoch, in the right phase.
+    Resume {
+        /// A run folder (runs/<experiment>/<timestamp>).
+        run_dir: PathBuf,
+        /// One JSON object per epoch.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many epochs in total (counting the ones already done).
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
+    },
+    /// Class and probability per image from a trained run (or one of its checkpoints).
+    Predict {
+        /// A run folder (uses best.safetensors) or a checkpoint inside one.
+        checkpoint_or_run_dir: PathBuf,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// List a backbone's layers (what `unfreeze_last` counts) and what N would unfreeze.
+    Layers {
+        /// e.g. mobilenet_v2, resnet50, efficientnet_lite0, small_cnn.
+        backbone: String,
+        /// Mark the layers `finetune.unfreeze_last: N` would make trainable.
+        #[arg(long, value_name = "N")]
+        unfreeze_last: Option<usize>,
+    },
+    /// Measure speed on generated images: data loading, frozen epochs (uncached,
+    /// cached, fp32, bf16), fine-tuning with and without the prefix cache, with
+    /// GFLOP/s against a matrix-multiply peak measured in the same run.
+    Bench {
+        /// Comma-separated backbones.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "resnet18,resnet50,mobilenet_v2"
+        )]
+        backbones: Vec<String>,
+        /// Generated images in all (a fifth is held out for validation).
+        #[arg(long, default_value_t = 96)]
+        images: usize,
+        /// Square input size.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Images per batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Where to measure: cpu, cuda, cuda:N, mps or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsCommand,
+    },
+}
+
+/// `--phase` of `run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PhaseArg {
+    Frozen,
+    Finetune,
+    Both,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WeightsCommand {
+    /// Convert a weight file to .safetensors (dtypes kept; nothing in the input is executed).
+    Import {
+        /// A .pth (zip or legacy pickle), .ot or .safetensors file.
+        input: PathBuf,
+        /// The .safetensors file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List a weight file's tensors with dtypes and shapes.
+    Inspect {
+        /// A .pth (zip or legacy pickle), .ot or .safetensors file.
+        file: PathBuf,
+    },
+}

@@ -1,0 +1,86 @@
+//! Results of runs, below the dashboard and the reports: the best epoch of a run (one
+//! rule, everywhere) and a run folder summarised into one comparable row.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::train::run_dir::read_metrics;
+use crate::train::{EpochMetrics, Phase};
+
+/// One experiment's line in the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultRow {
+    /// Experiment name.
+    pub experiment: String,
+    /// Backbone name.
+    pub backbone: String,
+    /// Best validation accuracy over all epochs.
+    pub best_val_accuracy: f64,
+    /// Its epoch (1-based).
+    pub best_epoch: u32,
+    /// Best validation accuracy in the frozen phase.
+    pub frozen_best: Option<f64>,
+    /// Best validation accuracy in the fine-tune phase.
+    pub finetune_best: Option<f64>,
+    /// Mean wall seconds per epoch.
+    pub seconds_per_epoch: f64,
+    /// Parameters trainable at the end (head included).
+    pub trainable_params: usize,
+    /// All parameters (backbone and head).
+    pub total_params: usize,
+    /// Epochs run.
+    pub epochs: u32,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+/// The epoch with the highest val_accuracy (the earliest on a tie; NaN never wins).
+pub fn best_of<'a>(rows: impl Iterator<Item = &'a EpochMetrics>) -> Option<&'a EpochMetrics> {
+    rows.filter(|m| !m.val_accuracy.is_nan()).fold(
+        None,
+        |best: Option<&EpochMetrics>, m| match best {
+            Some(b) if b.val_accuracy >= m.val_accuracy => Some(b),
+            _ => Some(m),
+        },
+    )
+}
+
+/// Builds a result row from epoch rows and the parameter counts.
+pub fn row(
+    experiment: &str,
+    backbone: &str,
+    epochs: &[EpochMetrics],
+    params: (usize, usize),
+    run_dir: PathBuf,
+) -> Option<ResultRow> {
+    let best = best_of(epochs.iter())?;
+    let phase_best =
+        |p: Phase| best_of(epochs.iter().filter(|m| m.phase == p)).map(|m| m.val_accuracy);
+    Some(ResultRow {
+        experiment: experiment.to_string(),
+        backbone: backbone.to_string(),
+        best_val_accuracy: best.val_accuracy,
+        best_epoch: best.epoch,
+        frozen_best: phase_best(Phase::Frozen),
+        finetune_best: phase_best(Phase::Finetune),
+        seconds_per_epoch: epochs.iter().map(|m| m.seconds).sum::<f64>() / epochs.len() as f64,
+        trainable_params: params.0,
+        total_params: params.1,
+        epochs: epochs.len() as u32,
+        run_dir,
+    })
+}
+
+/// Reads a finished run folder (`metrics.jsonl`, `summary.json`) into a row.
+pub fn summarize(run_dir: &Path) -> anyhow::Result<Option<ResultRow>> {
+    let metrics = read_metrics(run_dir)?;
+    let summary = crate::train::run_dir::read_summary(run_dir)?;
+    Ok(row(
+        &summary.experiment,
+        &summary.backbone,
+        &metrics,
+        (summary.trainable_parameters, summary.parameters),
+        run_dir.to_path_buf(),
+    ))
+}

@@ -1,0 +1,109 @@
+//! Cache planning: what to keep of the frozen part's outputs for the current phase
+//! and layer states, and how an epoch computes, in words.
+
+use tch::Kind;
+
+use super::cache::{human_bytes, Cache, FeatureTable, TrainSource};
+use super::controller::{State, Trainer};
+use super::events::Phase;
+use crate::config::FeatureCache;
+use crate::data::Dataset;
+
+/// `bf16` or `fp32`.
+pub fn precision_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
+impl Trainer {
+    /// What to keep for the current phase and layer states (see [`Cache`]): nothing
+    /// when no leading part of the backbone is frozen, the phase's cache setting is
+    /// `off`, or a cache was refused for memory earlier in this phase.
+    pub(super) fn plan_cache(&self, s: &State, data: &Dataset) -> Option<Cache> {
+        let split = s.net.frozen_segments();
+        let setting = match s.phase {
+            Phase::Frozen => self.exp.frozen.feature_cache,
+            Phase::Finetune => self.exp.finetune.prefix_cache,
+        };
+        if split == 0 || setting == FeatureCache::Off || s.cache_refused {
+            return None;
+        }
+        let random = self.exp.data.augment.is_random();
+        let views = match s.phase {
+            Phase::Frozen if random => self.exp.frozen.augment_views as usize,
+            _ => 0,
+        };
+        let budget = (self.exp.finetune.prefix_cache_mb << 20)
+            .min(crate::data::memory_budget_bytes())
+            / (1 + views as u64);
+        let all: Vec<usize> = (0..data.len()).collect();
+        let plain = if random { &data.val } else { &all };
+        Some(Cache {
+            split,
+            plain: FeatureTable::new(plain, data.len(), budget),
+            train_plain: !random,
+            views: (0..views)
+                .map(|_| FeatureTable::new(&data.train, data.len(), budget))
+                .collect(),
+        })
+    }
+
+    /// How this epoch computes, in words: the precision of the frozen part and what
+    /// is cached (shown by the dashboard, kept in `metrics.jsonl`).
+    pub(super) fn describe_compute(
+        &self,
+        s: &mut State,
+        data: &Dataset,
+        source: TrainSource,
+    ) -> String {
+        let precision = precision_name(s.net.precision());
+        let split = s.net.frozen_segments();
+        let segments = s.net.backbone.segments();
+        if split == 0 {
+            // Nothing is frozen: everything runs in float32 on the model itself.
+            return "fp32, no frozen part (the first segment trains)".into();
+        }
+        let frozen_part = if split == segments {
+            "features".to_string()
+        } else {
+            let last = s.net.backbone.segment_layers(split - 1);
+            let name = s
+                .net
+                .table()
+                .layers()
+                .nth(last.end - 1)
+                .map_or(String::new(), |l| l.name.clone());
+            format!("prefix up to {name}")
+        };
+        let Some(cache) = s.cache.as_mut() else {
+            return format!("{precision} frozen part, no cache");
+        };
+        let bytes = cache.bytes();
+        let table = cache.train_table(source);
+        let state = |t: &FeatureTable| {
+            if t.has(&data.train) {
+                "cached"
+            } else {
+                "caching"
+            }
+        };
+        let what = match (source, table) {
+            (TrainSource::View(v), Some(t)) => format!(
+                "{frozen_part} of view {}/{} {}",
+                v + 1,
+                self.exp.frozen.augment_views,
+                state(t)
+            ),
+            (_, Some(t)) => format!("{frozen_part} {}", state(t)),
+            (_, None) => format!("validation {frozen_part} cached (training is augmented)"),
+        };
+        if bytes == 0 {
+            format!("{precision} frozen part, {what}")
+        } else {
+            format!("{precision} frozen part, {what} ({})", human_bytes(bytes))
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Validation: loss, confusion matrix and (two classes) binary scores on the
+//! validation split, in inference mode, reusing the frozen part's stored outputs.
+
+use tch::{Kind, Tensor};
+
+use super::cache::FeatureTable;
+use super::metrics::{binary_scores, BinaryScores, Confusion};
+use crate::data::Dataset;
+use crate::model::classifier::Classifier;
+
+/// Predicted class indices from logits.
+pub(super) fn predictions(net: &Classifier, logits: &Tensor) -> Tensor {
+    if net.classes == 2 {
+        logits.view([-1]).gt(0.0).to_kind(Kind::Int64)
+    } else {
+        logits.argmax(-1, false)
+    }
+}
+
+pub(super) struct Validation {
+    pub(super) loss: f64,
+    pub(super) confusion: Confusion,
+    pub(super) binary: Option<BinaryScores>,
+}
+
+/// Loss, confusion matrix and (two classes) binary scores on the validation split, in
+/// inference mode. The frozen part's outputs come from `stored` when it has them and
+/// are stored there otherwise.
+pub(super) fn validate(
+    net: &Classifier,
+    data: &Dataset,
+    batch_size: usize,
+    mut stored: Option<&mut FeatureTable>,
+) -> Validation {
+    let (mut loss_sum, mut truth, mut predicted, mut prob1) =
+        (0.0, Vec::new(), Vec::new(), Vec::new());
+    let k = net.frozen_segments();
+    tch::no_grad(|| {
+        for images in data.val_batches(batch_size) {
+            let prefix = match stored.as_ref().and_then(|t| t.get(&images)) {
+                Some(p) => p,
+                None => {
+                    let (x, _) = data.val_batch(&images);
+                    let out = net.run_prefix(&x, k);
+                    if let Some(t) = stored.as_mut() {
+                        t.put(&images, &out);
+                    }
+                    out
+                }
+            };
+            let logits = net.forward_from(&prefix, k);
+            let y = data.label_tensor(&images);
+            loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
+            let probs = net.probabilities(&logits).to_device(tch::Device::Cpu);
+            let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
+            let classes = net.classes;
+            for (i, &label) in Vec::<i64>::try_from(&y)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let row = &p[i * classes..(i + 1) * classes];
+                let best = (0..classes)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
+                truth.push(label as usize);
+                predicted.push(best);
+                if classes == 2 {
+                    prob1.push(row[1] as f64);
+                }
+            }
+        }
+    });
+    let n = truth.len().max(1);
+    Validation {
+        loss: loss_sum / n as f64,
+        confusion: Confusion::new(net.classes, &truth, &predicted),
+        binary: (net.classes == 2).then(|| binary_scores(&truth, &prob1)),
+    }
+}
