@@ -23,13 +23,15 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
         "seconds": m.seconds,
         "images_per_sec": m.images_per_sec,
         "stalled": m.stalled,
-        "suggestion": m.suggestion,
+        "suggestion": m.suggestion.as_ref().map(crate::text::suggestion),
         "val_precision": m.val_precision,
         "val_recall": m.val_recall,
         "val_f1": m.val_f1,
         "val_auc": m.val_auc,
         "confusion": m.confusion.counts,
         "val_images_per_sec": m.val_images_per_sec,
+        "compute": crate::text::compute(&m.compute),
+        "input_wait_seconds": m.input_wait_seconds,
     })
 }
 
@@ -51,8 +53,8 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
         " lr {:.0e} {:.1}s {:.0} img/s",
         m.lr, m.seconds, m.images_per_sec
     ));
-    if let Some(s) = m.suggestion.as_deref().filter(|_| m.stalled) {
-        line.push_str(&format!("\n  stalled: {s}"));
+    if let Some(s) = m.suggestion.as_ref().filter(|_| m.stalled) {
+        line.push_str(&format!("\n  stalled: {}", crate::text::suggestion(s)));
     }
     line
 }
@@ -96,8 +98,9 @@ pub fn run(
     for event in handle.events.iter() {
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
-            Event::Compute(text) => {
+            Event::Compute(c) => {
                 progress(String::new());
+                let text = crate::text::compute(&c);
                 eprintln!("{}compute: {text}", if tty { "\r" } else { "" });
             }
             Event::Note(text) => {

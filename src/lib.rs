@@ -20,6 +20,7 @@
 //! - [`predict`]: class and probability for images from a trained run.
 //! - [`results`]: the best epoch of a run and a run folder as one comparable row.
 //! - [`shootout`]: comparing experiments; results.csv / results.md.
+//! - [`text`]: how typed trainer events read for people (dashboard and headless).
 //! - [`bench`]: `tlcap-tui bench`, speed per mode against a matmul peak.
 
 pub mod app;
@@ -35,6 +36,7 @@ pub mod predict;
 pub mod results;
 pub mod runtime;
 pub mod shootout;
+pub mod text;
 pub mod train;
 pub mod ui;
 pub mod watch;

@@ -128,7 +128,7 @@ mod tests {
             seconds: epoch as f64,
             images_per_sec: 1.0,
             val_images_per_sec: 1.0,
-            compute: String::new(),
+            compute: Default::default(),
             input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,

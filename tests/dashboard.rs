@@ -10,8 +10,20 @@ use ratatui::Terminal;
 use tlcap::app::{update, Action, App, AppEvent, FileState, Overlay, RunStatus};
 use tlcap::config::parse_str;
 use tlcap::model::{LayerInfo, LayerKind};
+use tlcap::train::events::{CacheUse, Compute, FrozenPart, StallAction, Suggestion};
 use tlcap::train::metrics::Confusion;
 use tlcap::train::{Command, EndReason, EpochMetrics, Event, Phase};
+
+/// `bf16 frozen part, features cached (13 MB)`.
+fn cached_features() -> Compute {
+    Compute {
+        precision: Some(tlcap::config::Precision::Bf16),
+        frozen: FrozenPart::Features,
+        cache: CacheUse::Training { complete: true },
+        cache_bytes: 13_000_000,
+        from_batch: None,
+    }
+}
 
 fn experiment(name: &str) -> tlcap::config::Experiment {
     let text = format!(
@@ -39,7 +51,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         seconds: 12.0,
         images_per_sec: 200.0,
         val_images_per_sec: 600.0,
-        compute: "bf16 frozen part, features cached (13 MB)".into(),
+        compute: cached_features(),
         input_wait_seconds: 0.0,
         stalled: false,
         suggestion: None,
@@ -117,10 +129,7 @@ fn running(epochs: u32) -> App {
         &mut app,
         Event::RunDir("runs/quickstart/20261129-120000".into()),
     );
-    trainer(
-        &mut app,
-        Event::Compute("bf16 frozen part, features cached (13 MB)".into()),
-    );
+    trainer(&mut app, Event::Compute(cached_features()));
     for e in 1..=epochs {
         let m = metrics(e, Phase::Frozen, 0.70 + 0.03 * e as f64);
         trainer(&mut app, Event::EpochEnd(m));
@@ -144,7 +153,17 @@ fn stalled() -> App {
         &mut app,
         Event::Stalled {
             epoch: 3,
-            suggestion: "val_accuracy 0.7900, no gain > 0.005 for 2 epochs: unfreeze the last 14 layers at lr 1e-5".into(),
+            suggestion: Suggestion {
+                monitor: tlcap::config::Monitor::ValAccuracy,
+                value: 0.79,
+                min_delta: 0.005,
+                patience: 2,
+                action: StallAction::Unfreeze {
+                    layers: 14,
+                    lr: 1e-5,
+                    automatic: false,
+                },
+            },
         },
     );
     app
@@ -368,7 +387,10 @@ fn trainer_events_drive_the_run_view() {
     assert_eq!(run.phase_marks, vec![(4, Phase::Finetune)]);
     assert_eq!(run.epochs.len(), 6);
     assert_eq!(run.best(), Some(5));
-    assert_eq!(run.compute, "bf16 frozen part, features cached (13 MB)");
+    assert_eq!(
+        tlcap::text::compute(run.compute.as_ref().unwrap()),
+        "bf16 frozen part, features cached (13 MB)"
+    );
     assert!(render(&app, 140, 40).contains("bf16 frozen part, features cached (13 MB)"));
     assert_eq!(app.current().unwrap().state_label(), "running");
     assert_eq!(stalled().current().unwrap().state_label(), "stalled");

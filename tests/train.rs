@@ -15,6 +15,11 @@ use tlcap::config::{parse_str, Experiment};
 use tlcap::train::run_dir::{read_checkpoint, read_metrics, Split};
 use tlcap::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
 
+/// How an epoch computed, in the dashboard's words.
+fn words(m: &EpochMetrics) -> String {
+    tlcap::text::compute(&m.compute)
+}
+
 const SMALL: &str = "
 data: { image_size: 32, batch_size: 16, validation_split: 0.25 }
 model: { backbone: small_cnn, dropout: 0.1 }
@@ -179,11 +184,10 @@ fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
     let phases: Vec<Phase> = rows.iter().map(|m| m.phase).collect();
     // Epoch 1 sets the baseline, 2 and 3 do not improve: stall at 3, fine-tune from 4.
     assert!(rows[2].stalled, "{rows:#?}");
-    assert!(rows[2]
-        .suggestion
-        .as_deref()
-        .unwrap()
-        .contains("unfreezing the last"));
+    assert!(
+        tlcap::text::suggestion(rows[2].suggestion.as_ref().unwrap())
+            .contains("unfreezing the last")
+    );
     assert_eq!(
         phases,
         [
@@ -641,7 +645,7 @@ fn feature_and_prefix_caches_give_the_same_metrics() {
         notes.is_empty() && plain_notes.is_empty(),
         "{notes:?} {plain_notes:?}"
     );
-    let compute: Vec<&str> = cached.iter().map(|m| m.compute.as_str()).collect();
+    let compute: Vec<String> = cached.iter().map(words).collect();
     assert!(
         compute[0].starts_with("fp32 frozen part, features caching"),
         "{compute:?}"
@@ -664,7 +668,7 @@ fn feature_and_prefix_caches_give_the_same_metrics() {
     );
     assert!(plain
         .iter()
-        .all(|m| m.compute == "fp32 frozen part, no cache"));
+        .all(|m| words(m) == "fp32 frozen part, no cache"));
     assert_eq!(cached.len(), 5);
     assert_same_figures(&cached, &plain);
 }
@@ -691,9 +695,9 @@ fn bf16_frozen_part_learns_like_fp32() {
     let ((bf16, _, bf16_run), (fp32, _, _)) = (run("bf16"), run("fp32"));
     predict_agrees_with_the_best_epoch(&bf16_run, &bf16);
     assert!(
-        bf16.iter().all(|m| m.compute.starts_with("bf16 ")),
+        bf16.iter().all(|m| words(m).starts_with("bf16 ")),
         "{:?}",
-        bf16[0].compute
+        words(&bf16[0])
     );
     let best = |rows: &[EpochMetrics]| rows.iter().map(|m| m.val_accuracy).fold(0.0, f64::max);
     assert!(best(&bf16) >= 0.8, "bf16 best {}", best(&bf16));
@@ -723,7 +727,7 @@ fn augment_views_cycle_and_an_oversized_prefix_cache_is_refused() {
         "frozen: { epochs: 4, lr: 1.0e-3, augment_views: 2 }\n\
          finetune: { epochs: 1, lr: 1.0e-4, unfreeze_last: 4 }\nprecision: fp32\n",
     );
-    let compute: Vec<&str> = rows.iter().map(|m| m.compute.as_str()).collect();
+    let compute: Vec<String> = rows.iter().map(words).collect();
     let expected = [
         "features of view 1/2 caching",
         "features of view 2/2 caching",
@@ -754,7 +758,7 @@ fn augment_views_cycle_and_an_oversized_prefix_cache_is_refused() {
             .any(|n| n.starts_with("cache off: it would need")),
         "{notes:?}"
     );
-    assert_eq!(rows[1].compute, "fp32 frozen part, no cache");
+    assert_eq!(words(&rows[1]), "fp32 frozen part, no cache");
 }
 
 /// An Unfreeze in the middle of a frozen epoch that fills the feature cache: the
@@ -798,17 +802,14 @@ fn a_mid_epoch_unfreeze_drops_the_cache_and_says_so() {
     }
     let changed = rows
         .iter()
-        .find(|m| {
-            m.compute
-                .starts_with("fp32 frozen part, no cache from batch ")
-        })
+        .find(|m| words(m).starts_with("fp32 frozen part, no cache from batch "))
         .unwrap_or_else(|| panic!("no row says the cache stopped: {rows:#?}"));
     assert_eq!(changed.phase, Phase::Finetune);
     assert!(changed.val_accuracy.is_finite());
     let last = rows.last().unwrap();
     assert!(
-        last.compute.starts_with("fp32 frozen part, prefix up to"),
+        words(last).starts_with("fp32 frozen part, prefix up to"),
         "the next epoch plans a prefix cache: {}",
-        last.compute
+        words(last)
     );
 }

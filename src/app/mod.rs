@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::config::{ChangeKind, Experiment, LiveEdit};
 use crate::model::LayerInfo;
+use crate::train::events::{Compute, Suggestion};
 use crate::train::{Command, EndReason, EpochMetrics, Event, Phase};
 
 /// What the user sees about one experiment's run.
@@ -54,7 +55,7 @@ pub struct RunView {
     /// First epochs of each phase change after the first phase: (epoch, phase).
     pub phase_marks: Vec<(u32, Phase)>,
     /// The stall suggestion in force (cleared when acted on).
-    pub stall: Option<String>,
+    pub stall: Option<Suggestion>,
     /// The backbone's layers (trainable marks as of the last phase change).
     pub layers: Vec<LayerInfo>,
     /// `cpu` or `cuda:N`.
@@ -65,8 +66,8 @@ pub struct RunView {
     pub run_dir: Option<PathBuf>,
     /// Training / validation images.
     pub images: (usize, usize),
-    /// How the current epoch computes (precision, what is cached), in words.
-    pub compute: String,
+    /// How the current epoch computes (precision, what is cached).
+    pub compute: Option<Compute>,
 }
 
 impl RunView {
@@ -87,7 +88,7 @@ impl RunView {
             weights: String::new(),
             run_dir: None,
             images: (0, 0),
-            compute: String::new(),
+            compute: None,
         }
     }
 
@@ -295,6 +296,9 @@ pub enum Action {
 }
 
 /// Everything that can happen to the dashboard.
+// A trainer event carries an epoch row inline; a few hundred bytes per event at most
+// ~100 events a second is not worth a box per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AppEvent {
     /// A key press.
@@ -692,7 +696,7 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
     let mut note: Option<(bool, String)> = None;
     match event {
         Event::Loading { done, total } => run.status = RunStatus::Loading { done, total },
-        Event::Compute(text) => run.compute = text,
+        Event::Compute(c) => run.compute = Some(c),
         Event::Note(text) => note = Some((false, format!("{name}: {text}"))),
         Event::DataReady {
             train,
@@ -739,7 +743,10 @@ fn on_trainer(app: &mut App, id: u64, event: Event) {
             run.epochs.push(m);
         }
         Event::Stalled { suggestion, .. } => {
-            note = Some((true, format!("{name}: stalled: {suggestion}")));
+            note = Some((
+                true,
+                format!("{name}: stalled: {}", crate::text::suggestion(&suggestion)),
+            ));
             run.stall = Some(suggestion);
         }
         Event::PhaseChanged {

@@ -17,9 +17,9 @@ use tch::Tensor;
 use super::cache::Cache;
 use super::epoch::checkpoint_info;
 pub use super::events::Phases;
-use super::events::{Command, EndReason, EpochMetrics, Event, Phase};
+use super::events::{Command, EndReason, EpochMetrics, Event, Phase, StallAction, Suggestion};
 use super::run_dir::{RunDir, Summary};
-use super::stall::{is_better, monitor_name, monitored, short_float, StallDetector};
+use super::stall::{is_better, monitored, StallDetector};
 use crate::config::{Experiment, OnStall, Optimizer, Weights};
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
@@ -357,45 +357,43 @@ impl Trainer {
         }
     }
 
-    /// The suggestion for a stall in words, and what `on_stall` makes of it.
-    pub(super) fn on_stall(&self, s: &State, value: f64) -> (String, OnStall) {
+    /// The suggestion for a stall, and what `on_stall` makes of it.
+    pub(super) fn on_stall(&self, s: &State, value: f64) -> (Suggestion, OnStall) {
         let st = &self.exp.stall;
-        let name = monitor_name(st.monitor);
-        let seen = format!(
-            "{name} {value:.4}, no gain > {} for {} epochs",
-            st.min_delta, st.patience
-        );
         let can_unfreeze = s.phase == Phase::Frozen
             && self.options.phases == Phases::Both
             && self.exp.finetune.epochs > 0;
-        match (st.on_stall, can_unfreeze) {
-            (OnStall::Stop, _) => (format!("{seen}: stopping"), OnStall::Stop),
+        let ft = &self.exp.finetune;
+        let (action, on_stall) = match (st.on_stall, can_unfreeze) {
+            (OnStall::Stop, _) => (StallAction::Stopping, OnStall::Stop),
             (action, true) => {
-                let ft = &self.exp.finetune;
-                let what = format!(
-                    "unfreeze the last {} layers at lr {:e}",
-                    ft.unfreeze_last, ft.lr
-                );
-                if action == OnStall::Unfreeze {
-                    (
-                        format!(
-                            "{seen}: unfreezing the last {} layers at lr {:e} from the next epoch",
-                            ft.unfreeze_last, ft.lr
-                        ),
-                        OnStall::Unfreeze,
-                    )
-                } else {
-                    (format!("{seen}: {what}"), OnStall::Suggest)
-                }
+                let automatic = action == OnStall::Unfreeze;
+                (
+                    StallAction::Unfreeze {
+                        layers: ft.unfreeze_last,
+                        lr: ft.lr,
+                        automatic,
+                    },
+                    if automatic {
+                        OnStall::Unfreeze
+                    } else {
+                        OnStall::Suggest
+                    },
+                )
             }
             (_, false) => (
-                format!(
-                    "{seen}: stop, or lower the learning rate (e.g. to {})",
-                    short_float(s.lr / 10.0)
-                ),
+                StallAction::StopOrLowerLr { to: s.lr / 10.0 },
                 OnStall::Suggest,
             ),
-        }
+        };
+        let suggestion = Suggestion {
+            monitor: st.monitor,
+            value,
+            min_delta: st.min_delta,
+            patience: st.patience,
+            action,
+        };
+        (suggestion, on_stall)
     }
 
     /// Checks commands at a batch boundary. Pause blocks here until Resume or Stop.

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::{human_bytes, Cache, TrainSource};
 use super::controller::{panic_message, Control, State, Trainer};
-use super::events::{EpochMetrics, Event};
+use super::events::{Compute, EpochMetrics, Event};
 use super::run_dir::CheckpointInfo;
 use super::validate::{predictions, validate};
 use crate::config::Precision;
@@ -171,7 +171,7 @@ impl Trainer {
         data: &Dataset,
         batches: &[Vec<usize>],
         prepared: std::sync::mpsc::Receiver<Result<Prepared, String>>,
-        (number, source, compute): (u32, TrainSource, &mut String),
+        (number, source, compute): (u32, TrainSource, &mut Compute),
         train_start: Instant,
     ) -> anyhow::Result<Option<Trained>> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
@@ -195,8 +195,10 @@ impl Trainer {
             }
             if k != split {
                 split = k;
-                let now = self.describe_compute(s, data, source);
-                *compute = format!("{now} from batch {}", b + 1);
+                *compute = Compute {
+                    from_batch: Some(b + 1),
+                    ..self.describe_compute(s, data, source)
+                };
                 self.emit(Event::Compute(compute.clone()));
             }
             let mut table = s.cache.as_mut().and_then(|c| c.train_table(source));

@@ -85,17 +85,122 @@ pub struct EpochMetrics {
     /// Validation images per second.
     #[serde(deserialize_with = "nan_if_null")]
     pub val_images_per_sec: f64,
-    /// How the epoch computed (precision, cache), in words; empty in older files.
-    #[serde(default)]
-    pub compute: String,
+    /// How the epoch computed (precision, cache); the default in older files.
+    #[serde(default, deserialize_with = "lenient")]
+    pub compute: Compute,
     /// Seconds the training loop waited for the input thread (augmentation) to hand
     /// over a batch: near 0 when input keeps up with compute.
     #[serde(default)]
     pub input_wait_seconds: f64,
     /// Whether the stall detector fired at this epoch.
     pub stalled: bool,
-    /// What to do about the stall, in words.
-    pub suggestion: Option<String>,
+    /// What to do about the stall; None in older files.
+    #[serde(default, deserialize_with = "lenient")]
+    pub suggestion: Option<Suggestion>,
+}
+
+/// Reads a field written by this version, or its default when an older file has
+/// something else there (older files kept these as text).
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
+}
+
+/// The part of the backbone that does not train and runs without a graph.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenPart {
+    /// Nothing is frozen: the first segment trains, all in float32.
+    #[default]
+    Nothing,
+    /// The whole backbone (the features).
+    Features,
+    /// The segments up to and including this layer.
+    PrefixUpTo(String),
+}
+
+/// What the cache holds for the training batches of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheUse {
+    /// No cache.
+    #[default]
+    Off,
+    /// The frozen part's outputs of the training images; `complete` once every image
+    /// is in.
+    Training {
+        /// Every training image is in.
+        complete: bool,
+    },
+    /// Augmented view `view` (0-based) of `of`.
+    View {
+        /// 0-based.
+        view: usize,
+        /// Views in all (`frozen.augment_views`).
+        of: u32,
+        /// Every training image is in.
+        complete: bool,
+    },
+    /// Only validation outputs (training is augmented afresh each epoch).
+    ValidationOnly,
+}
+
+/// How an epoch computes: the number format of the frozen part and what is cached.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Compute {
+    /// `bf16` or `fp32` for the frozen part.
+    pub precision: Option<crate::config::Precision>,
+    /// Which part is frozen.
+    pub frozen: FrozenPart,
+    /// What the cache holds.
+    pub cache: CacheUse,
+    /// Bytes the cache holds now.
+    pub cache_bytes: u64,
+    /// Set when what is frozen changed mid-epoch: the 1-based batch from which this
+    /// holds.
+    pub from_batch: Option<usize>,
+}
+
+/// What to do about a stall.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StallAction {
+    /// The run stops (`on_stall: stop`).
+    Stopping,
+    /// Unfreeze the last `layers` layers at `lr`: by itself from the next epoch
+    /// (`automatic`, `on_stall: unfreeze`), or when the user presses `u`.
+    Unfreeze {
+        /// Layers to unfreeze.
+        layers: usize,
+        /// The fine-tune learning rate.
+        lr: f64,
+        /// Done by the trainer (`on_stall: unfreeze`).
+        automatic: bool,
+    },
+    /// Nothing left to unfreeze: stop, or lower the learning rate (e.g. to `to`).
+    StopOrLowerLr {
+        /// A suggested lower rate.
+        to: f64,
+    },
+}
+
+/// A stall and what to do about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    /// The monitored metric.
+    pub monitor: crate::config::Monitor,
+    /// Its value at the stall.
+    pub value: f64,
+    /// The `min_delta` no epoch gained more than.
+    pub min_delta: f64,
+    /// For this many epochs.
+    pub patience: u32,
+    /// What to do.
+    pub action: StallAction,
 }
 
 /// JSON has no NaN: serde_json writes a NaN metric (a diverged epoch) as `null`;
@@ -140,8 +245,8 @@ pub enum Event {
         total: usize,
     },
     /// How the epoch about to run computes: the precision of the frozen part of the
-    /// backbone and what of it is cached, in words.
-    Compute(String),
+    /// backbone and what of it is cached.
+    Compute(Compute),
     /// Something worth telling the user, in words.
     Note(String),
     /// The data is in memory.
@@ -185,8 +290,8 @@ pub enum Event {
     Stalled {
         /// 1-based epoch.
         epoch: u32,
-        /// What to do, in words.
-        suggestion: String,
+        /// What to do.
+        suggestion: Suggestion,
     },
     /// A phase began.
     PhaseChanged {
@@ -242,7 +347,7 @@ mod tests {
             seconds: 1.0,
             images_per_sec: 10.0,
             val_images_per_sec: 10.0,
-            compute: String::new(),
+            compute: Compute::default(),
             input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,
@@ -252,5 +357,44 @@ mod tests {
         let back: EpochMetrics = serde_json::from_str(&line).unwrap();
         assert!(back.loss.is_nan() && back.val_loss.is_nan());
         assert_eq!(back.accuracy, 0.5);
+    }
+
+    /// Lines written before compute and suggestion were typed still read (as their
+    /// defaults).
+    #[test]
+    fn older_text_fields_read_as_defaults() {
+        let m = EpochMetrics {
+            epoch: 1,
+            phase: Phase::Frozen,
+            loss: 0.5,
+            accuracy: 0.5,
+            val_loss: 0.5,
+            val_accuracy: 0.5,
+            val_precision: None,
+            val_recall: None,
+            val_f1: None,
+            val_auc: None,
+            confusion: Confusion::new(2, &[0], &[1]),
+            lr: 1e-3,
+            seconds: 1.0,
+            images_per_sec: 10.0,
+            val_images_per_sec: 10.0,
+            compute: Compute::default(),
+            input_wait_seconds: 0.0,
+            stalled: true,
+            suggestion: None,
+        };
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["compute"] = "fp32 frozen part, no cache".into();
+        v["suggestion"] = "val_accuracy 0.5, no gain: unfreeze".into();
+        let back: EpochMetrics = serde_json::from_value(v).unwrap();
+        assert_eq!(back.compute, Compute::default());
+        assert_eq!(back.suggestion, None);
+        let old_line = serde_json::to_value(&m).unwrap();
+        let mut without = old_line.as_object().unwrap().clone();
+        without.remove("compute");
+        without.remove("suggestion");
+        let back: EpochMetrics = serde_json::from_value(without.into()).unwrap();
+        assert_eq!(back.compute, Compute::default());
     }
 }

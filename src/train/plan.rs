@@ -1,22 +1,13 @@
 //! Cache planning: what to keep of the frozen part's outputs for the current phase
-//! and layer states, and how an epoch computes, in words.
+//! and layer states, and how an epoch computes.
 
 use tch::Kind;
 
-use super::cache::{human_bytes, Cache, FeatureTable, TrainSource};
+use super::cache::{Cache, FeatureTable, TrainSource};
 use super::controller::{State, Trainer};
-use super::events::Phase;
-use crate::config::FeatureCache;
+use super::events::{CacheUse, Compute, FrozenPart, Phase};
+use crate::config::{FeatureCache, Precision};
 use crate::data::Dataset;
-
-/// `bf16` or `fp32`.
-pub fn precision_name(kind: Kind) -> &'static str {
-    if kind == Kind::BFloat16 {
-        "bf16"
-    } else {
-        "fp32"
-    }
-}
 
 impl Trainer {
     /// What to keep for the current phase and layer states (see [`Cache`]): nothing
@@ -51,23 +42,27 @@ impl Trainer {
         })
     }
 
-    /// How this epoch computes, in words: the precision of the frozen part and what
-    /// is cached (shown by the dashboard, kept in `metrics.jsonl`).
+    /// How this epoch computes: the precision of the frozen part and what is cached
+    /// (shown by the dashboard, kept in `metrics.jsonl`).
     pub(super) fn describe_compute(
         &self,
         s: &mut State,
         data: &Dataset,
         source: TrainSource,
-    ) -> String {
-        let precision = precision_name(s.net.precision());
+    ) -> Compute {
         let split = s.net.frozen_segments();
         let segments = s.net.backbone.segments();
         if split == 0 {
             // Nothing is frozen: everything runs in float32 on the model itself.
-            return "fp32, no frozen part (the first segment trains)".into();
+            return Compute::default();
         }
-        let frozen_part = if split == segments {
-            "features".to_string()
+        let precision = Some(if s.net.precision() == Kind::BFloat16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        });
+        let frozen = if split == segments {
+            FrozenPart::Features
         } else {
             let last = s.net.backbone.segment_layers(split - 1);
             let name = s
@@ -76,34 +71,35 @@ impl Trainer {
                 .layers()
                 .nth(last.end - 1)
                 .map_or(String::new(), |l| l.name.clone());
-            format!("prefix up to {name}")
+            FrozenPart::PrefixUpTo(name)
         };
         let Some(cache) = s.cache.as_mut() else {
-            return format!("{precision} frozen part, no cache");
+            return Compute {
+                precision,
+                frozen,
+                ..Compute::default()
+            };
         };
-        let bytes = cache.bytes();
+        let cache_bytes = cache.bytes();
         let table = cache.train_table(source);
-        let state = |t: &FeatureTable| {
-            if t.has(&data.train) {
-                "cached"
-            } else {
-                "caching"
-            }
+        let complete = |t: &FeatureTable| t.has(&data.train);
+        let cache = match (source, table) {
+            (TrainSource::View(v), Some(t)) => CacheUse::View {
+                view: v,
+                of: self.exp.frozen.augment_views,
+                complete: complete(t),
+            },
+            (_, Some(t)) => CacheUse::Training {
+                complete: complete(t),
+            },
+            (_, None) => CacheUse::ValidationOnly,
         };
-        let what = match (source, table) {
-            (TrainSource::View(v), Some(t)) => format!(
-                "{frozen_part} of view {}/{} {}",
-                v + 1,
-                self.exp.frozen.augment_views,
-                state(t)
-            ),
-            (_, Some(t)) => format!("{frozen_part} {}", state(t)),
-            (_, None) => format!("validation {frozen_part} cached (training is augmented)"),
-        };
-        if bytes == 0 {
-            format!("{precision} frozen part, {what}")
-        } else {
-            format!("{precision} frozen part, {what} ({})", human_bytes(bytes))
+        Compute {
+            precision,
+            frozen,
+            cache,
+            cache_bytes,
+            from_batch: None,
         }
     }
 }

@@ -110,19 +110,6 @@ impl StallDetector {
     }
 }
 
-/// A float in scientific notation with at most 4 significant digits: `1e-6`, not
-/// `1.0000000000000002e-6`.
-pub fn short_float(x: f64) -> String {
-    let text = format!("{x:.3e}");
-    match text.split_once('e') {
-        Some((mantissa, exponent)) if mantissa.contains('.') => {
-            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-            format!("{mantissa}e{exponent}")
-        }
-        _ => text,
-    }
-}
-
 /// The value of the monitored metric in an epoch row.
 pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     match monitor {
@@ -130,15 +117,6 @@ pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
         Monitor::ValLoss => m.val_loss,
         Monitor::Accuracy => m.accuracy,
         Monitor::Loss => m.loss,
-    }
-}
-
-pub fn monitor_name(monitor: Monitor) -> &'static str {
-    match monitor {
-        Monitor::ValAccuracy => "val_accuracy",
-        Monitor::ValLoss => "val_loss",
-        Monitor::Accuracy => "accuracy",
-        Monitor::Loss => "loss",
     }
 }
 
@@ -175,12 +153,6 @@ pub fn better(
 mod tests {
     use super::*;
     use crate::config::OnStall;
-
-    #[test]
-    fn short_floats() {
-        assert_eq!(short_float(1e-5 / 10.0), "1e-6");
-        assert_eq!(short_float(2.5e-4), "2.5e-4");
-    }
 
     fn config(patience: u32, min_delta: f64, cooldown: u32, start: u32) -> StallConfig {
         StallConfig {

@@ -60,7 +60,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 
 fn state_style(label: &str) -> Style {
     match label {
-        "running" | "loading" | "caching" => Style::new().fg(Color::Green),
+        "running" | "loading" => Style::new().fg(Color::Green),
         "paused" => Style::new().fg(Color::Yellow),
         "stalled" => Style::new().fg(Color::Magenta),
         "done" => Style::new().fg(Color::Cyan),
@@ -135,7 +135,7 @@ fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect) {
         };
         let text = Line::from(vec![
             Span::styled("stalled: ", Style::new().bold()),
-            Span::raw(format!("{s} — ")),
+            Span::raw(format!("{} — ", crate::text::suggestion(s))),
             Span::styled(key, Style::new().bold()),
         ]);
         frame.render_widget(
@@ -256,8 +256,9 @@ fn clock(seconds: f64) -> String {
 
 fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
     let mut block = Block::bordered().title(format!(" {} ", entry.name()));
-    if !run.compute.is_empty() {
-        block = block.title_top(Line::from(format!(" {} ", run.compute)).right_aligned());
+    if let Some(c) = &run.compute {
+        let text = crate::text::compute(c);
+        block = block.title_top(Line::from(format!(" {text} ")).right_aligned());
     }
     if !entry.pending_restart.is_empty() {
         let pending = format!(" on next start: {} ", entry.pending_restart.join(", "));

@@ -1,0 +1,162 @@
+//! How typed trainer events read for people: one wording for the dashboard and the
+//! headless output, so the trainer sends facts and never formats them.
+
+use crate::config::{Monitor, Precision};
+use crate::train::cache::human_bytes;
+use crate::train::events::{CacheUse, Compute, FrozenPart, StallAction, Suggestion};
+
+/// `bf16` or `fp32`.
+pub fn precision(p: Precision) -> &'static str {
+    match p {
+        Precision::Bf16 => "bf16",
+        Precision::Fp32 | Precision::Auto => "fp32",
+    }
+}
+
+/// The name of a monitored metric as the experiment file writes it.
+pub fn monitor(m: Monitor) -> &'static str {
+    match m {
+        Monitor::ValAccuracy => "val_accuracy",
+        Monitor::ValLoss => "val_loss",
+        Monitor::Accuracy => "accuracy",
+        Monitor::Loss => "loss",
+    }
+}
+
+/// A float in scientific notation with at most 4 significant digits: `1e-6`, not
+/// `1.0000000000000002e-6`.
+pub fn short_float(x: f64) -> String {
+    let text = format!("{x:.3e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) if mantissa.contains('.') => {
+            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+            format!("{mantissa}e{exponent}")
+        }
+        _ => text,
+    }
+}
+
+/// How an epoch computes, e.g. `bf16 frozen part, features cached (13 MB)`.
+pub fn compute(c: &Compute) -> String {
+    let Some(p) = c.precision else {
+        return "fp32, no frozen part (the first segment trains)".into();
+    };
+    let p = precision(p);
+    let part = match &c.frozen {
+        FrozenPart::Nothing => return "fp32, no frozen part (the first segment trains)".into(),
+        FrozenPart::Features => "features".to_string(),
+        FrozenPart::PrefixUpTo(name) => format!("prefix up to {name}"),
+    };
+    let state = |complete: bool| if complete { "cached" } else { "caching" };
+    let what = match c.cache {
+        CacheUse::Off => {
+            return with_batch(format!("{p} frozen part, no cache"), c.from_batch);
+        }
+        CacheUse::Training { complete } => format!("{part} {}", state(complete)),
+        CacheUse::View { view, of, complete } => {
+            format!("{part} of view {}/{of} {}", view + 1, state(complete))
+        }
+        CacheUse::ValidationOnly => format!("validation {part} cached (training is augmented)"),
+    };
+    let text = if c.cache_bytes == 0 {
+        format!("{p} frozen part, {what}")
+    } else {
+        format!("{p} frozen part, {what} ({})", human_bytes(c.cache_bytes))
+    };
+    with_batch(text, c.from_batch)
+}
+
+fn with_batch(text: String, from_batch: Option<usize>) -> String {
+    match from_batch {
+        Some(b) => format!("{text} from batch {b}"),
+        None => text,
+    }
+}
+
+/// A stall and what to do, e.g. `val_accuracy 0.7900, no gain > 0.005 for 2 epochs:
+/// unfreeze the last 14 layers at lr 1e-5`.
+pub fn suggestion(s: &Suggestion) -> String {
+    let seen = format!(
+        "{} {:.4}, no gain > {} for {} epochs",
+        monitor(s.monitor),
+        s.value,
+        s.min_delta,
+        s.patience
+    );
+    match s.action {
+        StallAction::Stopping => format!("{seen}: stopping"),
+        StallAction::Unfreeze {
+            layers,
+            lr,
+            automatic: true,
+        } => {
+            format!("{seen}: unfreezing the last {layers} layers at lr {lr:e} from the next epoch")
+        }
+        StallAction::Unfreeze { layers, lr, .. } => {
+            format!("{seen}: unfreeze the last {layers} layers at lr {lr:e}")
+        }
+        StallAction::StopOrLowerLr { to } => format!(
+            "{seen}: stop, or lower the learning rate (e.g. to {})",
+            short_float(to)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_floats() {
+        assert_eq!(short_float(1e-5 / 10.0), "1e-6");
+        assert_eq!(short_float(2.5e-4), "2.5e-4");
+    }
+
+    #[test]
+    fn compute_reads_as_before() {
+        let mut c = Compute {
+            precision: Some(Precision::Bf16),
+            frozen: FrozenPart::Features,
+            cache: CacheUse::Training { complete: true },
+            cache_bytes: 13_000_000,
+            from_batch: None,
+        };
+        assert_eq!(compute(&c), "bf16 frozen part, features cached (13 MB)");
+        c.frozen = FrozenPart::PrefixUpTo("features.16.conv.3".into());
+        c.cache = CacheUse::View {
+            view: 0,
+            of: 3,
+            complete: false,
+        };
+        c.from_batch = Some(4);
+        assert_eq!(
+            compute(&c),
+            "bf16 frozen part, prefix up to features.16.conv.3 of view 1/3 caching (13 MB) from batch 4"
+        );
+        assert_eq!(
+            compute(&Compute::default()),
+            "fp32, no frozen part (the first segment trains)"
+        );
+    }
+
+    #[test]
+    fn suggestions_read_as_before() {
+        let mut s = Suggestion {
+            monitor: Monitor::ValAccuracy,
+            value: 0.79,
+            min_delta: 0.005,
+            patience: 2,
+            action: StallAction::Unfreeze {
+                layers: 14,
+                lr: 1e-5,
+                automatic: false,
+            },
+        };
+        assert_eq!(
+            suggestion(&s),
+            "val_accuracy 0.7900, no gain > 0.005 for 2 epochs: unfreeze the last 14 layers at lr 1e-5"
+        );
+        s.action = StallAction::StopOrLowerLr { to: 1e-6 };
+        assert!(suggestion(&s).ends_with("lower the learning rate (e.g. to 1e-6)"));
+    }
+}
