@@ -1,0 +1,80 @@
+//! Experiment files (re)loaded or broken while the dashboard runs: the last good
+//! settings stay, live edits go to the running trainer, restart-only ones wait.
+
+use std::path::PathBuf;
+
+use super::{Action, App, Entry, FileState, RunView};
+use crate::config::LiveEdit;
+use crate::train::Phase;
+
+pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
+    let Some(i) = app.entries.iter().position(|e| e.path == path) else {
+        let selected_path = app.current().map(|e| e.path.clone());
+        app.entries
+            .push(Entry::new(app.next_id, path.clone(), file));
+        app.next_id += 1;
+        app.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(p) = selected_path {
+            app.selected = app.entries.iter().position(|e| e.path == p).unwrap_or(0);
+        }
+        app.say(false, format!("new experiment file {}", path.display()));
+        return Vec::new();
+    };
+    let old = app.entries[i].settings().cloned();
+    let active = app.entries[i].run.as_ref().is_some_and(RunView::is_active);
+    let name = app.entries[i].name();
+    app.entries[i].deleted = false;
+    match file {
+        FileState::Invalid { errors, .. } => {
+            for e in &errors {
+                app.say(true, e.clone());
+            }
+            if old.is_some() {
+                app.say(
+                    true,
+                    format!("{name}: the last good settings stay in force"),
+                );
+            }
+            app.entries[i].file = FileState::Invalid {
+                errors,
+                last_good: old.map(Box::new),
+            };
+            Vec::new()
+        }
+        FileState::Valid(new) => {
+            let was_invalid = matches!(app.entries[i].file, FileState::Invalid { .. });
+            app.entries[i].file = FileState::Valid(new.clone());
+            if was_invalid {
+                app.say(false, format!("{name}: the file is valid again"));
+            }
+            let Some(old) = old.filter(|_| active) else {
+                return Vec::new();
+            };
+            let edit = LiveEdit::new(&old, &new);
+            let restart: Vec<String> = edit.restart_only().map(|c| c.to_string()).collect();
+            if !restart.is_empty() {
+                app.say(
+                    true,
+                    format!(
+                        "{name}: {} apply on the next start (x, then s)",
+                        restart.join(", ")
+                    ),
+                );
+            }
+            app.entries[i].pending_restart = restart;
+            if edit.live().next().is_some() {
+                if let Some(run) = app.entries[i].run.as_mut() {
+                    run.total_epochs = match run.phase {
+                        Phase::Frozen => new.planned_epochs(None),
+                        Phase::Finetune => new.planned_epochs(Some(
+                            run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1),
+                        )),
+                    };
+                }
+                vec![Action::Apply(app.entries[i].id, new)]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}

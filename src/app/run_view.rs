@@ -1,0 +1,118 @@
+//! What the dashboard knows about one experiment's run: its status, progress, epoch
+//! rows, stall and layers, as the trainer's events reported them.
+
+use std::path::PathBuf;
+
+use crate::model::LayerInfo;
+use crate::train::events::{Compute, Suggestion};
+use crate::train::{EndReason, EpochMetrics, Phase};
+
+/// What the user sees about one experiment's run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStatus {
+    /// Not started.
+    Idle,
+    /// Decoding images.
+    Loading {
+        /// Images decoded.
+        done: usize,
+        /// Images to decode.
+        total: usize,
+    },
+    /// Training.
+    Running,
+    /// Held by the user.
+    Paused,
+    /// Ended.
+    Done(EndReason),
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// One run as the dashboard follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunView {
+    /// Status.
+    pub status: RunStatus,
+    /// Current phase.
+    pub phase: Phase,
+    /// The epoch in progress (1-based); 0 before the first batch.
+    pub epoch: u32,
+    /// Epochs planned (frozen + fine-tune) when the run began.
+    pub total_epochs: u32,
+    /// Batch progress in the current epoch: (done, of).
+    pub batch: (usize, usize),
+    /// Running training loss of the current epoch.
+    pub batch_loss: f64,
+    /// Training images/s in the current epoch.
+    pub images_per_sec: f64,
+    /// Every finished epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// First epochs of each phase change after the first phase: (epoch, phase).
+    pub phase_marks: Vec<(u32, Phase)>,
+    /// The stall suggestion in force (cleared when acted on).
+    pub stall: Option<Suggestion>,
+    /// The backbone's layers (trainable marks as of the last phase change).
+    pub layers: Vec<LayerInfo>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Where the backbone weights came from.
+    pub weights: String,
+    /// The run folder.
+    pub run_dir: Option<PathBuf>,
+    /// Training / validation images.
+    pub images: (usize, usize),
+    /// How the current epoch computes (precision, what is cached).
+    pub compute: Option<Compute>,
+}
+
+impl RunView {
+    pub(super) fn new(total_epochs: u32) -> RunView {
+        RunView {
+            status: RunStatus::Loading { done: 0, total: 0 },
+            phase: Phase::Frozen,
+            epoch: 0,
+            total_epochs,
+            batch: (0, 0),
+            batch_loss: 0.0,
+            images_per_sec: 0.0,
+            epochs: Vec::new(),
+            phase_marks: Vec::new(),
+            stall: None,
+            layers: Vec::new(),
+            device: String::new(),
+            weights: String::new(),
+            run_dir: None,
+            images: (0, 0),
+            compute: None,
+        }
+    }
+
+    /// True while a trainer thread is alive for this run.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.status,
+            RunStatus::Loading { .. } | RunStatus::Running | RunStatus::Paused
+        )
+    }
+
+    /// Index into `epochs` of the best row by validation accuracy.
+    pub fn best(&self) -> Option<usize> {
+        let best = crate::results::best_of(self.epochs.iter())?;
+        self.epochs.iter().position(|m| std::ptr::eq(m, best))
+    }
+
+    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace
+    /// of the last finished epoch (None before one finished).
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let last = self.epochs.last()?;
+        let left_epochs = self.total_epochs.saturating_sub(self.epoch.max(last.epoch)) as f64;
+        let (done, of) = self.batch;
+        let this_epoch = if of > 0 && self.epoch > last.epoch {
+            last.seconds * (of - done) as f64 / of as f64
+        } else {
+            0.0
+        };
+        Some(this_epoch + left_epochs * last.seconds)
+    }
+}

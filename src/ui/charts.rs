@@ -1,0 +1,101 @@
+//! Accuracy and loss charts, train against validation, with phase markers.
+
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::symbols;
+use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType};
+use ratatui::Frame;
+
+use crate::app::{App, RunView};
+use crate::train::EpochMetrics;
+
+/// Debiased exponential moving average (TensorBoard's smoothing), weight 0.6.
+pub fn smooth(values: &[f64]) -> Vec<f64> {
+    const W: f64 = 0.6;
+    let mut last = 0.0;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            last = last * W + (1.0 - W) * v;
+            last / (1.0 - W.powi(i as i32 + 1))
+        })
+        .collect()
+}
+
+pub(super) fn draw_chart(
+    frame: &mut Frame,
+    app: &App,
+    run: &RunView,
+    title: &str,
+    pick: impl Fn(&EpochMetrics) -> (f64, f64),
+    area: Rect,
+) {
+    let xs: Vec<f64> = run.epochs.iter().map(|m| m.epoch as f64).collect();
+    let (mut train, mut val): (Vec<f64>, Vec<f64>) = run.epochs.iter().map(pick).unzip();
+    if app.smoothing {
+        train = smooth(&train);
+        val = smooth(&val);
+    }
+    let finite = train.iter().chain(&val).copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        let pad = ((hi - lo) * 0.1).max(1e-3);
+        (lo - pad, hi + pad)
+    };
+    let x_max = (run.total_epochs.max(run.epochs.len() as u32)).max(2) as f64;
+    let train_pts: Vec<(f64, f64)> = xs.iter().copied().zip(train).collect();
+    let val_pts: Vec<(f64, f64)> = xs.iter().copied().zip(val).collect();
+    let marks: Vec<Vec<(f64, f64)>> = run
+        .phase_marks
+        .iter()
+        .map(|(e, _)| {
+            let x = *e as f64 - 0.5;
+            vec![(x, lo), (x, hi)]
+        })
+        .collect();
+    let mut datasets = vec![
+        Dataset::default()
+            .name("train")
+            .marker(symbols::Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(&train_pts),
+        Dataset::default()
+            .name("val")
+            .marker(symbols::Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Yellow))
+            .data(&val_pts),
+    ];
+    for m in &marks {
+        datasets.push(
+            Dataset::default()
+                .marker(symbols::Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Magenta))
+                .data(m),
+        );
+    }
+    let smoothed = if app.smoothing { ", smoothed" } else { "" };
+    let marker = if run.phase_marks.is_empty() {
+        ""
+    } else {
+        ", | phase change"
+    };
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(format!(" {title}{smoothed}{marker} ")))
+        .x_axis(
+            Axis::default()
+                .bounds([1.0, x_max])
+                .labels(["1".to_string(), format!("{x_max:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels([format!("{lo:.2}"), format!("{hi:.2}")]),
+        );
+    frame.render_widget(chart, area);
+}

@@ -1,0 +1,135 @@
+//! The compare view: every run in one table and one chart.
+
+use std::path::PathBuf;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::symbols;
+use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Row, Table};
+use ratatui::Frame;
+
+use crate::app::{App, RunView};
+
+const SERIES: [Color; 6] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Green,
+    Color::Magenta,
+    Color::LightRed,
+    Color::LightBlue,
+];
+
+/// The shootout comparison: one table, one chart of val_accuracy per experiment.
+pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
+    let runs: Vec<(String, &RunView)> = app
+        .entries
+        .iter()
+        .filter_map(|e| Some((e.name(), e.run.as_ref()?)))
+        .filter(|(_, r)| !r.epochs.is_empty())
+        .collect();
+    let [table_area, chart_area] = Layout::vertical([
+        Constraint::Length(runs.len() as u16 + 3),
+        Constraint::Min(6),
+    ])
+    .areas(area);
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let rows: Vec<Row> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, r))| {
+            let total: usize = r.layers.iter().map(|l| l.params).sum();
+            let trainable: usize = r
+                .layers
+                .iter()
+                .filter(|l| l.trainable)
+                .map(|l| l.params)
+                .sum();
+            // The same figures `tlcap-tui shootout` exports.
+            let cells = match crate::results::row(
+                name,
+                "",
+                &r.epochs,
+                (trainable, total),
+                PathBuf::new(),
+            ) {
+                Some(c) => vec![
+                    name.clone(),
+                    format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
+                    fmt(c.frozen_best),
+                    fmt(c.finetune_best),
+                    format!("{:.1}", c.seconds_per_epoch),
+                    format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
+                ],
+                None => vec![name.clone(), "-".into()],
+            };
+            Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Min(12),
+            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(12),
+        ],
+    )
+    .header(
+        Row::new(["experiment", "best", "frozen", "tuned", "s/ep", "backbone"])
+            .style(Style::new().bold()),
+    )
+    .block(
+        Block::bordered()
+            .title(" compare (c: back) — best val_acc @epoch, params trainable/total "),
+    );
+    frame.render_widget(table, table_area);
+    let series: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|(_, r)| {
+            r.epochs
+                .iter()
+                .map(|m| (m.epoch as f64, m.val_accuracy))
+                .collect()
+        })
+        .collect();
+    let values = series
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((1.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        ((lo - 0.02).max(0.0), (hi + 0.02).min(1.0))
+    };
+    let x_max = series.iter().map(Vec::len).max().unwrap_or(1).max(2) as f64;
+    let datasets: Vec<Dataset> = series
+        .iter()
+        .zip(&runs)
+        .enumerate()
+        .map(|(i, (points, (name, _)))| {
+            Dataset::default()
+                .name(name.clone())
+                .marker(symbols::Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(SERIES[i % SERIES.len()]))
+                .data(points)
+        })
+        .collect();
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(" val_accuracy per epoch "))
+        .x_axis(
+            Axis::default()
+                .bounds([1.0, x_max])
+                .labels(["1".to_string(), format!("{x_max:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([lo, hi])
+                .labels([format!("{lo:.2}"), format!("{hi:.2}")]),
+        );
+    frame.render_widget(chart, chart_area);
+}

@@ -1,0 +1,229 @@
+//! The selected experiment: its settings while idle, or its run: header with
+//! progress, stall banner, table and charts.
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::charts::draw_chart;
+use super::popups::draw_model;
+use super::table::draw_table;
+use crate::app::{App, Entry, FileState, RunStatus, RunView};
+use crate::train::{EndReason, EpochMetrics, Phase};
+
+pub(super) fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect) {
+    let errors = match &entry.file {
+        FileState::Invalid { errors, .. } => errors.clone(),
+        FileState::Valid(_) => Vec::new(),
+    };
+    let Some(run) = &entry.run else {
+        draw_idle(frame, entry, &errors, area);
+        return;
+    };
+    // Two lines of text: a suggestion names the metric, the gain, the layers and the rate.
+    let banner_height = if run.stall.is_some() || !errors.is_empty() {
+        4
+    } else {
+        0
+    };
+    let [header, banner, body] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Length(banner_height),
+        Constraint::Min(4),
+    ])
+    .areas(area);
+    draw_header(frame, entry, run, header);
+    if let Some(s) = &run.stall {
+        let key = if run.phase == Phase::Frozen {
+            "press u to unfreeze"
+        } else {
+            "press x to stop"
+        };
+        let text = Line::from(vec![
+            Span::styled("stalled: ", Style::new().bold()),
+            Span::raw(format!("{} — ", crate::text::suggestion(s))),
+            Span::styled(key, Style::new().bold()),
+        ]);
+        frame.render_widget(
+            Paragraph::new(text)
+                .wrap(Wrap { trim: true })
+                .block(Block::bordered().border_style(Style::new().fg(Color::Magenta))),
+            banner,
+        );
+    } else if let Some(e) = errors.first() {
+        frame.render_widget(
+            Paragraph::new(format!("{e} — the last good settings stay in force"))
+                .wrap(Wrap { trim: true })
+                .block(Block::bordered().border_style(Style::new().fg(Color::Red))),
+            banner,
+        );
+    }
+    let wide = body.width >= 110;
+    let (table_area, charts_area) = if wide {
+        let [t, c] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+            .areas(body);
+        (t, c)
+    } else {
+        let [t, c] =
+            Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
+        (t, c)
+    };
+    if app.show_model {
+        draw_model(frame, run, table_area);
+    } else {
+        draw_table(frame, app, run, table_area);
+    }
+    let direction = if wide {
+        Direction::Vertical
+    } else {
+        Direction::Horizontal
+    };
+    let [acc, loss] = Layout::default()
+        .direction(direction)
+        .constraints([Constraint::Percentage(50), Constraint::Percentage(50)])
+        .areas(charts_area);
+    let pick_acc = |m: &EpochMetrics| (m.accuracy, m.val_accuracy);
+    let pick_loss = |m: &EpochMetrics| (m.loss, m.val_loss);
+    draw_chart(frame, app, run, "accuracy", pick_acc, acc);
+    draw_chart(frame, app, run, "loss", pick_loss, loss);
+}
+
+pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], area: Rect) {
+    let mut lines: Vec<Line> = Vec::new();
+    if !errors.is_empty() {
+        lines.push(Line::styled(
+            "invalid experiment file:",
+            Style::new().fg(Color::Red).bold(),
+        ));
+        for e in errors {
+            lines.push(Line::raw(e.clone()));
+        }
+        lines.push(Line::raw(""));
+        lines.push(Line::raw(
+            "Fix it and save: the list updates by itself (e edits it).",
+        ));
+    }
+    if let Some(exp) = entry.settings() {
+        if !errors.is_empty() {
+            lines.push(Line::raw("Last good settings:"));
+        }
+        lines.extend([
+            Line::raw(format!("data      {}", exp.data.dir.display())),
+            Line::raw(format!(
+                "images    {}x{}, batch {}, validation {:.0}%",
+                exp.data.image_size.height,
+                exp.data.image_size.width,
+                exp.data.batch_size,
+                exp.data.validation_split * 100.0
+            )),
+            Line::raw(format!(
+                "backbone  {} ({:?} weights), dropout {}",
+                exp.model.backbone.name(),
+                exp.model.weights,
+                exp.model.dropout
+            )),
+            Line::raw(format!(
+                "frozen    {} epochs, {:?} lr {:e}",
+                exp.frozen.epochs, exp.frozen.optimizer, exp.frozen.lr
+            )),
+            Line::raw(format!(
+                "finetune  {} epochs, {:?} lr {:e}, last {} layers, train_bn {}",
+                exp.finetune.epochs,
+                exp.finetune.optimizer,
+                exp.finetune.lr,
+                exp.finetune.unfreeze_last,
+                exp.finetune.train_bn
+            )),
+            Line::raw(format!(
+                "stall     {:?}, patience {}, min_delta {}, on_stall {:?}",
+                exp.stall.monitor, exp.stall.patience, exp.stall.min_delta, exp.stall.on_stall
+            )),
+            Line::raw(""),
+            Line::raw("s starts it."),
+        ]);
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(format!(" {} ", entry.name()))),
+        area,
+    );
+}
+
+/// `1:05` or `12:03:09`.
+pub(super) fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
+    let mut block = Block::bordered().title(format!(" {} ", entry.name()));
+    if let Some(c) = &run.compute {
+        let text = crate::text::compute(c);
+        block = block.title_top(Line::from(format!(" {text} ")).right_aligned());
+    }
+    if !entry.pending_restart.is_empty() {
+        let pending = format!(" on next start: {} ", entry.pending_restart.join(", "));
+        block = block.title_bottom(Line::from(pending).fg(Color::Yellow));
+    }
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [top, gauge] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
+    let status = match &run.status {
+        RunStatus::Idle => "idle".to_string(),
+        RunStatus::Loading { done, total } => format!("loading {done}/{total} images"),
+        RunStatus::Running => "running".into(),
+        RunStatus::Paused => "paused".into(),
+        RunStatus::Done(EndReason::Completed) => "done".into(),
+        RunStatus::Done(EndReason::Stopped) => "stopped".into(),
+        RunStatus::Done(EndReason::Stalled) => "stopped on stall".into(),
+        RunStatus::Failed(_) => "failed".into(),
+    };
+    let eta = run
+        .eta_seconds()
+        .filter(|_| run.is_active())
+        .map(|s| format!("  ETA {}", clock(s)))
+        .unwrap_or_default();
+    let line = Line::from(vec![
+        Span::styled(status, Style::new().bold()),
+        Span::raw(format!(
+            "  phase {}  epoch {}/{}  {:.0} img/s{eta}  {}",
+            run.phase.name(),
+            run.epoch,
+            run.total_epochs,
+            run.images_per_sec,
+            run.device
+        )),
+    ]);
+    frame.render_widget(Paragraph::new(line), top);
+    if let RunStatus::Failed(e) = &run.status {
+        frame.render_widget(Paragraph::new(e.clone()).fg(Color::Red), gauge);
+        return;
+    }
+    let (done, of) = run.batch;
+    let (ratio, label) = match run.status {
+        RunStatus::Loading { done, total } if total > 0 => (
+            done as f64 / total as f64,
+            format!("decoding {done}/{total}"),
+        ),
+        _ if of > 0 => (
+            done as f64 / of as f64,
+            format!("batch {done}/{of}  loss {:.4}", run.batch_loss),
+        ),
+        _ => (0.0, String::new()),
+    };
+    frame.render_widget(
+        Gauge::default()
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(label)
+            .gauge_style(Style::new().fg(Color::Blue)),
+        gauge,
+    );
+}
