@@ -168,7 +168,7 @@ fn edit_file<B: CloneBackend>(
 }
 
 /// Backends the loop can suspend for an editor.
-pub trait CloneBackend: Backend + Sized {
+pub trait CloneBackend: Backend<Error: Send + Sync + 'static> + Sized {
     /// A fresh backend on the same output.
     fn clone_backend(&mut self) -> Self;
 }

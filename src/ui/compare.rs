@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style, Stylize};
+use ratatui::style::{Color, Style};
 use ratatui::symbols;
 use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Row, Table};
 use ratatui::Frame;

@@ -1,7 +1,7 @@
 //! Pop-ups: the model pane, help, and the quit confirmation.
 
 use ratatui::layout::{Alignment, Constraint, Rect};
-use ratatui::style::{Color, Style, Stylize};
+use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table};
 use ratatui::Frame;

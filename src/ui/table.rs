@@ -1,7 +1,7 @@
 //! The epoch table of a run.
 
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Style, Stylize};
+use ratatui::style::{Color, Style};
 use ratatui::widgets::{Block, Cell, Row, Table};
 use ratatui::Frame;
 

@@ -210,7 +210,7 @@ pub fn write_safetensors(
         .iter()
         .map(|(n, t)| Ok((n.clone(), st_view(n, t)?)))
         .collect::<Result<_, WeightsError>>()?;
-    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), &metadata)
+    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), metadata)
         .map_err(|e| anyhow::anyhow!("safetensors: {e:?}"))?;
     fsutil::write_atomic(path, &bytes)
 }

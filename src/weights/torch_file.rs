@@ -102,7 +102,11 @@ pub fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
     let bad = |m: String| WeightsError::Malformed(m);
     let mut zip = zip::ZipArchive::new(Cursor::new(data))
         .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
-    let names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+    let names: Vec<String> = zip
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("unreadable entry name in the zip archive: {e}")))?;
     let pkl = names
         .iter()
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() == 1)
