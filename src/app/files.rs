@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::{Action, App, Entry, FileState, RunView};
 use crate::config::LiveEdit;
+use crate::train::stall::BestRule;
 use crate::train::Phase;
 
 pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
@@ -64,6 +65,7 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
             app.entries[i].pending_restart = restart;
             if edit.live().next().is_some() {
                 if let Some(run) = app.entries[i].run.as_mut() {
+                    run.best_rule = BestRule::of(&new);
                     run.total_epochs = match run.phase {
                         Phase::Frozen => new.planned_epochs(None),
                         Phase::Finetune => new.planned_epochs(Some(

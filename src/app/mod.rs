@@ -228,7 +228,7 @@ fn start(app: &mut App) -> Vec<Action> {
         return Vec::new();
     };
     entry.pending_restart.clear();
-    entry.run = Some(RunView::new(exp.planned_epochs(None)));
+    entry.run = Some(RunView::new(&exp));
     let id = entry.id;
     // Started by hand: the shootout queue must not run it a second time.
     app.queue.retain(|q| *q != id);

@@ -49,7 +49,7 @@ pub(super) fn next_in_queue(app: &mut App) -> Vec<Action> {
             continue;
         };
         let entry = &mut app.entries[i];
-        entry.run = Some(RunView::new(exp.planned_epochs(None)));
+        entry.run = Some(RunView::new(&exp));
         entry.pending_restart.clear();
         return vec![Action::Start(id, Box::new(exp))];
     }

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::config::Experiment;
 use crate::model::LayerInfo;
 use crate::train::events::{Compute, Suggestion};
+use crate::train::stall::BestRule;
 use crate::train::{EndReason, EpochMetrics, Phase};
 
 /// What the user sees about one experiment's run.
@@ -64,15 +66,18 @@ pub struct RunView {
     pub images: (usize, usize),
     /// How the current epoch computes (precision, what is cached).
     pub compute: Option<Compute>,
+    /// Which epoch is the best (the experiment's stall monitor).
+    pub best_rule: BestRule,
 }
 
 impl RunView {
-    pub(super) fn new(total_epochs: u32) -> RunView {
+    pub(super) fn new(exp: &Experiment) -> RunView {
         RunView {
+            best_rule: BestRule::of(exp),
             status: RunStatus::Loading { done: 0, total: 0 },
             phase: Phase::Frozen,
             epoch: 0,
-            total_epochs,
+            total_epochs: exp.planned_epochs(None),
             batch: (0, 0),
             batch_loss: 0.0,
             images_per_sec: 0.0,
@@ -96,10 +101,9 @@ impl RunView {
         )
     }
 
-    /// Index into `epochs` of the best row by validation accuracy.
+    /// Index into `epochs` of the best row, by the rule `best.safetensors` follows.
     pub fn best(&self) -> Option<usize> {
-        let best = crate::results::best_of(self.epochs.iter())?;
-        self.epochs.iter().position(|m| std::ptr::eq(m, best))
+        self.best_rule.best_index(&self.epochs)
     }
 
     /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace

@@ -19,7 +19,7 @@ use super::epoch::checkpoint_info;
 pub use super::events::Phases;
 use super::events::{Command, EndReason, EpochMetrics, Event, Phase, StallAction, Suggestion};
 use super::run_dir::{RunDir, Summary};
-use super::stall::{is_better, monitored, StallDetector};
+use super::stall::{monitored, BestRule, StallDetector};
 use crate::config::{Experiment, OnStall, Optimizer, Weights};
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
@@ -333,7 +333,10 @@ impl Trainer {
                 }
             }
             // On disk before the next epoch: the metrics line, then the checkpoints.
-            let improved = s.best.as_ref().is_none_or(|b| is_better(&self.exp, &m, b));
+            let improved = s
+                .best
+                .as_ref()
+                .is_none_or(|b| BestRule::of(&self.exp).is_better(&m, b));
             let info = checkpoint_info(s, data);
             let tensors = s.net.checkpoint_tensors();
             let run = self.run.as_mut().expect("run folder open");

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::controller::{build_optimizer, Phases, State, Trainer};
 use super::events::{EpochMetrics, Event, Phase};
 use super::run_dir::{self, RunDir, RunInfo, Split};
-use super::stall::{better, monitored, StallDetector};
+use super::stall::{monitored, BestRule, StallDetector};
 use crate::config::OnStall;
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
@@ -126,7 +126,7 @@ impl Trainer {
                 }
                 state.best = metrics
                     .iter()
-                    .fold(None, |best, m| better(&self.exp, best, m));
+                    .fold(None, |best, m| BestRule::of(&self.exp).better(best, m));
                 // best.safetensors is written before last.safetensors: if the process
                 // died between the two, or best is stale, make it match the metrics kept.
                 if let Some(best) = &state.best {

@@ -120,32 +120,56 @@ pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     }
 }
 
-/// Whether `m` beats `best` on the stall monitor (the one definition of the best
-/// epoch for checkpoints and resume).
-pub fn is_better(exp: &Experiment, m: &EpochMetrics, best: &EpochMetrics) -> bool {
-    let (a, b) = (
-        monitored(exp.stall.monitor, m),
-        monitored(exp.stall.monitor, best),
-    );
-    // NaN is the worst value: anything real beats it, it beats nothing.
-    if a.is_nan() || b.is_nan() {
-        return !a.is_nan() && b.is_nan();
-    }
-    match direction(exp.stall.monitor, exp.stall.mode) {
-        Direction::Max => a > b,
-        Direction::Min => a < b,
-    }
+/// Which epoch counts as the best of a run: the stall monitor, in its direction.
+/// The one rule for `best.safetensors`, resume, the summary and the dashboard's best
+/// row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BestRule {
+    /// The monitored metric.
+    pub monitor: Monitor,
+    /// Its direction (`auto`: max for accuracies, min for losses).
+    pub mode: StallMode,
 }
 
-/// The better of the best so far and `m`.
-pub fn better(
-    exp: &Experiment,
-    best: Option<EpochMetrics>,
-    m: &EpochMetrics,
-) -> Option<EpochMetrics> {
-    match best {
-        Some(b) if !is_better(exp, m, &b) => Some(b),
-        _ => Some(m.clone()),
+impl BestRule {
+    /// The rule of an experiment's `stall` settings.
+    pub fn of(exp: &Experiment) -> BestRule {
+        BestRule {
+            monitor: exp.stall.monitor,
+            mode: exp.stall.mode,
+        }
+    }
+
+    /// Whether `m` beats `best` (strictly: the earliest best stays on a tie; NaN is the
+    /// worst value, anything real beats it, it beats nothing).
+    pub fn is_better(self, m: &EpochMetrics, best: &EpochMetrics) -> bool {
+        let (a, b) = (monitored(self.monitor, m), monitored(self.monitor, best));
+        if a.is_nan() || b.is_nan() {
+            return !a.is_nan() && b.is_nan();
+        }
+        match direction(self.monitor, self.mode) {
+            Direction::Max => a > b,
+            Direction::Min => a < b,
+        }
+    }
+
+    /// The better of the best so far and `m`.
+    pub fn better(self, best: Option<EpochMetrics>, m: &EpochMetrics) -> Option<EpochMetrics> {
+        match best {
+            Some(b) if !self.is_better(m, &b) => Some(b),
+            _ => Some(m.clone()),
+        }
+    }
+
+    /// The index of the best row.
+    pub fn best_index(self, rows: &[EpochMetrics]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (i, m) in rows.iter().enumerate() {
+            if best.is_none_or(|b| self.is_better(m, &rows[b])) {
+                best = Some(i);
+            }
+        }
+        best
     }
 }
 
@@ -153,6 +177,43 @@ pub fn better(
 mod tests {
     use super::*;
     use crate::config::OnStall;
+
+    fn row(epoch: u32, val_accuracy: f64, val_loss: f64) -> EpochMetrics {
+        serde_json::from_value(serde_json::json!({
+            "epoch": epoch, "phase": "frozen", "loss": 0.5, "accuracy": 0.5,
+            "val_loss": val_loss, "val_accuracy": val_accuracy,
+            "val_precision": null, "val_recall": null, "val_f1": null, "val_auc": null,
+            "confusion": {"n": 2, "counts": [0, 0, 0, 0]}, "lr": 0.001,
+            "seconds": 1.0, "images_per_sec": 1.0, "val_images_per_sec": 1.0,
+            "stalled": false,
+        }))
+        .unwrap()
+    }
+
+    /// The best row follows the monitor and its direction; ties keep the earliest;
+    /// NaN never wins.
+    #[test]
+    fn the_best_epoch_follows_the_monitor() {
+        let rows = [
+            row(1, 0.80, 0.40),
+            row(2, 0.85, 0.45),
+            row(3, 0.85, 0.35),
+            row(4, f64::NAN, f64::NAN),
+        ];
+        let acc = BestRule::default();
+        assert_eq!(acc.best_index(&rows), Some(1));
+        let loss = BestRule {
+            monitor: Monitor::ValLoss,
+            mode: StallMode::Auto,
+        };
+        assert_eq!(loss.best_index(&rows), Some(2));
+        let worst_loss = BestRule {
+            monitor: Monitor::ValLoss,
+            mode: StallMode::Max,
+        };
+        assert_eq!(worst_loss.best_index(&rows), Some(1));
+        assert_eq!(acc.best_index(&[]), None);
+    }
 
     fn config(patience: u32, min_delta: f64, cooldown: u32, start: u32) -> StallConfig {
         StallConfig {
