@@ -2,7 +2,8 @@
 //!
 //! Modules, one job each, by layer (a module imports only from layers below it; see
 //! ARCHITECTURE.md):
-//! 1. [`fsutil`]: atomic file writes. [`config`]: experiment files: schema, defaults,
+//! 1. [`fsutil`]: atomic file writes. [`stdout`]: printing where a closed pipe is
+//!    the reader finishing. [`config`]: experiment files: schema, defaults,
 //!    validation with positions, the diff and the live-edit merge, reading files.
 //! 2. [`runtime`]: what the machine and libtorch offer (CPU features, CUDA/MPS
 //!    devices, precision of the frozen part, threads). [`weights`]: weight files
@@ -37,6 +38,7 @@ pub mod predict;
 pub mod results;
 pub mod runtime;
 pub mod shootout;
+pub mod stdout;
 pub mod text;
 pub mod train;
 pub mod ui;

@@ -16,11 +16,8 @@ fn main() -> ExitCode {
         return finish(dashboard(&target, cli.runs));
     };
     let result = match command {
-        Command::Doctor => tlcap::doctor::run().map(|report| println!("{report}")),
-        Command::Schema => {
-            println!("{}", tlcap::config::json_schema());
-            Ok(())
-        }
+        Command::Doctor => tlcap::doctor::run().and_then(tlcap::stdout::line),
+        Command::Schema => tlcap::stdout::line(tlcap::config::json_schema()),
         Command::Check { files } => tlcap::config::check_files(&files),
         Command::Data { file } => tlcap::data::report(&file),
         Command::Weights { action } => tlcap::weights::run_cli(match action {
@@ -67,9 +64,20 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error (no backtrace) and turns the result into the exit code.
+/// A run stopped by a signal exits with 128 + its number (130 for SIGINT, 143 for
+/// SIGTERM, 129 for SIGHUP), as shells and schedulers expect; a closed stdout is the
+/// reader having finished, status 0.
 fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if tlcap::stdout::reader_gone(&err) => ExitCode::SUCCESS,
+        Err(err) if err.is::<tlcap::headless::Interrupted>() => {
+            let signal = err
+                .downcast_ref::<tlcap::headless::Interrupted>()
+                .map_or(0, |i| i.signal);
+            eprintln!("{err}");
+            ExitCode::from((128 + signal).clamp(0, 255) as u8)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -165,6 +173,6 @@ fn layers(backbone: &str, unfreeze_last: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = unfreeze_last {
         net.table_mut().unfreeze_last(n);
     }
-    print!("{}", tlcap::model::describe_layers(net.table()));
+    tlcap::stdout::line(tlcap::model::describe_layers(net.table()).trim_end())?;
     Ok(())
 }

@@ -115,12 +115,12 @@ pub fn run(target: &Path, images: &[PathBuf]) -> anyhow::Result<()> {
     let mut failed = 0;
     for (path, result) in images.iter().zip(predictor.predict(images)) {
         match result {
-            Ok(p) => println!(
+            Ok(p) => crate::stdout::line(format!(
                 "{}\t{}\t{:.4}",
                 path.display(),
                 predictor.classes[p.class],
                 p.probability
-            ),
+            ))?,
             Err(e) => {
                 failed += 1;
                 eprintln!("{}: {e}", path.display());

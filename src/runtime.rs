@@ -155,6 +155,15 @@ pub fn resolve_precision(precision: Precision, device: Device) -> Kind {
     }
 }
 
+/// The `precision:` value a resolved number format stands for (`bf16` or `fp32`).
+pub fn precision_of(kind: Kind) -> Precision {
+    if kind == Kind::BFloat16 {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    }
+}
+
 /// libtorch's intra-op threads for trainer threads: its default (one per physical
 /// core), read once before any input thread lowers its own count to 1.
 pub fn intra_op_threads() -> i32 {

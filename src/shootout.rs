@@ -77,6 +77,7 @@ pub fn run_headless(
     }
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
+    let mut interrupted = None;
     for (i, exp) in experiments.into_iter().enumerate() {
         eprintln!("== shootout {}: {}", i + 1, exp.name);
         let options = crate::train::Options {
@@ -84,23 +85,32 @@ pub fn run_headless(
             max_epochs,
             ..Default::default()
         };
-        // One failed experiment does not end the shootout.
+        // One failed experiment does not end the shootout; a signal or a closed
+        // stdout does (the results so far are still exported).
         let name = exp.name.clone();
         match crate::headless::run(exp, options, false, None)
             .and_then(|run| run.map(|r| crate::results::summarize(&r)).transpose())
         {
             Ok(row) => rows.extend(row.flatten()),
+            Err(e) if e.is::<crate::headless::Interrupted>() || crate::stdout::reader_gone(&e) => {
+                interrupted = Some(e);
+                break;
+            }
             Err(e) => eprintln!("error: {name}: {e:#}"),
         }
     }
     let out = crate::shootout::export(&runs, &rows)?;
-    println!("{}", crate::shootout::markdown(&rows));
-    println!(
+    if let Some(e) = interrupted {
+        eprintln!("shootout ended early; results so far in {}", out.display());
+        return Err(e);
+    }
+    crate::stdout::line(markdown(&rows).trim_end())?;
+    crate::stdout::line(format!(
         "{} experiments in {:.0} s; results in {}",
         rows.len(),
         started.elapsed().as_secs_f64(),
         out.display()
-    );
+    ))?;
     Ok(())
 }
 

@@ -123,6 +123,7 @@ fn running(epochs: u32) -> App {
             device: "cpu".into(),
             weights: "ImageNet (mobilenet_v2)".into(),
             layers: layers(),
+            precision: tlcap::config::Precision::Bf16,
         },
     );
     trainer(

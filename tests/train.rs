@@ -224,7 +224,7 @@ fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
     assert!(stopped.unwrap().is_file());
 }
 
-/// The JSON objects a successful `--json` command printed, one per line.
+/// The `epoch` events a successful `--json` command printed (one object per line).
 fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
     assert!(
         out.status.success(),
@@ -233,7 +233,8 @@ fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
         .collect()
 }
 

@@ -36,6 +36,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             device,
             weights,
             layers,
+            ..
         } => {
             run.device = device;
             run.weights = weights;

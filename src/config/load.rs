@@ -233,25 +233,28 @@ pub fn check_files(paths: &[PathBuf]) -> anyhow::Result<()> {
         match experiment_files(path) {
             Ok(found) if found.is_empty() => {
                 invalid += 1;
-                println!(
+                crate::stdout::line(format!(
                     "error   {}: no *.yaml or *.yml files in this folder",
                     path.display()
-                );
+                ))?;
             }
             Ok(found) => files.extend(found),
             Err(e) => {
                 invalid += 1;
-                println!("error   {}: cannot read folder: {e}", path.display());
+                crate::stdout::line(format!(
+                    "error   {}: cannot read folder: {e}",
+                    path.display()
+                ))?;
             }
         }
     }
     for file in &files {
         match load_file(file) {
-            Ok(exp) => println!("ok      {} ({})", file.display(), exp.name),
+            Ok(exp) => crate::stdout::line(format!("ok      {} ({})", file.display(), exp.name))?,
             Err(errors) => {
                 invalid += 1;
                 for e in &errors.0 {
-                    println!("error   {e}");
+                    crate::stdout::line(format!("error   {e}"))?;
                 }
             }
         }

@@ -346,8 +346,12 @@ pub fn report(file: &std::path::Path) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    println!("experiment           {} ({})", exp.name, file.display());
-    println!("data folder          {}", exp.data.dir.display());
-    println!("{dataset}");
+    crate::stdout::line(format!(
+        "experiment           {} ({})",
+        exp.name,
+        file.display()
+    ))?;
+    crate::stdout::line(format!("data folder          {}", exp.data.dir.display()))?;
+    crate::stdout::line(&dataset)?;
     Ok(())
 }

@@ -120,6 +120,8 @@ pub(super) struct Trainer {
     pub(super) run: Option<RunDir>,
     /// Set when the user asked to unfreeze (or a stall did) during the frozen phase.
     pub(super) unfreeze_requested: bool,
+    /// Why the run was stopped, when a stop said so.
+    pub(super) stopped_by: Option<String>,
 }
 
 /// The mutable state of a run in progress.
@@ -157,6 +159,7 @@ impl Trainer {
             events,
             run: None,
             unfreeze_requested: false,
+            stopped_by: None,
         }
     }
 
@@ -216,6 +219,7 @@ impl Trainer {
             device: device_name(device),
             weights,
             layers: net.table().layers().cloned().collect(),
+            precision: crate::runtime::precision_of(net.precision()),
         });
         let mut state = self.open_run(net, &data)?;
         let reason = self.train(&mut state, &data)?;
@@ -228,6 +232,10 @@ impl Trainer {
             match self.commands.recv() {
                 Ok(Command::Start) => return true,
                 Ok(Command::Stop) | Err(_) => return false,
+                Ok(Command::StopBecause(why)) => {
+                    self.stopped_by = Some(why);
+                    return false;
+                }
                 Ok(Command::ApplyConfig(exp)) => self.exp = *exp,
                 Ok(_) => {}
             }
@@ -411,6 +419,10 @@ impl Trainer {
             match command {
                 Command::Start | Command::Resume => {}
                 Command::Stop => return Ok(Control::Stop),
+                Command::StopBecause(why) => {
+                    self.stopped_by = Some(why);
+                    return Ok(Control::Stop);
+                }
                 Command::Unfreeze => {
                     if s.phase == Phase::Frozen {
                         self.enter_finetune(s)?;
@@ -423,6 +435,10 @@ impl Trainer {
                         match self.commands.recv() {
                             Ok(Command::Resume) | Ok(Command::Start) => break,
                             Ok(Command::Stop) | Err(_) => return Ok(Control::Stop),
+                            Ok(Command::StopBecause(why)) => {
+                                self.stopped_by = Some(why);
+                                return Ok(Control::Stop);
+                            }
                             Ok(Command::Unfreeze) if s.phase == Phase::Frozen => {
                                 self.enter_finetune(s)?
                             }
@@ -448,6 +464,7 @@ impl Trainer {
                 + s.net.head_params(),
             trainable_parameters: s.net.table().trainable_params() + s.net.head_params(),
             device: device_name(s.net.device()),
+            stopped_by: self.stopped_by.clone(),
         };
         if let Some(run) = &self.run {
             run.write_summary(&summary)?;

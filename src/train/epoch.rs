@@ -14,7 +14,6 @@ use super::controller::{panic_message, Control, State, Trainer};
 use super::events::{Compute, EpochMetrics, Event};
 use super::run_dir::CheckpointInfo;
 use super::validate::{predictions, validate};
-use crate::config::Precision;
 use crate::data::Dataset;
 
 /// A training batch made ready ahead of time by the input thread: the batch's random
@@ -270,10 +269,6 @@ pub(super) fn checkpoint_info(s: &State, data: &Dataset) -> CheckpointInfo {
         phase: s.phase,
         unfrozen: s.unfrozen,
         classes: data.classes.clone(),
-        precision: Some(if s.net.precision() == Kind::BFloat16 {
-            Precision::Bf16
-        } else {
-            Precision::Fp32
-        }),
+        precision: Some(crate::runtime::precision_of(s.net.precision())),
     }
 }

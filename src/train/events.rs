@@ -40,6 +40,9 @@ pub enum Command {
     Unfreeze,
     /// Save a checkpoint and finish.
     Stop,
+    /// Stop, saying why (a signal, a closed stdout, a control line): recorded in
+    /// `summary.json` as `stopped_by`.
+    StopBecause(String),
     /// New settings from an edited file; live changes apply from the next epoch.
     ApplyConfig(Box<Experiment>),
 }
@@ -268,6 +271,8 @@ pub enum Event {
         weights: String,
         /// The backbone's layers.
         layers: Vec<LayerInfo>,
+        /// The number format the frozen part runs in.
+        precision: crate::config::Precision,
     },
     /// The run folder in use.
     RunDir(std::path::PathBuf),

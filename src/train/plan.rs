@@ -1,12 +1,10 @@
 //! Cache planning: what to keep of the frozen part's outputs for the current phase
 //! and layer states, and how an epoch computes.
 
-use tch::Kind;
-
 use super::cache::{Cache, FeatureTable, TrainSource};
 use super::controller::{State, Trainer};
 use super::events::{CacheUse, Compute, FrozenPart, Phase};
-use crate::config::{FeatureCache, Precision};
+use crate::config::FeatureCache;
 use crate::data::Dataset;
 
 impl Trainer {
@@ -56,11 +54,7 @@ impl Trainer {
             // Nothing is frozen: everything runs in float32 on the model itself.
             return Compute::default();
         }
-        let precision = Some(if s.net.precision() == Kind::BFloat16 {
-            Precision::Bf16
-        } else {
-            Precision::Fp32
-        });
+        let precision = Some(crate::runtime::precision_of(s.net.precision()));
         let frozen = if split == segments {
             FrozenPart::Features
         } else {

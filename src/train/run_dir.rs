@@ -72,6 +72,9 @@ pub struct Summary {
     pub trainable_parameters: usize,
     /// `cpu`, `cuda:0`, ...
     pub device: String,
+    /// What stopped the run, when something said: `SIGTERM`, `stdout closed`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
 }
 
 /// `run.json`: how a run was started, so that `resume` continues it the same way.

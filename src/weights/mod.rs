@@ -374,7 +374,7 @@ pub fn run_cli(action: WeightsAction) -> anyhow::Result<()> {
     match action {
         WeightsAction::Inspect { file } => {
             let wf = read_file(&file).with_context(|| format!("cannot load {}", file.display()))?;
-            print!("{}", describe(&wf));
+            crate::stdout::line(describe(&wf).trim_end())?;
         }
         WeightsAction::Import { input, output } => {
             let wf =
@@ -389,14 +389,14 @@ pub fn run_cli(action: WeightsAction) -> anyhow::Result<()> {
             ]);
             write_safetensors(&output, &wf.tensors, Some(metadata))?;
             let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-            println!(
+            crate::stdout::line(format!(
                 "wrote {} tensors ({:.1} MB) from {} ({}) to {}",
                 wf.tensors.len(),
                 bytes as f64 / 1e6,
                 input.display(),
                 wf.format,
                 output.display()
-            );
+            ))?;
         }
     }
     Ok(())

@@ -1,10 +1,17 @@
 //! Headless mode (`tlcap-tui run`, `tlcap-tui resume`): drives the same trainer as the
-//! dashboard and prints one line per epoch to stdout (plain or JSON), with a progress
-//! line on stderr when stderr is a terminal.
+//! dashboard and prints one line per epoch to stdout (plain), or the tagged event
+//! stream (`--json`, see [`stream`]), with a progress line on stderr when stderr is a
+//! terminal. Signals and a closed stdout stop the run cleanly ([`signals`]).
 
 use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
+
+mod signals;
+pub mod stream;
+
+pub use signals::Interrupted;
+use signals::SignalGuard;
 
 use crate::config::{ChangeKind, Experiment};
 use crate::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
@@ -59,9 +66,29 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
     line
 }
 
-/// Runs `exp` to the end, printing epochs; an error if the trainer failed. With
-/// `watch`, edits of that file are applied while the run goes on (live settings from
-/// the next epoch; a broken save is reported and the last good settings stay).
+/// What the main loop hears besides the trainer: file edits and signals.
+enum Side {
+    /// A broken save of the experiment file: its errors with positions.
+    ConfigError(Vec<String>),
+    /// The experiment file was deleted.
+    Removed(std::path::PathBuf),
+    /// A problem of the file watcher itself.
+    WatchProblem(String),
+    /// A command arrived from outside the trainer's own protocol (a signal).
+    Control {
+        /// `stop`, ...
+        command: String,
+        /// `SIGTERM`, ...
+        source: String,
+    },
+}
+
+/// Runs `exp` to the end, printing epochs (plain lines, or with `json` the tagged
+/// event stream, see [`stream`]); an error if the trainer failed. With `watch`, edits
+/// of that file are applied while the run goes on (live settings from the next epoch;
+/// a broken save is reported and the last good settings stay). SIGINT, SIGTERM and
+/// SIGHUP stop the run at the next batch boundary ([`Interrupted`]); a closed stdout
+/// stops it the same way ([`crate::stdout::ReaderGone`]).
 pub fn run(
     exp: Experiment,
     options: Options,
@@ -81,6 +108,9 @@ pub fn run(
             let _ = std::io::stderr().flush();
         }
     };
+    let cr = if tty { "\r" } else { "" };
+    let name = exp.name.clone();
+    let rule = crate::train::stall::BestRule::of(&exp);
     let handle = train::spawn(
         exp,
         Options {
@@ -88,24 +118,68 @@ pub fn run(
             ..options
         },
     );
+    let (side_tx, side) = std::sync::mpsc::channel();
+    let signal_side = side_tx.clone();
+    let signals = SignalGuard::new(handle.commands.clone(), move |signal| {
+        let _ = signal_side.send(Side::Control {
+            command: "stop".into(),
+            source: signal.into(),
+        });
+    })?;
     let _watcher = match watch {
-        Some(file) => Some(forward_edits(file, handle.commands.clone())?),
+        Some(file) => Some(forward_edits(file, handle.commands.clone(), side_tx)?),
         None => None,
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut out = Output {
+        json,
+        reader_gone: false,
+        commands: handle.commands.clone(),
+    };
     let mut failure = None;
     let mut run_dir = None;
-    for event in handle.events.iter() {
+    let mut started = stream::Started {
+        experiment: name,
+        ..Default::default()
+    };
+    let mut checkpoints = stream::Checkpoints::default();
+    loop {
+        while let Ok(s) = side.try_recv() {
+            match s {
+                Side::ConfigError(errors) => {
+                    for e in &errors {
+                        eprintln!("error   {e}");
+                    }
+                    eprintln!("config: the last good settings stay in force");
+                    out.event(|| stream::config_error(&errors));
+                }
+                Side::Removed(path) => {
+                    eprintln!("config: {} was deleted; the run goes on", path.display())
+                }
+                Side::WatchProblem(text) => eprintln!("{text}"),
+                Side::Control { command, source } => {
+                    out.event(|| stream::control(&command, &source))
+                }
+            }
+        }
+        let event = match handle
+            .events
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(e) => e,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
             Event::Compute(c) => {
                 progress(String::new());
                 let text = crate::text::compute(&c);
-                eprintln!("{}compute: {text}", if tty { "\r" } else { "" });
+                eprintln!("{cr}compute: {text}");
             }
             Event::Note(text) => {
                 progress(String::new());
-                eprintln!("{}{text}", if tty { "\r" } else { "" });
+                eprintln!("{cr}{text}");
+                out.event(|| stream::note(&text));
             }
             Event::DataReady {
                 classes,
@@ -115,24 +189,32 @@ pub fn run(
             } => {
                 progress(String::new());
                 eprintln!(
-                    "{}data: {} classes ({}), {train} train, {val} validation, {skipped} skipped",
-                    if tty { "\r" } else { "" },
+                    "{cr}data: {} classes ({}), {train} train, {val} validation, {skipped} skipped",
                     classes.len(),
                     classes.join(", ")
                 );
+                started.classes = classes;
+                started.images = (train, val, skipped);
             }
             Event::ModelReady {
                 device,
                 weights,
                 layers,
+                precision,
             } => {
                 eprintln!(
-                    "model: {} layers, weights {weights}, device {device}",
-                    layers.len()
-                )
+                    "model: {} layers, weights {weights}, device {device}, frozen part in {}",
+                    layers.len(),
+                    crate::text::precision(precision)
+                );
+                started.device = device;
+                started.weights = weights;
+                started.precision = precision;
             }
             Event::RunDir(dir) => {
                 eprintln!("run folder: {}", dir.display());
+                started.run_dir = dir.clone();
+                out.event(|| stream::started(&started));
                 run_dir = Some(dir);
             }
             Event::PhaseChanged {
@@ -149,11 +231,8 @@ pub fn run(
                         "fine-tuning {trainable_layers} backbone layers ({trainable_params} parameters)"
                     ),
                 };
-                eprintln!(
-                    "{}phase {} from epoch {epoch}: {what}",
-                    if tty { "\r" } else { "" },
-                    phase.name()
-                );
+                eprintln!("{cr}phase {} from epoch {epoch}: {what}", phase.name());
+                out.event(|| stream::phase(phase, epoch, trainable_layers, trainable_params));
             }
             Event::Batch {
                 epoch,
@@ -170,14 +249,16 @@ pub fn run(
                     eprint!("\r");
                 }
                 if json {
-                    writeln!(stdout, "{}", epoch_json(&m))?;
+                    out.event(|| stream::epoch(&m));
                 } else {
-                    writeln!(stdout, "{}", epoch_line(&m, total))?;
+                    out.line(|| epoch_line(&m, total));
                 }
-                stdout.flush()?;
+            }
+            Event::Stalled { epoch, suggestion } => {
+                out.event(|| stream::stall(epoch, &suggestion));
             }
             Event::ConfigApplied(changes) => {
-                for c in changes {
+                for c in &changes {
                     match c.kind {
                         ChangeKind::Live => eprintln!("config: {c} (from this epoch)"),
                         ChangeKind::Restart => {
@@ -185,7 +266,9 @@ pub fn run(
                         }
                     }
                 }
+                out.event(|| stream::config_applied(&changes));
             }
+            Event::Checkpoint(path) => checkpoints.saw(path),
             Event::Finished { reason, best } => {
                 progress(String::new());
                 let why = match reason {
@@ -193,10 +276,9 @@ pub fn run(
                     EndReason::Stopped => "stopped",
                     EndReason::Stalled => "stopped on stall",
                 };
-                match best {
+                match &best {
                     Some(b) => eprintln!(
-                        "{}{why}; best epoch {} ({}) val_accuracy {:.4} val_loss {:.4}",
-                        if tty { "\r" } else { "" },
+                        "{cr}{why}; best epoch {} ({}) val_accuracy {:.4} val_loss {:.4}",
                         b.epoch,
                         b.phase.name(),
                         b.val_accuracy,
@@ -204,46 +286,98 @@ pub fn run(
                     ),
                     None => eprintln!("{why}; no epoch finished"),
                 }
+                let stopped_by = signals
+                    .caught()
+                    .map(|i| i.name.to_string())
+                    .or_else(|| out.reader_gone.then(|| "stdout closed".to_string()));
+                out.event(|| {
+                    stream::finished(
+                        reason,
+                        stopped_by.as_deref(),
+                        best.as_ref(),
+                        rule,
+                        run_dir.as_deref(),
+                        &checkpoints,
+                    )
+                });
             }
             Event::Error(e) => failure = Some(e),
-            Event::Stalled { .. } | Event::Paused | Event::Resumed | Event::Checkpoint(_) => {}
+            Event::Paused | Event::Resumed => {}
         }
     }
     handle.join();
     if let Some(e) = failure {
         bail!(e);
     }
+    if let Some(interrupted) = signals.caught() {
+        return Err(interrupted.into());
+    }
+    if out.reader_gone {
+        return Err(crate::stdout::ReaderGone.into());
+    }
     Ok(run_dir)
 }
 
-/// Watches `file` and sends each valid save to the trainer; reports broken saves
-/// (with their positions) and deletions on stderr. Dropping the watcher ends it.
+/// Stdout of a headless run: epoch lines or JSON events. When the reader goes away
+/// the run is stopped (once) and nothing more is printed.
+struct Output {
+    json: bool,
+    reader_gone: bool,
+    commands: std::sync::mpsc::Sender<train::Command>,
+}
+
+impl Output {
+    /// Prints a JSON event (only with `--json`).
+    fn event(&mut self, make: impl FnOnce() -> serde_json::Value) {
+        if self.json {
+            self.line(|| make().to_string());
+        }
+    }
+
+    /// Prints a line unless the reader is gone; a closed pipe stops the run.
+    fn line(&mut self, make: impl FnOnce() -> String) {
+        if self.reader_gone {
+            return;
+        }
+        if let Err(e) = crate::stdout::line(make()) {
+            if crate::stdout::reader_gone(&e) {
+                self.reader_gone = true;
+                eprintln!("stdout closed: stopping at the next batch boundary");
+                let _ = self
+                    .commands
+                    .send(train::Command::StopBecause("stdout closed".into()));
+            } else {
+                eprintln!("{e:#}");
+            }
+        }
+    }
+}
+
+/// Watches `file` and sends each valid save to the trainer; broken saves (with their
+/// positions), deletions and watcher problems go to the main loop. Dropping the
+/// watcher ends it.
 fn forward_edits(
     file: &std::path::Path,
     commands: std::sync::mpsc::Sender<train::Command>,
+    side: std::sync::mpsc::Sender<Side>,
 ) -> anyhow::Result<crate::watch::Watcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = crate::watch::watch(file, tx)?;
     std::thread::spawn(move || {
         while let Some(event) = rx.blocking_recv() {
-            match event {
-                FileEvent::Changed(_, Ok(exp)) => {
-                    // The trainer is gone: nothing left to apply edits to.
-                    let sent = commands.send(train::Command::ApplyConfig(exp));
-                    if sent.is_err() {
-                        return;
-                    }
-                }
+            let sent = match event {
+                // The trainer is gone: nothing left to apply edits to.
+                FileEvent::Changed(_, Ok(exp)) => commands
+                    .send(train::Command::ApplyConfig(exp))
+                    .map_err(|_| ()),
                 FileEvent::Changed(_, Err(errors)) => {
-                    for e in errors {
-                        eprintln!("error   {e}");
-                    }
-                    eprintln!("config: the last good settings stay in force");
+                    side.send(Side::ConfigError(errors)).map_err(|_| ())
                 }
-                FileEvent::Removed(path) => {
-                    eprintln!("config: {} was deleted; the run goes on", path.display())
-                }
-                FileEvent::Problem(text) => eprintln!("{text}"),
+                FileEvent::Removed(path) => side.send(Side::Removed(path)).map_err(|_| ()),
+                FileEvent::Problem(text) => side.send(Side::WatchProblem(text)).map_err(|_| ()),
+            };
+            if sent.is_err() {
+                return;
             }
         }
     });

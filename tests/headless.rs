@@ -1,0 +1,275 @@
+//! Headless runs as workers: the tagged `--json` event stream (every kind), signals
+//! (a clean stop with the conventional exit status; a second signal exits at once),
+//! and a closed stdout, for `run` and for a command that only prints.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn tlcap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+}
+
+/// An experiment file on generated images that trains for a long time (until stopped),
+/// stalls at epoch 2 and then unfreezes by itself.
+fn long_experiment(dir: &Path) -> PathBuf {
+    common::make_images(&dir.join("data"), &["left", "right"], 32, 32);
+    let file = dir.join("worker.yaml");
+    std::fs::write(&file, body("1.0e-3")).unwrap();
+    file
+}
+
+fn body(finetune_lr: &str) -> String {
+    format!(
+        "data: {{ dir: data, image_size: 32, batch_size: 8 }}\n\
+         model: {{ backbone: small_cnn }}\n\
+         frozen: {{ epochs: 3, lr: 1.0e-3 }}\n\
+         finetune: {{ epochs: 200, lr: {finetune_lr}, unfreeze_last: 2 }}\n\
+         stall: {{ patience: 1, min_delta: 0.9, on_stall: unfreeze }}\n\
+         device: cpu\nseed: 3\n"
+    )
+}
+
+/// The JSON events a child prints, collected as they arrive.
+fn collect(child: &mut Child) -> Arc<Mutex<Vec<Value>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            sink.lock().unwrap().push(v);
+        }
+    });
+    events
+}
+
+fn wait_for(events: &Arc<Mutex<Vec<Value>>>, what: &str, test: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    while !events.lock().unwrap().iter().any(&test) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no {what} in {:#?}",
+            events.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn save_by_rename(file: &Path, text: &str) {
+    let tmp = file.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn run_dir(events: &[Value]) -> PathBuf {
+    let started = events.iter().find(|e| e["event"] == "started").unwrap();
+    PathBuf::from(started["run_dir"].as_str().unwrap())
+}
+
+/// Every event kind the README documents appears, with its fields; SIGTERM stops the
+/// run at a batch boundary with exit status 143 and everything on disk.
+#[test]
+fn the_event_stream_has_every_kind_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = long_experiment(dir.path());
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = collect(&mut child);
+    // The stall at epoch 2 unfreezes by itself: a fine-tune epoch follows.
+    wait_for(&events, "a fine-tune epoch", |e| {
+        e["event"] == "epoch" && e["phase"] == "finetune"
+    });
+    // A broken save, then a good one with a new fine-tune rate.
+    save_by_rename(&file, "data: { dir: data\n");
+    wait_for(&events, "config_error", |e| e["event"] == "config_error");
+    save_by_rename(&file, &body("5.0e-4"));
+    wait_for(&events, "config_applied", |e| {
+        e["event"] == "config_applied"
+    });
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let start = Instant::now();
+    wait_for(&events, "finished", |e| e["event"] == "finished");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    let events = events.lock().unwrap().clone();
+    let kinds: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "started",
+        "phase",
+        "epoch",
+        "stall",
+        "config_applied",
+        "config_error",
+        "control",
+        "finished",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing: {kinds:?}");
+    }
+    let first = |kind: &str| events.iter().find(|e| e["event"] == kind).unwrap().clone();
+    let started = first("started");
+    assert_eq!(started["classes"], serde_json::json!(["left", "right"]));
+    assert_eq!(
+        started["train"].as_u64().unwrap() + started["val"].as_u64().unwrap(),
+        64
+    );
+    assert_eq!(started["device"], "cpu");
+    assert!(started["precision"].is_string());
+    let epoch = first("epoch");
+    for key in [
+        "epoch",
+        "phase",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+        "images_per_sec",
+        "compute",
+        "input_wait_seconds",
+        "stalled",
+        "confusion",
+    ] {
+        assert!(epoch.get(key).is_some(), "epoch lacks {key}: {epoch}");
+    }
+    let stall = first("stall");
+    assert_eq!(stall["action"], "unfreezing");
+    assert!(stall["suggestion"]
+        .as_str()
+        .unwrap()
+        .contains("unfreezing the last 2 layers"));
+    let phases: Vec<&Value> = events.iter().filter(|e| e["event"] == "phase").collect();
+    assert_eq!(phases[0]["phase"], "frozen");
+    assert_eq!(phases[1]["phase"], "finetune");
+    let applied = first("config_applied");
+    assert_eq!(applied["changes"][0]["path"], "finetune.lr");
+    assert_eq!(applied["changes"][0]["live"], true);
+    let error = first("config_error");
+    assert!(error["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("worker.yaml:"));
+    let control = first("control");
+    assert_eq!(
+        (control["command"].as_str(), control["source"].as_str()),
+        (Some("stop"), Some("SIGTERM"))
+    );
+    let finished = first("finished");
+    assert_eq!(finished["status"], "stopped");
+    assert_eq!(finished["stopped_by"], "SIGTERM");
+    assert!(finished["best_epoch"].as_u64().unwrap() >= 1);
+    for kind in ["best", "last", "stopped"] {
+        let path = finished["checkpoints"][kind].as_str().unwrap();
+        assert!(Path::new(path).is_file(), "{kind}: {path}");
+    }
+    // On disk: the summary says who stopped it; every metrics line is whole.
+    let run = run_dir(&events);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["reason"], "stopped");
+    assert_eq!(summary["stopped_by"], "SIGTERM");
+    let epochs = tlcap::train::run_dir::read_metrics(&run).unwrap();
+    let printed = events.iter().filter(|e| e["event"] == "epoch").count();
+    assert_eq!(epochs.len(), printed);
+}
+
+/// `run --json | head -2`: the reader leaves, the run stops as for a signal, exit 0.
+#[test]
+fn a_closed_stdout_stops_the_run_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = long_experiment(dir.path());
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(started["event"], "started");
+    let _phase = lines.next().unwrap().unwrap();
+    drop(lines); // the reader is gone
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let run = PathBuf::from(started["run_dir"].as_str().unwrap());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"], "stdout closed");
+    assert!(run.join("stopped.safetensors").is_file());
+}
+
+/// A command that only prints, to a pipe closed before it writes: no panic, status 0.
+#[test]
+fn printing_to_a_closed_pipe_is_not_a_failure() {
+    for args in [&["schema"][..], &["layers", "resnet50"][..]] {
+        let mut child = tlcap()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// Two signals in a row: the second exits at once (130 for SIGINT); every file that
+/// is there is whole.
+#[test]
+fn a_second_signal_exits_at_once_with_files_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = long_experiment(dir.path());
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = collect(&mut child);
+    wait_for(&events, "an epoch", |e| e["event"] == "epoch");
+    signal(&child, libc::SIGINT);
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let run = run_dir(&events.lock().unwrap());
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(text.ends_with('\n'));
+    assert!(!tlcap::train::run_dir::read_metrics(&run)
+        .unwrap()
+        .is_empty());
+    let (_, info) = tlcap::train::run_dir::read_checkpoint(&run.join("last.safetensors")).unwrap();
+    assert!(info.epoch >= 1);
+}
