@@ -183,6 +183,7 @@ fn finished() -> App {
         Event::Finished {
             reason: EndReason::Completed,
             best: None,
+            stopped_by: None,
         },
     );
     app
@@ -519,6 +520,7 @@ fn shootout_queue_runs_one_after_another_and_exports() {
                 Event::Finished {
                     reason: EndReason::Completed,
                     best: None,
+                    stopped_by: None,
                 },
             ),
         )
@@ -572,6 +574,7 @@ fn review_edge_cases() {
             Event::Finished {
                 reason: EndReason::Stopped,
                 best: None,
+                stopped_by: None,
             },
         ),
     );

@@ -273,3 +273,88 @@ fn a_second_signal_exits_at_once_with_files_intact() {
     let (_, info) = tlcap::train::run_dir::read_checkpoint(&run.join("last.safetensors")).unwrap();
     assert!(info.epoch >= 1);
 }
+
+fn status(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap()
+}
+
+fn control(run: &Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run.join("control.jsonl"))
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// A run steered through its folder alone: pause, a malformed line, a settings
+/// change, resume and stop by appending to `control.jsonl`; `status.json` follows.
+/// Prints how long a control line takes to act (target: at most 1 s).
+#[test]
+fn a_run_is_steered_through_its_control_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = long_experiment(dir.path());
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = collect(&mut child);
+    wait_for(&events, "an epoch", |e| e["event"] == "epoch");
+    let run = run_dir(&events.lock().unwrap());
+    let s = status(&run);
+    assert_eq!(s["pid"], child.id());
+    assert_eq!(s["state"], "running");
+    assert!(s["host"].as_str().is_some_and(|h| !h.is_empty()));
+
+    let sent = Instant::now();
+    control(&run, r#"{"command": "pause"}"#);
+    wait_for(&events, "the pause", |e| {
+        e["event"] == "control" && e["command"] == "pause"
+    });
+    let latency = sent.elapsed();
+    let start = Instant::now();
+    while status(&run)["state"] != "paused" {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", status(&run));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Paused, the heartbeat goes on.
+    let before = status(&run)["updated_at"].clone();
+    std::thread::sleep(tlcap::train::status::HEARTBEAT + Duration::from_millis(600));
+    assert_ne!(status(&run)["updated_at"], before);
+    control(&run, r#"{"command": "jump"}"#);
+    wait_for(&events, "a note on the bad line", |e| {
+        e["event"] == "note"
+            && e["text"]
+                .as_str()
+                .unwrap()
+                .contains("unknown command `jump`")
+    });
+    control(
+        &run,
+        r#"{"command": "set", "settings": {"finetune": {"lr": 2.0e-4}}}"#,
+    );
+    control(&run, r#"{"command": "resume"}"#);
+    wait_for(&events, "the edit applied", |e| {
+        e["event"] == "config_applied" && e["changes"][0]["path"] == "finetune.lr"
+    });
+    control(&run, r#"{"command": "stop"}"#);
+    let status_code = child.wait().unwrap();
+    assert_eq!(status_code.code(), Some(0));
+    wait_for(&events, "finished", |e| e["event"] == "finished");
+    let events = events.lock().unwrap().clone();
+    let finished = events.iter().find(|e| e["event"] == "finished").unwrap();
+    assert_eq!(finished["stopped_by"], "control.jsonl");
+    assert_eq!(status(&run)["state"], "finished");
+    let log = std::fs::read_to_string(run.join("events.log")).unwrap();
+    assert!(log.contains("control.jsonl line 1"), "{log}");
+    assert!(log.contains("unknown command `jump`"), "{log}");
+    eprintln!(
+        "control line -> trainer acting: {} ms (target <= 1000 ms)",
+        latency.as_millis()
+    );
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
+}

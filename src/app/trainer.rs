@@ -96,6 +96,9 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             run.layers = layers;
         }
         Event::Paused => run.status = RunStatus::Paused,
+        Event::Control { command, source } => {
+            note = Some((false, format!("{name}: {command} (from {source})")));
+        }
         Event::Resumed => run.status = RunStatus::Running,
         Event::ConfigApplied(changes) => {
             let live: Vec<String> = changes

@@ -269,7 +269,11 @@ pub fn run(
                 out.event(|| stream::config_applied(&changes));
             }
             Event::Checkpoint(path) => checkpoints.saw(path),
-            Event::Finished { reason, best } => {
+            Event::Finished {
+                reason,
+                best,
+                stopped_by,
+            } => {
                 progress(String::new());
                 let why = match reason {
                     EndReason::Completed => "completed",
@@ -286,9 +290,8 @@ pub fn run(
                     ),
                     None => eprintln!("{why}; no epoch finished"),
                 }
-                let stopped_by = signals
-                    .caught()
-                    .map(|i| i.name.to_string())
+                let stopped_by = stopped_by
+                    .or_else(|| signals.caught().map(|i| i.name.to_string()))
                     .or_else(|| out.reader_gone.then(|| "stdout closed".to_string()));
                 out.event(|| {
                     stream::finished(
@@ -302,7 +305,13 @@ pub fn run(
                 });
             }
             Event::Error(e) => failure = Some(e),
-            Event::Paused | Event::Resumed => {}
+            Event::Control { command, source } => {
+                progress(String::new());
+                eprintln!("{cr}control: {command} (from {source})");
+                out.event(|| stream::control(&command, &source));
+            }
+            Event::Paused => eprintln!("{cr}paused"),
+            Event::Resumed => eprintln!("{cr}resumed"),
         }
     }
     handle.join();

@@ -7,7 +7,7 @@
 //! ([`super::stall`]).
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use anyhow::anyhow;
@@ -20,6 +20,8 @@ pub use super::events::Phases;
 use super::events::{Command, EndReason, EpochMetrics, Event, Phase, StallAction, Suggestion};
 use super::run_dir::{RunDir, Summary};
 use super::stall::{monitored, BestRule, StallDetector};
+use super::status::{RunState, HEARTBEAT};
+use super::steering::{Next, Steering};
 use crate::config::{Experiment, OnStall, Optimizer, Weights};
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
@@ -122,6 +124,10 @@ pub(super) struct Trainer {
     pub(super) unfreeze_requested: bool,
     /// Why the run was stopped, when a stop said so.
     pub(super) stopped_by: Option<String>,
+    /// The control file and the heartbeat.
+    pub(super) steering: Steering,
+    /// Batches done of the epoch in progress, and its training images/s.
+    pub(super) progress: ((usize, usize), f64),
 }
 
 /// The mutable state of a run in progress.
@@ -160,6 +166,8 @@ impl Trainer {
             run: None,
             unfreeze_requested: false,
             stopped_by: None,
+            steering: Steering::default(),
+            progress: ((0, 0), 0.0),
         }
     }
 
@@ -181,10 +189,19 @@ impl Trainer {
     }
 
     pub(super) fn run(mut self) -> anyhow::Result<()> {
+        let result = self.run_inner();
+        if result.is_err() {
+            self.beat_failed();
+        }
+        result
+    }
+
+    fn run_inner(&mut self) -> anyhow::Result<()> {
         if !self.options.autostart && !self.wait_for_start() {
             self.emit(Event::Finished {
                 reason: EndReason::Stopped,
                 best: None,
+                stopped_by: self.stopped_by.clone(),
             });
             return Ok(());
         }
@@ -222,6 +239,8 @@ impl Trainer {
             precision: crate::runtime::precision_of(net.precision()),
         });
         let mut state = self.open_run(net, &data)?;
+        self.open_steering()?;
+        self.beat(&state, RunState::Running, (0, 0), 0.0, true);
         let reason = self.train(&mut state, &data)?;
         self.finish(&state, reason)
     }
@@ -298,6 +317,7 @@ impl Trainer {
             layers: s.net.table().layers().cloned().collect(),
         };
         self.emit(event);
+        self.beat(s, RunState::Running, (0, 0), 0.0, true);
     }
 
     pub(super) fn train(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<EndReason> {
@@ -362,6 +382,7 @@ impl Trainer {
                 });
             }
             self.emit(Event::Checkpoint(last));
+            self.beat(s, RunState::Running, (0, 0), 0.0, true);
             if stop {
                 return Ok(EndReason::Stalled);
             }
@@ -407,14 +428,15 @@ impl Trainer {
         (suggestion, on_stall)
     }
 
-    /// Checks commands at a batch boundary. Pause blocks here until Resume or Stop.
+    /// Checks commands (and control-file lines) at a batch boundary. Pause blocks here
+    /// until Resume or Stop, keeping the heartbeat going.
     pub(super) fn control(&mut self, s: &mut State) -> anyhow::Result<Control> {
         loop {
-            let command = match self.commands.try_recv() {
-                Ok(c) => c,
-                Err(TryRecvError::Empty) => return Ok(Control::Continue),
+            let command = match self.next_command(None) {
+                Next::Command(c) => c,
+                Next::Empty => return Ok(Control::Continue),
                 // The UI is gone: nobody to train for.
-                Err(TryRecvError::Disconnected) => return Ok(Control::Stop),
+                Next::Gone => return Ok(Control::Stop),
             };
             match command {
                 Command::Start | Command::Resume => {}
@@ -431,22 +453,33 @@ impl Trainer {
                 Command::ApplyConfig(exp) => self.pending = Some(*exp),
                 Command::Pause => {
                     self.emit(Event::Paused);
+                    let (batch, ips) = self.progress;
+                    self.beat(s, RunState::Paused, batch, ips, true);
                     loop {
-                        match self.commands.recv() {
-                            Ok(Command::Resume) | Ok(Command::Start) => break,
-                            Ok(Command::Stop) | Err(_) => return Ok(Control::Stop),
-                            Ok(Command::StopBecause(why)) => {
+                        let command = match self.next_command(Some(HEARTBEAT)) {
+                            Next::Command(c) => c,
+                            Next::Empty => {
+                                self.beat(s, RunState::Paused, batch, ips, false);
+                                continue;
+                            }
+                            Next::Gone => return Ok(Control::Stop),
+                        };
+                        match command {
+                            Command::Resume | Command::Start => break,
+                            Command::Stop => return Ok(Control::Stop),
+                            Command::StopBecause(why) => {
                                 self.stopped_by = Some(why);
                                 return Ok(Control::Stop);
                             }
-                            Ok(Command::Unfreeze) if s.phase == Phase::Frozen => {
+                            Command::Unfreeze if s.phase == Phase::Frozen => {
                                 self.enter_finetune(s)?
                             }
-                            Ok(Command::ApplyConfig(exp)) => self.pending = Some(*exp),
-                            Ok(_) => {}
+                            Command::ApplyConfig(exp) => self.pending = Some(*exp),
+                            _ => {}
                         }
                     }
                     self.emit(Event::Resumed);
+                    self.beat(s, RunState::Running, batch, ips, true);
                 }
             }
         }
@@ -481,9 +514,11 @@ impl Trainer {
                 crate::weights::write_safetensors(&path, &all, None)?;
             }
         }
+        self.beat(s, RunState::Finished, (0, 0), 0.0, true);
         self.emit(Event::Finished {
             reason,
             best: s.best.clone(),
+            stopped_by: self.stopped_by.clone(),
         });
         Ok(())
     }

@@ -238,6 +238,14 @@ impl Trainer {
                 loss: loss_sum / seen as f64,
                 images_per_sec: seen as f64 / elapsed,
             });
+            self.progress = ((b + 1, batches.len()), seen as f64 / elapsed);
+            self.beat(
+                s,
+                super::status::RunState::Running,
+                (b + 1, batches.len()),
+                seen as f64 / elapsed,
+                false,
+            );
         }
         Ok(Some(Trained {
             loss_sum,

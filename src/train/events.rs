@@ -319,12 +319,22 @@ pub enum Event {
     ConfigApplied(Vec<Change>),
     /// A checkpoint was written.
     Checkpoint(std::path::PathBuf),
+    /// A command arrived from outside the UI (a line of the run folder's control file)
+    /// and was taken.
+    Control {
+        /// `pause`, `resume`, `unfreeze`, `stop` or `set`.
+        command: String,
+        /// Where it came from, e.g. `control.jsonl line 3`.
+        source: String,
+    },
     /// The run ended; nothing follows.
     Finished {
         /// Why.
         reason: EndReason,
         /// The best epoch by the stall monitor, if any epoch finished.
         best: Option<EpochMetrics>,
+        /// What stopped it, when something said (`SIGTERM`, `control.jsonl`, ...).
+        stopped_by: Option<String>,
     },
     /// The run failed; nothing follows.
     Error(String),

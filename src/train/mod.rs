@@ -7,9 +7,11 @@
 //! - [`cache`]: the kept outputs of the frozen part of the backbone;
 //! - [`stall`]: plateau detection and the best-epoch rule;
 //! - [`metrics`]: validation metrics; [`events`]: the typed commands and events;
-//! - [`run_dir`]: the run folder on disk.
+//! - [`run_dir`]: the run folder on disk; [`control`]: its control file, which
+//!   `steering` turns into commands; [`status`]: its heartbeat.
 
 pub mod cache;
+pub mod control;
 pub mod controller;
 mod epoch;
 pub mod events;
@@ -19,6 +21,8 @@ pub mod plan;
 mod resume;
 pub mod run_dir;
 pub mod stall;
+pub mod status;
+mod steering;
 mod validate;
 
 pub use controller::{spawn, Options, Phases, TrainerHandle, THREAD_PREFIX};

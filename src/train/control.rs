@@ -1,0 +1,315 @@
+//! The run folder's control channel, `control.jsonl`: anyone who can write to the run
+//! folder (a script, the dashboard attached from another machine) appends one JSON
+//! object per line, e.g. `{"command": "pause"}`; the trainer takes each new line at
+//! its next batch boundary and answers in `events.log` and the event stream.
+//!
+//! Commands: `pause`, `resume`, `unfreeze`, `stop`, and `set` with `settings` (a part
+//! of an experiment file, e.g. `{"command": "set", "settings": {"finetune": {"lr":
+//! 5e-6}}}`), merged into the running settings and applied like a saved edit.
+//! Malformed or unknown lines are reported and ignored. No line can name a file to
+//! write: settings that name paths are restart-only and keep their running values.
+//!
+//! The file is watched with `notify` and polled as well (a shared file system such as
+//! NFS sends no events for other machines' writes).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use serde_json::Value;
+
+/// The control file's name in a run folder.
+pub const FILE: &str = "control.jsonl";
+/// How often the file is read even without a file-system event.
+pub const POLL: Duration = Duration::from_millis(500);
+/// Longest line taken; longer ones are reported and skipped.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One command from the control file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlCommand {
+    /// Hold after the current batch.
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Switch to the fine-tune phase now.
+    Unfreeze,
+    /// Save a checkpoint and finish.
+    Stop,
+    /// Merge these settings (a part of an experiment file, as JSON) into the running
+    /// ones.
+    Set(Value),
+}
+
+impl ControlCommand {
+    /// The command's name as written in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlCommand::Pause => "pause",
+            ControlCommand::Resume => "resume",
+            ControlCommand::Unfreeze => "unfreeze",
+            ControlCommand::Stop => "stop",
+            ControlCommand::Set(_) => "set",
+        }
+    }
+
+    /// The line to append to a control file for this command.
+    pub fn to_line(&self) -> String {
+        let mut v = serde_json::json!({ "command": self.name() });
+        if let ControlCommand::Set(settings) = self {
+            v["settings"] = settings.clone();
+        }
+        v.to_string()
+    }
+}
+
+/// A line of the control file, read: its number and its command, or why it was not
+/// taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlLine {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The command, or the problem.
+    pub command: Result<ControlCommand, String>,
+}
+
+/// Reads one line of the control file.
+pub fn parse_line(text: &str) -> Result<ControlCommand, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(obj) = v.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    let command = obj
+        .get("command")
+        .and_then(Value::as_str)
+        .ok_or("no \"command\" string")?;
+    let known = ["command", "settings"];
+    if let Some(extra) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("unknown field `{extra}`"));
+    }
+    let settings = obj.get("settings");
+    match (command, settings) {
+        ("pause", None) => Ok(ControlCommand::Pause),
+        ("resume", None) => Ok(ControlCommand::Resume),
+        ("unfreeze", None) => Ok(ControlCommand::Unfreeze),
+        ("stop", None) => Ok(ControlCommand::Stop),
+        ("set", Some(s)) if s.is_object() => Ok(ControlCommand::Set(s.clone())),
+        ("set", _) => Err("`set` needs \"settings\": an object".into()),
+        ("pause" | "resume" | "unfreeze" | "stop", Some(_)) => {
+            Err(format!("`{command}` takes no settings"))
+        }
+        (other, _) => Err(format!(
+            "unknown command `{other}` (pause, resume, unfreeze, stop, set)"
+        )),
+    }
+}
+
+/// Appends a command to a run folder's control file (what `attach` and scripts do).
+pub fn append(run_dir: &Path, command: &ControlCommand) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(FILE))?;
+    // One write per line, so concurrent writers do not interleave within a line.
+    f.write_all(format!("{}\n", command.to_line()).as_bytes())?;
+    f.sync_data()
+}
+
+/// Reads new complete lines as they are appended; dropping it stops the reader.
+pub struct ControlReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlReader {
+    /// Creates `control.jsonl` in `run_dir` if it is not there and starts reading it
+    /// from its current end (lines written before this run are history).
+    pub fn start(run_dir: &Path) -> anyhow::Result<(ControlReader, Receiver<ControlLine>)> {
+        let path = run_dir.join(FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let start = file.metadata()?.len();
+        let lines_before = std::fs::read(&path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        let (tx, rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tlcap control".into())
+            .spawn(move || read_loop(path, start, lines_before, tx, flag))?;
+        Ok((
+            ControlReader {
+                stop,
+                thread: Some(thread),
+            },
+            rx,
+        ))
+    }
+}
+
+impl Drop for ControlReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_loop(
+    path: PathBuf,
+    mut offset: u64,
+    mut line_no: usize,
+    out: Sender<ControlLine>,
+    stop: Arc<AtomicBool>,
+) {
+    // File-system events wake the loop at once; without them it polls.
+    let (wake_tx, wake) = channel();
+    let watcher = notify::recommended_watcher(move |_| {
+        let _ = wake_tx.send(());
+    })
+    .and_then(|mut w| {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        w.watch(dir, RecursiveMode::NonRecursive).map(|_| w)
+    });
+    let _watcher = watcher.ok();
+    let mut partial: Vec<u8> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match wake.recv_timeout(POLL) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+        }
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            // Truncated or replaced: start over from its beginning.
+            offset = 0;
+            line_no = 0;
+            partial.clear();
+        }
+        if len == offset || f.seek(SeekFrom::Start(offset)).is_err() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if f.take(len - offset).read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        offset += bytes.len() as u64;
+        partial.extend_from_slice(&bytes);
+        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = partial.drain(..=end).collect();
+            line_no += 1;
+            let text = String::from_utf8_lossy(&raw[..raw.len() - 1])
+                .trim()
+                .to_string();
+            if text.is_empty() {
+                continue;
+            }
+            let command = if raw.len() > MAX_LINE {
+                Err(format!("longer than {MAX_LINE} bytes"))
+            } else {
+                parse_line(&text)
+            };
+            if out
+                .send(ControlLine {
+                    line: line_no,
+                    command,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        if partial.len() > MAX_LINE {
+            // A line that never ends: drop what came so far.
+            partial.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_into_commands_or_say_why_not() {
+        assert_eq!(
+            parse_line(r#"{"command":"pause"}"#),
+            Ok(ControlCommand::Pause)
+        );
+        assert_eq!(
+            parse_line(r#"{"command":"stop"}"#),
+            Ok(ControlCommand::Stop)
+        );
+        let set = parse_line(r#"{"command":"set","settings":{"finetune":{"lr":5e-6}}}"#);
+        assert!(matches!(set, Ok(ControlCommand::Set(_))));
+        for (bad, why) in [
+            ("pause", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"cmd":"pause"}"#, "no \"command\""),
+            (r#"{"command":"jump"}"#, "unknown command `jump`"),
+            (r#"{"command":"set"}"#, "needs \"settings\""),
+            (r#"{"command":"stop","settings":{}}"#, "takes no settings"),
+            (
+                r#"{"command":"stop","path":"/etc"}"#,
+                "unknown field `path`",
+            ),
+        ] {
+            let err = parse_line(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        for c in [
+            ControlCommand::Unfreeze,
+            ControlCommand::Set(serde_json::json!({"seed": 1})),
+        ] {
+            assert_eq!(parse_line(&c.to_line()), Ok(c));
+        }
+    }
+
+    /// Lines appended after the start arrive, in order, with their numbers; earlier
+    /// ones and a torn last line do not.
+    #[test]
+    fn the_reader_takes_new_complete_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "{\"command\":\"stop\"}\n").unwrap();
+        let (reader, rx) = ControlReader::start(dir.path()).unwrap();
+        append(dir.path(), &ControlCommand::Pause).unwrap();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE))
+                .unwrap();
+            f.write_all(b"nonsense\n{\"command\":\"res").unwrap();
+        }
+        let first = rx.recv_timeout(Duration::from_secs(3)).unwrap();
+        assert_eq!(first.line, 2);
+        assert_eq!(first.command, Ok(ControlCommand::Pause));
+        let second = rx.recv_timeout(Duration::from_secs(3)).unwrap();
+        assert_eq!(second.line, 3);
+        assert!(second.command.is_err());
+        assert!(rx.recv_timeout(Duration::from_millis(700)).is_err());
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE))
+                .unwrap();
+            f.write_all(b"ume\"}\n").unwrap();
+        }
+        let third = rx.recv_timeout(Duration::from_secs(3)).unwrap();
+        assert_eq!((third.line, third.command), (4, Ok(ControlCommand::Resume)));
+        drop(reader);
+    }
+}

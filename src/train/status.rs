@@ -1,0 +1,142 @@
+//! `status.json`: a small heartbeat a run writes atomically every few seconds and at
+//! every change of state, so that a dashboard attached from anywhere knows what the
+//! run is doing, and when a run stopped beating (the process died, the node went away).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Phase;
+
+/// The file's name in a run folder.
+pub const FILE: &str = "status.json";
+/// The longest gap between two writes while the run is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// What a run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Training.
+    Running,
+    /// Paused by a command.
+    Paused,
+    /// Ended (see `summary.json`).
+    Finished,
+    /// Ended with an error.
+    Failed,
+}
+
+/// The heartbeat's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The experiment's name.
+    pub experiment: String,
+    /// The process writing the run.
+    pub pid: u32,
+    /// The machine it runs on.
+    pub host: String,
+    /// What it is doing.
+    pub state: RunState,
+    /// The current phase.
+    pub phase: Phase,
+    /// The epoch in progress (1-based; the last finished one once finished).
+    pub epoch: u32,
+    /// Epochs planned in all.
+    pub epochs: u32,
+    /// Batches done in this epoch, and in all.
+    pub batch: (usize, usize),
+    /// Training images per second in this epoch.
+    pub images_per_sec: f64,
+    /// When this was written (UTC, RFC 3339).
+    pub updated_at: String,
+}
+
+impl Status {
+    /// Seconds since `updated_at`, or None if it does not parse.
+    pub fn age_seconds(&self) -> Option<f64> {
+        let t = chrono::DateTime::parse_from_rfc3339(&self.updated_at).ok()?;
+        let age = chrono::Utc::now().signed_duration_since(t.with_timezone(&chrono::Utc));
+        Some(age.num_milliseconds() as f64 / 1000.0)
+    }
+}
+
+/// This machine's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes the heartbeat of one run: at most every [`HEARTBEAT`] unless forced.
+pub struct Heartbeat {
+    path: PathBuf,
+    last: Option<Instant>,
+}
+
+impl Heartbeat {
+    /// The heartbeat of the run in `run_dir`.
+    pub fn new(run_dir: &Path) -> Heartbeat {
+        Heartbeat {
+            path: run_dir.join(FILE),
+            last: None,
+        }
+    }
+
+    /// Whether a write is due (the heartbeat interval passed).
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= HEARTBEAT)
+    }
+
+    /// Writes `status` atomically (best effort: a heartbeat is never worth failing a
+    /// run for).
+    pub fn write(&mut self, mut status: Status) {
+        status.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if let Ok(text) = serde_json::to_string_pretty(&status) {
+            let _ = crate::fsutil::write_atomic(&self.path, text.as_bytes());
+        }
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Reads a run's heartbeat; None when there is none (yet) or it does not parse.
+pub fn read(run_dir: &Path) -> Option<Status> {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join(FILE)).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_round_trip_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hb = Heartbeat::new(dir.path());
+        assert!(hb.due());
+        hb.write(Status {
+            experiment: "x".into(),
+            pid: 7,
+            host: host_name(),
+            state: RunState::Paused,
+            phase: Phase::Finetune,
+            epoch: 3,
+            epochs: 8,
+            batch: (5, 33),
+            images_per_sec: 120.0,
+            updated_at: String::new(),
+        });
+        assert!(!hb.due());
+        let s = read(dir.path()).unwrap();
+        assert_eq!(
+            (s.pid, s.state, s.epoch, s.batch),
+            (7, RunState::Paused, 3, (5, 33))
+        );
+        let age = s.age_seconds().unwrap();
+        assert!((0.0..5.0).contains(&age), "{age}");
+        assert!(read(&dir.path().join("nothing")).is_none());
+    }
+}
