@@ -75,6 +75,23 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         max_epochs: Option<u32>,
     },
+    /// One task of a scheduler's array: the experiment at this task's index (from
+    /// --index, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX), run headless, or resumed
+    /// if an earlier attempt of the task left it unfinished.
+    Worker {
+        /// Experiment files, or folders of them; sorted, task i takes the i-th.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The task index (default: from the scheduler's environment).
+        #[arg(long, value_name = "N")]
+        index: Option<usize>,
+        /// Where run folders go (shared storage on a cluster).
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        /// The tagged JSON event stream on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a run folder from its last finished epoch, in the right phase.
     Resume {
         /// A run folder (runs/<experiment>/<timestamp>).

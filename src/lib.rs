@@ -23,6 +23,7 @@
 //!    usable and reports what the machine offers.
 //! 7. [`ui`]: drawing the state with ratatui. [`shootout`]: comparing experiments;
 //!    results.csv / results.md.
+//!    [`worker`]: one task of a Slurm or Kubernetes array.
 //! 8. [`dashboard`]: the tokio event loop, terminal set-up and restore.
 
 pub mod app;
@@ -44,3 +45,4 @@ pub mod train;
 pub mod ui;
 pub mod watch;
 pub mod weights;
+pub mod worker;

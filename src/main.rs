@@ -44,6 +44,12 @@ fn main() -> ExitCode {
             runs,
             max_epochs,
         } => tlcap::shootout::run_headless(&paths, runs, max_epochs),
+        Command::Worker {
+            paths,
+            index,
+            runs,
+            json,
+        } => tlcap::worker::run(&paths, index, runs, json),
         Command::Predict {
             checkpoint_or_run_dir,
             images,

@@ -100,7 +100,7 @@ impl RunDir {
     /// the config as used.
     pub fn create(root: &Path, exp: &Experiment) -> anyhow::Result<RunDir> {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-        let path = crate::fsutil::create_unique_dir(&root.join(sanitise(&exp.name)), &stamp)?;
+        let path = crate::fsutil::create_unique_dir(&root.join(folder_name(&exp.name)), &stamp)?;
         write_atomic(
             &path.join("config.yaml"),
             serde_yaml::to_string(exp)?.as_bytes(),
@@ -205,8 +205,9 @@ impl RunDir {
     }
 }
 
-/// Keeps a name usable as one folder name.
-fn sanitise(name: &str) -> String {
+/// The folder an experiment's runs go in, under the runs root: its name, kept usable
+/// as one folder name.
+pub fn folder_name(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
