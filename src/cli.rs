@@ -92,6 +92,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The dashboard on every run folder under RUNS_DIR, wherever their processes run
+    /// (scripts, tmux, Slurm, Kubernetes): live state, charts, and p/u/x through each
+    /// run's control file.
+    Attach {
+        /// A runs folder (runs/<experiment>/<timestamp>/...), e.g. on shared storage.
+        runs_dir: PathBuf,
+    },
     /// Continue a run folder from its last finished epoch, in the right phase.
     Resume {
         /// A run folder (runs/<experiment>/<timestamp>).

@@ -43,7 +43,24 @@ pub fn load_files(target: &Path) -> anyhow::Result<Vec<(PathBuf, FileState)>> {
 
 /// Opens the dashboard on `target` and runs it until the user quits.
 pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
-    let app = App::new(load_files(target)?);
+    open(App::new(load_files(target)?), target, runs_root)
+}
+
+/// Opens the dashboard attached to the run folders under `runs_root`, wherever their
+/// processes run: their state from the files (polled every second, which works on
+/// shared file systems), their steering through their control files.
+pub fn attach(runs_root: PathBuf) -> anyhow::Result<()> {
+    if !runs_root.is_dir() {
+        anyhow::bail!("{} is not a folder of runs", runs_root.display());
+    }
+    open(
+        App::attached(runs_root.clone()),
+        &runs_root.clone(),
+        runs_root,
+    )
+}
+
+fn open(app: App, target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -115,6 +132,13 @@ fn perform(
                 }
             }
             Action::Edit(path) => edit = Some(path),
+            Action::Control(run, command) => {
+                let text = match crate::train::control::append(&run, &command) {
+                    Ok(()) => format!("{}: {} sent", run.display(), command.name()),
+                    Err(e) => format!("{}: cannot write its control file: {e}", run.display()),
+                };
+                let _ = events.send(AppEvent::Info(text));
+            }
             Action::ExportShootout(dirs) => {
                 // Off the UI loop: reading every run folder and writing the results
                 // takes disk time the screen should not wait for.
@@ -209,7 +233,16 @@ pub async fn event_loop<B: CloneBackend>(
     let keys = options.keys;
     let (tx, mut rx) = unbounded_channel::<AppEvent>();
     let (file_tx, mut file_rx) = unbounded_channel::<crate::watch::FileEvent>();
-    let _watcher = crate::watch::watch(watch_root, file_tx)?;
+    // Attached, the entries are run folders (polled); otherwise experiment files
+    // (watched).
+    let _watcher = match &app.attached {
+        None => Some(crate::watch::watch(watch_root, file_tx)?),
+        Some(_) => None,
+    };
+    let _poller = app
+        .attached
+        .clone()
+        .map(|root| Poller::start(root, tx.clone()));
     let mut trainers: Trainers = HashMap::new();
     let mut term_events = keys.then(EventStream::new);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -312,5 +345,59 @@ pub async fn event_loop<B: CloneBackend>(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// How often an attached dashboard reads the run folders.
+pub const ATTACH_POLL: Duration = Duration::from_secs(1);
+
+/// Reads every run folder under a runs root every [`ATTACH_POLL`] and sends the ones
+/// that changed; dropping it stops it.
+pub struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poller {
+    /// Starts polling `root`, sending to `events`.
+    pub fn start(root: PathBuf, events: UnboundedSender<AppEvent>) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: HashMap<PathBuf, crate::results::FolderSnapshot> = HashMap::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                for run in crate::results::run_folders(&root) {
+                    let snap = crate::results::snapshot(&run, seen.get(&run));
+                    if seen.get(&run) != Some(&snap) {
+                        seen.insert(run.clone(), snap.clone());
+                        if events
+                            .send(AppEvent::RunFolder(run, Box::new(snap)))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                let until = std::time::Instant::now() + ATTACH_POLL;
+                while std::time::Instant::now() < until
+                    && !flag.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        Poller {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

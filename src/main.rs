@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             runs,
             max_epochs,
         } => tlcap::shootout::run_headless(&paths, runs, max_epochs),
+        Command::Attach { runs_dir } => tlcap::dashboard::attach(runs_dir),
         Command::Worker {
             paths,
             index,

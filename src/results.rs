@@ -84,3 +84,64 @@ pub fn summarize(run_dir: &Path) -> anyhow::Result<Option<ResultRow>> {
         run_dir.to_path_buf(),
     ))
 }
+
+/// What a run folder says about its run right now: what `attach` shows. Read from
+/// files only, so it works for runs of other processes and other machines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderSnapshot {
+    /// The settings in force (`config.yaml`).
+    pub config: Option<crate::config::Experiment>,
+    /// The heartbeat (`status.json`).
+    pub status: Option<crate::train::status::Status>,
+    /// Seconds since the heartbeat was written.
+    pub age_seconds: Option<f64>,
+    /// Every finished epoch (`metrics.jsonl`).
+    pub epochs: Vec<EpochMetrics>,
+    /// How it ended (`summary.json`), once it has.
+    pub summary: Option<crate::train::run_dir::Summary>,
+    /// The size of `metrics.jsonl` when it was read.
+    pub metrics_bytes: u64,
+}
+
+/// Reads a run folder's state; `previous` saves re-reading an unchanged
+/// `metrics.jsonl` (a run's metrics only grow).
+pub fn snapshot(run_dir: &Path, previous: Option<&FolderSnapshot>) -> FolderSnapshot {
+    let status = crate::train::status::read(run_dir);
+    let age_seconds = status.as_ref().and_then(|s| s.age_seconds());
+    let metrics_len = std::fs::metadata(run_dir.join("metrics.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let known = previous
+        .filter(|p| p.metrics_bytes == metrics_len)
+        .map(|p| p.epochs.clone());
+    FolderSnapshot {
+        config: previous
+            .and_then(|p| p.config.clone())
+            .or_else(|| crate::train::run_dir::read_config(run_dir).ok()),
+        status,
+        age_seconds,
+        epochs: known.unwrap_or_else(|| read_metrics(run_dir).unwrap_or_default()),
+        summary: crate::train::run_dir::read_summary(run_dir).ok(),
+        metrics_bytes: metrics_len,
+    }
+}
+
+/// Every run folder under a runs root (`<root>/<experiment>/<timestamp>/`), sorted.
+pub fn run_folders(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(experiments) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for exp in experiments.flatten() {
+        let Ok(runs) = std::fs::read_dir(exp.path()) else {
+            continue;
+        };
+        for run in runs.flatten() {
+            if run.path().join("config.yaml").is_file() {
+                out.push(run.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}

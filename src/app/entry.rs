@@ -61,6 +61,9 @@ pub struct Entry {
     pub deleted: bool,
     /// Marked for the shootout.
     pub marked: bool,
+    /// The name shown instead of the experiment's (attached run folders:
+    /// `experiment/timestamp`).
+    pub title: Option<String>,
 }
 
 impl Entry {
@@ -74,6 +77,7 @@ impl Entry {
             pending_restart: Vec::new(),
             deleted: false,
             marked: false,
+            title: None,
         }
     }
 
@@ -87,6 +91,9 @@ impl Entry {
 
     /// The name shown: the experiment's, else the file stem.
     pub fn name(&self) -> String {
+        if let Some(t) = &self.title {
+            return t.clone();
+        }
         match self.settings() {
             Some(e) => e.name.clone(),
             None => self
@@ -108,6 +115,7 @@ impl Entry {
                 RunStatus::Paused => "paused",
                 RunStatus::Done(_) => "done",
                 RunStatus::Failed(_) => "failed",
+                RunStatus::Lost { .. } => "lost",
             },
             (FileState::Invalid { .. }, None) => "invalid",
             (FileState::Valid(_), None) => "idle",

@@ -6,6 +6,7 @@
 //! (an experiment file in the list), `keys` (the key table and what each key does),
 //! `trainer` (trainer events), `files` (file edits), `queue` (the shootout queue).
 
+mod attach;
 mod entry;
 mod files;
 mod keys;
@@ -21,6 +22,7 @@ pub use entry::{Entry, FileState};
 pub use keys::{footer_text, KeyHelp, KEYS};
 pub use run_view::{RunStatus, RunView};
 
+pub use attach::{status_of, LOST_AFTER_SECONDS};
 use files::on_file;
 use keys::on_key;
 use queue::next_in_queue;
@@ -76,6 +78,8 @@ pub struct App {
     pub shootout: Vec<u64>,
     /// Compare view instead of the selected run.
     pub show_compare: bool,
+    /// Attached to this runs folder: entries are run folders of other processes.
+    pub attached: Option<PathBuf>,
 }
 
 /// What the dashboard loop must do after an update.
@@ -92,6 +96,8 @@ pub enum Action {
     Edit(PathBuf),
     /// The shootout is over: compare these run folders and export the results.
     ExportShootout(Vec<PathBuf>),
+    /// Attached: append this command to the run folder's control file.
+    Control(PathBuf, crate::train::control::ControlCommand),
 }
 
 /// Everything that can happen to the dashboard.
@@ -110,6 +116,8 @@ pub enum AppEvent {
     FileRemoved(PathBuf),
     /// A line for the messages pane (from the loop, e.g. where results were written).
     Info(String),
+    /// Attached: a run folder's state as its files say now.
+    RunFolder(PathBuf, Box<crate::results::FolderSnapshot>),
 }
 
 impl App {
@@ -125,6 +133,7 @@ impl App {
             queue: std::collections::VecDeque::new(),
             shootout: Vec::new(),
             show_compare: false,
+            attached: None,
             entries,
             selected: 0,
             overlay: Overlay::None,
@@ -150,18 +159,36 @@ impl App {
         self.messages.drain(..excess);
     }
 
-    /// Whether any trainer is alive.
+    /// Whether any trainer of this dashboard is alive (attached runs belong to other
+    /// processes: quitting leaves them running).
     pub fn any_active(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.run.as_ref().is_some_and(RunView::is_active))
+        self.attached.is_none()
+            && self
+                .entries
+                .iter()
+                .any(|e| e.run.as_ref().is_some_and(RunView::is_active))
+    }
+
+    /// A dashboard attached to a runs folder: no entries until its runs are read.
+    pub fn attached(runs_root: PathBuf) -> App {
+        let mut app = App::new(Vec::new());
+        app.attached = Some(runs_root);
+        app
     }
 }
 
 /// Applies one event to the state; returns what the loop must do.
 pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
     match event {
+        AppEvent::Key(key) if app.attached.is_some() => {
+            let actions = attached_key(app, key);
+            attach::to_control(app, actions)
+        }
         AppEvent::Key(key) => on_key(app, key),
+        AppEvent::RunFolder(path, snap) => {
+            attach::on_folder(app, path, *snap);
+            Vec::new()
+        }
         AppEvent::Trainer(id, event) => {
             on_trainer(app, id, event);
             next_in_queue(app)
@@ -186,6 +213,33 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             }
             Vec::new()
         }
+    }
+}
+
+/// Keys in an attached dashboard: the usual ones, but runs start elsewhere and files
+/// are not edited here.
+fn attached_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
+    use crossterm::event::KeyCode;
+    match key.code {
+        KeyCode::Char('s') | KeyCode::Char('a') | KeyCode::Char('e') | KeyCode::Char(' ') => {
+            app.say(
+                false,
+                "attached: runs start elsewhere (tlcap-tui run, worker); p, u and x steer them",
+            );
+            Vec::new()
+        }
+        KeyCode::Enter => {
+            let status = app
+                .current()
+                .and_then(|e| e.run.as_ref())
+                .map(|r| r.status.clone());
+            match (app.current().map(|e| e.id), status) {
+                (Some(id), Some(RunStatus::Running)) => vec![Action::Send(id, Command::Pause)],
+                (Some(id), Some(RunStatus::Paused)) => vec![Action::Send(id, Command::Resume)],
+                _ => Vec::new(),
+            }
+        }
+        _ => on_key(app, key),
     }
 }
 

@@ -27,6 +27,12 @@ pub enum RunStatus {
     Paused,
     /// Ended.
     Done(EndReason),
+    /// Attached: the run's heartbeat stopped `seconds` ago while it was running (its
+    /// process died, or its machine went away).
+    Lost {
+        /// Seconds since the last heartbeat.
+        seconds: u64,
+    },
     /// Failed with this message.
     Failed(String),
 }
@@ -74,10 +80,19 @@ impl RunView {
     pub(super) fn new(exp: &Experiment) -> RunView {
         RunView {
             best_rule: BestRule::of(exp),
+            total_epochs: exp.planned_epochs(None),
+            ..RunView::bare()
+        }
+    }
+
+    /// A run whose settings are unknown (an attached run folder without a config).
+    pub(super) fn bare() -> RunView {
+        RunView {
+            best_rule: BestRule::default(),
             status: RunStatus::Loading { done: 0, total: 0 },
             phase: Phase::Frozen,
             epoch: 0,
-            total_epochs: exp.planned_epochs(None),
+            total_epochs: 0,
             batch: (0, 0),
             batch_loss: 0.0,
             images_per_sec: 0.0,

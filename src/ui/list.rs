@@ -49,7 +49,11 @@ pub(super) fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
         .collect();
     let mut state = ListState::default().with_selected(Some(app.selected));
     let list = List::new(items)
-        .block(Block::bordered().title(" experiments "))
+        .block(Block::bordered().title(if app.attached.is_some() {
+            " runs "
+        } else {
+            " experiments "
+        }))
         .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("›");
     frame.render_stateful_widget(list, area, &mut state);

@@ -185,6 +185,7 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         RunStatus::Done(EndReason::Stopped) => "stopped".into(),
         RunStatus::Done(EndReason::Stalled) => "stopped on stall".into(),
         RunStatus::Failed(_) => "failed".into(),
+        RunStatus::Lost { seconds } => format!("lost: last seen {}", ago(*seconds)),
     };
     let eta = run
         .eta_seconds()
@@ -215,7 +216,11 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         ),
         _ if of > 0 => (
             done as f64 / of as f64,
-            format!("batch {done}/{of}  loss {:.4}", run.batch_loss),
+            if run.batch_loss.is_finite() {
+                format!("batch {done}/{of}  loss {:.4}", run.batch_loss)
+            } else {
+                format!("batch {done}/{of}")
+            },
         ),
         _ => (0.0, String::new()),
     };
@@ -226,4 +231,14 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
             .gauge_style(Style::new().fg(Color::Blue)),
         gauge,
     );
+}
+
+/// `42 s ago`, `3 min ago`, `2 h ago`.
+fn ago(seconds: u64) -> String {
+    match seconds {
+        0 => "never (no heartbeat)".into(),
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s => format!("{} h ago", s / 3600),
+    }
 }

@@ -1,0 +1,138 @@
+//! Attached to a runs folder (`tlcap-tui attach RUNS_DIR`): the entries are run
+//! folders written by other processes, anywhere; their state is read from the files
+//! (heartbeat, metrics, summary), and the keys steer them through their control files.
+
+use std::path::PathBuf;
+
+use super::{Action, App, Entry, FileState, RunStatus, RunView};
+use crate::results::FolderSnapshot;
+use crate::train::control::ControlCommand;
+use crate::train::status::RunState;
+use crate::train::{Command, Phase};
+
+/// A heartbeat older than this on a running or paused run: its process is gone.
+pub const LOST_AFTER_SECONDS: f64 = 10.0;
+
+/// A run folder's new state: its entry is added, or updated.
+pub(super) fn on_folder(app: &mut App, path: PathBuf, snap: FolderSnapshot) {
+    let i = match app.entries.iter().position(|e| e.path == path) {
+        Some(i) => i,
+        None => {
+            let file = match &snap.config {
+                Some(exp) => FileState::Valid(Box::new(exp.clone())),
+                None => FileState::Invalid {
+                    errors: vec![format!("{}: no readable config.yaml", path.display())],
+                    last_good: None,
+                },
+            };
+            let mut entry = Entry::new(app.next_id, path.clone(), file);
+            app.next_id += 1;
+            entry.title = Some(title(&path));
+            let at = app
+                .entries
+                .iter()
+                .position(|e| e.path > path)
+                .unwrap_or(app.entries.len());
+            let selected_path = app.current().map(|e| e.path.clone());
+            app.entries.insert(at, entry);
+            if let Some(p) = selected_path {
+                app.selected = app.entries.iter().position(|e| e.path == p).unwrap_or(0);
+            }
+            at
+        }
+    };
+    let entry = &mut app.entries[i];
+    let run = entry.run.get_or_insert_with(|| match &snap.config {
+        Some(exp) => RunView::new(exp),
+        None => RunView::bare(),
+    });
+    run.run_dir = Some(path.clone());
+    run.epochs = snap.epochs.clone();
+    run.phase_marks = phase_marks(&run.epochs);
+    if let Some(s) = &snap.status {
+        run.phase = s.phase;
+        run.epoch = s.epoch;
+        run.total_epochs = s.epochs;
+        run.batch = s.batch;
+        run.images_per_sec = s.images_per_sec;
+        // The heartbeat carries no running loss.
+        run.batch_loss = f64::NAN;
+    } else if let Some(last) = run.epochs.last() {
+        run.phase = last.phase;
+        run.epoch = last.epoch;
+    }
+    run.status = status_of(&snap);
+}
+
+/// `experiment/timestamp`, the run folder's last two parts.
+fn title(path: &std::path::Path) -> String {
+    let parts: Vec<String> = path
+        .iter()
+        .rev()
+        .take(2)
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// Where the phase changed, for the charts' markers.
+fn phase_marks(epochs: &[crate::train::EpochMetrics]) -> Vec<(u32, Phase)> {
+    let mut marks = Vec::new();
+    for pair in epochs.windows(2) {
+        if pair[0].phase != pair[1].phase {
+            marks.push((pair[1].epoch, pair[1].phase));
+        }
+    }
+    marks
+}
+
+/// The status a folder's files say: its summary once ended, else its heartbeat (lost
+/// when the heartbeat is stale).
+pub fn status_of(snap: &FolderSnapshot) -> RunStatus {
+    if let Some(summary) = &snap.summary {
+        return RunStatus::Done(summary.reason);
+    }
+    match (&snap.status, snap.age_seconds) {
+        (Some(s), _) if s.state == RunState::Failed => {
+            RunStatus::Failed("the run failed (see its events.log)".into())
+        }
+        (Some(s), Some(age))
+            if matches!(s.state, RunState::Running | RunState::Paused)
+                && age > LOST_AFTER_SECONDS =>
+        {
+            RunStatus::Lost {
+                seconds: age as u64,
+            }
+        }
+        (Some(s), _) if s.state == RunState::Paused => RunStatus::Paused,
+        (Some(s), _) if s.state == RunState::Finished => {
+            RunStatus::Done(crate::train::EndReason::Completed)
+        }
+        (Some(_), _) => RunStatus::Running,
+        (None, _) => RunStatus::Lost { seconds: 0 },
+    }
+}
+
+/// In an attached dashboard, commands for a run go to its control file.
+pub(super) fn to_control(app: &App, actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send(id, command) => {
+                let entry = app.entries.iter().find(|e| e.id == id)?;
+                let command = match command {
+                    Command::Pause => ControlCommand::Pause,
+                    Command::Resume | Command::Start => ControlCommand::Resume,
+                    Command::Unfreeze => ControlCommand::Unfreeze,
+                    Command::Stop | Command::StopBecause(_) => ControlCommand::Stop,
+                    Command::ApplyConfig(exp) => {
+                        ControlCommand::Set(serde_json::to_value(&exp).ok()?)
+                    }
+                };
+                Some(Action::Control(entry.path.clone(), command))
+            }
+            Action::Start(..) | Action::Apply(..) | Action::Edit(_) => None,
+            other => Some(other),
+        })
+        .collect()
+}
