@@ -74,6 +74,10 @@ pub enum Command {
         /// Stop each experiment after this many epochs in total.
         #[arg(long, value_name = "N")]
         max_epochs: Option<u32>,
+        /// Run up to N experiments at once, as separate processes, each with its
+        /// share of the cores.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        workers: usize,
     },
     /// One task of a scheduler's array: the experiment at this task's index (from
     /// --index, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX), run headless, or resumed

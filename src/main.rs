@@ -43,7 +43,8 @@ fn main() -> ExitCode {
             paths,
             runs,
             max_epochs,
-        } => tlcap::shootout::run_headless(&paths, runs, max_epochs),
+            workers,
+        } => tlcap::shootout::run_headless(&paths, runs, max_epochs, workers),
         Command::Attach { runs_dir } => tlcap::dashboard::attach(runs_dir),
         Command::Worker {
             paths,

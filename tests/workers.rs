@@ -128,6 +128,32 @@ fn three_workers_are_steered_killed_and_resumed() {
     assert_eq!(stale["state"], "running");
     assert!(!rc.join("summary.json").exists());
 
+    // A dashboard attached to the shared runs folder sees all three; c as lost.
+    let mut app = tlcap::app::App::attached(runs.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tlcap::dashboard::Poller::start(runs.clone(), tx);
+    let lost = |app: &tlcap::app::App| {
+        app.entries.len() == 3
+            && app.entries.iter().any(|e| {
+                e.path == rc
+                    && e.run
+                        .as_ref()
+                        .is_some_and(|r| matches!(r.status, tlcap::app::RunStatus::Lost { .. }))
+            })
+    };
+    let start = Instant::now();
+    while !lost(&app) {
+        assert!(
+            start.elapsed() < Duration::from_secs(tlcap::app::LOST_AFTER_SECONDS as u64 + 20),
+            "the attached view never showed c as lost"
+        );
+        while let Ok(ev) = rx.try_recv() {
+            tlcap::app::update(&mut app, ev);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(poller);
+
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
     // The requeued task 2 resumes c's folder rather than starting anew.
@@ -242,4 +268,44 @@ fn the_deploy_files_are_well_formed() {
     assert!(volumes
         .iter()
         .any(|v| v["name"].as_str() == Some(volume) && v["persistentVolumeClaim"].is_mapping()));
+}
+
+/// `shootout --workers 2`: three experiments, at most two at once as separate
+/// processes, every one in the exported comparison.
+#[test]
+fn a_shootout_runs_experiments_in_parallel_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_images(&dir.path().join("data"), &["left", "right"], 12, 32);
+    let exps = dir.path().join("exps");
+    std::fs::create_dir_all(&exps).unwrap();
+    for name in ["one", "two", "three"] {
+        std::fs::write(
+            exps.join(format!("{name}.yaml")),
+            "data: { dir: ../data, image_size: 32 }\nmodel: { backbone: small_cnn }\n\
+             frozen: { epochs: 2 }\nfinetune: { epochs: 0 }\ndevice: cpu\n",
+        )
+        .unwrap();
+    }
+    let runs = dir.path().join("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+        .args(["shootout", "--workers", "2", "--runs"])
+        .arg(&runs)
+        .arg(&exps)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 experiments, 2 at once"), "{stderr}");
+    assert!(
+        stderr.contains("[two] "),
+        "child output is prefixed: {stderr}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for name in ["one", "two", "three"] {
+        assert!(
+            table.contains(&format!("| {name} | small_cnn |")),
+            "{table}"
+        );
+    }
+    assert!(table.contains("with 2 workers"), "{table}");
 }

@@ -10,8 +10,8 @@ use anyhow::bail;
 mod signals;
 pub mod stream;
 
-pub use signals::Interrupted;
 use signals::SignalGuard;
+pub use signals::{name as signal_name, Interrupted};
 
 use crate::config::{ChangeKind, Experiment};
 use crate::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};

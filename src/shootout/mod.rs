@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 pub use crate::results::ResultRow;
 
+mod parallel;
+
 fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.4}"))
 }
@@ -59,13 +61,18 @@ pub fn run_headless(
     paths: &[PathBuf],
     runs: PathBuf,
     max_epochs: Option<u32>,
+    workers: usize,
 ) -> anyhow::Result<()> {
     // Every valid file; invalid ones are reported and skipped.
     let mut experiments = Vec::new();
+    let mut files = Vec::new();
     for path in paths {
         for (file, loaded) in crate::config::load_all(path)? {
             match loaded {
-                Ok(exp) => experiments.push(*exp),
+                Ok(exp) => {
+                    experiments.push(*exp);
+                    files.push(file);
+                }
                 Err(errors) => {
                     for e in errors {
                         eprintln!("error   {e}");
@@ -76,6 +83,9 @@ pub fn run_headless(
         }
     }
     let started = std::time::Instant::now();
+    if workers > 1 {
+        return crate::shootout::parallel::run(&files, &runs, max_epochs, workers, started);
+    }
     let mut rows = Vec::new();
     let mut interrupted = None;
     for (i, exp) in experiments.into_iter().enumerate() {
