@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use anyhow::Context;
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
 use ratatui::backend::Backend;
@@ -90,13 +91,21 @@ fn open(app: App, target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
 /// Trainers alive, by entry id.
 type Trainers = HashMap<u64, Sender<Command>>;
 
+/// What the editor is asked to open.
+enum Editing {
+    /// An experiment file of the list.
+    File(PathBuf),
+    /// A copy of an attached run's settings.
+    Run(PathBuf),
+}
+
 /// Carries out what an update asked for.
 fn perform(
     actions: Vec<Action>,
     trainers: &mut Trainers,
     events: &UnboundedSender<AppEvent>,
     runs_root: &Path,
-) -> Option<PathBuf> {
+) -> Option<Editing> {
     let mut edit = None;
     for action in actions {
         match action {
@@ -131,7 +140,8 @@ fn perform(
                     let _ = tx.send(Command::ApplyConfig(exp));
                 }
             }
-            Action::Edit(path) => edit = Some(path),
+            Action::Edit(path) => edit = Some(Editing::File(path)),
+            Action::EditRun(run) => edit = Some(Editing::Run(run)),
             Action::Control(run, command) => {
                 let text = match crate::train::control::append(&run, &command) {
                     Ok(()) => format!("{}: {} sent", run.display(), command.name()),
@@ -302,7 +312,18 @@ pub async fn event_loop<B: CloneBackend>(
             let due = last_draw + gap;
             next_draw = Some(next_draw.map_or(due, |t| t.min(due)));
             let actions = update(&mut app, event);
-            if let Some(path) = perform(actions, &mut trainers, &tx, &runs_root) {
+            if let Some(editing) = perform(actions, &mut trainers, &tx, &runs_root) {
+                // An attached run's settings are edited in a copy, never in place.
+                let (path, run) = match editing {
+                    Editing::File(path) => (path, None),
+                    Editing::Run(run) => match settings_copy(&run) {
+                        Ok(copy) => (copy, Some(run)),
+                        Err(e) => {
+                            update(&mut app, AppEvent::Info(format!("{e:#}")));
+                            continue;
+                        }
+                    },
+                };
                 // The editor needs stdin: stop reading it while the editor runs.
                 drop(term_events.take());
                 let result = edit_file(terminal, &path);
@@ -316,9 +337,18 @@ pub async fn event_loop<B: CloneBackend>(
                         if let Some(text) = problem {
                             update(&mut app, AppEvent::Info(text));
                         }
-                        let state = config::load(&path).into();
-                        let actions = update(&mut app, AppEvent::FileLoaded(path, state));
-                        perform(actions, &mut trainers, &tx, &runs_root);
+                        match run {
+                            None => {
+                                let state = config::load(&path).into();
+                                let actions = update(&mut app, AppEvent::FileLoaded(path, state));
+                                perform(actions, &mut trainers, &tx, &runs_root);
+                            }
+                            Some(run) => {
+                                for line in send_edited_settings(&run, &path) {
+                                    update(&mut app, AppEvent::Info(line));
+                                }
+                            }
+                        }
                     }
                 }
                 next_draw = Some(Instant::now());
@@ -400,4 +430,45 @@ impl Drop for Poller {
             let _ = t.join();
         }
     }
+}
+
+/// A copy of an attached run's `config.yaml` to edit, outside the run folder.
+fn settings_copy(run: &Path) -> anyhow::Result<PathBuf> {
+    let exp = crate::train::run_dir::read_config(run)?;
+    let copy = std::env::temp_dir().join(format!(
+        "tlcap-edit-{}-{}.yaml",
+        crate::train::run_dir::folder_name(&exp.name),
+        std::process::id()
+    ));
+    std::fs::copy(run.join("config.yaml"), &copy)
+        .with_context(|| format!("cannot copy {}", run.join("config.yaml").display()))?;
+    Ok(copy)
+}
+
+/// Reads the edited copy: valid settings go to the run as a `set` line of its control
+/// file; a broken edit sends nothing. Returns what to tell the user.
+pub fn send_edited_settings(run: &Path, copy: &Path) -> Vec<String> {
+    use crate::train::control::{append, ControlCommand};
+    let out = match config::load_file(copy) {
+        Err(errors) => {
+            let mut lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            lines.push("nothing sent: the run keeps its settings".into());
+            lines
+        }
+        Ok(exp) => match serde_json::to_value(&exp)
+            .map_err(anyhow::Error::from)
+            .and_then(|v| Ok(append(run, &ControlCommand::Set(v))?))
+        {
+            Ok(()) => vec![format!(
+                "{}: settings sent; live ones apply from its next epoch",
+                run.display()
+            )],
+            Err(e) => vec![format!(
+                "{}: cannot send the settings: {e:#}",
+                run.display()
+            )],
+        },
+    };
+    let _ = std::fs::remove_file(copy);
+    out
 }

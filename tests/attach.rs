@@ -114,6 +114,35 @@ fn attach_follows_a_run_of_another_process_and_steers_it() {
     );
     assert!(*worst < Duration::from_secs(2), "{lags:?}");
 
+    // e: the run's settings are edited in a copy; a valid edit goes as a `set` line,
+    // a broken one sends nothing.
+    assert_eq!(
+        update(&mut app, key('e')),
+        vec![Action::EditRun(run_dir.clone())]
+    );
+    let copy = dir.path().join("edited.yaml");
+    let mut settings: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(run_dir.join("config.yaml")).unwrap())
+            .unwrap();
+    settings["frozen"]["lr"] = serde_yaml::Value::from(5.0e-4);
+    std::fs::write(&copy, "frozen: [broken\n").unwrap();
+    let said = tlcap::dashboard::send_edited_settings(&run_dir, &copy);
+    assert!(said.last().unwrap().contains("nothing sent"), "{said:?}");
+    std::fs::write(&copy, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let said = tlcap::dashboard::send_edited_settings(&run_dir, &copy);
+    assert!(said[0].contains("settings sent"), "{said:?}");
+    let start = Instant::now();
+    while !std::fs::read_to_string(run_dir.join("config-history.jsonl"))
+        .unwrap_or_default()
+        .contains("frozen.lr")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the edit never applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // p: the pause goes to the run's control file; the heartbeat says paused.
     let actions = update(&mut app, key('p'));
     assert_eq!(

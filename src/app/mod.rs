@@ -98,6 +98,9 @@ pub enum Action {
     ExportShootout(Vec<PathBuf>),
     /// Attached: append this command to the run folder's control file.
     Control(PathBuf, crate::train::control::ControlCommand),
+    /// Attached: edit a copy of this run folder's settings in `$EDITOR`; a valid
+    /// result goes to the run as a `set` line of its control file.
+    EditRun(PathBuf),
 }
 
 /// Everything that can happen to the dashboard.
@@ -221,13 +224,23 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
 fn attached_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
     use crossterm::event::KeyCode;
     match key.code {
-        KeyCode::Char('s') | KeyCode::Char('a') | KeyCode::Char('e') | KeyCode::Char(' ') => {
+        KeyCode::Char('s') | KeyCode::Char('a') | KeyCode::Char(' ') => {
             app.say(
                 false,
-                "attached: runs start elsewhere (tlcap-tui run, worker); p, u and x steer them",
+                "attached: runs start elsewhere (tlcap-tui run, worker); p, u, x and e steer them",
             );
             Vec::new()
         }
+        KeyCode::Char('e') => match app.current() {
+            Some(e) if e.run.as_ref().is_some_and(RunView::is_active) => {
+                vec![Action::EditRun(e.path.clone())]
+            }
+            Some(_) => {
+                app.say(false, "this run is not running: nothing to edit");
+                Vec::new()
+            }
+            None => Vec::new(),
+        },
         KeyCode::Enter => {
             let status = app
                 .current()
