@@ -72,6 +72,13 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error (no backtrace) and turns the result into the exit code.
+/// The signal that stopped a run, anywhere in an error's chain.
+fn interrupted_by(err: &anyhow::Error) -> Option<i32> {
+    err.chain()
+        .find_map(|c| c.downcast_ref::<tlcap::headless::Interrupted>())
+        .map(|i| i.signal)
+}
+
 /// A run stopped by a signal exits with 128 + its number (130 for SIGINT, 143 for
 /// SIGTERM, 129 for SIGHUP), as shells and schedulers expect; a closed stdout is the
 /// reader having finished, status 0.
@@ -79,11 +86,9 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if tlcap::stdout::reader_gone(&err) => ExitCode::SUCCESS,
-        Err(err) if err.is::<tlcap::headless::Interrupted>() => {
-            let signal = err
-                .downcast_ref::<tlcap::headless::Interrupted>()
-                .map_or(0, |i| i.signal);
-            eprintln!("{err}");
+        Err(err) if interrupted_by(&err).is_some() => {
+            let signal = interrupted_by(&err).unwrap_or(0);
+            eprintln!("{err:#}");
             ExitCode::from((128 + signal).clamp(0, 255) as u8)
         }
         Err(err) => {

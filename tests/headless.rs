@@ -37,6 +37,18 @@ fn body(finetune_lr: &str) -> String {
     )
 }
 
+/// `tlcap-tui run --json` on `file`, run folders under `dir/runs`, stderr dropped.
+fn run_json(dir: &Path, file: &Path) -> Child {
+    tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.join("runs"))
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The JSON events a child prints, collected as they arrive.
 fn collect(child: &mut Child) -> Arc<Mutex<Vec<Value>>> {
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -85,14 +97,7 @@ fn run_dir(events: &[Value]) -> PathBuf {
 fn the_event_stream_has_every_kind_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let file = long_experiment(dir.path());
-    let mut child = tlcap()
-        .args(["run", "--json", "--runs"])
-        .arg(dir.path().join("runs"))
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_json(dir.path(), &file);
     let events = collect(&mut child);
     // The stall at epoch 2 unfreezes by itself: a fine-tune epoch follows.
     wait_for(&events, "a fine-tune epoch", |e| {
@@ -250,14 +255,7 @@ fn printing_to_a_closed_pipe_is_not_a_failure() {
 fn a_second_signal_exits_at_once_with_files_intact() {
     let dir = tempfile::tempdir().unwrap();
     let file = long_experiment(dir.path());
-    let mut child = tlcap()
-        .args(["run", "--json", "--runs"])
-        .arg(dir.path().join("runs"))
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_json(dir.path(), &file);
     let events = collect(&mut child);
     wait_for(&events, "an epoch", |e| e["event"] == "epoch");
     signal(&child, libc::SIGINT);
@@ -294,14 +292,7 @@ fn control(run: &Path, line: &str) {
 fn a_run_is_steered_through_its_control_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = long_experiment(dir.path());
-    let mut child = tlcap()
-        .args(["run", "--json", "--runs"])
-        .arg(dir.path().join("runs"))
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_json(dir.path(), &file);
     let events = collect(&mut child);
     wait_for(&events, "an epoch", |e| e["event"] == "epoch");
     let run = run_dir(&events.lock().unwrap());

@@ -109,19 +109,28 @@ pub fn run_headless(
             Err(e) => eprintln!("error: {name}: {e:#}"),
         }
     }
-    let out = crate::shootout::export(&runs, &rows)?;
-    if let Some(e) = interrupted {
-        eprintln!("shootout ended early; results so far in {}", out.display());
-        return Err(e);
+    report(&rows, &runs, started, "")?;
+    match interrupted {
+        Some(e) => Err(e.context("the shootout ended early; the results so far are exported")),
+        None => Ok(()),
     }
-    crate::stdout::line(markdown(&rows).trim_end())?;
+}
+
+/// Exports the comparison and prints it with a closing line (`how` says how it ran).
+fn report(
+    rows: &[ResultRow],
+    runs: &Path,
+    started: std::time::Instant,
+    how: &str,
+) -> anyhow::Result<()> {
+    let out = export(runs, rows)?;
+    crate::stdout::line(markdown(rows).trim_end())?;
     crate::stdout::line(format!(
-        "{} experiments in {:.0} s; results in {}",
+        "{} experiments in {:.0} s{how}; results in {}",
         rows.len(),
         started.elapsed().as_secs_f64(),
         out.display()
-    ))?;
-    Ok(())
+    ))
 }
 
 #[cfg(test)]

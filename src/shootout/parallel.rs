@@ -99,14 +99,7 @@ pub(super) fn run(
         .iter()
         .filter_map(|d| crate::results::summarize(d).ok().flatten())
         .collect();
-    let out = super::export(runs, &rows)?;
-    crate::stdout::line(super::markdown(&rows).trim_end())?;
-    crate::stdout::line(format!(
-        "{} experiments in {:.0} s with {workers} workers; results in {}",
-        rows.len(),
-        started.elapsed().as_secs_f64(),
-        out.display()
-    ))?;
+    super::report(&rows, runs, started, &format!(" with {workers} workers"))?;
     match caught.load(Ordering::SeqCst) {
         0 => Ok(()),
         sig => Err(crate::headless::Interrupted {

@@ -85,8 +85,24 @@ pub(super) fn draw_chart(
     } else {
         ", | phase change"
     };
-    let chart = Chart::new(datasets)
-        .block(Block::bordered().title(format!(" {title}{smoothed}{marker} ")))
+    let chart = epoch_chart(
+        datasets,
+        &format!(" {title}{smoothed}{marker} "),
+        x_max,
+        (lo, hi),
+    );
+    frame.render_widget(chart, area);
+}
+
+/// A chart over epochs 1..=`x_max` with the value range `y`, labelled at its ends.
+pub(super) fn epoch_chart<'a>(
+    datasets: Vec<Dataset<'a>>,
+    title: &str,
+    x_max: f64,
+    (lo, hi): (f64, f64),
+) -> Chart<'a> {
+    Chart::new(datasets)
+        .block(Block::bordered().title(title.to_string()))
         .x_axis(
             Axis::default()
                 .bounds([1.0, x_max])
@@ -96,6 +112,5 @@ pub(super) fn draw_chart(
             Axis::default()
                 .bounds([lo, hi])
                 .labels([format!("{lo:.2}"), format!("{hi:.2}")]),
-        );
-    frame.render_widget(chart, area);
+        )
 }

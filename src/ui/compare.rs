@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::symbols;
-use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Row, Table};
+use ratatui::widgets::{Block, Dataset, GraphType, Row, Table};
 use ratatui::Frame;
 
 use crate::app::{App, RunView};
@@ -119,17 +119,6 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 .data(points)
         })
         .collect();
-    let chart = Chart::new(datasets)
-        .block(Block::bordered().title(" val_accuracy per epoch "))
-        .x_axis(
-            Axis::default()
-                .bounds([1.0, x_max])
-                .labels(["1".to_string(), format!("{x_max:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([lo, hi])
-                .labels([format!("{lo:.2}"), format!("{hi:.2}")]),
-        );
+    let chart = super::charts::epoch_chart(datasets, " val_accuracy per epoch ", x_max, (lo, hi));
     frame.render_widget(chart, chart_area);
 }
