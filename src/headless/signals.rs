@@ -62,7 +62,9 @@ impl SignalGuard {
                             "{}: a second signal, exiting now (every file on disk is whole)",
                             name(signal)
                         );
-                        std::process::exit(128 + signal);
+                        // _exit: no atexit handlers or static destructors, which
+                        // would race the trainer's libtorch threads still running.
+                        unsafe { libc::_exit(128 + signal) };
                     }
                     eprintln!(
                         "{}: stopping at the next batch boundary (a second signal exits at once)",

@@ -174,8 +174,17 @@ fn read_loop(
 ) {
     // File-system events wake the loop at once; without them it polls.
     let (wake_tx, wake) = channel();
-    let watcher = notify::recommended_watcher(move |_| {
-        let _ = wake_tx.send(());
+    let name = path.file_name().map(|n| n.to_os_string());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only writes to the control file: reading it (which this loop does) makes
+        // access events, which must not wake the loop again.
+        let wanted = event.is_ok_and(|e| {
+            !matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths.iter().any(|p| p.file_name() == name.as_deref())
+        });
+        if wanted {
+            let _ = wake_tx.send(());
+        }
     })
     .and_then(|mut w| {
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -3,6 +3,8 @@
 //! run is doing, and when a run stopped beating (the process died, the node went away).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -72,34 +74,85 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Writes the heartbeat of one run: at most every [`HEARTBEAT`] unless forced.
+/// The heartbeat of one run. The trainer updates what it says (at most every
+/// [`HEARTBEAT`] from the batch loop, at once on a change of state); a thread of its
+/// own rewrites it every [`HEARTBEAT`] while the run is running or paused, so a long
+/// validation pass or a slow batch never looks like a dead process. Dropping it stops
+/// the thread.
 pub struct Heartbeat {
     path: PathBuf,
+    shared: Arc<Mutex<Option<Status>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
     last: Option<Instant>,
 }
 
 impl Heartbeat {
     /// The heartbeat of the run in `run_dir`.
     pub fn new(run_dir: &Path) -> Heartbeat {
+        let path = run_dir.join(FILE);
+        let shared: Arc<Mutex<Option<Status>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (path, shared, stop) = (path.clone(), shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("tlcap heartbeat".into())
+                .spawn(move || {
+                    let mut since = Instant::now();
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if since.elapsed() < HEARTBEAT {
+                            continue;
+                        }
+                        since = Instant::now();
+                        let current = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if let Some(s) = current
+                            .filter(|s| matches!(s.state, RunState::Running | RunState::Paused))
+                        {
+                            store(&path, s);
+                        }
+                    }
+                })
+                .ok()
+        };
         Heartbeat {
-            path: run_dir.join(FILE),
+            path,
+            shared,
+            stop,
+            thread,
             last: None,
         }
     }
 
-    /// Whether a write is due (the heartbeat interval passed).
+    /// Whether the trainer's news is due (the heartbeat interval passed since its
+    /// last update).
     pub fn due(&self) -> bool {
         self.last.is_none_or(|t| t.elapsed() >= HEARTBEAT)
     }
 
-    /// Writes `status` atomically (best effort: a heartbeat is never worth failing a
-    /// run for).
-    pub fn write(&mut self, mut status: Status) {
-        status.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        if let Ok(text) = serde_json::to_string_pretty(&status) {
-            let _ = crate::fsutil::write_atomic(&self.path, text.as_bytes());
-        }
+    /// Writes `status` now, atomically, and keeps it for the beats that follow (best
+    /// effort: a heartbeat is never worth failing a run for).
+    pub fn write(&mut self, status: Status) {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+        store(&self.path, status);
         self.last = Some(Instant::now());
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes `status` with the time now.
+fn store(path: &Path, mut status: Status) {
+    status.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Ok(text) = serde_json::to_string_pretty(&status) {
+        let _ = crate::fsutil::write_atomic(path, text.as_bytes());
     }
 }
 
@@ -138,5 +191,16 @@ mod tests {
         let age = s.age_seconds().unwrap();
         assert!((0.0..5.0).contains(&age), "{age}");
         assert!(read(&dir.path().join("nothing")).is_none());
+        // Paused, with no news from the trainer, it still beats.
+        let before = read(dir.path()).unwrap().updated_at;
+        std::thread::sleep(HEARTBEAT + Duration::from_millis(300));
+        assert_ne!(read(dir.path()).unwrap().updated_at, before);
+        // Finished, it stops.
+        let mut done = read(dir.path()).unwrap();
+        done.state = RunState::Finished;
+        hb.write(done);
+        let last = read(dir.path()).unwrap().updated_at;
+        std::thread::sleep(HEARTBEAT + Duration::from_millis(300));
+        assert_eq!(read(dir.path()).unwrap().updated_at, last);
     }
 }
