@@ -23,6 +23,23 @@ pub fn monitor(m: Monitor) -> &'static str {
     }
 }
 
+/// A setting's value as the experiment file writes it (`adam`, `val_accuracy`,
+/// `unfreeze`, `imagenet`), never Rust's debug names.
+pub fn word<T: serde::Serialize>(value: &T) -> String {
+    serde_yaml::to_string(value)
+        .map(|s| s.trim().trim_matches('\'').to_string())
+        .unwrap_or_default()
+}
+
+/// `1 epoch`, `4 epochs`.
+pub fn epochs(n: u32) -> String {
+    if n == 1 {
+        "1 epoch".into()
+    } else {
+        format!("{n} epochs")
+    }
+}
+
 /// A float in scientific notation with at most 4 significant digits: `1e-6`, not
 /// `1.0000000000000002e-6`.
 pub fn short_float(x: f64) -> String {

@@ -355,6 +355,10 @@ fn every_key_in_every_state() {
         update(&mut a, key(KeyCode::Char('m')));
         update(&mut a, key(KeyCode::Char('t')));
         assert!(a.show_model && a.smoothing);
+        // Esc closes the model pane as it closes the other pop-ups.
+        let mut closed = a.clone();
+        update(&mut closed, key(KeyCode::Esc));
+        assert!(!closed.show_model && closed.smoothing);
         let path = a.current().unwrap().path.clone();
         assert_eq!(
             update(&mut a, key(KeyCode::Char('e'))),
@@ -619,4 +623,24 @@ fn review_edge_cases() {
         },
     );
     assert_eq!(app.current().unwrap().run.as_ref().unwrap().total_epochs, 7);
+}
+
+/// The end of a run is said with its result and its folder.
+#[test]
+fn the_end_of_a_run_says_its_result() {
+    let mut app = running(2);
+    trainer(
+        &mut app,
+        Event::Finished {
+            reason: EndReason::Completed,
+            best: Some(metrics(2, Phase::Finetune, 0.8267)),
+            stopped_by: None,
+        },
+    );
+    let last = &app.messages.last().unwrap().text;
+    assert!(
+        last.contains("quickstart: completed: best epoch 2 (finetune) val_acc 0.8")
+            && last.ends_with(" · runs/quickstart/20261129-120000"),
+        "{last}"
+    );
 }

@@ -130,7 +130,12 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         _ if ctrl_c => return request_quit(app),
         KeyCode::Char('q') => return request_quit(app),
         KeyCode::Char('?') => app.overlay = Overlay::Help,
-        KeyCode::Esc => app.overlay = Overlay::None,
+        // Esc closes whatever is in front: a pop-up, the model pane, the compare view.
+        KeyCode::Esc => {
+            app.overlay = Overlay::None;
+            app.show_model = false;
+            app.show_compare = false;
+        }
         KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab if !app.entries.is_empty() => {
             app.selected = (app.selected + 1) % app.entries.len();
             app.table_scroll = 0;

@@ -114,9 +114,27 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             }
         }
         Event::Checkpoint(_) => {}
-        Event::Finished { reason, .. } => {
+        Event::Finished { reason, best, .. } => {
             run.status = RunStatus::Done(reason);
-            note = Some((false, format!("{name}: {reason:?}").to_lowercase()));
+            let why = match reason {
+                crate::train::EndReason::Completed => "completed",
+                crate::train::EndReason::Stopped => "stopped",
+                crate::train::EndReason::Stalled => "stopped on stall",
+            };
+            let best = best.map_or("no epoch finished".to_string(), |b| {
+                format!(
+                    "best epoch {} ({}) val_acc {:.4}",
+                    b.epoch,
+                    b.phase.name(),
+                    b.val_accuracy
+                )
+            });
+            let folder = run
+                .run_dir
+                .as_ref()
+                .map(|d| format!(" · {}", d.display()))
+                .unwrap_or_default();
+            note = Some((false, format!("{name}: {why}: {best}{folder}")));
         }
         Event::Error(e) => {
             note = Some((true, format!("{name}: {e}")));

@@ -11,6 +11,7 @@ use super::charts::draw_chart;
 use super::popups::draw_model;
 use super::table::draw_table;
 use crate::app::{App, Entry, FileState, RunStatus, RunView};
+use crate::text::{epochs, short_float, word};
 use crate::train::{EndReason, EpochMetrics, Phase};
 
 pub(super) fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect) {
@@ -119,26 +120,31 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 exp.data.validation_split * 100.0
             )),
             Line::raw(format!(
-                "backbone  {} ({:?} weights), dropout {}",
+                "backbone  {}, weights: {}, dropout {}",
                 exp.model.backbone.name(),
-                exp.model.weights,
+                word(&exp.model.weights),
                 exp.model.dropout
             )),
             Line::raw(format!(
-                "frozen    {} epochs, {:?} lr {:e}",
-                exp.frozen.epochs, exp.frozen.optimizer, exp.frozen.lr
+                "frozen    {}, {}, lr {}",
+                epochs(exp.frozen.epochs),
+                word(&exp.frozen.optimizer),
+                short_float(exp.frozen.lr)
             )),
             Line::raw(format!(
-                "finetune  {} epochs, {:?} lr {:e}, last {} layers, train_bn {}",
-                exp.finetune.epochs,
-                exp.finetune.optimizer,
-                exp.finetune.lr,
+                "finetune  {}, {}, lr {}, last {} layers, train_bn {}",
+                epochs(exp.finetune.epochs),
+                word(&exp.finetune.optimizer),
+                short_float(exp.finetune.lr),
                 exp.finetune.unfreeze_last,
                 exp.finetune.train_bn
             )),
             Line::raw(format!(
-                "stall     {:?}, patience {}, min_delta {}, on_stall {:?}",
-                exp.stall.monitor, exp.stall.patience, exp.stall.min_delta, exp.stall.on_stall
+                "stall     monitor: {}, patience {}, min_delta {}, on_stall: {}",
+                word(&exp.stall.monitor),
+                exp.stall.patience,
+                exp.stall.min_delta,
+                word(&exp.stall.on_stall)
             )),
             Line::raw(""),
             Line::raw("s starts it."),
