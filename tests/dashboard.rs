@@ -644,3 +644,39 @@ fn the_end_of_a_run_says_its_result() {
         "{last}"
     );
 }
+
+/// A message said twice in a row is posted once, with its count.
+#[test]
+fn repeated_messages_are_counted_not_repeated() {
+    let mut app = app();
+    update(
+        &mut app,
+        AppEvent::Info("file watcher: events were lost".into()),
+    );
+    update(
+        &mut app,
+        AppEvent::Info("file watcher: events were lost".into()),
+    );
+    update(&mut app, AppEvent::Info("something else".into()));
+    let texts: Vec<(&str, u32)> = app
+        .messages
+        .iter()
+        .map(|m| (m.text.as_str(), m.repeats))
+        .collect();
+    assert_eq!(
+        texts,
+        [("file watcher: events were lost", 2), ("something else", 1)]
+    );
+    assert!(render(&app, 100, 30).contains("file watcher: events were lost (x2)"));
+}
+
+/// On a narrow terminal the compute text is cut, never drawn over the run's name.
+#[test]
+fn the_compute_text_never_covers_the_run_name() {
+    let app = running(3);
+    for width in [60, 70, 80] {
+        let screen = render(&app, width, 24);
+        let top = screen.lines().next().unwrap();
+        assert!(top.contains(" quickstart "), "{width}: {top}");
+    }
+}

@@ -49,6 +49,8 @@ pub struct Message {
     pub warning: bool,
     /// The text.
     pub text: String,
+    /// How many times in a row it was said (1 the first time).
+    pub repeats: u32,
 }
 
 /// The whole dashboard state.
@@ -153,10 +155,19 @@ impl App {
         self.entries.get(self.selected)
     }
 
+    /// Posts a message; the same message again right after is counted, not repeated.
     fn say(&mut self, warning: bool, text: impl Into<String>) {
+        let text = text.into();
+        if let Some(last) = self.messages.last_mut() {
+            if last.text == text && last.warning == warning {
+                last.repeats += 1;
+                return;
+            }
+        }
         self.messages.push(Message {
             warning,
-            text: text.into(),
+            text,
+            repeats: 1,
         });
         let excess = self.messages.len().saturating_sub(200);
         self.messages.drain(..excess);

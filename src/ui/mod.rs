@@ -70,10 +70,14 @@ fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
     let lines: Vec<Line> = app.messages[start..]
         .iter()
         .map(|m| {
+            let text = match m.repeats {
+                0 | 1 => m.text.clone(),
+                n => format!("{} (x{n})", m.text),
+            };
             if m.warning {
-                Line::styled(m.text.clone(), Style::new().fg(Color::Yellow))
+                Line::styled(text, Style::new().fg(Color::Yellow))
             } else {
-                Line::raw(m.text.clone())
+                Line::raw(text)
             }
         })
         .collect();

@@ -169,10 +169,21 @@ pub(super) fn clock(seconds: f64) -> String {
 }
 
 pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area: Rect) {
-    let mut block = Block::bordered().title(format!(" {} ", entry.name()));
+    let name = format!(" {} ", entry.name());
+    let mut block = Block::bordered().title(name.clone());
     if let Some(c) = &run.compute {
+        // Right of the name, never over it: cut to the room the border leaves.
+        let room = (area.width as usize).saturating_sub(name.chars().count() + 6);
         let text = crate::text::compute(c);
-        block = block.title_top(Line::from(format!(" {text} ")).right_aligned());
+        let text = if text.chars().count() <= room {
+            text
+        } else {
+            let cut: String = text.chars().take(room.saturating_sub(1)).collect();
+            format!("{cut}…")
+        };
+        if room >= 8 {
+            block = block.title_top(Line::from(format!(" {text} ")).right_aligned());
+        }
     }
     if !entry.pending_restart.is_empty() {
         let pending = format!(" on next start: {} ", entry.pending_restart.join(", "));
