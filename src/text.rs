@@ -31,6 +31,15 @@ pub fn word<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
+/// Why a run ended, in words: `completed`, `stopped`, `stopped on stall`.
+pub fn end_reason(reason: crate::train::EndReason) -> &'static str {
+    match reason {
+        crate::train::EndReason::Completed => "completed",
+        crate::train::EndReason::Stopped => "stopped",
+        crate::train::EndReason::Stalled => "stopped on stall",
+    }
+}
+
 /// `1 epoch`, `4 epochs`.
 pub fn epochs(n: u32) -> String {
     if n == 1 {

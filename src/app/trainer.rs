@@ -116,11 +116,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
         Event::Checkpoint(_) => {}
         Event::Finished { reason, best, .. } => {
             run.status = RunStatus::Done(reason);
-            let why = match reason {
-                crate::train::EndReason::Completed => "completed",
-                crate::train::EndReason::Stopped => "stopped",
-                crate::train::EndReason::Stalled => "stopped on stall",
-            };
+            let why = crate::text::end_reason(reason);
             let best = best.map_or("no epoch finished".to_string(), |b| {
                 format!(
                     "best epoch {} ({}) val_acc {:.4}",

@@ -14,7 +14,7 @@ use signals::SignalGuard;
 pub use signals::{name as signal_name, Interrupted};
 
 use crate::config::{ChangeKind, Experiment};
-use crate::train::{self, EndReason, EpochMetrics, Event, Options, Phase, Phases};
+use crate::train::{self, EpochMetrics, Event, Options, Phase, Phases};
 use crate::watch::FileEvent;
 
 /// One epoch as a JSON object: the stable keys scripts rely on, then the rest.
@@ -275,11 +275,7 @@ pub fn run(
                 stopped_by,
             } => {
                 progress(String::new());
-                let why = match reason {
-                    EndReason::Completed => "completed",
-                    EndReason::Stopped => "stopped",
-                    EndReason::Stalled => "stopped on stall",
-                };
+                let why = crate::text::end_reason(reason);
                 match &best {
                     Some(b) => eprintln!(
                         "{cr}{why}; best epoch {} ({}) val_accuracy {:.4} val_loss {:.4}",
