@@ -93,8 +93,11 @@ impl Scope {
         let (paths, rescan): (BTreeSet<PathBuf>, bool) = match result {
             Ok(batch) => {
                 let rescan = batch.iter().any(|e| e.need_rescan());
+                // Opening or reading a file is no change; reading it here on such an
+                // event would produce another, forever.
                 let paths = batch
                     .iter()
+                    .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
                     .flat_map(|e| e.paths.iter())
                     .flat_map(|p| match self.links.get(p) {
                         Some(links) => links.clone(),

@@ -680,3 +680,122 @@ fn the_compute_text_never_covers_the_run_name() {
         assert!(top.contains(" quickstart "), "{width}: {top}");
     }
 }
+
+/// A stall and the automatic unfreeze after it reach the user while a broken save is
+/// on screen, however often the broken file is read again.
+#[test]
+fn trainer_news_is_seen_while_a_broken_save_is_on_screen() {
+    let mut app = running(3);
+    let path = app.current().unwrap().path.clone();
+    let broken = || FileState::Invalid {
+        errors: vec![format!("{}:5:9: frozen.lr: must be > 0", path.display())],
+        last_good: None,
+    };
+    update(&mut app, AppEvent::FileLoaded(path.clone(), broken()));
+    let suggestion = Suggestion {
+        monitor: tlcap::config::Monitor::ValAccuracy,
+        value: 0.79,
+        min_delta: 0.005,
+        patience: 2,
+        action: StallAction::Unfreeze {
+            layers: 14,
+            lr: 1e-5,
+            automatic: true,
+        },
+    };
+    trainer(
+        &mut app,
+        Event::Stalled {
+            epoch: 3,
+            suggestion,
+        },
+    );
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 4,
+            trainable_layers: 14,
+            trainable_params: 1,
+            layers: layers(),
+        },
+    );
+    // The watcher reads the broken file again (a second save, an editor's touch).
+    for _ in 0..10 {
+        update(&mut app, AppEvent::FileLoaded(path.clone(), broken()));
+    }
+    let errors = app
+        .messages
+        .iter()
+        .filter(|m| m.text.contains(":5:9:"))
+        .count();
+    assert_eq!(errors, 1, "{:?}", app.messages);
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("stalled"), "{screen}");
+    assert!(screen.contains("fine-tuning 14 layers"), "{screen}");
+}
+
+/// A message said again later is moved to the end with its count, not posted twice.
+#[test]
+fn each_distinct_message_is_posted_once() {
+    let mut app = app();
+    for text in ["a", "b", "a"] {
+        update(&mut app, AppEvent::Info(text.into()));
+    }
+    let texts: Vec<(&str, u32)> = app
+        .messages
+        .iter()
+        .map(|m| (m.text.as_str(), m.repeats))
+        .collect();
+    assert_eq!(texts, [("b", 1), ("a", 2)]);
+}
+
+/// A live edit is acknowledged at once; a restart-only edit shows on the header until
+/// it is undone, and undoing it says nothing is pending instead of a new "pending".
+#[test]
+fn edits_are_acknowledged_and_undoing_a_restart_edit_clears_it() {
+    let mut app = running(3);
+    let path = app.current().unwrap().path.clone();
+    let mut lr = experiment("quickstart");
+    lr.frozen.lr = 5e-4;
+    let actions = update(
+        &mut app,
+        AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(lr.clone()))),
+    );
+    assert_eq!(actions.len(), 1);
+    let last = &app.messages.last().unwrap().text;
+    assert_eq!(
+        last, "quickstart: seen: frozen.lr 1e-3 -> 5e-4, applies from epoch 5",
+        "{last}"
+    );
+    let mut seeded = lr.clone();
+    seeded.seed = 7;
+    update(
+        &mut app,
+        AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(seeded.clone()))),
+    );
+    // Read again unchanged: still pending, still on the header.
+    update(
+        &mut app,
+        AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(seeded))),
+    );
+    assert_eq!(app.current().unwrap().pending_restart, ["seed 42 -> 7"]);
+    assert!(render(&app, 80, 24).contains("on next start: seed 42 -> 7"));
+    let before = app.messages.len();
+    update(
+        &mut app,
+        AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(lr))),
+    );
+    assert!(app.current().unwrap().pending_restart.is_empty());
+    let new: Vec<&str> = app.messages[before.min(app.messages.len())..]
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(
+        new,
+        ["quickstart: nothing waits for a restart any more"],
+        "{:?}",
+        app.messages
+    );
+    assert!(!render(&app, 80, 24).contains("on next start"));
+}

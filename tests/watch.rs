@@ -220,3 +220,34 @@ fn a_symlinked_experiment_follows_its_target() {
     }
     assert_eq!(epochs_of(&ev), 6);
 }
+
+/// Reading an experiment file is not a change: one save is reported a bounded number
+/// of times, then the watcher is quiet (reading the file on each event used to
+/// produce access events that read it again, forever, flooding the dashboard with a
+/// broken file's errors).
+#[test]
+fn a_save_is_reported_then_the_watcher_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let file = root.join("exp.yaml");
+    std::fs::write(&file, VALID).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _w = tlcap::watch::watch(&root, tx).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    save_by_rename(&file, "data: { dir: data }\nmodel: { backbone: nope }\n");
+    let t = Instant::now();
+    let _ = next_for(&mut rx, &file, t);
+    // Reading it by hand (as an editor or `check` would) is no change either.
+    let _ = std::fs::read_to_string(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut later = 0;
+    while let Ok(ev) = rx.try_recv() {
+        if matches!(&ev, FileEvent::Changed(p, _) if p == &file) {
+            later += 1;
+        }
+    }
+    assert!(
+        later <= 1,
+        "{later} more change events in 1.5 s after one save"
+    );
+}

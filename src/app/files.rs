@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{Action, App, Entry, FileState, RunView};
-use crate::config::LiveEdit;
+use crate::config::{Experiment, LiveEdit};
 use crate::train::stall::BestRule;
 use crate::train::Phase;
 
@@ -27,14 +27,19 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
     app.entries[i].deleted = false;
     match file {
         FileState::Invalid { errors, .. } => {
-            for e in &errors {
-                app.say(true, e.clone());
-            }
-            if old.is_some() {
-                app.say(
-                    true,
-                    format!("{name}: the last good settings stay in force"),
-                );
+            // The same broken file read again (a second save, `s`): nothing new to say.
+            let same = matches!(&app.entries[i].file,
+                FileState::Invalid { errors: shown, .. } if *shown == errors);
+            if !same {
+                for e in &errors {
+                    app.say(true, e.clone());
+                }
+                if old.is_some() {
+                    app.say(
+                        true,
+                        format!("{name}: the last good settings stay in force"),
+                    );
+                }
             }
             app.entries[i].file = FileState::Invalid {
                 errors,
@@ -51,32 +56,64 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
             let Some(old) = old.filter(|_| active) else {
                 return Vec::new();
             };
+            restart_only_edits(app, i, &new);
             let edit = LiveEdit::new(&old, &new);
-            let restart: Vec<String> = edit.restart_only().map(|c| c.to_string()).collect();
-            if !restart.is_empty() {
-                app.say(
-                    true,
-                    format!(
-                        "{name}: {} apply on the next start (x, then s)",
-                        restart.join(", ")
-                    ),
-                );
+            let live: Vec<String> = edit.live().map(|c| c.to_string()).collect();
+            if live.is_empty() {
+                return Vec::new();
             }
-            app.entries[i].pending_restart = restart;
-            if edit.live().next().is_some() {
-                if let Some(run) = app.entries[i].run.as_mut() {
-                    run.best_rule = BestRule::of(&new);
-                    run.total_epochs = match run.phase {
-                        Phase::Frozen => new.planned_epochs(None),
-                        Phase::Finetune => new.planned_epochs(Some(
-                            run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1),
-                        )),
-                    };
-                }
-                vec![Action::Apply(app.entries[i].id, new)]
-            } else {
-                Vec::new()
-            }
+            let Some(run) = app.entries[i].run.as_mut() else {
+                return Vec::new();
+            };
+            run.best_rule = BestRule::of(&new);
+            run.total_epochs = match run.phase {
+                Phase::Frozen => new.planned_epochs(None),
+                Phase::Finetune => new.planned_epochs(Some(
+                    run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1),
+                )),
+            };
+            // Said at once; the trainer confirms at the epoch boundary.
+            let from = run.epoch + 1;
+            app.say(
+                false,
+                format!(
+                    "{name}: seen: {}, applies from epoch {from}",
+                    live.join(", ")
+                ),
+            );
+            vec![Action::Apply(app.entries[i].id, new)]
         }
     }
+}
+
+/// Restart-only edits, counted from the settings the run started with (so undoing
+/// one leaves nothing pending); said when what waits for a restart changes.
+fn restart_only_edits(app: &mut App, i: usize, new: &Experiment) {
+    let entry = &app.entries[i];
+    let name = entry.name();
+    let Some(started) = entry.run.as_ref().and_then(|r| r.started_with.as_deref()) else {
+        return;
+    };
+    let restart: Vec<String> = LiveEdit::new(started, new)
+        .restart_only()
+        .map(|c| c.to_string())
+        .collect();
+    if restart == entry.pending_restart {
+        return;
+    }
+    if restart.is_empty() {
+        app.say(
+            false,
+            format!("{name}: nothing waits for a restart any more"),
+        );
+    } else {
+        app.say(
+            true,
+            format!(
+                "{name}: {} apply on the next start (x, then s)",
+                restart.join(", ")
+            ),
+        );
+    }
+    app.entries[i].pending_restart = restart;
 }

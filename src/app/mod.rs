@@ -155,19 +155,22 @@ impl App {
         self.entries.get(self.selected)
     }
 
-    /// Posts a message; the same message again right after is counted, not repeated.
+    /// Posts a message. A message already in the pane is not posted again: it moves
+    /// to the end with its count (`(x3)`), so the pane holds each distinct thing once.
     fn say(&mut self, warning: bool, text: impl Into<String>) {
         let text = text.into();
-        if let Some(last) = self.messages.last_mut() {
-            if last.text == text && last.warning == warning {
-                last.repeats += 1;
-                return;
-            }
-        }
+        let repeats = match self
+            .messages
+            .iter()
+            .rposition(|m| m.text == text && m.warning == warning)
+        {
+            Some(i) => self.messages.remove(i).repeats + 1,
+            None => 1,
+        };
         self.messages.push(Message {
             warning,
             text,
-            repeats: 1,
+            repeats,
         });
         let excess = self.messages.len().saturating_sub(200);
         self.messages.drain(..excess);

@@ -74,6 +74,9 @@ pub struct RunView {
     pub compute: Option<Compute>,
     /// Which epoch is the best (the experiment's stall monitor).
     pub best_rule: BestRule,
+    /// The settings the run started with: restart-only edits are counted from these
+    /// (None for an attached run folder without its settings).
+    pub started_with: Option<Box<Experiment>>,
 }
 
 impl RunView {
@@ -81,6 +84,7 @@ impl RunView {
         RunView {
             best_rule: BestRule::of(exp),
             total_epochs: exp.planned_epochs(None),
+            started_with: Some(Box::new(exp.clone())),
             ..RunView::bare()
         }
     }
@@ -105,6 +109,7 @@ impl RunView {
             run_dir: None,
             images: (0, 0),
             compute: None,
+            started_with: None,
         }
     }
 

@@ -109,7 +109,11 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             if !live.is_empty() {
                 note = Some((
                     false,
-                    format!("{name}: {} from epoch {}", live.join(", "), run.epoch + 1),
+                    format!(
+                        "{name}: applied: {} from epoch {}",
+                        live.join(", "),
+                        run.epoch + 1
+                    ),
                 ));
             }
         }

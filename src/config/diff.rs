@@ -171,7 +171,7 @@ fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f != 0.0 && (f.abs() < 1e-3 || f.abs() >= 1e6) => {
+            Some(f) if n.is_f64() && f != 0.0 && (f.abs() <= 1e-3 || f.abs() >= 1e6) => {
                 format!("{f:e}")
             }
             _ => n.to_string(),
