@@ -380,9 +380,24 @@ fn every_key_shown_is_handled_and_listed() {
     }
     // The footer is built from the same table, so it cannot name a key help lacks.
     assert_eq!(
-        tlcap::app::footer_text(),
-        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  ? help  q quit"
+        tlcap::app::footer_text(usize::MAX),
+        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  l log  ? help  q quit"
     );
+    // Where the line is short, the least needed keys go; help and quit always stay.
+    for width in [60, 80] {
+        let footer = tlcap::app::footer_text(width);
+        assert!(footer.chars().count() <= width, "{footer}");
+        for needed in [
+            "s start",
+            "p pause",
+            "u unfreeze",
+            "x stop",
+            "? help",
+            "q quit",
+        ] {
+            assert!(footer.contains(needed), "{width}: {footer}");
+        }
+    }
 }
 
 #[test]
@@ -798,4 +813,88 @@ fn edits_are_acknowledged_and_undoing_a_restart_edit_clears_it() {
         app.messages
     );
     assert!(!render(&app, 80, 24).contains("on next start"));
+}
+
+/// Help wraps and scrolls instead of cutting: at 80x24 and 60x16 every key and the
+/// end of every description can be read by scrolling with ↓.
+#[test]
+fn help_fits_every_terminal_by_wrapping_and_scrolling() {
+    for (w, h) in [(60, 16), (80, 24)] {
+        let mut app = running(3);
+        update(&mut app, key(KeyCode::Char('?')));
+        let mut seen = String::new();
+        for _ in 0..tlcap::app::KEYS.len() {
+            seen.push_str(&render(&app, w, h));
+            update(&mut app, key(KeyCode::Down));
+            assert_eq!(app.overlay, Overlay::Help, "↓ scrolls, it does not close");
+        }
+        for k in tlcap::app::KEYS {
+            let last_word = k.what.split_whitespace().last().unwrap();
+            assert!(seen.contains(last_word), "{w}x{h}: `{}` cut", k.what);
+        }
+        update(&mut app, key(KeyCode::Char('x')));
+        assert_eq!(app.overlay, Overlay::None, "another key closes help");
+    }
+}
+
+/// The messages pane wraps long lines and grows with the terminal; `l` opens every
+/// message, scrollable.
+#[test]
+fn messages_wrap_grow_and_scroll_in_the_log() {
+    let mut app = running(3);
+    let long = format!("{} ENDOFLONGLINE", "a long message ".repeat(12));
+    for i in 0..30 {
+        update(&mut app, AppEvent::Info(format!("message number {i}")));
+    }
+    update(&mut app, AppEvent::Info(long));
+    let screen = render(&app, 100, 30);
+    assert!(
+        screen.contains("ENDOFLONGLINE"),
+        "wrapped, not cut:\n{screen}"
+    );
+    let shown = |s: &str| {
+        (0..30)
+            .filter(|i| s.contains(&format!("message number {i} ")))
+            .count()
+    };
+    let tall = render(&app, 100, 50);
+    assert!(
+        shown(&tall) > shown(&screen),
+        "a taller terminal shows more messages"
+    );
+    update(&mut app, key(KeyCode::Char('l')));
+    assert_eq!(app.overlay, Overlay::Log);
+    let log = render(&app, 80, 24);
+    assert!(
+        log.contains("ENDOFLONGLINE") && log.contains("message number 29"),
+        "{log}"
+    );
+    for _ in 0..30 {
+        update(&mut app, key(KeyCode::Up));
+    }
+    let log = render(&app, 80, 24);
+    assert!(log.contains("message number 0 "), "{log}");
+    insta::assert_snapshot!("message_log_80x24", log);
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.overlay, Overlay::None);
+}
+
+/// The README's key table lists every key the help pop-up lists.
+#[test]
+fn the_readme_lists_every_key() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for k in tlcap::app::KEYS {
+        for part in k.keys.split([' ', '/']).filter(|p| !p.is_empty()) {
+            assert!(
+                table.iter().any(|row| row
+                    .split('|')
+                    .nth(1)
+                    .is_some_and(|c| c.contains(&format!("`{part}`")))),
+                "README key table lacks `{part}` ({})",
+                k.what
+            );
+        }
+    }
 }

@@ -46,8 +46,14 @@ pub const KEYS: &[KeyHelp] = &[
         "unfreeze",
     ),
     shown("x", "stop (checkpoint saved)", 3, "stop"),
-    shown("q", "quit (asks while a run is going)", 8, "quit"),
-    shown("?", "this help", 7, "help"),
+    shown("q", "quit (asks while a run is going)", 9, "quit"),
+    shown("?", "this help (↑/↓ scroll it)", 8, "help"),
+    shown(
+        "l",
+        "message log: every message, ↑/↓ PgUp/PgDn scroll",
+        7,
+        "log",
+    ),
     key("↑/↓ j/k", "select experiment"),
     key("Tab", "next experiment"),
     key("Enter", "start, or pause/resume the selected one"),
@@ -71,19 +77,40 @@ pub const KEYS: &[KeyHelp] = &[
     key("Esc", "close a pop-up"),
 ];
 
-/// The footer line, built from [`KEYS`]: `s start  p pause  ...`.
-pub fn footer_text() -> String {
-    let mut shown: Vec<(u8, String)> = KEYS
+/// Which footer keys stay when the line is short of room, most needed first.
+const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "l", "c", "a", "m"];
+
+/// The footer line, built from [`KEYS`], in at most `width` columns:
+/// `s start  p pause  ...  ? help  q quit`. Where not all fit, the least needed go
+/// first (`? help` lists them all); `q quit` and `? help` always stay.
+pub fn footer_text(width: usize) -> String {
+    let shown: Vec<(u8, &str, String)> = KEYS
         .iter()
         .filter_map(|k| {
             k.footer
-                .map(|(place, word)| (place, format!("{} {word}", k.keys)))
+                .map(|(place, word)| (place, k.keys, format!("{} {word}", k.keys)))
         })
         .collect();
-    shown.sort();
-    shown
-        .into_iter()
-        .map(|(_, text)| text)
+    let rank = |keys: &str| {
+        FOOTER_PRIORITY
+            .iter()
+            .position(|k| *k == keys)
+            .unwrap_or(FOOTER_PRIORITY.len())
+    };
+    let mut by_need: Vec<&(u8, &str, String)> = shown.iter().collect();
+    by_need.sort_by_key(|(place, keys, _)| (rank(keys), *place));
+    let mut kept: Vec<&(u8, &str, String)> = Vec::new();
+    let mut used = 0;
+    for item in by_need {
+        let cost = item.2.chars().count() + if kept.is_empty() { 0 } else { 2 };
+        if used + cost <= width || kept.len() < 2 {
+            used += cost;
+            kept.push(item);
+        }
+    }
+    kept.sort_by_key(|(place, ..)| *place);
+    kept.into_iter()
+        .map(|(.., text)| text.as_str())
         .collect::<Vec<_>>()
         .join("  ")
 }
@@ -108,13 +135,11 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
             }
             return Vec::new();
         }
-        Overlay::Help => {
-            if !ctrl_c {
-                app.overlay = Overlay::None;
-                return Vec::new();
-            }
+        Overlay::Help | Overlay::Log if !ctrl_c => {
+            scroll_overlay(app, key.code);
+            return Vec::new();
         }
-        Overlay::None => {}
+        Overlay::Help | Overlay::Log | Overlay::None => {}
     }
     let selected = app.selected;
     let id = app.current().map_or(0, |e| e.id);
@@ -129,7 +154,14 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
     match key.code {
         _ if ctrl_c => return request_quit(app),
         KeyCode::Char('q') => return request_quit(app),
-        KeyCode::Char('?') => app.overlay = Overlay::Help,
+        KeyCode::Char('?') => {
+            app.overlay = Overlay::Help;
+            app.overlay_scroll = 0;
+        }
+        KeyCode::Char('l') => {
+            app.overlay = Overlay::Log;
+            app.overlay_scroll = 0;
+        }
         // Esc closes whatever is in front: a pop-up, the model pane, the compare view.
         KeyCode::Esc => {
             app.overlay = Overlay::None;
@@ -200,4 +232,36 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         _ => {}
     }
     Vec::new()
+}
+
+/// Keys while help or the message log is open: arrows and pages scroll (help by key
+/// from the top, the log by message from the newest); `l` or Esc closes the log, any
+/// other key closes help.
+fn scroll_overlay(app: &mut App, code: KeyCode) {
+    let log = app.overlay == Overlay::Log;
+    let last = if log {
+        app.messages.len().saturating_sub(1)
+    } else {
+        KEYS.len().saturating_sub(1)
+    };
+    // Help scrolls down the list, the log back in time: both by `step`.
+    let step: isize = match code {
+        KeyCode::Down | KeyCode::Char('j') => 1,
+        KeyCode::Up | KeyCode::Char('k') => -1,
+        KeyCode::PageDown => 10,
+        KeyCode::PageUp => -10,
+        KeyCode::Home => -(last as isize) - 1,
+        KeyCode::End => last as isize + 1,
+        KeyCode::Esc | KeyCode::Char('l') | KeyCode::Char('q') if log => {
+            app.overlay = Overlay::None;
+            return;
+        }
+        _ if log => return,
+        _ => {
+            app.overlay = Overlay::None;
+            return;
+        }
+    };
+    let step = if log { -step } else { step };
+    app.overlay_scroll = app.overlay_scroll.saturating_add_signed(step).min(last);
 }

@@ -40,6 +40,8 @@ pub enum Overlay {
     Help,
     /// "A run is going: quit anyway?"
     ConfirmQuit,
+    /// Every message, wrapped, scrollable.
+    Log,
 }
 
 /// A line in the messages pane.
@@ -70,6 +72,8 @@ pub struct App {
     pub table_scroll: usize,
     /// Messages, oldest first.
     pub messages: Vec<Message>,
+    /// Lines scrolled up in the help pop-up or the message log (whichever is open).
+    pub overlay_scroll: usize,
     /// Set when the loop should end.
     pub quit: bool,
     /// The id the next new entry gets.
@@ -146,6 +150,7 @@ impl App {
             smoothing: false,
             table_scroll: 0,
             messages: Vec::new(),
+            overlay_scroll: 0,
             quit: false,
         }
     }

@@ -16,7 +16,7 @@ mod table;
 pub use charts::smooth;
 use compare::draw_compare;
 use list::draw_list;
-use popups::{draw_confirm, draw_help};
+use popups::{draw_confirm, draw_help, draw_log};
 use run::draw_entry;
 
 use crate::app::{App, Overlay};
@@ -35,7 +35,12 @@ pub fn draw(frame: &mut Frame, app: &App) {
         frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
         return;
     }
-    let messages_height = if area.height >= 30 { 6 } else { 4 };
+    // Two message lines at 80x24; a fifth of a taller terminal.
+    let messages_height = if area.height >= 30 {
+        (area.height / 5).min(14)
+    } else {
+        4
+    };
     let [main, messages, footer] = Layout::vertical([
         Constraint::Min(8),
         Constraint::Length(messages_height),
@@ -58,37 +63,77 @@ pub fn draw(frame: &mut Frame, app: &App) {
     draw_messages(frame, app, messages);
     draw_footer(frame, footer);
     match app.overlay {
-        Overlay::Help => draw_help(frame, area),
+        Overlay::Help => draw_help(frame, app, area),
+        Overlay::Log => draw_log(frame, app, area),
         Overlay::ConfirmQuit => draw_confirm(frame, area),
         Overlay::None => {}
     }
 }
 
+/// A message as shown: its text and count, wrapped to `width` columns.
+pub(super) fn message_lines(m: &crate::app::Message, width: usize) -> Vec<Line<'static>> {
+    let text = match m.repeats {
+        0 | 1 => m.text.clone(),
+        n => format!("{} (x{n})", m.text),
+    };
+    let style = if m.warning {
+        Style::new().fg(Color::Yellow)
+    } else {
+        Style::new()
+    };
+    let options = textwrap::Options::new(width.max(8)).subsequent_indent("  ");
+    textwrap::wrap(&text, options)
+        .into_iter()
+        .map(|l| Line::styled(l.into_owned(), style))
+        .collect()
+}
+
+/// The newest messages that fit in `visible` lines of `width` columns, wrapped, the
+/// newest last. An older message with too little room left shows its beginning, cut
+/// with `…`, never its middle.
+pub(super) fn newest_lines(
+    messages: &[crate::app::Message],
+    width: usize,
+    visible: usize,
+) -> Vec<Line<'static>> {
+    let mut lines: Vec<Line> = Vec::new();
+    for m in messages.iter().rev() {
+        let room = visible.saturating_sub(lines.len());
+        if room == 0 {
+            break;
+        }
+        let mut wrapped = message_lines(m, width);
+        if wrapped.len() > room {
+            wrapped.truncate(room);
+            if let Some(last) = wrapped.last_mut() {
+                let style = last.style;
+                let text: String = last.to_string();
+                let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+                *last = Line::styled(format!("{cut}…"), style);
+            }
+        }
+        wrapped.append(&mut lines);
+        lines = wrapped;
+    }
+    lines
+}
+
+/// The newest messages, wrapped, as many as fit; `l` shows them all.
 fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
     let visible = area.height.saturating_sub(2) as usize;
-    let start = app.messages.len().saturating_sub(visible);
-    let lines: Vec<Line> = app.messages[start..]
-        .iter()
-        .map(|m| {
-            let text = match m.repeats {
-                0 | 1 => m.text.clone(),
-                n => format!("{} (x{n})", m.text),
-            };
-            if m.warning {
-                Line::styled(text, Style::new().fg(Color::Yellow))
-            } else {
-                Line::raw(text)
-            }
-        })
-        .collect();
+    let width = area.width.saturating_sub(2) as usize;
+    let mut block = Block::bordered().title(" messages ");
+    if app.messages.len() > 1 {
+        block = block.title_top(Line::from(" l: all ").right_aligned());
+    }
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(" messages ")),
+        Paragraph::new(newest_lines(&app.messages, width, visible)).block(block),
         area,
     );
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect) {
-    let keys = crate::app::footer_text();
+    let keys = crate::app::footer_text(area.width as usize);
     frame.render_widget(
         Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
         area,

@@ -6,7 +6,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table};
 use ratatui::Frame;
 
-use crate::app::{RunView, KEYS};
+use crate::app::{App, RunView, KEYS};
 
 pub(super) fn draw_model(frame: &mut Frame, run: &RunView, area: Rect) {
     let trainable: usize = run
@@ -70,24 +70,87 @@ pub(super) fn popup(area: Rect, width: u16, height: u16) -> Rect {
     )
 }
 
-pub(super) fn draw_help(frame: &mut Frame, area: Rect) {
-    let rect = popup(area, 58, KEYS.len() as u16 + 4);
-    let lines: Vec<Line> = KEYS
+/// The key list: every key of [`KEYS`], descriptions wrapped to the pop-up, scrolled
+/// by `app.overlay_scroll` keys when the terminal is too short for all of them.
+pub(super) fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
+    let width = 64.min(area.width);
+    let keys_width = KEYS
         .iter()
-        .map(|k| {
-            Line::from(vec![
-                Span::styled(format!("{:>10}  ", k.keys), Style::new().bold()),
-                Span::raw(k.what),
-            ])
-        })
-        .collect();
+        .map(|k| k.keys.chars().count())
+        .max()
+        .unwrap_or(4);
+    let text_width = (width as usize).saturating_sub(keys_width + 4).max(10);
+    let total = KEYS
+        .iter()
+        .map(|k| textwrap::wrap(k.what, text_width).len())
+        .sum::<usize>();
+    let rect = popup(area, width, total as u16 + 2);
+    let visible = rect.height.saturating_sub(2) as usize;
+    // Every key's lines, then the window from the selected key (the last page full).
+    let mut lines: Vec<Line> = Vec::new();
+    let mut first_line_of = Vec::new();
+    for k in KEYS {
+        first_line_of.push(lines.len());
+        let wrapped = textwrap::wrap(k.what, text_width);
+        for (i, part) in wrapped.into_iter().enumerate() {
+            let keys = if i == 0 { k.keys } else { "" };
+            lines.push(Line::from(vec![
+                Span::styled(format!("{keys:>keys_width$}  "), Style::new().bold()),
+                Span::raw(part.into_owned()),
+            ]));
+        }
+    }
+    let from = first_line_of
+        .get(app.overlay_scroll)
+        .copied()
+        .unwrap_or(0)
+        .min(lines.len().saturating_sub(visible));
+    let lines = lines.split_off(from);
+    let title = if total <= visible {
+        " keys (any key closes) ".to_string()
+    } else {
+        let shown_to = (from + visible).min(total);
+        format!(
+            " keys: lines {}-{shown_to} of {total} (↑/↓ scroll, other keys close) ",
+            from + 1
+        )
+    };
     frame.render_widget(Clear, rect);
     frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::bordered()
-                .title(" keys (any key closes) ")
-                .borders(Borders::ALL),
-        ),
+        Paragraph::new(lines).block(Block::bordered().title(title).borders(Borders::ALL)),
+        rect,
+    );
+}
+
+/// Every message, wrapped, newest at the bottom; `app.overlay_scroll` messages back.
+pub(super) fn draw_log(frame: &mut Frame, app: &App, area: Rect) {
+    let rect = popup(
+        area,
+        area.width.saturating_sub(4),
+        area.height.saturating_sub(2),
+    );
+    let width = rect.width.saturating_sub(2) as usize;
+    let visible = rect.height.saturating_sub(2) as usize;
+    // Every message's lines; the window ends after the message scrolled to, and is
+    // full at the oldest end too.
+    let mut lines: Vec<Line> = Vec::new();
+    let mut start_of = Vec::new();
+    for m in &app.messages {
+        start_of.push(lines.len());
+        lines.extend(super::message_lines(m, width));
+    }
+    let end = app.messages.len().saturating_sub(app.overlay_scroll);
+    let bottom = start_of.get(end).copied().unwrap_or(lines.len());
+    let top = bottom.saturating_sub(visible);
+    let bottom = (top + visible).min(lines.len());
+    let lines: Vec<Line> = lines.drain(top..bottom).collect();
+    let title = format!(
+        " {} messages (↑/↓ PgUp/PgDn scroll, l or Esc closes) ",
+        app.messages.len()
+    );
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
         rect,
     );
 }
