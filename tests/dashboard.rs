@@ -55,6 +55,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         input_wait_seconds: 0.0,
         stalled: false,
         suggestion: None,
+        mixed: None,
     }
 }
 
@@ -191,6 +192,8 @@ fn finished() -> App {
 
 fn finetuning() -> App {
     let mut app = running(3);
+    // The planned phase change comes between epochs (epoch 3 just ended).
+    app.entries[0].run.as_mut().unwrap().epoch = 3;
     trainer(
         &mut app,
         Event::PhaseChanged {
@@ -707,6 +710,8 @@ fn trainer_news_is_seen_while_a_broken_save_is_on_screen() {
         last_good: None,
     };
     update(&mut app, AppEvent::FileLoaded(path.clone(), broken()));
+    // The stall fires as epoch 3 ends; the unfreeze comes before epoch 4.
+    app.entries[0].run.as_mut().unwrap().epoch = 3;
     let suggestion = Suggestion {
         monitor: tlcap::config::Monitor::ValAccuracy,
         value: 0.79,
@@ -897,4 +902,120 @@ fn the_readme_lists_every_key() {
             );
         }
     }
+}
+
+/// The ETA shows from the first epoch, and a new phase is not timed at the old
+/// phase's pace (cached frozen epochs take milliseconds).
+#[test]
+fn the_eta_follows_the_pace_of_the_current_phase() {
+    let mut app = running(0);
+    let run = |app: &App| app.current().unwrap().run.clone().unwrap();
+    let eta = run(&app).eta_seconds().expect("an ETA in the first epoch");
+    // 2099 images at 231 img/s: ~9 s an epoch, 8 epochs.
+    assert!((60.0..80.0).contains(&eta), "{eta}");
+    assert!(
+        render(&app, 80, 24).contains("ETA 1:"),
+        "{}",
+        render(&app, 80, 24)
+    );
+    for e in 1..=4 {
+        let mut m = metrics(e, Phase::Frozen, 0.7);
+        m.seconds = 0.05;
+        trainer(&mut app, Event::EpochEnd(m));
+    }
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 5,
+            trainable_layers: 14,
+            trainable_params: 1,
+            layers: layers(),
+        },
+    );
+    assert_eq!(
+        run(&app).eta_seconds(),
+        None,
+        "no pace yet: no ETA, not 0:00"
+    );
+    assert!(!render(&app, 100, 30).contains("ETA 0:00"));
+    trainer(
+        &mut app,
+        Event::Batch {
+            epoch: 5,
+            batch: 5,
+            of: 33,
+            loss: 0.3,
+            images_per_sec: 20.0,
+        },
+    );
+    // ~106 s an epoch at 20 img/s: most of epoch 5 and three more.
+    let eta = run(&app).eta_seconds().unwrap();
+    assert!((380.0..450.0).contains(&eta), "{eta}");
+    // Validation says so on the gauge.
+    trainer(
+        &mut app,
+        Event::Validating {
+            epoch: 5,
+            done: 120,
+            total: 525,
+        },
+    );
+    assert!(render(&app, 80, 24).contains("validating 120/525"));
+}
+
+/// An unfreeze part-way through an epoch: the epoch is labelled mixed, and the new
+/// total is explained.
+#[test]
+fn an_early_unfreeze_labels_the_mixed_epoch_and_explains_the_total() {
+    let mut app = running(0);
+    assert_eq!(app.current().unwrap().run.as_ref().unwrap().total_epochs, 8);
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 1,
+            trainable_layers: 14,
+            trainable_params: 1,
+            layers: layers(),
+        },
+    );
+    let last = &app.messages.last().unwrap().text;
+    assert_eq!(
+        last,
+        "quickstart: fine-tuning 14 layers from epoch 1, batch 13 (epoch 1 is mixed: \
+         batches 1-12 ran frozen); the frozen epochs left are skipped: 4 epochs in all"
+    );
+    let mut m = metrics(1, Phase::Finetune, 0.7);
+    m.mixed = Some(tlcap::train::events::MixedEpoch {
+        finetune_from_batch: 13,
+        batches: 33,
+        frozen_lr: 1e-3,
+    });
+    trainer(&mut app, Event::EpochEnd(m));
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("1*   mixed"), "{screen}");
+}
+
+/// A stall suggestion nobody acted on stays up after its phase ended as planned,
+/// until Esc.
+#[test]
+fn an_unanswered_stall_banner_stays_until_dismissed() {
+    let mut app = stalled();
+    app.entries[0].run.as_mut().unwrap().epoch = 4;
+    trainer(&mut app, Event::EpochEnd(metrics(4, Phase::Frozen, 0.7)));
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 5,
+            trainable_layers: 14,
+            trainable_params: 1,
+            layers: layers(),
+        },
+    );
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("ended as planned"), "{screen}");
+    update(&mut app, key(KeyCode::Esc));
+    assert!(!render(&app, 100, 30).contains("ended as planned"));
 }

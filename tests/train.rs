@@ -462,6 +462,7 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
     );
     handle.commands.send(train::Command::Start).unwrap();
     let (mut rows, mut log, mut run) = (Vec::new(), Vec::new(), None);
+    let mut validating = Vec::new();
     for e in handle.events.iter() {
         match &e {
             Event::Batch {
@@ -475,8 +476,11 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
                 c.send(train::Command::ApplyConfig(Box::new(edited)))
                     .unwrap();
                 c.send(train::Command::Unfreeze).unwrap();
+                // Paused time is not training time: epoch 1's seconds leave it out.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
                 c.send(train::Command::Resume).unwrap();
             }
+            Event::Validating { done, total, .. } => validating.push((*done, *total)),
             Event::EpochEnd(m) => rows.push(m.clone()),
             Event::RunDir(d) => run = Some(d.clone()),
             Event::Error(e) => panic!("{e}"),
@@ -496,6 +500,21 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
     assert_eq!(phases, [Phase::Finetune, Phase::Finetune]);
     assert_eq!(rows[0].lr, exp.finetune.lr);
     assert_eq!(rows[1].lr, 5e-4);
+    // Epoch 1 is mixed: batch 1 ran frozen at the frozen rate, the rest fine-tuned.
+    let mixed = rows[0].mixed.expect("epoch 1 is mixed");
+    assert_eq!(
+        (mixed.finetune_from_batch, mixed.frozen_lr),
+        (2, exp.frozen.lr)
+    );
+    assert_eq!(rows[1].mixed, None);
+    assert!(
+        rows[0].seconds < 1.5,
+        "paused time counted: {} s",
+        rows[0].seconds
+    );
+    // Validation says how far it is, ending at every validation image.
+    let val_images = rows[0].confusion.counts.iter().sum::<u64>() as usize;
+    assert_eq!(validating.last(), Some(&(val_images, val_images)));
     let run = run.unwrap();
     let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
     assert!(

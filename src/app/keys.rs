@@ -74,7 +74,10 @@ pub const KEYS: &[KeyHelp] = &[
         5,
         "compare",
     ),
-    key("Esc", "close a pop-up"),
+    key(
+        "Esc",
+        "close a pop-up, the model pane, the compare view or the stall banner",
+    ),
 ];
 
 /// Which footer keys stay when the line is short of room, most needed first.
@@ -162,11 +165,16 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
             app.overlay = Overlay::Log;
             app.overlay_scroll = 0;
         }
-        // Esc closes whatever is in front: a pop-up, the model pane, the compare view.
+        // Esc closes whatever is in front: a pop-up, the model pane, the compare view,
+        // the selected run's stall banner.
         KeyCode::Esc => {
             app.overlay = Overlay::None;
             app.show_model = false;
             app.show_compare = false;
+            if let Some(r) = app.entries.get_mut(selected).and_then(|e| e.run.as_mut()) {
+                r.stall = None;
+                r.stall_outlived = false;
+            }
         }
         KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab if !app.entries.is_empty() => {
             app.selected = (app.selected + 1) % app.entries.len();

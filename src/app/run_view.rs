@@ -50,6 +50,8 @@ pub struct RunView {
     pub total_epochs: u32,
     /// Batch progress in the current epoch: (done, of).
     pub batch: (usize, usize),
+    /// Validation of the current epoch in progress: (images done, of).
+    pub validating: Option<(usize, usize)>,
     /// Running training loss of the current epoch.
     pub batch_loss: f64,
     /// Training images/s in the current epoch.
@@ -58,8 +60,11 @@ pub struct RunView {
     pub epochs: Vec<EpochMetrics>,
     /// First epochs of each phase change after the first phase: (epoch, phase).
     pub phase_marks: Vec<(u32, Phase)>,
-    /// The stall suggestion in force (cleared when acted on).
+    /// The stall suggestion in force (cleared when acted on, or dismissed with Esc).
     pub stall: Option<Suggestion>,
+    /// The phase the stall was about ended as planned without the user acting: the
+    /// banner stays up, saying so, until Esc.
+    pub stall_outlived: bool,
     /// The backbone's layers (trainable marks as of the last phase change).
     pub layers: Vec<LayerInfo>,
     /// `cpu` or `cuda:N`.
@@ -98,11 +103,13 @@ impl RunView {
             epoch: 0,
             total_epochs: 0,
             batch: (0, 0),
+            validating: None,
             batch_loss: 0.0,
             images_per_sec: 0.0,
             epochs: Vec::new(),
             phase_marks: Vec::new(),
             stall: None,
+            stall_outlived: false,
             layers: Vec::new(),
             device: String::new(),
             weights: String::new(),
@@ -126,17 +133,42 @@ impl RunView {
         self.best_rule.best_index(&self.epochs)
     }
 
-    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace
-    /// of the last finished epoch (None before one finished).
+    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace of
+    /// the current phase: its last finished whole epoch, or (in its first epoch) the
+    /// current epoch's training rate plus the last validation's time. None before the
+    /// first batch of a phase has given a pace.
     pub fn eta_seconds(&self) -> Option<f64> {
-        let last = self.epochs.last()?;
-        let left_epochs = self.total_epochs.saturating_sub(self.epoch.max(last.epoch)) as f64;
-        let (done, of) = self.batch;
-        let this_epoch = if of > 0 && self.epoch > last.epoch {
-            last.seconds * (of - done) as f64 / of as f64
-        } else {
-            0.0
+        let last_finished = self.epochs.last().map_or(0, |m| m.epoch);
+        let in_progress = self.epoch > last_finished;
+        let val_seconds = self
+            .epochs
+            .last()
+            .map(|m| self.images.1 as f64 / m.val_images_per_sec)
+            .filter(|s| s.is_finite())
+            .unwrap_or(0.0);
+        let estimate = (self.images_per_sec > 0.0 && self.images.0 > 0)
+            .then(|| self.images.0 as f64 / self.images_per_sec + val_seconds);
+        let pace = self
+            .epochs
+            .iter()
+            .rev()
+            .find(|m| m.phase == self.phase && m.mixed.is_none())
+            .map(|m| m.seconds)
+            .or(estimate)?;
+        let this_epoch = match (in_progress, self.validating, self.batch) {
+            (false, ..) => 0.0,
+            (true, Some((done, of)), _) if of > 0 => {
+                val_seconds.min(pace) * (of - done.min(of)) as f64 / of as f64
+            }
+            (true, _, (done, of)) if of > 0 => pace * (of - done.min(of)) as f64 / of as f64,
+            (true, ..) => pace,
         };
-        Some(this_epoch + left_epochs * last.seconds)
+        let current = if in_progress {
+            self.epoch
+        } else {
+            last_finished
+        };
+        let left_epochs = self.total_epochs.saturating_sub(current) as f64;
+        Some(this_epoch + left_epochs * pace)
     }
 }

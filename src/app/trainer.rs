@@ -2,6 +2,7 @@
 
 use super::{App, RunStatus};
 use crate::config::ChangeKind;
+use crate::train::events::{StallAction, Suggestion};
 use crate::train::{Event, Phase};
 
 pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
@@ -56,10 +57,16 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             }
             run.epoch = epoch;
             run.batch = (batch, of);
+            run.validating = None;
             run.batch_loss = loss;
             run.images_per_sec = images_per_sec;
         }
+        Event::Validating { epoch, done, total } => {
+            run.epoch = epoch;
+            run.validating = Some((done, total));
+        }
         Event::EpochEnd(m) => {
+            run.validating = None;
             run.epoch = m.epoch;
             run.epochs.push(m);
         }
@@ -69,6 +76,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
                 format!("{name}: stalled: {}", crate::text::suggestion(&suggestion)),
             ));
             run.stall = Some(suggestion);
+            run.stall_outlived = false;
         }
         Event::PhaseChanged {
             phase,
@@ -81,16 +89,58 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             if epoch > 1 {
                 run.phase_marks.push((epoch, phase));
             }
+            // Between batches of the epoch in progress: that epoch is mixed.
+            let (done, of) = run.batch;
+            let mid_epoch = run.epoch == epoch && done > 0 && done < of;
             if phase == Phase::Finetune {
+                let before = run.total_epochs;
                 // An early unfreeze: the fine-tune epochs count from here.
-                if let Some(exp) = settings {
+                if let Some(exp) = &settings {
                     run.total_epochs = exp.planned_epochs(Some(epoch.saturating_sub(1)));
                 }
-                run.stall = None;
-                note = Some((
-                    false,
-                    format!("{name}: fine-tuning {trainable_layers} layers from epoch {epoch}"),
-                ));
+                let automatic = |s: &Suggestion| {
+                    matches!(
+                        s.action,
+                        StallAction::Unfreeze {
+                            automatic: true,
+                            ..
+                        }
+                    )
+                };
+                let mut text = format!("fine-tuning {trainable_layers} layers from epoch {epoch}");
+                // An automatic unfreeze says why in the same line: on a short terminal
+                // the stall's own message may already be out of sight.
+                if let Some(s) = run.stall.as_ref().filter(|s| automatic(s)) {
+                    text = format!(
+                        "stalled at {} {:.4}, so {text} (on_stall: unfreeze)",
+                        crate::text::word(&s.monitor),
+                        s.value
+                    );
+                }
+                if mid_epoch {
+                    text += &format!(
+                        ", batch {} (epoch {epoch} is mixed: batches 1-{done} ran frozen)",
+                        done + 1
+                    );
+                }
+                if run.total_epochs < before {
+                    text += &format!(
+                        "; the frozen epochs left are skipped: {} in all",
+                        crate::text::epochs(run.total_epochs)
+                    );
+                }
+                note = Some((false, format!("{name}: {text}")));
+                if run.stall.as_ref().is_some_and(|s| !automatic(s)) && !mid_epoch {
+                    // Not acted on: it stays up, saying the phase moved on.
+                    run.stall_outlived = true;
+                } else {
+                    run.stall = None;
+                }
+            }
+            if !mid_epoch {
+                // A new phase's pace is not the old one's.
+                run.images_per_sec = 0.0;
+                run.batch = (0, of);
             }
             run.phase = phase;
             run.layers = layers;

@@ -243,6 +243,9 @@ pub fn run(
             } => progress(format!(
                 "epoch {epoch} batch {batch}/{of} loss {loss:.4} {images_per_sec:.0} img/s"
             )),
+            Event::Validating { epoch, done, total } => {
+                progress(format!("epoch {epoch} validating {done}/{total}"))
+            }
             Event::EpochEnd(m) => {
                 progress(String::new());
                 if tty {

@@ -161,6 +161,7 @@ mod tests {
             input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,
+            mixed: None,
         }
     }
 

@@ -128,6 +128,8 @@ pub(super) struct Trainer {
     pub(super) steering: Steering,
     /// Batches done of the epoch in progress, and its training images/s.
     pub(super) progress: ((usize, usize), f64),
+    /// Time spent paused since the run began: left out of epoch seconds and images/s.
+    pub(super) paused: std::time::Duration,
 }
 
 /// The mutable state of a run in progress.
@@ -168,13 +170,14 @@ impl Trainer {
             stopped_by: None,
             steering: Steering::default(),
             progress: ((0, 0), 0.0),
+            paused: std::time::Duration::ZERO,
         }
     }
 
     pub(super) fn emit(&mut self, event: Event) {
         if let Some(run) = &mut self.run {
             match &event {
-                Event::Batch { .. } | Event::Loading { .. } => {}
+                Event::Batch { .. } | Event::Loading { .. } | Event::Validating { .. } => {}
                 Event::EpochEnd(m) => run.log(&format!(
                     "epoch {} {} val_accuracy {:.4} val_loss {:.4}",
                     m.epoch,
@@ -452,37 +455,46 @@ impl Trainer {
                 }
                 Command::ApplyConfig(exp) => self.pending = Some(*exp),
                 Command::Pause => {
-                    self.emit(Event::Paused);
-                    let (batch, ips) = self.progress;
-                    self.beat(s, RunState::Paused, batch, ips, true);
-                    loop {
-                        let command = match self.next_command(Some(HEARTBEAT)) {
-                            Next::Command(c) => c,
-                            Next::Empty => {
-                                self.beat(s, RunState::Paused, batch, ips, false);
-                                continue;
-                            }
-                            Next::Gone => return Ok(Control::Stop),
-                        };
-                        match command {
-                            Command::Resume | Command::Start => break,
-                            Command::Stop => return Ok(Control::Stop),
-                            Command::StopBecause(why) => {
-                                self.stopped_by = Some(why);
-                                return Ok(Control::Stop);
-                            }
-                            Command::Unfreeze if s.phase == Phase::Frozen => {
-                                self.enter_finetune(s)?
-                            }
-                            Command::ApplyConfig(exp) => self.pending = Some(*exp),
-                            _ => {}
-                        }
+                    let since = std::time::Instant::now();
+                    let held = self.hold(s);
+                    self.paused += since.elapsed();
+                    if let Some(control) = held? {
+                        return Ok(control);
                     }
-                    self.emit(Event::Resumed);
-                    self.beat(s, RunState::Running, batch, ips, true);
                 }
             }
         }
+    }
+
+    /// Paused: waits for Resume (None) or a stop, keeping the heartbeat going.
+    fn hold(&mut self, s: &mut State) -> anyhow::Result<Option<Control>> {
+        self.emit(Event::Paused);
+        let (batch, ips) = self.progress;
+        self.beat(s, RunState::Paused, batch, ips, true);
+        loop {
+            let command = match self.next_command(Some(HEARTBEAT)) {
+                Next::Command(c) => c,
+                Next::Empty => {
+                    self.beat(s, RunState::Paused, batch, ips, false);
+                    continue;
+                }
+                Next::Gone => return Ok(Some(Control::Stop)),
+            };
+            match command {
+                Command::Resume | Command::Start => break,
+                Command::Stop => return Ok(Some(Control::Stop)),
+                Command::StopBecause(why) => {
+                    self.stopped_by = Some(why);
+                    return Ok(Some(Control::Stop));
+                }
+                Command::Unfreeze if s.phase == Phase::Frozen => self.enter_finetune(s)?,
+                Command::ApplyConfig(exp) => self.pending = Some(*exp),
+                _ => {}
+            }
+        }
+        self.emit(Event::Resumed);
+        self.beat(s, RunState::Running, batch, ips, true);
+        Ok(None)
     }
 
     pub(super) fn finish(&mut self, s: &State, reason: EndReason) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::{human_bytes, Cache, TrainSource};
 use super::controller::{panic_message, Control, State, Trainer};
-use super::events::{Compute, EpochMetrics, Event};
+use super::events::{Compute, EpochMetrics, Event, MixedEpoch};
 use super::run_dir::CheckpointInfo;
 use super::validate::{predictions, validate};
 use crate::data::Dataset;
@@ -31,6 +31,8 @@ pub(super) struct Trained {
     seen: usize,
     /// Seconds spent waiting for the input thread.
     input_wait: f64,
+    /// Where the fine-tune phase began, if part-way through.
+    mixed: Option<MixedEpoch>,
 }
 
 /// The random generator of batch `b` of 1-based epoch `epoch`.
@@ -51,6 +53,7 @@ impl Trainer {
     ) -> anyhow::Result<Option<EpochMetrics>> {
         let number = s.epoch + 1;
         let start = Instant::now();
+        let paused_before = self.paused;
         let seed = self.exp.seed;
         if s.cache.is_none() {
             s.cache = self.plan_cache(s, data);
@@ -72,6 +75,7 @@ impl Trainer {
         let augment = self.exp.data.augment.clone();
         let device = s.net.device();
         let train_start = Instant::now();
+        let paused_before_training = self.paused;
         let trained = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, String>>(2);
             let (batches, need_pixels, augment) = (&batches, &need_pixels, &augment);
@@ -114,11 +118,12 @@ impl Trainer {
             correct,
             seen,
             input_wait,
+            mixed,
         }) = trained
         else {
             return self.stopped(s, data);
         };
-        let train_seconds = train_start.elapsed().as_secs_f64().max(1e-9);
+        let train_seconds = self.active_seconds(train_start, paused_before_training);
         let val_start = Instant::now();
         let k = s.net.frozen_segments();
         let plain = s
@@ -126,7 +131,20 @@ impl Trainer {
             .as_mut()
             .filter(|c| c.split == k)
             .map(|c| &mut c.plain);
-        let v = validate(&s.net, data, self.exp.data.batch_size, plain);
+        let events = &self.events;
+        let v = validate(
+            &s.net,
+            data,
+            self.exp.data.batch_size,
+            plain,
+            |done, total| {
+                let _ = events.send(Event::Validating {
+                    epoch: number,
+                    done,
+                    total,
+                });
+            },
+        );
         let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
         if let Some((needed, budget)) = s.cache.as_ref().and_then(Cache::too_big) {
             self.emit(Event::Note(format!(
@@ -152,13 +170,14 @@ impl Trainer {
             val_auc: v.binary.and_then(|b| b.auc),
             confusion: v.confusion,
             lr: s.lr,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: self.active_seconds(start, paused_before),
             images_per_sec: seen as f64 / train_seconds,
             val_images_per_sec: data.val.len() as f64 / val_seconds,
             compute,
             input_wait_seconds: input_wait,
             stalled: false,
             suggestion: None,
+            mixed,
         }))
     }
 
@@ -176,9 +195,19 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let mut input_wait = 0.0;
         let mut split = s.net.frozen_segments();
+        let paused_before = self.paused;
+        let (start_phase, frozen_lr) = (s.phase, s.lr);
+        let mut mixed = None;
         for (b, images) in batches.iter().enumerate() {
             if let Control::Stop = self.control(s)? {
                 return Ok(None);
+            }
+            if b > 0 && mixed.is_none() && s.phase != start_phase {
+                mixed = Some(MixedEpoch {
+                    finetune_from_batch: b + 1,
+                    batches: batches.len(),
+                    frozen_lr,
+                });
             }
             let waiting = Instant::now();
             let ready = prepared
@@ -230,7 +259,7 @@ impl Trainer {
                 .sum(Kind::Int64)
                 .int64_value(&[]);
             seen += n;
-            let elapsed = train_start.elapsed().as_secs_f64().max(1e-9);
+            let elapsed = self.active_seconds(train_start, paused_before);
             self.emit(Event::Batch {
                 epoch: number,
                 batch: b + 1,
@@ -252,7 +281,19 @@ impl Trainer {
             correct,
             seen,
             input_wait,
+            mixed,
         }))
+    }
+
+    /// Seconds since `since`, less the time paused since then (`paused_then` is
+    /// [`Trainer::paused`] at `since`).
+    fn active_seconds(&self, since: Instant, paused_then: std::time::Duration) -> f64 {
+        let paused = self.paused.saturating_sub(paused_then);
+        since
+            .elapsed()
+            .saturating_sub(paused)
+            .as_secs_f64()
+            .max(1e-9)
     }
 
     /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.

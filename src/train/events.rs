@@ -100,6 +100,10 @@ pub struct EpochMetrics {
     /// What to do about the stall; None in older files.
     #[serde(default, deserialize_with = "lenient")]
     pub suggestion: Option<Suggestion>,
+    /// An epoch in which the fine-tune phase began part-way (an unfreeze between
+    /// batches): its batches before that ran frozen at another rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<MixedEpoch>,
 }
 
 /// Reads a field written by this version, or its default when an older file has
@@ -225,6 +229,17 @@ pub enum Phases {
     Finetune,
 }
 
+/// How an epoch was split between the two phases.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MixedEpoch {
+    /// The first batch (1-based) that fine-tuned; the ones before ran frozen.
+    pub finetune_from_batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// The learning rate of the frozen batches (`lr` is the fine-tune rate).
+    pub frozen_lr: f64,
+}
+
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +303,15 @@ pub enum Event {
         loss: f64,
         /// Training images per second so far this epoch.
         images_per_sec: f64,
+    },
+    /// Validation in progress: `done` of `total` validation images.
+    Validating {
+        /// 1-based epoch.
+        epoch: u32,
+        /// Validation images done.
+        done: usize,
+        /// Validation images in all.
+        total: usize,
     },
     /// An epoch finished (already on disk).
     EpochEnd(EpochMetrics),
@@ -366,6 +390,7 @@ mod tests {
             input_wait_seconds: 0.0,
             stalled: false,
             suggestion: None,
+            mixed: None,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(line.contains("\"loss\":null"), "{line}");
@@ -398,6 +423,7 @@ mod tests {
             input_wait_seconds: 0.0,
             stalled: true,
             suggestion: None,
+            mixed: None,
         };
         let mut v = serde_json::to_value(&m).unwrap();
         v["compute"] = "fp32 frozen part, no cache".into();

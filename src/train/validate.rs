@@ -25,12 +25,13 @@ pub(super) struct Validation {
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
 /// inference mode. The frozen part's outputs come from `stored` when it has them and
-/// are stored there otherwise.
+/// are stored there otherwise. `progress(done, total)` is told after each batch.
 pub(super) fn validate(
     net: &Classifier,
     data: &Dataset,
     batch_size: usize,
     mut stored: Option<&mut FeatureTable>,
+    mut progress: impl FnMut(usize, usize),
 ) -> Validation {
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
@@ -69,6 +70,7 @@ pub(super) fn validate(
                     prob1.push(row[1] as f64);
                 }
             }
+            progress(truth.len(), data.val.len());
         }
     });
     let n = truth.len().max(1);

@@ -37,7 +37,9 @@ pub(super) fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect
     .areas(area);
     draw_header(frame, entry, run, header);
     if let Some(s) = &run.stall {
-        let key = if run.phase == Phase::Frozen {
+        let key = if run.stall_outlived {
+            "the frozen phase then ended as planned (Esc dismisses)"
+        } else if run.phase == Phase::Frozen {
             "press u to unfreeze"
         } else {
             "press x to stop"
@@ -209,14 +211,18 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         .filter(|_| run.is_active())
         .map(|s| format!("  ETA {}", clock(s)))
         .unwrap_or_default();
+    let rate = if run.images_per_sec > 0.0 {
+        format!("  {:.0} img/s", run.images_per_sec)
+    } else {
+        String::new()
+    };
     let line = Line::from(vec![
         Span::styled(status, Style::new().bold()),
         Span::raw(format!(
-            "  phase {}  epoch {}/{}  {:.0} img/s{eta}  {}",
+            "  phase {}  epoch {}/{}{rate}{eta}  {}",
             run.phase.name(),
             run.epoch,
             run.total_epochs,
-            run.images_per_sec,
             run.device
         )),
     ]);
@@ -226,12 +232,16 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         return;
     }
     let (done, of) = run.batch;
-    let (ratio, label) = match run.status {
-        RunStatus::Loading { done, total } if total > 0 => (
-            done as f64 / total as f64,
+    let (ratio, label) = match (&run.status, run.validating) {
+        (RunStatus::Loading { done, total }, _) if *total > 0 => (
+            *done as f64 / *total as f64,
             format!("decoding {done}/{total}"),
         ),
-        _ if of > 0 => (
+        (_, Some((done, total))) if total > 0 && run.is_active() => (
+            done as f64 / total as f64,
+            format!("validating {done}/{total}"),
+        ),
+        _ if done > 0 && of > 0 => (
             done as f64 / of as f64,
             if run.batch_loss.is_finite() {
                 format!("batch {done}/{of}  loss {:.4}", run.batch_loss)

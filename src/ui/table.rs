@@ -20,13 +20,18 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let mark = if Some(start + i) == best { "*" } else { " " };
+            // Marks that read without colour: * best, ! stalled.
+            let mark = match (Some(start + i) == best, m.stalled) {
+                (true, _) => "*",
+                (false, true) => "!",
+                _ => " ",
+            };
             let row = Row::new(vec![
                 Cell::from(format!("{}{}", m.epoch, mark)),
-                Cell::from(if m.phase == Phase::Frozen {
-                    "frozen"
-                } else {
-                    "tune"
+                Cell::from(match (m.phase, m.mixed) {
+                    (_, Some(_)) => "mixed",
+                    (Phase::Frozen, None) => "frozen",
+                    (Phase::Finetune, None) => "tune",
                 }),
                 Cell::from(format!("{:.4}", m.loss)),
                 Cell::from(format!("{:.3}", m.accuracy)),
@@ -61,6 +66,14 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
     )
     .header(header)
     .column_spacing(1)
-    .block(Block::bordered().title(" epochs (* best val_acc) "));
+    .block(Block::bordered().title(format!(
+        " epochs (* best {}{}) ",
+        crate::text::word(&run.best_rule.monitor),
+        if run.epochs.iter().any(|m| m.stalled) {
+            ", ! stalled"
+        } else {
+            ""
+        }
+    )));
     frame.render_widget(table, area);
 }
