@@ -44,7 +44,46 @@ pub fn load_files(target: &Path) -> anyhow::Result<Vec<(PathBuf, FileState)>> {
 
 /// Opens the dashboard on `target` and runs it until the user quits.
 pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
-    open(App::new(load_files(target)?), target, runs_root)
+    let mut app = App::new(load_files(target)?);
+    let past = past_runs(&app, &runs_root);
+    update(&mut app, AppEvent::PastRuns(past));
+    open(app, target, runs_root)
+}
+
+/// The most recent run folder of each experiment in `app` that no live process is
+/// writing (a fresh heartbeat without a summary belongs to a run going elsewhere:
+/// `attach` follows those), with its state.
+pub fn past_runs(
+    app: &App,
+    runs_root: &Path,
+) -> Vec<(PathBuf, PathBuf, Box<crate::results::FolderSnapshot>)> {
+    let mut out = Vec::new();
+    for entry in &app.entries {
+        let Some(exp) = entry.settings() else {
+            continue;
+        };
+        let Ok(dirs) = std::fs::read_dir(runs_root.join(&exp.name)) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = dirs
+            .flatten()
+            .map(|d| d.path())
+            .filter(|d| d.join("config.yaml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs.into_iter().rev() {
+            let snap = crate::results::snapshot(&dir, None);
+            let live = snap.summary.is_none()
+                && snap
+                    .age_seconds
+                    .is_some_and(|age| age <= crate::app::LOST_AFTER_SECONDS);
+            if !live {
+                out.push((entry.path.clone(), dir, Box::new(snap)));
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Opens the dashboard attached to the run folders under `runs_root`, wherever their

@@ -1019,3 +1019,73 @@ fn an_unanswered_stall_banner_stays_until_dismissed() {
     update(&mut app, key(KeyCode::Esc));
     assert!(!render(&app, 100, 30).contains("ended as planned"));
 }
+
+/// On launch each experiment shows its most recent run from the runs folder: the
+/// finished one with its epochs (table, charts, compare view), a killed one as lost.
+#[test]
+fn launch_shows_each_experiments_last_run() {
+    use tlcap::train::run_dir::{RunDir, Summary};
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let quickstart = experiment("quickstart");
+    // An older run, then the newest one, finished.
+    for (stamp, acc) in [("20261101-100000", 0.6), ("20261129-120000", 0.8)] {
+        let mut run = RunDir::create(&runs, &quickstart).unwrap();
+        let named = runs.join("quickstart").join(stamp);
+        std::fs::rename(&run.path, &named).unwrap();
+        run = RunDir::open(&named).unwrap();
+        for e in 1..=3 {
+            run.append_metrics(&metrics(e, Phase::Frozen, acc + 0.01 * e as f64))
+                .unwrap();
+        }
+        run.write_summary(&Summary {
+            experiment: "quickstart".into(),
+            backbone: "mobilenet_v2".into(),
+            reason: EndReason::Completed,
+            epochs: 3,
+            phase: Phase::Frozen,
+            best: Some(metrics(3, Phase::Frozen, acc + 0.03)),
+            parameters: 1,
+            trainable_parameters: 1,
+            device: "cpu".into(),
+            stopped_by: None,
+        })
+        .unwrap();
+    }
+    // mobilenet's run was killed after one epoch: no summary, no fresh heartbeat.
+    let mut killed = RunDir::create(&runs, &experiment("mobilenet")).unwrap();
+    killed
+        .append_metrics(&metrics(1, Phase::Frozen, 0.7))
+        .unwrap();
+    let mut app = app();
+    let past = tlcap::dashboard::past_runs(&app, &runs);
+    update(&mut app, AppEvent::PastRuns(past));
+    let quick = app.entries[0].run.as_ref().expect("quickstart's last run");
+    assert_eq!(quick.status, RunStatus::Done(EndReason::Completed));
+    assert_eq!(quick.epochs.len(), 3);
+    assert!(
+        (quick.epochs[2].accuracy - 0.83).abs() < 1e-9,
+        "the newest run"
+    );
+    let mobile = app.entries[1].run.as_ref().expect("mobilenet's last run");
+    assert!(
+        matches!(mobile.status, RunStatus::Lost { .. }),
+        "{:?}",
+        mobile.status
+    );
+    assert!(
+        !app.any_active(),
+        "past runs are not running: q quits at once"
+    );
+    assert!(app.entries[2].run.is_none());
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("done") && screen.contains("3*"), "{screen}");
+    assert!(app
+        .messages
+        .last()
+        .unwrap()
+        .text
+        .contains("last run of 2 experiment"));
+    update(&mut app, key(KeyCode::Char('c')));
+    assert!(render(&app, 100, 30).contains("mobilenet"));
+}

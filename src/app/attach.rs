@@ -46,7 +46,13 @@ pub(super) fn on_folder(app: &mut App, path: PathBuf, snap: FolderSnapshot) {
         Some(exp) => RunView::new(exp),
         None => RunView::bare(),
     });
-    run.run_dir = Some(path.clone());
+    fill(run, &path, &snap);
+    run.status = status_of(&snap);
+}
+
+/// A run view as a run folder's files say: its epochs, phase and progress.
+pub(super) fn fill(run: &mut RunView, path: &std::path::Path, snap: &FolderSnapshot) {
+    run.run_dir = Some(path.to_path_buf());
     run.epochs = snap.epochs.clone();
     run.phase_marks = phase_marks(&run.epochs);
     if let Some(s) = &snap.status {
@@ -61,7 +67,6 @@ pub(super) fn on_folder(app: &mut App, path: PathBuf, snap: FolderSnapshot) {
         run.phase = last.phase;
         run.epoch = last.epoch;
     }
-    run.status = status_of(&snap);
 }
 
 /// `experiment/timestamp`, the run folder's last two parts.

@@ -127,6 +127,9 @@ pub enum AppEvent {
     Info(String),
     /// Attached: a run folder's state as its files say now.
     RunFolder(PathBuf, Box<crate::results::FolderSnapshot>),
+    /// On launch: the most recent finished or interrupted run of each experiment
+    /// file (file, run folder, its state), shown until the file's next start.
+    PastRuns(Vec<(PathBuf, PathBuf, Box<crate::results::FolderSnapshot>)>),
 }
 
 impl App {
@@ -211,6 +214,10 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             attach::on_folder(app, path, *snap);
             Vec::new()
         }
+        AppEvent::PastRuns(runs) => {
+            past_runs(app, runs);
+            Vec::new()
+        }
         AppEvent::Trainer(id, event) => {
             on_trainer(app, id, event);
             next_in_queue(app)
@@ -235,6 +242,44 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             }
             Vec::new()
         }
+    }
+}
+
+/// Past runs shown in their experiments' entries, with one message saying so.
+fn past_runs(app: &mut App, runs: Vec<(PathBuf, PathBuf, Box<crate::results::FolderSnapshot>)>) {
+    let mut shown = 0;
+    for (file, dir, snap) in runs {
+        let Some(entry) = app.entries.iter_mut().find(|e| e.path == file) else {
+            continue;
+        };
+        if entry.run.is_some() {
+            continue;
+        }
+        let mut run = match &snap.config {
+            Some(exp) => RunView::new(exp),
+            None => RunView::bare(),
+        };
+        attach::fill(&mut run, &dir, &snap);
+        run.status = match status_of(&snap) {
+            RunStatus::Done(reason) => RunStatus::Done(reason),
+            RunStatus::Failed(e) => RunStatus::Failed(e),
+            // No process of this dashboard runs it: it was killed, or its machine went
+            // (`tlcap-tui resume` continues it).
+            _ => RunStatus::Lost {
+                seconds: snap.age_seconds.unwrap_or(0.0) as u64,
+            },
+        };
+        run.images_per_sec = 0.0;
+        entry.run = Some(run);
+        shown += 1;
+    }
+    if shown > 0 {
+        app.say(
+            false,
+            format!(
+                "showing the last run of {shown} experiment(s) from the runs folder; s starts a new one"
+            ),
+        );
     }
 }
 
