@@ -100,7 +100,9 @@ pub fn attach(runs_root: PathBuf) -> anyhow::Result<()> {
     )
 }
 
-fn open(app: App, target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
+fn open(mut app: App, target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
+    // https://no-color.org: set and not empty.
+    app.no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1089,3 +1089,38 @@ fn launch_shows_each_experiments_last_run() {
     update(&mut app, key(KeyCode::Char('c')));
     assert!(render(&app, 100, 30).contains("mobilenet"));
 }
+
+/// With NO_COLOR nothing is coloured, and every colour cue has a mark or a word:
+/// `!` stalled rows and warnings, `*` the best row, the chart legend in its title,
+/// the compare view's line markers.
+#[test]
+fn no_color_draws_without_colour_and_keeps_every_cue() {
+    let mut app = stalled();
+    trainer(
+        &mut app,
+        Event::EpochEnd({
+            let mut m = metrics(4, Phase::Frozen, 0.5);
+            m.stalled = true;
+            m
+        }),
+    );
+    update(&mut app, AppEvent::Info("plain".into()));
+    app.no_color = true;
+    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    terminal.draw(|f| tlcap::ui::draw(f, &app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    assert!(
+        buffer
+            .content
+            .iter()
+            .all(|c| c.fg == ratatui::style::Color::Reset && c.bg == ratatui::style::Color::Reset),
+        "a coloured cell under NO_COLOR"
+    );
+    let screen = terminal.backend().to_string();
+    for cue in ["3*", "4!", "! stalled", "⣿ train • val", "stalled:"] {
+        assert!(screen.contains(cue), "{cue} missing:\n{screen}");
+    }
+    update(&mut app, key(KeyCode::Char('c')));
+    let compare = render(&app, 100, 30);
+    assert!(compare.contains("⣿ quickstart"), "{compare}");
+}

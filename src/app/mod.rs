@@ -86,6 +86,8 @@ pub struct App {
     pub show_compare: bool,
     /// Attached to this runs folder: entries are run folders of other processes.
     pub attached: Option<PathBuf>,
+    /// Draw without colour (`NO_COLOR` set): every cue also has a mark or a word.
+    pub no_color: bool,
 }
 
 /// What the dashboard loop must do after an update.
@@ -146,6 +148,7 @@ impl App {
             shootout: Vec::new(),
             show_compare: false,
             attached: None,
+            no_color: false,
             entries,
             selected: 0,
             overlay: Overlay::None,

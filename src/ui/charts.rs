@@ -63,9 +63,10 @@ pub(super) fn draw_chart(
             .graph_type(GraphType::Line)
             .style(Style::new().fg(Color::Cyan))
             .data(&train_pts),
+        // Dots, not braille: told apart from the training line without colour.
         Dataset::default()
             .name("val")
-            .marker(symbols::Marker::Braille)
+            .marker(symbols::Marker::Dot)
             .graph_type(GraphType::Line)
             .style(Style::new().fg(Color::Yellow))
             .data(&val_pts),
@@ -85,9 +86,10 @@ pub(super) fn draw_chart(
     } else {
         ", | phase change"
     };
+    // The legend in the title: the chart's own legend box hides in small panes.
     let chart = epoch_chart(
         datasets,
-        &format!(" {title}{smoothed}{marker} "),
+        &format!(" {title}: ⣿ train • val{smoothed}{marker} "),
         x_max,
         (lo, hi),
     );

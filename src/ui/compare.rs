@@ -19,6 +19,15 @@ const SERIES: [Color; 6] = [
     Color::LightBlue,
 ];
 
+/// Each series' line marker and its sample, so lines are told apart without colour
+/// (the table's first column names each one's marker).
+const MARKERS: [(symbols::Marker, &str); 4] = [
+    (symbols::Marker::Braille, "⣿"),
+    (symbols::Marker::Dot, "•"),
+    (symbols::Marker::Block, "█"),
+    (symbols::Marker::Bar, "▄"),
+];
+
 /// The shootout comparison: one table, one chart of val_accuracy per experiment.
 pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let runs: Vec<(String, &RunView)> = app
@@ -53,14 +62,17 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 PathBuf::new(),
             ) {
                 Some(c) => vec![
-                    name.clone(),
+                    format!("{} {name}", MARKERS[i % MARKERS.len()].1),
                     format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
                     fmt(c.frozen_best),
                     fmt(c.finetune_best),
                     format!("{:.1}", c.seconds_per_epoch),
                     format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
                 ],
-                None => vec![name.clone(), "-".into()],
+                None => vec![
+                    format!("{} {name}", MARKERS[i % MARKERS.len()].1),
+                    "-".into(),
+                ],
             };
             Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
@@ -113,7 +125,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         .map(|(i, (points, (name, _)))| {
             Dataset::default()
                 .name(name.clone())
-                .marker(symbols::Marker::Braille)
+                .marker(MARKERS[i % MARKERS.len()].0)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(SERIES[i % SERIES.len()]))
                 .data(points)

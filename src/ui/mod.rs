@@ -68,13 +68,31 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Overlay::ConfirmQuit => draw_confirm(frame, area),
         Overlay::None => {}
     }
+    if app.no_color {
+        without_colour(frame.buffer_mut());
+    }
+}
+
+/// `NO_COLOR`: every colour removed; what had a background (gauges, highlights) is
+/// shown reversed instead, so it still stands out.
+fn without_colour(buffer: &mut ratatui::buffer::Buffer) {
+    use ratatui::style::Modifier;
+    for cell in buffer.content.iter_mut() {
+        if cell.bg != Color::Reset {
+            cell.modifier |= Modifier::REVERSED;
+        }
+        cell.fg = Color::Reset;
+        cell.bg = Color::Reset;
+    }
 }
 
 /// A message as shown: its text and count, wrapped to `width` columns.
 pub(super) fn message_lines(m: &crate::app::Message, width: usize) -> Vec<Line<'static>> {
+    // Warnings are marked `!`, not only yellow.
+    let mark = if m.warning { "! " } else { "" };
     let text = match m.repeats {
-        0 | 1 => m.text.clone(),
-        n => format!("{} (x{n})", m.text),
+        0 | 1 => format!("{mark}{}", m.text),
+        n => format!("{mark}{} (x{n})", m.text),
     };
     let style = if m.warning {
         Style::new().fg(Color::Yellow)
