@@ -18,7 +18,8 @@
 //!    events read for people.
 //! 6. [`app`]: dashboard state and the pure `update(state, event) -> actions`.
 //!    [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
-//!    [`predict`]: class and probability for images from a trained run. [`bench`]:
+//!    [`predict`]: class and probability for images from a trained run. [`check`]:
+//!    every problem of experiment files before training. [`bench`]:
 //!    speed per mode against a matmul peak. [`doctor`]: checks that libtorch is
 //!    usable and reports what the machine offers.
 //! 7. [`ui`]: drawing the state with ratatui. [`shootout`]: comparing experiments;
@@ -28,6 +29,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod check;
 pub mod config;
 pub mod dashboard;
 pub mod data;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Doctor => tlcap::doctor::run().and_then(tlcap::stdout::line),
         Command::Schema => tlcap::stdout::line(tlcap::config::json_schema()),
-        Command::Check { files } => tlcap::config::check_files(&files),
+        Command::Check { files } => tlcap::check::run(&files),
         Command::Data { file } => tlcap::data::report(&file),
         Command::Weights { action } => tlcap::weights::run_cli(match action {
             WeightsCommand::Import { input, output } => {

@@ -179,3 +179,56 @@ fn check_prints_every_error_with_file_line_and_column() {
         "{out}"
     );
 }
+
+/// `check` reports every problem of a file in one pass (a typo does not hide the
+/// range errors after it), then what can be checked without training: the data
+/// folder and its classes, the weights file, `unfreeze_last` against the layers.
+#[test]
+fn check_reports_every_problem_and_what_training_would_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("only_one_class")).unwrap();
+    let a = dir.path().join("a.yaml");
+    std::fs::write(
+        &a,
+        "data: { dir: data, batch_size: 0, validation_split: 2 }\n\
+         model: { backbone: resnet5, dropout: 1.5 }\n",
+    )
+    .unwrap();
+    let b = dir.path().join("b.yaml");
+    std::fs::write(dir.path().join("bad.pth"), "not a weight file").unwrap();
+    std::fs::write(
+        &b,
+        "data: { dir: data }\n\
+         model: { backbone: mobilenet_v2, weights: bad.pth }\n\
+         finetune: { unfreeze_last: 500 }\n",
+    )
+    .unwrap();
+    let (code, out, err) = tlcap(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let a_lines: Vec<&str> = out.lines().filter(|l| l.contains("a.yaml:")).collect();
+    assert_eq!(a_lines.len(), 4, "typo + three range errors:\n{out}");
+    for (pos, needle) in [
+        ("1:32", "batch_size"),
+        ("1:53", "validation_split"),
+        ("2:20", "did you mean `resnet50`?"),
+        ("2:38", "dropout"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!("a.yaml:{pos}:")) && l.contains(needle)),
+            "{pos} {needle}:\n{out}"
+        );
+    }
+    for (pos, needle) in [
+        ("1:14", "needs at least two class sub-folders"),
+        ("2:43", "bad.pth"),
+        ("3:28", "unfreeze_last is 500, but mobilenet_v2 has"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!("b.yaml:{pos}:")) && l.contains(needle)),
+            "{pos} {needle}:\n{out}"
+        );
+    }
+}

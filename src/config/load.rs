@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::validate::{validate, value_positions};
+use super::validate::{validate, value_positions, KEY_SUFFIX};
 use super::{Experiment, Weights};
 
 /// Experiment files larger than this are refused before they are read.
@@ -144,7 +144,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
         );
         return Err(ConfigErrors::one(path, None, msg));
     }
-    let mut exp: Experiment = serde_yaml::from_str(text).map_err(|e| {
+    // Syntax errors end the reading; every other problem is collected in one pass.
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let position = e.location().map(|l| (l.line(), l.column()));
         ConfigErrors::one(
             path,
@@ -153,23 +154,140 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
         )
     })?;
     let positions = value_positions(text);
-    // The default `weights: imagenet` means "none" for a backbone that has no ImageNet file.
-    if !exp.model.backbone.has_own_normalisation() && !positions.contains_key("model.weights") {
-        exp.model.weights = Weights::None;
+    let error = |key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        position: positions.get(key).copied(),
+        message,
+    };
+    let mut errors: Vec<ConfigError> = Vec::new();
+    // Settings taken out (or replaced by their closest name) to read the rest.
+    let mut repaired: Vec<String> = Vec::new();
+    let parsed = loop {
+        if errors.len() >= 50 {
+            break None;
+        }
+        let err = match serde_path_to_error::deserialize::<_, Experiment>(value.clone()) {
+            Ok(exp) => break Some(exp),
+            Err(err) => err,
+        };
+        let key = err.path().to_string();
+        let message = plain_types(&with_suggestion(&strip_position(&err.inner().to_string())));
+        if let Some(field) = quoted_after(&message, "missing field `") {
+            let full = if key == "." {
+                field
+            } else {
+                format!("{key}.{field}")
+            };
+            // Missing because it was taken out above: already reported.
+            if !repaired.contains(&full) {
+                errors.push(error(&key, message));
+            }
+            break None;
+        }
+        let unknown_key = message.starts_with("unknown field `");
+        // Where it is, as serde_yaml said it: `model: unknown field ...`,
+        // `frozen.epochs: invalid type ...`.
+        let place = if unknown_key {
+            key.rsplit_once('.').map(|(parent, _)| parent)
+        } else {
+            Some(key.as_str())
+        };
+        let message = match place {
+            Some(place) if place != "." => format!("{place}: {message}"),
+            _ => message,
+        };
+        errors.push(ConfigError {
+            position: positions
+                .get(&format!("{key}{KEY_SUFFIX}"))
+                .filter(|_| unknown_key)
+                .or_else(|| positions.get(&key))
+                .copied(),
+            ..error(&key, message.clone())
+        });
+        let closest = quoted_after(&message, "did you mean `").filter(|_| !unknown_key);
+        let fixed = match closest {
+            Some(name) => replace_at(&mut value, &key, serde_yaml::Value::String(name)),
+            None => remove_at(&mut value, &key),
+        };
+        if !fixed {
+            break None;
+        }
+        repaired.push(key);
+    };
+    if let Some(mut exp) = parsed {
+        // The default `weights: imagenet` means "none" for a backbone that has no
+        // ImageNet file.
+        if !exp.model.backbone.has_own_normalisation() && !positions.contains_key("model.weights") {
+            exp.model.weights = Weights::None;
+        }
+        // Range problems of settings not already reported above.
+        for (key, message) in validate(&exp) {
+            if !repaired.iter().any(|r| r == key) {
+                errors.push(error(key, message));
+            }
+        }
+        if errors.is_empty() {
+            return Ok(finish(exp, path));
+        }
     }
-    let problems = validate(&exp);
-    if !problems.is_empty() {
-        return Err(ConfigErrors(
-            problems
-                .into_iter()
-                .map(|(key, message)| ConfigError {
-                    file: path.to_path_buf(),
-                    position: positions.get(key).copied(),
-                    message,
-                })
-                .collect(),
-        ));
+    errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+    Err(ConfigErrors(errors))
+}
+
+/// serde names Rust types (`expected f64`); a file's author reads numbers.
+fn plain_types(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    WORDS
+        .iter()
+        .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
+}
+
+/// The name between `prefix` and the next backquote in `message`.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// The mapping entry at a dotted `key` (`data.augment.rotation`), with its parent.
+fn entry_at<'a>(
+    value: &'a mut serde_yaml::Value,
+    key: &str,
+) -> Option<(&'a mut serde_yaml::Mapping, String)> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop()?.to_string();
+    let mut here = value;
+    for part in parts {
+        here = here.as_mapping_mut()?.get_mut(part)?;
     }
+    Some((here.as_mapping_mut()?, last))
+}
+
+/// Takes the setting at `key` out of the file's tree (its default then applies).
+fn remove_at(value: &mut serde_yaml::Value, key: &str) -> bool {
+    entry_at(value, key).is_some_and(|(map, last)| map.remove(last.as_str()).is_some())
+}
+
+/// Puts `new` in place of the setting at `key`.
+fn replace_at(value: &mut serde_yaml::Value, key: &str, new: serde_yaml::Value) -> bool {
+    match entry_at(value, key).and_then(|(map, last)| map.get_mut(last.as_str())) {
+        Some(slot) => {
+            *slot = new;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A valid file's settings with its name and relative paths filled in.
+fn finish(mut exp: Experiment, path: &Path) -> Experiment {
     let base = path.parent().unwrap_or(Path::new("."));
     if exp.name.trim().is_empty() {
         exp.name = path
@@ -185,7 +303,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
             exp.model.weights = Weights::File(base.join(p));
         }
     }
-    Ok(exp)
+    exp
 }
 
 /// serde_yaml appends " at line L column C"; the position is reported separately.
@@ -221,51 +339,10 @@ fn with_suggestion(msg: &str) -> String {
     }
 }
 
-/// `tlcap-tui check`: prints `ok` or every error per file; fails if any file is invalid.
-pub fn check_files(paths: &[PathBuf]) -> anyhow::Result<()> {
-    let mut files = Vec::new();
-    let mut invalid = 0;
-    for path in paths {
-        if !path.is_dir() {
-            files.push(path.clone());
-            continue;
-        }
-        match experiment_files(path) {
-            Ok(found) if found.is_empty() => {
-                invalid += 1;
-                crate::stdout::line(format!(
-                    "error   {}: no *.yaml or *.yml files in this folder",
-                    path.display()
-                ))?;
-            }
-            Ok(found) => files.extend(found),
-            Err(e) => {
-                invalid += 1;
-                crate::stdout::line(format!(
-                    "error   {}: cannot read folder: {e}",
-                    path.display()
-                ))?;
-            }
-        }
-    }
-    for file in &files {
-        match load_file(file) {
-            Ok(exp) => crate::stdout::line(format!("ok      {} ({})", file.display(), exp.name))?,
-            Err(errors) => {
-                invalid += 1;
-                for e in &errors.0 {
-                    crate::stdout::line(format!("error   {e}"))?;
-                }
-            }
-        }
-    }
-    if invalid > 0 {
-        anyhow::bail!(
-            "{invalid} of {} experiment file(s) or folder(s) invalid",
-            files.len().max(invalid)
-        );
-    }
-    Ok(())
+/// The 1-based (line, column) of the value at dotted `key` in an experiment file.
+pub fn position_of(file: &Path, key: &str) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    value_positions(&text).get(key).copied()
 }
 
 #[cfg(test)]
@@ -375,7 +452,7 @@ mod tests {
         let text = "data: { dir: x, batch_size: 0, validation_split: 0 }\nmodel: { backbone: small_cnn, dropout: 1.0 }\n";
         let errs = parse_str(text, Path::new("e.yaml")).unwrap_err();
         let got: Vec<_> = errs.0.iter().map(|e| e.position.unwrap()).collect();
-        assert_eq!(got, vec![(1, 50), (1, 29), (2, 40)], "{errs}");
+        assert_eq!(got, vec![(1, 29), (1, 50), (2, 40)], "{errs}");
         let text = "data: { dir: x }\nmodel: { backbone: small_cnn, weights: imagenet }\n";
         let err = parse(text).unwrap_err();
         assert_eq!(err.position, Some((2, 40)), "{err}");
@@ -383,6 +460,47 @@ mod tests {
             err.message.contains("small_cnn has no ImageNet weights"),
             "{err}"
         );
+    }
+
+    /// A typo, a wrong type, an unknown key and range errors: all reported at once, in
+    /// file order; the typo's closest name is used to check the rest.
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_one_pass() {
+        let text = "data: { dir: x, batch_size: 0, validation_split: 2 }\n\
+                    model: { backbone: resnet5, dropout: 1.5 }\n\
+                    frozen: { epochs: many, lrr: 0.1 }\n\
+                    finetune: { lr: -1 }\n";
+        let errs = parse_str(text, Path::new("e.yaml")).unwrap_err();
+        let got: Vec<(usize, usize)> = errs.0.iter().map(|e| e.position.unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 29),
+                (1, 50),
+                (2, 20),
+                (2, 38),
+                (3, 19),
+                (3, 25),
+                (4, 17)
+            ],
+            "{errs}"
+        );
+        let text = errs.to_string();
+        for needle in [
+            "did you mean `resnet50`?",
+            "expected a whole number, 0 or more",
+            "unknown field `lrr`",
+            "learning rate must be > 0",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        // A required setting that is wrong is reported once, not again as missing.
+        let errs = parse_str(
+            "data: { dir: 3 }\nmodel: { backbone: [] }\n",
+            Path::new("e.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
     }
 
     #[test]

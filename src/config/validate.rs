@@ -143,9 +143,14 @@ fn leaf(path: &str) -> &str {
     path.rsplit('.').next().unwrap_or(path)
 }
 
+/// Appended to a dotted path in [`value_positions`] for the position of the key
+/// itself rather than its value (`frozen.lrr@key`).
+pub const KEY_SUFFIX: &str = "@key";
+
 /// Maps the dotted path of every value in a YAML text (`frozen.lr`, `data.image_size.0`)
-/// to its 1-based (line, column). Stops quietly at a syntax error: positions found so far
-/// are kept. Aliases are not expanded, so this is linear in the text.
+/// to its 1-based (line, column), and of every key (path + [`KEY_SUFFIX`]). Stops
+/// quietly at a syntax error: positions found so far are kept. Aliases are not
+/// expanded, so this is linear in the text.
 pub fn value_positions(text: &str) -> HashMap<String, (usize, usize)> {
     enum Frame {
         Map { key: Option<String> },
@@ -183,6 +188,8 @@ pub fn value_positions(text: &str) -> HashMap<String, (usize, usize)> {
             (stack.last_mut(), &event)
         {
             *key = Some(s.clone());
+            out.entry(format!("{}{KEY_SUFFIX}", path(&stack)))
+                .or_insert((mark.line(), mark.col() + 1));
             continue;
         }
         if !stack.is_empty() {
