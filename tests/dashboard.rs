@@ -661,6 +661,12 @@ fn the_end_of_a_run_says_its_result() {
             && last.ends_with(" · runs/quickstart/20261129-120000"),
         "{last}"
     );
+    // The gauge says it too, after the message has scrolled away.
+    let screen = render(&app, 80, 24);
+    assert!(
+        screen.contains("completed: best epoch 2 (frozen) val_accuracy 0.7500"),
+        "{screen}"
+    );
 }
 
 /// A message said twice in a row is posted once, with its count.
@@ -691,6 +697,9 @@ fn repeated_messages_are_counted_not_repeated() {
 /// On a narrow terminal the compute text is cut, never drawn over the run's name.
 #[test]
 fn the_compute_text_never_covers_the_run_name() {
+    // The chart legends fit too, with the phase marker named.
+    let screen = render(&finetuning(), 80, 24);
+    assert!(screen.contains("acc ⣿train •val |phase"), "{screen}");
     let app = running(3);
     for width in [60, 70, 80] {
         let screen = render(&app, width, 24);

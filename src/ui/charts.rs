@@ -80,19 +80,32 @@ pub(super) fn draw_chart(
                 .data(m),
         );
     }
+    // The legend in the title (the chart's own legend box hides in small panes),
+    // in the longest wording that fits.
     let smoothed = if app.smoothing { ", smoothed" } else { "" };
-    let marker = if run.phase_marks.is_empty() {
-        ""
-    } else {
-        ", | phase change"
-    };
-    // The legend in the title: the chart's own legend box hides in small panes.
-    let chart = epoch_chart(
-        datasets,
-        &format!(" {title}: ⣿ train • val{smoothed}{marker} "),
-        x_max,
-        (lo, hi),
-    );
+    let marks = !run.phase_marks.is_empty();
+    let room = area.width.saturating_sub(2) as usize;
+    let short = if app.smoothing { " ~" } else { "" };
+    let candidates = [
+        format!(
+            " {title}: ⣿ train • val{smoothed}{} ",
+            if marks { ", | phase change" } else { "" }
+        ),
+        format!(
+            " {title}: ⣿ train • val{short}{} ",
+            if marks { " | phase" } else { "" }
+        ),
+        format!(
+            " {} ⣿train •val{short}{} ",
+            title.replace("accuracy", "acc"),
+            if marks { " |phase" } else { "" }
+        ),
+    ];
+    let fitting = candidates
+        .iter()
+        .find(|c| c.chars().count() <= room)
+        .unwrap_or(&candidates[2]);
+    let chart = epoch_chart(datasets, fitting, x_max, (lo, hi));
     frame.render_widget(chart, area);
 }
 

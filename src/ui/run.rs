@@ -241,6 +241,21 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
             done as f64 / total as f64,
             format!("validating {done}/{total}"),
         ),
+        // Ended: what it came to.
+        (RunStatus::Done(reason), _) => (
+            1.0,
+            match run.best().map(|i| &run.epochs[i]) {
+                Some(b) => format!(
+                    "{}: best epoch {} ({}) {} {:.4}",
+                    crate::text::end_reason(*reason),
+                    b.epoch,
+                    b.phase.name(),
+                    crate::text::word(&run.best_rule.monitor),
+                    crate::train::stall::monitored(run.best_rule.monitor, b)
+                ),
+                None => crate::text::end_reason(*reason).to_string(),
+            },
+        ),
         _ if done > 0 && of > 0 => (
             done as f64 / of as f64,
             if run.batch_loss.is_finite() {
