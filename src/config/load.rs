@@ -166,7 +166,15 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
         if errors.len() >= 50 {
             break None;
         }
-        let err = match serde_path_to_error::deserialize::<_, Experiment>(value.clone()) {
+        // Read from text, not from the tree: serde_yaml words type errors better from
+        // text ("expected `auto` or `off`"); positions come from the original file.
+        let round = if repaired.is_empty() {
+            text.to_string()
+        } else {
+            serde_yaml::to_string(&value).unwrap_or_default()
+        };
+        let de = serde_yaml::Deserializer::from_str(&round);
+        let err = match serde_path_to_error::deserialize::<_, Experiment>(de) {
             Ok(exp) => break Some(exp),
             Err(err) => err,
         };
@@ -184,17 +192,19 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Experiment, ConfigErrors> {
             }
             break None;
         }
-        let unknown_key = message.starts_with("unknown field `");
-        // Where it is, as serde_yaml said it: `model: unknown field ...`,
-        // `frozen.epochs: invalid type ...`.
-        let place = if unknown_key {
-            key.rsplit_once('.').map(|(parent, _)| parent)
-        } else {
-            Some(key.as_str())
-        };
-        let message = match place {
-            Some(place) if place != "." => format!("{place}: {message}"),
-            _ => message,
+        // An unknown key: its path names the key itself (a text reader stops at its
+        // mapping), so that it can be taken out.
+        let unknown = quoted_after(&message, "unknown field `");
+        let unknown_key = unknown.is_some();
+        let key = match unknown {
+            Some(name) if !key.ends_with(&format!(".{name}")) && key != name => {
+                if key == "." {
+                    name
+                } else {
+                    format!("{key}.{name}")
+                }
+            }
+            _ => key,
         };
         errors.push(ConfigError {
             position: positions
@@ -494,6 +504,17 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle}: {text}");
         }
+        // Type errors read as serde_yaml words them from text, with the choices.
+        let errs = parse_str(
+            "data: { dir: x }\nmodel: { backbone: small_cnn }\nfrozen: { feature_cache: false, lrr: 1 }\n",
+            Path::new("e.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(errs.0.len(), 2, "{errs}");
+        assert!(
+            errs.to_string().contains("expected `auto` or `off`"),
+            "{errs}"
+        );
         // A required setting that is wrong is reported once, not again as missing.
         let errs = parse_str(
             "data: { dir: 3 }\nmodel: { backbone: [] }\n",
