@@ -661,6 +661,17 @@ fn the_end_of_a_run_says_its_result() {
             && last.ends_with(" · runs/quickstart/20261129-120000"),
         "{last}"
     );
+    // No stall banner asks for a key that can no longer act.
+    let mut stalled_then_done = stalled();
+    trainer(
+        &mut stalled_then_done,
+        Event::Finished {
+            reason: EndReason::Completed,
+            best: None,
+            stopped_by: None,
+        },
+    );
+    assert!(!render(&stalled_then_done, 100, 30).contains("press u"));
     // The gauge says it too, after the message has scrolled away.
     let screen = render(&app, 80, 24);
     assert!(

@@ -170,6 +170,9 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
         Event::Checkpoint(_) => {}
         Event::Finished { reason, best, .. } => {
             run.status = RunStatus::Done(reason);
+            // Nothing left to act on: the banner's key would do nothing now.
+            run.stall = None;
+            run.stall_outlived = false;
             let why = crate::text::end_reason(reason);
             let best = best.map_or("no epoch finished".to_string(), |b| {
                 format!(
