@@ -60,6 +60,14 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
         " lr {:.0e} {:.1}s {:.0} img/s",
         m.lr, m.seconds, m.images_per_sec
     ));
+    if let Some(mixed) = &m.mixed {
+        line.push_str(&format!(
+            "\n  mixed epoch: batches 1-{} of {} ran frozen at lr {}",
+            mixed.finetune_from_batch.saturating_sub(1),
+            mixed.batches,
+            crate::text::short_float(mixed.frozen_lr)
+        ));
+    }
     if let Some(s) = m.suggestion.as_ref().filter(|_| m.stalled) {
         line.push_str(&format!("\n  stalled: {}", crate::text::suggestion(s)));
     }
@@ -423,4 +431,27 @@ pub fn resume(
         ..Default::default()
     };
     crate::headless::run(exp, options, json, None).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A mixed epoch says which batches ran frozen, at which rate.
+    #[test]
+    fn a_mixed_epoch_line_says_what_ran_frozen() {
+        let m: crate::train::EpochMetrics = serde_json::from_value(serde_json::json!({
+            "epoch": 1, "phase": "finetune", "loss": 0.5, "accuracy": 0.5,
+            "val_loss": 0.5, "val_accuracy": 0.5,
+            "val_precision": null, "val_recall": null, "val_f1": null, "val_auc": null,
+            "confusion": {"n": 2, "counts": [0, 0, 0, 0]}, "lr": 1e-5,
+            "seconds": 1.0, "images_per_sec": 1.0, "val_images_per_sec": 1.0,
+            "stalled": false,
+            "mixed": {"finetune_from_batch": 12, "batches": 33, "frozen_lr": 0.001},
+        }))
+        .unwrap();
+        let line = super::epoch_line(&m, 4);
+        assert!(
+            line.ends_with("mixed epoch: batches 1-11 of 33 ran frozen at lr 1e-3"),
+            "{line}"
+        );
+    }
 }
