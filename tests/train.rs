@@ -139,6 +139,19 @@ fn predict_agrees_with_the_best_epoch(run: &Path, rows: &[EpochMetrics]) {
     let (_, info) = read_checkpoint(&run.join("best.safetensors")).unwrap();
     assert_eq!(info.epoch, best_row.epoch);
     assert_eq!(right as f64 / files.len() as f64, best_row.val_accuracy);
+    // The best epoch's per-image predictions are kept beside it and agree with predict.
+    let kept = tlcap::train::predictions::ValPredictions::read(run).unwrap();
+    assert_eq!(kept.epoch, best_row.epoch);
+    assert_eq!(kept.images.len(), files.len());
+    let kept_right = kept.images.iter().filter(|p| p.correct()).count();
+    assert_eq!(
+        kept_right as f64 / files.len() as f64,
+        best_row.val_accuracy
+    );
+    for (k, a) in kept.images.iter().zip(&answers) {
+        let a = a.as_ref().unwrap();
+        assert_eq!(k.predicted, a.class, "{}", k.path.display());
+    }
 }
 
 #[test]

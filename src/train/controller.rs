@@ -18,6 +18,7 @@ use super::cache::Cache;
 use super::epoch::checkpoint_info;
 pub use super::events::Phases;
 use super::events::{Command, EndReason, EpochMetrics, Event, Phase, StallAction, Suggestion};
+use super::predictions::ValPredictions;
 use super::run_dir::{RunDir, Summary};
 use super::stall::{monitored, BestRule, StallDetector};
 use super::status::{RunState, HEARTBEAT};
@@ -146,6 +147,8 @@ pub(super) struct State {
     pub(super) best: Option<EpochMetrics>,
     /// Backbone layers trainable in the current phase.
     pub(super) unfrozen: usize,
+    /// The last validation's class probabilities (flat, validation order).
+    pub(super) val_probabilities: Vec<f32>,
     /// Outputs of the frozen part of the backbone kept for the current layer states.
     pub(super) cache: Option<Cache>,
     /// A cache was over its memory budget in this phase: do not try again.
@@ -374,6 +377,18 @@ impl Trainer {
             run.append_metrics(&m)?;
             if improved {
                 run.write_checkpoint("best", &tensors, &info)?;
+                let files = data
+                    .val
+                    .iter()
+                    .map(|&i| (data.files[i].clone(), data.labels[i]))
+                    .collect();
+                ValPredictions::new(
+                    (m.epoch, m.phase),
+                    &data.classes,
+                    files,
+                    &s.val_probabilities,
+                )
+                .write(&run.path)?;
                 s.best = Some(m.clone());
             }
             let last = run.write_checkpoint("last", &tensors, &info)?;

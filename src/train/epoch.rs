@@ -132,7 +132,7 @@ impl Trainer {
             .filter(|c| c.split == k)
             .map(|c| &mut c.plain);
         let events = &self.events;
-        let v = validate(
+        let mut v = validate(
             &s.net,
             data,
             self.exp.data.batch_size,
@@ -146,6 +146,7 @@ impl Trainer {
             },
         );
         let val_seconds = val_start.elapsed().as_secs_f64().max(1e-9);
+        s.val_probabilities = std::mem::take(&mut v.probabilities);
         if let Some((needed, budget)) = s.cache.as_ref().and_then(Cache::too_big) {
             self.emit(Event::Note(format!(
                 "cache off: it would need {}, over the cache budget of {} (finetune.prefix_cache_mb, \

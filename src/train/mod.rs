@@ -7,7 +7,8 @@
 //! - [`cache`]: the kept outputs of the frozen part of the backbone;
 //! - [`stall`]: plateau detection and the best-epoch rule;
 //! - [`metrics`]: validation metrics; [`events`]: the typed commands and events;
-//! - [`run_dir`]: the run folder on disk; [`control`]: its control file, which
+//! - [`run_dir`]: the run folder on disk; [`predictions`]: the best epoch's
+//!   validation predictions in it; [`control`]: its control file, which
 //!   `steering` turns into commands; [`status`]: its heartbeat.
 
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod events;
 mod live_edit;
 pub mod metrics;
 pub mod plan;
+pub mod predictions;
 mod resume;
 pub mod run_dir;
 pub mod stall;

@@ -32,6 +32,7 @@ impl Trainer {
             stall: StallDetector::new(self.exp.stall.clone()),
             best: None,
             unfrozen: 0,
+            val_probabilities: Vec::new(),
             cache: None,
             cache_refused: false,
         };

@@ -6,6 +6,7 @@
 //! - `split.json`: the classes and which files are in training and validation;
 //! - `metrics.jsonl`: one [`EpochMetrics`] per line, fsynced before the next epoch;
 //! - `events.log`: a timestamped line per event;
+//! - `best-predictions.json`: every validation image's prediction at the best epoch;
 //! - `last.safetensors`, `best.safetensors`: the head and every backbone layer
 //!   trained so far, written atomically, with the epoch and phase in their metadata;
 //! - `run.json`: how the run was started ([`RunInfo`]);

@@ -18,6 +18,8 @@ pub(super) fn predictions(net: &Classifier, logits: &Tensor) -> Tensor {
 }
 
 pub(super) struct Validation {
+    /// Class probabilities of every validation image, flat, in validation order.
+    pub(super) probabilities: Vec<f32>,
     pub(super) loss: f64,
     pub(super) confusion: Confusion,
     pub(super) binary: Option<BinaryScores>,
@@ -35,6 +37,7 @@ pub(super) fn validate(
 ) -> Validation {
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
+    let mut probabilities = Vec::with_capacity(data.val.len() * net.classes);
     let k = net.frozen_segments();
     tch::no_grad(|| {
         for images in data.val_batches(batch_size) {
@@ -54,6 +57,7 @@ pub(super) fn validate(
             loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
             let probs = net.probabilities(&logits).to_device(tch::Device::Cpu);
             let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
+            probabilities.extend_from_slice(&p);
             let classes = net.classes;
             for (i, &label) in Vec::<i64>::try_from(&y)
                 .unwrap_or_default()
@@ -75,6 +79,7 @@ pub(super) fn validate(
     });
     let n = truth.len().max(1);
     Validation {
+        probabilities,
         loss: loss_sum / n as f64,
         confusion: Confusion::new(net.classes, &truth, &predicted),
         binary: (net.classes == 2).then(|| binary_scores(&truth, &prob1)),
