@@ -181,6 +181,24 @@ fn perform(
                     let _ = tx.send(Command::ApplyConfig(exp));
                 }
             }
+            Action::LoadPredictions(dir) => {
+                let tx = events.clone();
+                std::thread::spawn(move || {
+                    let read = crate::train::predictions::ValPredictions::read(&dir)
+                        .map(Box::new)
+                        .map_err(|e| format!("{e:#}"));
+                    let _ = tx.send(AppEvent::Predictions(dir, read));
+                });
+            }
+            Action::LoadPreview(path) => {
+                let tx = events.clone();
+                std::thread::spawn(move || {
+                    // Small: a preview is a few dozen cells, even as graphics.
+                    let image =
+                        crate::data::open_image(&path).map(|i| Box::new(i.thumbnail(320, 320)));
+                    let _ = tx.send(AppEvent::Preview(path, image));
+                });
+            }
             Action::Edit(path) => edit = Some(Editing::File(path)),
             Action::EditRun(run) => edit = Some(Editing::Run(run)),
             Action::Control(run, command) => {
@@ -295,6 +313,12 @@ pub async fn event_loop<B: CloneBackend>(
         .clone()
         .map(|root| Poller::start(root, tx.clone()));
     let mut trainers: Trainers = HashMap::new();
+    // Before the key reader starts: the graphics query reads the terminal's answer.
+    let mut previews = if keys {
+        crate::ui::Previews::from_terminal()
+    } else {
+        crate::ui::Previews::halfblocks()
+    };
     let mut term_events = keys.then(EventStream::new);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -313,7 +337,7 @@ pub async fn event_loop<B: CloneBackend>(
             app.quit = true;
         }
         if next_draw.is_some_and(|t| Instant::now() >= t) {
-            if let Err(e) = terminal.draw(|f| crate::ui::draw(f, &app)) {
+            if let Err(e) = terminal.draw(|f| crate::ui::draw_with(f, &app, &mut previews)) {
                 failure = Some(anyhow::Error::from(e).context("cannot draw"));
                 break;
             }

@@ -374,7 +374,7 @@ fn every_key_in_every_state() {
 fn every_key_shown_is_handled_and_listed() {
     let listed: Vec<&str> = tlcap::app::KEYS.iter().map(|k| k.keys).collect();
     for k in [
-        "s", "p", "u", "x", "q", "?", "m", "t", "e", "Tab", "Enter", "Esc",
+        "s", "p", "u", "x", "q", "?", "m", "t", "e", "v", "l", "Tab", "Enter", "Esc",
     ] {
         assert!(
             listed.iter().any(|l| l.contains(k)),
@@ -384,7 +384,7 @@ fn every_key_shown_is_handled_and_listed() {
     // The footer is built from the same table, so it cannot name a key help lacks.
     assert_eq!(
         tlcap::app::footer_text(usize::MAX),
-        "s start  p pause  u unfreeze  x stop  a shootout  c compare  m model  l log  ? help  q quit"
+        "s start  p pause  u unfreeze  x stop  a shootout  v errors  c compare  m model  l log  ? help  q quit"
     );
     // Where the line is short, the least needed keys go; help and quit always stay.
     for width in [60, 80] {
@@ -1143,4 +1143,68 @@ fn no_color_draws_without_colour_and_keeps_every_cue() {
     update(&mut app, key(KeyCode::Char('c')));
     let compare = render(&app, 100, 30);
     assert!(compare.contains("⣿ quickstart"), "{compare}");
+}
+
+/// The error-analysis view: `v` reads the best epoch's predictions, shows the matrix
+/// with row percentages and per-class scores, lists the images worst first, and asks
+/// for the selected one's picture; ↑/↓ pick another, ←/→ another epoch's matrix.
+#[test]
+fn error_analysis_view_shows_matrix_worst_images_and_a_picture() {
+    use tlcap::train::predictions::ValPredictions;
+    let mut app = running(3);
+    let dir = PathBuf::from("runs/quickstart/20261129-120000");
+    let actions = update(&mut app, key(KeyCode::Char('v')));
+    assert_eq!(actions, vec![Action::LoadPredictions(dir.clone())]);
+    let classes = vec!["defective".to_string(), "functional".to_string()];
+    let files = vec![
+        (PathBuf::from("/data/elpv/defective/cell0001.png"), 0),
+        (PathBuf::from("/data/elpv/functional/cell0002.png"), 1),
+        (PathBuf::from("/data/elpv/defective/cell0003.png"), 0),
+    ];
+    // cell0001: right; cell0002: wrong, confident; cell0003: wrong, barely.
+    let probs = [0.9, 0.1, 0.95, 0.05, 0.45, 0.55];
+    let predictions = ValPredictions::new((3, Phase::Frozen), &classes, files, &probs);
+    let actions = update(
+        &mut app,
+        AppEvent::Predictions(dir.clone(), Ok(Box::new(predictions))),
+    );
+    let worst = PathBuf::from("/data/elpv/functional/cell0002.png");
+    assert_eq!(actions, vec![Action::LoadPreview(worst.clone())]);
+    let picture = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(48, 48, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 5) as u8, 128])
+    }));
+    update(&mut app, AppEvent::Preview(worst, Ok(Box::new(picture))));
+    let small = render(&app, 80, 24);
+    for needle in [
+        "true \\ pred",
+        "epoch 3 (best)",
+        "2 of 3 wrong",
+        "›✗ functional → defective 0.95 cell0002.png",
+        "▄",
+    ] {
+        assert!(small.contains(needle), "{needle}:\n{small}");
+    }
+    insta::assert_snapshot!("error_analysis_80x24", small);
+    insta::assert_snapshot!("error_analysis_120x40", render(&app, 120, 40));
+    // ↓ picks the next image and asks for its picture.
+    let actions = update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        actions,
+        vec![Action::LoadPreview(
+            "/data/elpv/defective/cell0003.png".into()
+        )]
+    );
+    // ← shows the last epoch's matrix (here the best too), again: the first one.
+    update(&mut app, key(KeyCode::Left));
+    update(&mut app, key(KeyCode::Left));
+    assert!(render(&app, 80, 24).contains("epoch 2 (←/→)"));
+    // A run without per-image predictions says so; v closes the view.
+    update(
+        &mut app,
+        AppEvent::Predictions(dir.clone(), Err("cannot read best-predictions.json".into())),
+    );
+    assert!(render(&app, 100, 30).contains("no per-image predictions"));
+    update(&mut app, key(KeyCode::Char('v')));
+    assert!(app.errors.is_none());
+    assert!(render(&app, 100, 30).contains("epochs (* best"));
 }

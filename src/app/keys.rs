@@ -59,6 +59,12 @@ pub const KEYS: &[KeyHelp] = &[
     key("Enter", "start, or pause/resume the selected one"),
     key("PgUp/PgDn", "scroll the epoch table"),
     shown("m", "model pane: layers, trainable marks", 6, "model"),
+    shown(
+        "v",
+        "error analysis: confusion matrix, per-class scores, worst images with a picture (↑/↓ pick, ←/→ epoch)",
+        5,
+        "errors",
+    ),
     key("t", "smooth the charts (debiased EMA)"),
     key("e", "edit the selected file in $EDITOR"),
     key("Space", "mark / unmark for the shootout"),
@@ -81,7 +87,7 @@ pub const KEYS: &[KeyHelp] = &[
 ];
 
 /// Which footer keys stay when the line is short of room, most needed first.
-const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "l", "c", "a", "m"];
+const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "v", "l", "c", "a", "m"];
 
 /// The footer line, built from [`KEYS`], in at most `width` columns:
 /// `s start  p pause  ...  ? help  q quit`. Where not all fit, the least needed go
@@ -144,6 +150,11 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         Overlay::Help | Overlay::Log | Overlay::None => {}
     }
+    if app.errors.is_some() && !ctrl_c {
+        if let Some(actions) = super::errors::on_key(app, key.code) {
+            return actions;
+        }
+    }
     let selected = app.selected;
     let id = app.current().map_or(0, |e| e.id);
     let status = app
@@ -171,6 +182,7 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
             app.overlay = Overlay::None;
             app.show_model = false;
             app.show_compare = false;
+            app.errors = None;
             if let Some(r) = app.entries.get_mut(selected).and_then(|e| e.run.as_mut()) {
                 r.stall = None;
                 r.stall_outlived = false;
@@ -196,6 +208,7 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         KeyCode::PageDown => app.table_scroll = app.table_scroll.saturating_sub(5),
         KeyCode::Char('m') => app.show_model = !app.show_model,
+        KeyCode::Char('v') => return super::errors::toggle(app),
         KeyCode::Char('c') => app.show_compare = !app.show_compare,
         KeyCode::Char(' ') => {
             if let Some(e) = app.entries.get_mut(selected) {

@@ -8,6 +8,7 @@
 
 mod attach;
 mod entry;
+mod errors;
 mod files;
 mod keys;
 mod queue;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use crossterm::event::KeyEvent;
 
 pub use entry::{Entry, FileState};
+pub use errors::ErrorsView;
 pub use keys::{footer_text, KeyHelp, KEYS};
 pub use run_view::{RunStatus, RunView};
 
@@ -88,6 +90,8 @@ pub struct App {
     pub attached: Option<PathBuf>,
     /// Draw without colour (`NO_COLOR` set): every cue also has a mark or a word.
     pub no_color: bool,
+    /// The error-analysis view of the selected run, when open (`v`).
+    pub errors: Option<ErrorsView>,
 }
 
 /// What the dashboard loop must do after an update.
@@ -109,6 +113,10 @@ pub enum Action {
     /// Attached: edit a copy of this run folder's settings in `$EDITOR`; a valid
     /// result goes to the run as a `set` line of its control file.
     EditRun(PathBuf),
+    /// Read this run folder's best-epoch predictions (for the error-analysis view).
+    LoadPredictions(PathBuf),
+    /// Decode this image for the error-analysis view's preview.
+    LoadPreview(PathBuf),
 }
 
 /// Everything that can happen to the dashboard.
@@ -129,6 +137,13 @@ pub enum AppEvent {
     Info(String),
     /// Attached: a run folder's state as its files say now.
     RunFolder(PathBuf, Box<crate::results::FolderSnapshot>),
+    /// A run folder's best-epoch predictions, read (or why not).
+    Predictions(
+        PathBuf,
+        Result<Box<crate::train::predictions::ValPredictions>, String>,
+    ),
+    /// An image decoded for the preview (or why not).
+    Preview(PathBuf, Result<Box<image::DynamicImage>, String>),
     /// On launch: the most recent finished or interrupted run of each experiment
     /// file (file, run folder, its state), shown until the file's next start.
     PastRuns(Vec<(PathBuf, PathBuf, Box<crate::results::FolderSnapshot>)>),
@@ -149,6 +164,7 @@ impl App {
             show_compare: false,
             attached: None,
             no_color: false,
+            errors: None,
             entries,
             selected: 0,
             overlay: Overlay::None,
@@ -222,8 +238,21 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             Vec::new()
         }
         AppEvent::Trainer(id, event) => {
+            let best_before = app
+                .entries
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.run.as_ref())
+                .and_then(RunView::best);
             on_trainer(app, id, event);
-            next_in_queue(app)
+            let mut actions = errors::after_epoch(app, id, best_before);
+            actions.extend(next_in_queue(app));
+            actions
+        }
+        AppEvent::Predictions(dir, predictions) => errors::on_predictions(app, dir, predictions),
+        AppEvent::Preview(path, image) => {
+            errors::on_preview(app, path, image);
+            Vec::new()
         }
         AppEvent::Info(text) => {
             app.say(false, text);

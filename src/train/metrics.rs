@@ -4,6 +4,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// One class's scores against the rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassScores {
+    /// Of the images predicted as this class, the fraction that are.
+    pub precision: f64,
+    /// Of the images of this class, the fraction predicted as it.
+    pub recall: f64,
+    /// Harmonic mean of precision and recall.
+    pub f1: f64,
+    /// Images of this class.
+    pub support: u64,
+}
+
 /// Counts of (true class, predicted class); `counts[t * n + p]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
@@ -26,6 +39,31 @@ impl Confusion {
     /// The count of true class `t` predicted as `p`.
     pub fn get(&self, t: usize, p: usize) -> u64 {
         self.counts[t * self.n + p]
+    }
+
+    /// Precision, recall, F1 and support of each class (one against the rest); a
+    /// score with nothing to divide by is 0.
+    pub fn class_scores(&self) -> Vec<ClassScores> {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        (0..self.n)
+            .map(|c| {
+                let right = self.get(c, c);
+                let predicted: u64 = (0..self.n).map(|t| self.get(t, c)).sum();
+                let support: u64 = (0..self.n).map(|p| self.get(c, p)).sum();
+                let (precision, recall) = (ratio(right, predicted), ratio(right, support));
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassScores {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect()
     }
 
     /// Fraction predicted correctly (0 when empty).
@@ -106,6 +144,20 @@ pub fn roc_auc(truth: &[usize], score: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_scores_one_against_the_rest() {
+        // truth 0,0,0,1,1,2 ; predicted 0,0,1,1,2,2
+        let c = Confusion::new(3, &[0, 0, 0, 1, 1, 2], &[0, 0, 1, 1, 2, 2]);
+        let s = c.class_scores();
+        assert_eq!(
+            (s[0].precision, s[0].recall, s[0].support),
+            (1.0, 2.0 / 3.0, 3)
+        );
+        assert_eq!((s[1].precision, s[1].recall), (0.5, 0.5));
+        assert_eq!((s[2].precision, s[2].recall), (0.5, 1.0));
+        assert!((s[2].f1 - 2.0 / 3.0).abs() < 1e-12);
+    }
 
     #[test]
     fn confusion_and_accuracy() {

@@ -8,6 +8,7 @@ use ratatui::Frame;
 
 mod charts;
 mod compare;
+mod errors;
 mod list;
 mod popups;
 mod run;
@@ -15,6 +16,7 @@ mod table;
 
 pub use charts::smooth;
 use compare::draw_compare;
+pub use errors::Previews;
 use list::draw_list;
 use popups::{draw_confirm, draw_help, draw_log};
 use run::draw_entry;
@@ -24,8 +26,13 @@ use crate::app::{App, Overlay};
 /// Smallest terminal the dashboard draws into.
 pub const MIN_SIZE: (u16, u16) = (60, 16);
 
-/// Draws the whole dashboard for `app` into `frame`.
+/// Draws the whole dashboard for `app` into `frame`, pictures as half blocks.
 pub fn draw(frame: &mut Frame, app: &App) {
+    draw_with(frame, app, &mut Previews::halfblocks());
+}
+
+/// Draws the whole dashboard, pictures through `previews` (the terminal's graphics).
+pub fn draw_with(frame: &mut Frame, app: &App, previews: &mut Previews) {
     let area = frame.area();
     if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
         let text = format!(
@@ -53,7 +60,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     draw_list(frame, app, list);
     match app.current() {
         _ if app.show_compare => draw_compare(frame, app, right),
-        Some(entry) => draw_entry(frame, app, entry, right),
+        Some(entry) => draw_entry(frame, app, entry, right, previews),
         None => frame.render_widget(
             Paragraph::new("No experiment files. Add a .yaml file to the folder.")
                 .block(Block::bordered().title(" run ")),

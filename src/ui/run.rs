@@ -14,7 +14,13 @@ use crate::app::{App, Entry, FileState, RunStatus, RunView};
 use crate::text::{epochs, short_float, word};
 use crate::train::{EndReason, EpochMetrics, Phase};
 
-pub(super) fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect) {
+pub(super) fn draw_entry(
+    frame: &mut Frame,
+    app: &App,
+    entry: &Entry,
+    area: Rect,
+    previews: &mut super::Previews,
+) {
     let errors = match &entry.file {
         FileState::Invalid { errors, .. } => errors.clone(),
         FileState::Valid(_) => Vec::new(),
@@ -62,6 +68,14 @@ pub(super) fn draw_entry(frame: &mut Frame, app: &App, entry: &Entry, area: Rect
                 .block(Block::bordered().border_style(Style::new().fg(Color::Red))),
             banner,
         );
+    }
+    if let Some(view) = app
+        .errors
+        .as_ref()
+        .filter(|v| run.run_dir.as_ref() == Some(&v.run_dir))
+    {
+        super::errors::draw_errors(frame, run, view, previews, body);
+        return;
     }
     let wide = body.width >= 110;
     let (table_area, charts_area) = if wide {
