@@ -114,13 +114,36 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         max_epochs: Option<u32>,
     },
-    /// Class and probability per image from a trained run (or one of its checkpoints).
+    /// Class and probability per image from a trained run, one of its checkpoints, or
+    /// an exported model (model.pt / model.safetensors with its model.json).
     Predict {
-        /// A run folder (uses best.safetensors) or a checkpoint inside one.
+        /// A run folder (uses best.safetensors), a checkpoint inside one, or an
+        /// exported model.
         checkpoint_or_run_dir: PathBuf,
-        /// Image files.
+        /// Image files or folders (searched recursively).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// One JSON object per image, with every class's probability.
+        #[arg(long)]
+        json: bool,
+        /// Two classes: predict the second class when its probability is at least P.
+        #[arg(long, value_name = "P", value_parser = probability)]
+        threshold: Option<f64>,
+    },
+    /// Write a run's model to serve elsewhere: TorchScript (preprocessing inside: uint8
+    /// images in, probabilities out) or safetensors, with a JSON model card beside it.
+    Export {
+        /// A run folder (runs/<experiment>/<timestamp>).
+        run_dir: PathBuf,
+        /// Which checkpoint.
+        #[arg(long, value_enum, default_value = "best")]
+        checkpoint: CheckpointArg,
+        /// What to write.
+        #[arg(long, value_enum, default_value = "torchscript")]
+        format: FormatArg,
+        /// The model file (e.g. model.pt); its card goes beside it (model.json).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// List a backbone's layers (what `unfreeze_last` counts) and what N would unfreeze.
     Layers {
@@ -159,6 +182,28 @@ pub enum Command {
         #[command(subcommand)]
         action: WeightsCommand,
     },
+}
+
+/// `--checkpoint` of `export`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CheckpointArg {
+    Best,
+    Last,
+}
+
+/// `--format` of `export`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum FormatArg {
+    Torchscript,
+    Safetensors,
+}
+
+/// A probability: a number in [0, 1].
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability between 0 and 1")),
+    }
 }
 
 /// `--phase` of `run`.

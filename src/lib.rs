@@ -18,7 +18,8 @@
 //!    events read for people.
 //! 6. [`app`]: dashboard state and the pure `update(state, event) -> actions`.
 //!    [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
-//!    [`predict`]: class and probability for images from a trained run. [`check`]:
+//!    [`predict`]: class and probability for images from a trained run or an
+//!    exported model. [`export`]: a run's model as TorchScript or safetensors. [`check`]:
 //!    every problem of experiment files before training. [`bench`]:
 //!    speed per mode against a matmul peak. [`doctor`]: checks that libtorch is
 //!    usable and reports what the machine offers.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod dashboard;
 pub mod data;
 pub mod doctor;
+pub mod export;
 pub mod fsutil;
 pub mod headless;
 pub mod model;

@@ -55,7 +55,30 @@ fn main() -> ExitCode {
         Command::Predict {
             checkpoint_or_run_dir,
             images,
-        } => tlcap::predict::run(&checkpoint_or_run_dir, &images),
+            json,
+            threshold,
+        } => tlcap::predict::run(
+            &checkpoint_or_run_dir,
+            &images,
+            tlcap::predict::PredictOptions { json, threshold },
+        ),
+        Command::Export {
+            run_dir,
+            checkpoint,
+            format,
+            output,
+        } => tlcap::export::run(
+            &run_dir,
+            match checkpoint {
+                cli::CheckpointArg::Best => tlcap::export::Checkpoint::Best,
+                cli::CheckpointArg::Last => tlcap::export::Checkpoint::Last,
+            },
+            match format {
+                cli::FormatArg::Torchscript => tlcap::export::Format::Torchscript,
+                cli::FormatArg::Safetensors => tlcap::export::Format::Safetensors,
+            },
+            &output,
+        ),
         Command::Layers {
             backbone,
             unfreeze_last,

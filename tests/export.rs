@@ -1,0 +1,230 @@
+//! `export` and `predict` on real runs: a TorchScript model loaded back with
+//! `tch::CModule` gives the same probabilities as `predict` on the run folder (max
+//! difference ≤ 1e-5, batch sizes other than the traced one), for a small CNN and for
+//! MobileNetV2 with its ImageNet weights; the safetensors export and its card;
+//! `predict` on folders, with `--json` and `--threshold`, from exported models.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+
+use common::make_images;
+use tch::{Kind, Tensor};
+use tlcap::export::ModelCard;
+use tlcap::predict::Predictor;
+
+fn tlcap(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Trains `yaml` headless into `root/runs`; returns the run folder.
+fn train(root: &Path, yaml: &str) -> PathBuf {
+    let file = root.join("exp.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let runs = root.join("runs");
+    let (ok, _, err) = tlcap(&[
+        "run",
+        file.to_str().unwrap(),
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let exp_dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_dir(exp_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// The validation images of a run, decoded as `predict` decodes them.
+fn val_batch(run: &Path, predictor: &Predictor) -> (Vec<PathBuf>, Tensor) {
+    let split: tlcap::train::run_dir::Split =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    let files: Vec<PathBuf> = split.val.iter().map(|(p, _)| p.clone()).take(5).collect();
+    let size = predictor.experiment.data.image_size;
+    let per = 3 * (size.height * size.width) as usize;
+    let mut buf = vec![0u8; per * files.len()];
+    for (f, dst) in files.iter().zip(buf.chunks_mut(per)) {
+        tlcap::data::decode_into(f, size, predictor.experiment.data.interpolation, dst).unwrap();
+    }
+    let x = Tensor::from_slice(&buf).view([
+        files.len() as i64,
+        3,
+        size.height as i64,
+        size.width as i64,
+    ]);
+    (files, x)
+}
+
+/// TorchScript export of `run`, loaded back: its probabilities against `predict`'s.
+fn torchscript_matches_predict(run: &Path, dir: &Path) -> f64 {
+    let model = dir.join("model.pt");
+    let (ok, out, err) = tlcap(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "torchscript",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("model.json"), "{out}");
+    let card = ModelCard::read_for(&model).unwrap();
+    let predictor = Predictor::load(run).unwrap();
+    assert_eq!(card.classes, predictor.classes);
+    assert_eq!(card.epoch, predictor.epoch, "best by default");
+    assert!(card.metrics.is_some());
+    let module = tch::CModule::load(&model).unwrap();
+    let (files, x) = val_batch(run, &predictor);
+    let scripted = tch::no_grad(|| module.forward_ts(&[&x])).unwrap();
+    assert_eq!(scripted.kind(), Kind::Float);
+    let native = predictor.predict(&files);
+    let mut max = 0.0f64;
+    for (i, p) in native.iter().enumerate() {
+        let p = p.as_ref().unwrap();
+        for (c, want) in p.probabilities.iter().enumerate() {
+            let got = scripted.double_value(&[i as i64, c as i64]);
+            max = max.max((got - want).abs());
+        }
+    }
+    assert!(max <= 1e-5, "TorchScript and predict differ by {max}");
+    max
+}
+
+#[test]
+fn small_cnn_exports_that_serve_like_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 20, 40);
+    let run = train(
+        dir.path(),
+        &format!(
+            "data: {{ dir: {}, image_size: 40, batch_size: 8 }}\nmodel: {{ backbone: small_cnn }}\n\
+             frozen: {{ epochs: 2 }}\nfinetune: {{ epochs: 1 }}\nseed: 3\n",
+            data.display()
+        ),
+    );
+    let max = torchscript_matches_predict(&run, dir.path());
+    eprintln!("small_cnn: TorchScript vs predict, max difference {max:e}");
+
+    // predict on the exported TorchScript model, a folder, JSON lines.
+    let model = dir.path().join("model.pt");
+    let (ok, out, err) = tlcap(&[
+        "predict",
+        model.to_str().unwrap(),
+        data.join("right").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20, "every image of the folder");
+    let (_, native, _) = tlcap(&[
+        "predict",
+        run.to_str().unwrap(),
+        data.join("right").to_str().unwrap(),
+        "--json",
+    ]);
+    let native: Vec<serde_json::Value> = native
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (a, b) in lines.iter().zip(&native) {
+        assert_eq!(a["class"], b["class"]);
+        let (pa, pb) = (
+            a["probability"].as_f64().unwrap(),
+            b["probability"].as_f64().unwrap(),
+        );
+        assert!((pa - pb).abs() <= 1e-5, "{a} {b}");
+        assert!(a["probabilities"]["left"].is_number() && a["probabilities"]["right"].is_number());
+    }
+    // --threshold 0: everything is the second class; 1.0 nearly nothing is.
+    let (ok, out, _) = tlcap(&[
+        "predict",
+        run.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--threshold",
+        "0",
+    ]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 40);
+    assert!(
+        out.lines().all(|l| l.split('\t').nth(1) == Some("right")),
+        "{out}"
+    );
+    let (ok, _, err) = tlcap(&[
+        "predict",
+        run.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--threshold",
+        "1.5",
+    ]);
+    assert!(!ok && err.contains("between 0 and 1"), "{err}");
+
+    // The safetensors export: the card in its metadata and beside it; predict reads it
+    // and answers exactly as the run folder does.
+    let weights = dir.path().join("model.safetensors");
+    let (ok, _, err) = tlcap(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "safetensors",
+        "--checkpoint",
+        "last",
+        "-o",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&weights).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let card: ModelCard =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["tlcap_model"]).unwrap();
+    assert_eq!(card, ModelCard::read_for(&weights).unwrap());
+    assert_eq!(card.epoch, 3, "the last epoch");
+    let (ok, exported, err) =
+        tlcap(&["predict", weights.to_str().unwrap(), data.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_, from_run, _) = tlcap(&[
+        "predict",
+        run.join("last.safetensors").to_str().unwrap(),
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(exported, from_run);
+}
+
+#[test]
+fn mobilenet_v2_torchscript_serves_like_predict() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 10, 64);
+    let run = train(
+        dir.path(),
+        &format!(
+            "data: {{ dir: {}, image_size: 64, batch_size: 8 }}\nmodel: {{ backbone: mobilenet_v2 }}\n\
+             frozen: {{ epochs: 1 }}\nfinetune: {{ epochs: 1, unfreeze_last: 4 }}\ndevice: cpu\n",
+            data.display()
+        ),
+    );
+    let max = torchscript_matches_predict(&run, dir.path());
+    eprintln!("mobilenet_v2: TorchScript vs predict, max difference {max:e}");
+}
