@@ -13,6 +13,19 @@ pub fn precision(p: Precision) -> &'static str {
     }
 }
 
+/// `learning rate 1e-5 -> 1e-6 from batch 13 of epoch 6 (r)`.
+pub fn lr_lowered(from: f64, to: f64, epoch: u32, batch: Option<usize>, by: &str) -> String {
+    let when = match batch {
+        Some(b) => format!("from batch {b} of epoch {epoch}"),
+        None => format!("from epoch {epoch}"),
+    };
+    format!(
+        "learning rate {} -> {} {when} ({by})",
+        short_float(from),
+        short_float(to)
+    )
+}
+
 /// The name of a monitored metric as the experiment file writes it.
 pub fn monitor(m: Monitor) -> &'static str {
     match m {
@@ -121,6 +134,11 @@ pub fn suggestion(s: &Suggestion) -> String {
         StallAction::Unfreeze { layers, lr, .. } => {
             format!("{seen}: unfreeze the last {layers} layers at lr {lr:e}")
         }
+        StallAction::LowerLr { from, to } => format!(
+            "{seen}: lowering the learning rate {} -> {} from the next epoch",
+            short_float(from),
+            short_float(to)
+        ),
         StallAction::StopOrLowerLr { to } => format!(
             "{seen}: stop, or lower the learning rate (e.g. to {})",
             short_float(to)

@@ -384,7 +384,7 @@ fn every_key_shown_is_handled_and_listed() {
     // The footer is built from the same table, so it cannot name a key help lacks.
     assert_eq!(
         tlcap::app::footer_text(usize::MAX),
-        "s start  p pause  u unfreeze  x stop  a shootout  v errors  c compare  m model  l log  ? help  q quit"
+        "s start  p pause  u unfreeze  x stop  r lower lr  a shootout  v errors  c compare  m model  l log  ? help  q quit"
     );
     // Where the line is short, the least needed keys go; help and quit always stay.
     for width in [60, 80] {
@@ -1207,4 +1207,49 @@ fn error_analysis_view_shows_matrix_worst_images_and_a_picture() {
     update(&mut app, key(KeyCode::Char('v')));
     assert!(app.errors.is_none());
     assert!(render(&app, 100, 30).contains("epochs (* best"));
+}
+
+/// A fine-tune stall suggests lowering the rate and names the key; `r` sends it; the
+/// trainer's answer is said and clears the suggestion.
+#[test]
+fn r_lowers_the_learning_rate_when_fine_tuning_stalls() {
+    let mut app = finetuning();
+    trainer(
+        &mut app,
+        Event::Stalled {
+            epoch: 6,
+            suggestion: Suggestion {
+                monitor: tlcap::config::Monitor::ValAccuracy,
+                value: 0.95,
+                min_delta: 0.005,
+                patience: 2,
+                action: StallAction::StopOrLowerLr { to: 1e-6 },
+            },
+        },
+    );
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("press r to lower the rate"), "{screen}");
+    assert!(
+        screen.contains("r lower lr"),
+        "the footer names it:\n{screen}"
+    );
+    assert_eq!(
+        update(&mut app, key(KeyCode::Char('r'))),
+        vec![Action::Send(0, Command::LowerLr)]
+    );
+    trainer(
+        &mut app,
+        Event::LrLowered {
+            from: 1e-5,
+            to: 1e-6,
+            epoch: 7,
+            batch: Some(13),
+            by: "r".into(),
+        },
+    );
+    assert_eq!(
+        app.messages.last().unwrap().text,
+        "quickstart: learning rate 1e-5 -> 1e-6 from batch 13 of epoch 7 (r)"
+    );
+    assert!(!render(&app, 80, 24).contains("press r"));
 }

@@ -129,6 +129,7 @@ pub(super) fn to_control(app: &App, actions: Vec<Action>) -> Vec<Action> {
                     Command::Pause => ControlCommand::Pause,
                     Command::Resume | Command::Start => ControlCommand::Resume,
                     Command::Unfreeze => ControlCommand::Unfreeze,
+                    Command::LowerLr => ControlCommand::LowerLr,
                     Command::Stop | Command::StopBecause(_) => ControlCommand::Stop,
                     Command::ApplyConfig(exp) => {
                         ControlCommand::Set(serde_json::to_value(&exp).ok()?)

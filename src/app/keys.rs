@@ -46,6 +46,12 @@ pub const KEYS: &[KeyHelp] = &[
         "unfreeze",
     ),
     shown("x", "stop (checkpoint saved)", 3, "stop"),
+    shown(
+        "r",
+        "lower the learning rate now: times stall.factor (0.1), not below stall.min_lr; recorded like an edit",
+        3,
+        "lower lr",
+    ),
     shown("q", "quit (asks while a run is going)", 9, "quit"),
     shown("?", "this help (↑/↓ scroll it)", 8, "help"),
     shown(
@@ -87,7 +93,7 @@ pub const KEYS: &[KeyHelp] = &[
 ];
 
 /// Which footer keys stay when the line is short of room, most needed first.
-const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "v", "l", "c", "a", "m"];
+const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "r", "v", "l", "c", "a", "m"];
 
 /// The footer line, built from [`KEYS`], in at most `width` columns:
 /// `s start  p pause  ...  ? help  q quit`. Where not all fit, the least needed go
@@ -243,6 +249,12 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
                 Some(r) if r.is_active() => app.say(false, "already fine-tuning"),
                 _ => app.say(false, "nothing to unfreeze: start a run with s"),
             }
+        }
+        KeyCode::Char('r') => {
+            if active {
+                return vec![Action::Send(id, Command::LowerLr)];
+            }
+            app.say(false, "nothing to lower: start a run with s");
         }
         KeyCode::Char('x') => {
             if active {

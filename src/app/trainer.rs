@@ -167,6 +167,29 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
                 ));
             }
         }
+        Event::LrLowered {
+            from,
+            to,
+            epoch,
+            batch,
+            by,
+        } => {
+            // The suggestion to lower it is answered.
+            if run
+                .stall
+                .as_ref()
+                .is_some_and(|s| matches!(s.action, StallAction::StopOrLowerLr { .. }))
+            {
+                run.stall = None;
+            }
+            note = Some((
+                false,
+                format!(
+                    "{name}: {}",
+                    crate::text::lr_lowered(from, to, epoch, batch, &by)
+                ),
+            ));
+        }
         Event::Checkpoint(_) => {}
         Event::Finished { reason, best, .. } => {
             run.status = RunStatus::Done(reason);

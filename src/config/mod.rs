@@ -249,9 +249,19 @@ pub struct StallConfig {
     /// Epochs to wait before watching at all.
     #[serde(default)]
     pub start_from_epoch: u32,
-    /// `suggest` (banner only), `unfreeze` (start fine-tuning) or `stop`.
+    /// `suggest` (banner only), `unfreeze` (start fine-tuning), `reduce_lr` (multiply
+    /// the current phase's learning rate by `factor`, as Keras `ReduceLROnPlateau`)
+    /// or `stop`.
     #[serde(default)]
     pub on_stall: OnStall,
+    /// What `reduce_lr` (and the `r` key) multiply the learning rate by, 0 < factor < 1.
+    #[serde(default = "defaults::factor")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub factor: f64,
+    /// The learning rate is never lowered below this, >= 0.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub min_lr: f64,
 }
 
 impl Experiment {
@@ -372,6 +382,7 @@ pub enum OnStall {
     #[default]
     Suggest,
     Unfreeze,
+    ReduceLr,
     Stop,
 }
 
@@ -430,6 +441,8 @@ impl Default for StallConfig {
             cooldown: 0,
             start_from_epoch: 0,
             on_stall: OnStall::Suggest,
+            factor: defaults::factor(),
+            min_lr: 0.0,
         }
     }
 }
@@ -495,6 +508,9 @@ mod defaults {
     }
     pub fn patience() -> u32 {
         3
+    }
+    pub fn factor() -> f64 {
+        0.1
     }
 }
 

@@ -127,6 +127,19 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         "stall.min_delta",
         format!("min_delta must be >= 0, got {}", exp.stall.min_delta),
     );
+    check(
+        exp.stall.factor > 0.0 && exp.stall.factor < 1.0,
+        "stall.factor",
+        format!(
+            "factor must be between 0 and 1 (exclusive), got {}",
+            exp.stall.factor
+        ),
+    );
+    check(
+        exp.stall.min_lr >= 0.0 && exp.stall.min_lr.is_finite(),
+        "stall.min_lr",
+        format!("min_lr must be >= 0, got {}", exp.stall.min_lr),
+    );
     let dev = exp.device.as_str();
     check(
         matches!(dev, "auto" | "cpu" | "cuda" | "mps")

@@ -189,6 +189,20 @@ pub fn run(
                 eprintln!("{cr}{text}");
                 out.event(|| stream::note(&text));
             }
+            Event::LrLowered {
+                from,
+                to,
+                epoch,
+                batch,
+                by,
+            } => {
+                progress(String::new());
+                eprintln!(
+                    "{cr}{}",
+                    crate::text::lr_lowered(from, to, epoch, batch, &by)
+                );
+                out.event(|| stream::lr_lowered(from, to, epoch, batch, &by));
+            }
             Event::DataReady {
                 classes,
                 train,

@@ -102,6 +102,7 @@ pub fn stall(epoch: u32, s: &Suggestion) -> Value {
             automatic: true, ..
         } => "unfreezing",
         StallAction::Unfreeze { .. } => "suggest_unfreeze",
+        StallAction::LowerLr { .. } => "lowering_lr",
         StallAction::StopOrLowerLr { .. } => "suggest_lower_lr",
     };
     json!({
@@ -133,6 +134,11 @@ pub fn config_error(errors: &[String]) -> Value {
 /// `control`.
 pub fn control(command: &str, source: &str) -> Value {
     json!({"event": "control", "command": command, "source": source})
+}
+
+/// `lr_lowered`.
+pub fn lr_lowered(from: f64, to: f64, epoch: u32, batch: Option<usize>, by: &str) -> Value {
+    json!({"event": "lr_lowered", "from": from, "to": to, "epoch": epoch, "batch": batch, "by": by})
 }
 
 /// `note`.

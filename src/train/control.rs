@@ -39,6 +39,8 @@ pub enum ControlCommand {
     Resume,
     /// Switch to the fine-tune phase now.
     Unfreeze,
+    /// Lower the learning rate by `stall.factor` now.
+    LowerLr,
     /// Save a checkpoint and finish.
     Stop,
     /// Merge these settings (a part of an experiment file, as JSON) into the running
@@ -53,6 +55,7 @@ impl ControlCommand {
             ControlCommand::Pause => "pause",
             ControlCommand::Resume => "resume",
             ControlCommand::Unfreeze => "unfreeze",
+            ControlCommand::LowerLr => "lower_lr",
             ControlCommand::Stop => "stop",
             ControlCommand::Set(_) => "set",
         }
@@ -97,14 +100,15 @@ pub fn parse_line(text: &str) -> Result<ControlCommand, String> {
         ("pause", None) => Ok(ControlCommand::Pause),
         ("resume", None) => Ok(ControlCommand::Resume),
         ("unfreeze", None) => Ok(ControlCommand::Unfreeze),
+        ("lower_lr", None) => Ok(ControlCommand::LowerLr),
         ("stop", None) => Ok(ControlCommand::Stop),
         ("set", Some(s)) if s.is_object() => Ok(ControlCommand::Set(s.clone())),
         ("set", _) => Err("`set` needs \"settings\": an object".into()),
-        ("pause" | "resume" | "unfreeze" | "stop", Some(_)) => {
+        ("pause" | "resume" | "unfreeze" | "lower_lr" | "stop", Some(_)) => {
             Err(format!("`{command}` takes no settings"))
         }
         (other, _) => Err(format!(
-            "unknown command `{other}` (pause, resume, unfreeze, stop, set)"
+            "unknown command `{other}` (pause, resume, unfreeze, lower_lr, stop, set)"
         )),
     }
 }
@@ -280,6 +284,7 @@ mod tests {
         }
         for c in [
             ControlCommand::Unfreeze,
+            ControlCommand::LowerLr,
             ControlCommand::Set(serde_json::json!({"seed": 1})),
         ] {
             assert_eq!(parse_line(&c.to_line()), Ok(c));

@@ -355,7 +355,7 @@ impl Trainer {
             s.epoch += 1;
             s.phase_epochs += 1;
             let value = monitored(self.exp.stall.monitor, &m);
-            let mut stop = false;
+            let (mut stop, mut reduce) = (false, false);
             if s.stall.observe(m.epoch.saturating_sub(1), value) {
                 m.stalled = true;
                 let (suggestion, action) = self.on_stall(s, value);
@@ -363,6 +363,7 @@ impl Trainer {
                 match action {
                     OnStall::Stop => stop = true,
                     OnStall::Unfreeze => self.unfreeze_requested = true,
+                    OnStall::ReduceLr => reduce = true,
                     OnStall::Suggest => {}
                 }
             }
@@ -400,6 +401,9 @@ impl Trainer {
                 });
             }
             self.emit(Event::Checkpoint(last));
+            if reduce {
+                self.lower_lr(s, None, "on_stall: reduce_lr")?;
+            }
             self.beat(s, RunState::Running, (0, 0), 0.0, true);
             if stop {
                 return Ok(EndReason::Stalled);
@@ -414,8 +418,16 @@ impl Trainer {
             && self.options.phases == Phases::Both
             && self.exp.finetune.epochs > 0;
         let ft = &self.exp.finetune;
+        let lower = (s.lr * st.factor).max(st.min_lr);
         let (action, on_stall) = match (st.on_stall, can_unfreeze) {
             (OnStall::Stop, _) => (StallAction::Stopping, OnStall::Stop),
+            (OnStall::ReduceLr, _) if lower < s.lr => (
+                StallAction::LowerLr {
+                    from: s.lr,
+                    to: lower,
+                },
+                OnStall::ReduceLr,
+            ),
             (action, true) => {
                 let automatic = action == OnStall::Unfreeze;
                 (
@@ -431,10 +443,7 @@ impl Trainer {
                     },
                 )
             }
-            (_, false) => (
-                StallAction::StopOrLowerLr { to: s.lr / 10.0 },
-                OnStall::Suggest,
-            ),
+            (_, false) => (StallAction::StopOrLowerLr { to: lower }, OnStall::Suggest),
         };
         let suggestion = Suggestion {
             monitor: st.monitor,
@@ -469,6 +478,10 @@ impl Trainer {
                     }
                 }
                 Command::ApplyConfig(exp) => self.pending = Some(*exp),
+                Command::LowerLr => {
+                    let next_batch = self.progress.0 .0 + 1;
+                    self.lower_lr(s, Some(next_batch), "r")?;
+                }
                 Command::Pause => {
                     let since = std::time::Instant::now();
                     let held = self.hold(s);
@@ -479,6 +492,49 @@ impl Trainer {
                 }
             }
         }
+    }
+
+    /// Multiplies the current phase's learning rate by `stall.factor` (not below
+    /// `stall.min_lr`) from now on, and records it in the run folder like an edit of
+    /// that phase's `lr`. `batch`: the first batch of the epoch in progress at the new
+    /// rate (None between epochs).
+    pub(super) fn lower_lr(
+        &mut self,
+        s: &mut State,
+        batch: Option<usize>,
+        by: &str,
+    ) -> anyhow::Result<()> {
+        let st = &self.exp.stall;
+        let to = (s.lr * st.factor).max(st.min_lr);
+        if to >= s.lr {
+            self.emit(Event::Note(format!(
+                "the learning rate {} is at stall.min_lr already: not lowered",
+                crate::text::short_float(s.lr)
+            )));
+            return Ok(());
+        }
+        let mut next = self.exp.clone();
+        match s.phase {
+            Phase::Frozen => next.frozen.lr = to,
+            Phase::Finetune => next.finetune.lr = to,
+        }
+        let changes = crate::config::diff(&self.exp, &next);
+        self.exp = next;
+        let from = s.lr;
+        s.lr = to;
+        s.opt.set_lr(to);
+        let epoch = s.epoch + 1;
+        if let Some(run) = &mut self.run {
+            run.record_config(epoch, &self.exp, &changes)?;
+        }
+        self.emit(Event::LrLowered {
+            from,
+            to,
+            epoch,
+            batch: batch.filter(|b| *b > 1),
+            by: by.to_string(),
+        });
+        Ok(())
     }
 
     /// Paused: waits for Resume (None) or a stop, keeping the heartbeat going.
@@ -504,6 +560,10 @@ impl Trainer {
                 }
                 Command::Unfreeze if s.phase == Phase::Frozen => self.enter_finetune(s)?,
                 Command::ApplyConfig(exp) => self.pending = Some(*exp),
+                Command::LowerLr => {
+                    let next_batch = self.progress.0 .0 + 1;
+                    self.lower_lr(s, Some(next_batch), "r")?;
+                }
                 _ => {}
             }
         }

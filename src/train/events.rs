@@ -38,6 +38,9 @@ pub enum Command {
     Resume,
     /// Switch to the fine-tune phase now.
     Unfreeze,
+    /// Multiply the current learning rate by `stall.factor` (not below `stall.min_lr`)
+    /// from the next batch.
+    LowerLr,
     /// Save a checkpoint and finish.
     Stop,
     /// Stop, saying why (a signal, a closed stdout, a control line): recorded in
@@ -188,6 +191,14 @@ pub enum StallAction {
         /// Done by the trainer (`on_stall: unfreeze`).
         automatic: bool,
     },
+    /// `on_stall: reduce_lr`: the learning rate goes from `from` to `to` from the next
+    /// epoch.
+    LowerLr {
+        /// The rate until now.
+        from: f64,
+        /// The rate from the next epoch.
+        to: f64,
+    },
     /// Nothing left to unfreeze: stop, or lower the learning rate (e.g. to `to`).
     StopOrLowerLr {
         /// A suggested lower rate.
@@ -312,6 +323,20 @@ pub enum Event {
         done: usize,
         /// Validation images in all.
         total: usize,
+    },
+    /// The learning rate was lowered (the `r` key, a control line, or `on_stall:
+    /// reduce_lr`); recorded in the run folder like an edit.
+    LrLowered {
+        /// The rate until now.
+        from: f64,
+        /// The new rate.
+        to: f64,
+        /// 1-based epoch it applies in.
+        epoch: u32,
+        /// Part-way through that epoch: the first batch (1-based) at the new rate.
+        batch: Option<usize>,
+        /// Who asked: `r`, `control.jsonl`, `on_stall: reduce_lr`.
+        by: String,
     },
     /// An epoch finished (already on disk).
     EpochEnd(EpochMetrics),

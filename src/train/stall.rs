@@ -224,6 +224,7 @@ mod tests {
             cooldown,
             start_from_epoch: start,
             on_stall: OnStall::Suggest,
+            ..StallConfig::default()
         }
     }
 

@@ -91,6 +91,7 @@ impl Trainer {
             ControlCommand::Pause => Ok(Command::Pause),
             ControlCommand::Resume => Ok(Command::Resume),
             ControlCommand::Unfreeze => Ok(Command::Unfreeze),
+            ControlCommand::LowerLr => Ok(Command::LowerLr),
             ControlCommand::Stop => Ok(Command::StopBecause(super::control::FILE.into())),
             ControlCommand::Set(settings) => self.merged(settings).map(Command::ApplyConfig),
         };

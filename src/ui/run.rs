@@ -12,6 +12,7 @@ use super::popups::draw_model;
 use super::table::draw_table;
 use crate::app::{App, Entry, FileState, RunStatus, RunView};
 use crate::text::{epochs, short_float, word};
+use crate::train::events::StallAction;
 use crate::train::{EndReason, EpochMetrics, Phase};
 
 pub(super) fn draw_entry(
@@ -45,15 +46,20 @@ pub(super) fn draw_entry(
     if let Some(s) = &run.stall {
         let key = if run.stall_outlived {
             "the frozen phase then ended as planned (Esc dismisses)"
+        } else if matches!(s.action, StallAction::StopOrLowerLr { .. }) {
+            "press r to lower the rate, or x to stop"
+        } else if matches!(s.action, StallAction::LowerLr { .. }) {
+            "lowered by on_stall: reduce_lr (Esc dismisses)"
         } else if run.phase == Phase::Frozen {
             "press u to unfreeze"
         } else {
             "press x to stop"
         };
+        // The key first: on a small terminal the banner's second line may be cut.
         let text = Line::from(vec![
-            Span::styled("stalled: ", Style::new().bold()),
-            Span::raw(format!("{} — ", crate::text::suggestion(s))),
+            Span::styled("stalled — ", Style::new().bold()),
             Span::styled(key, Style::new().bold()),
+            Span::raw(format!(": {}", crate::text::suggestion(s))),
         ]);
         frame.render_widget(
             Paragraph::new(text)
