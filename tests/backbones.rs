@@ -185,7 +185,7 @@ fn check_photos(name: &str, kind: Kind_) {
             .view([1, 3, 224, 224])
             .to_kind(Kind::Float);
         let probs = tch::no_grad(|| {
-            let f = net.features(&norm.apply(&x), false);
+            let f = net.features(&norm.apply(&x, None), false);
             net.imagenet_logits(&f).unwrap().softmax(-1, Kind::Float)
         });
         let top1 = probs.argmax(-1, false).int64_value(&[0]);

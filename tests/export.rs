@@ -100,6 +100,8 @@ fn torchscript_matches_predict(run: &Path, dir: &Path) -> f64 {
         let p = p.as_ref().unwrap();
         for (c, want) in p.probabilities.iter().enumerate() {
             let got = scripted.double_value(&[i as i64, c as i64]);
+            // f64::max ignores NaN: check the values themselves first.
+            assert!(got.is_finite() && want.is_finite(), "{got} {want}");
             max = max.max((got - want).abs());
         }
     }

@@ -267,22 +267,31 @@ impl Normalisation {
         }
     }
 
-    /// Applies it to a float batch `[B, 3, H, W]` on the 0..255 scale.
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        match *self {
-            Normalisation::ImageNet => {
-                let mean = Tensor::from_slice(&IMAGENET_MEAN)
-                    .view([1, 3, 1, 1])
-                    .to_kind(Kind::Float)
-                    .to_device(x.device());
-                let std = Tensor::from_slice(&IMAGENET_STD)
-                    .view([1, 3, 1, 1])
-                    .to_kind(Kind::Float)
-                    .to_device(x.device());
+    /// The ImageNet mean and std as `[1, 3, 1, 1]` float tensors on `device`, made once
+    /// by the model that normalises (None for the other normalisations). Made outside
+    /// any computation: a tensor built from Rust data inside a TorchScript trace would
+    /// be recorded as zeros.
+    pub fn constants(&self, device: tch::Device) -> Option<(Tensor, Tensor)> {
+        let make = |v: &[f64; 3]| {
+            Tensor::from_slice(v)
+                .view([1, 3, 1, 1])
+                .to_kind(Kind::Float)
+                .to_device(device)
+        };
+        matches!(self, Normalisation::ImageNet).then(|| (make(&IMAGENET_MEAN), make(&IMAGENET_STD)))
+    }
+
+    /// Applies it to a float batch `[B, 3, H, W]` on the 0..255 scale, with the
+    /// [`Normalisation::constants`] made for it.
+    pub fn apply(&self, x: &Tensor, constants: Option<&(Tensor, Tensor)>) -> Tensor {
+        match (*self, constants) {
+            (Normalisation::ImageNet, Some((mean, std))) => (x / 255.0 - mean) / std,
+            (Normalisation::ImageNet, None) => {
+                let (mean, std) = self.constants(x.device()).expect("ImageNet constants");
                 (x / 255.0 - mean) / std
             }
-            Normalisation::MinusOneToOne => (x - 127.0) / 128.0,
-            Normalisation::Rescale(f) => x * f,
+            (Normalisation::MinusOneToOne, _) => (x - 127.0) / 128.0,
+            (Normalisation::Rescale(f), _) => x * f,
         }
     }
 }

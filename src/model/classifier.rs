@@ -27,6 +27,8 @@ pub struct Classifier {
     /// Number of classes.
     pub classes: usize,
     normalisation: Normalisation,
+    /// Its constant tensors, made once (see [`Normalisation::constants`]).
+    norm_constants: Option<(Tensor, Tensor)>,
 
     /// Whether the backbone started from pretrained weights.
     pub pretrained: bool,
@@ -88,13 +90,15 @@ impl Classifier {
             super::load_weights(&vs, kind, &file)
                 .with_context(|| format!("cannot load weights {}", p.display()))?;
         }
+        let normalisation = Normalisation::for_model(kind, exp.data.augment.rescale);
         Ok(Classifier {
+            norm_constants: normalisation.constants(vs.device()),
             vs,
             backbone,
             head,
             dropout: exp.model.dropout,
             classes,
-            normalisation: Normalisation::for_model(kind, exp.data.augment.rescale),
+            normalisation,
             pretrained: path.is_some(),
             ever_trained: Vec::new(),
             precision: None,
@@ -206,7 +210,9 @@ impl Classifier {
     /// float32 features `[B, C]` when `k` covers the whole backbone. The same pixels
     /// always give the same output while the layer states stay as they are.
     pub fn run_prefix(&self, pixels: &Tensor, k: usize) -> Tensor {
-        let x = self.normalisation.apply(&self.to_model_device(pixels));
+        let x = self
+            .normalisation
+            .apply(&self.to_model_device(pixels), self.norm_constants.as_ref());
         if k == 0 {
             return x;
         }
