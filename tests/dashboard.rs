@@ -143,6 +143,7 @@ fn running(epochs: u32) -> App {
             batch: 12,
             of: 33,
             loss: 0.4123,
+            batch_loss: 0.4123,
             images_per_sec: 231.0,
         },
     );
@@ -966,6 +967,7 @@ fn the_eta_follows_the_pace_of_the_current_phase() {
             batch: 5,
             of: 33,
             loss: 0.3,
+            batch_loss: 0.3,
             images_per_sec: 20.0,
         },
     );
@@ -1252,4 +1254,45 @@ fn r_lowers_the_learning_rate_when_fine_tuning_stalls() {
         "quickstart: learning rate 1e-5 -> 1e-6 from batch 13 of epoch 7 (r)"
     );
     assert!(!render(&app, 80, 24).contains("press r"));
+}
+
+/// The loss chart shows every recent batch's loss, so a long epoch is not one dot;
+/// the history is capped.
+#[test]
+fn the_loss_chart_shows_recent_batches() {
+    let mut app = running(0);
+    for b in 1..=33 {
+        trainer(
+            &mut app,
+            Event::Batch {
+                epoch: 1,
+                batch: b,
+                of: 33,
+                loss: 0.6,
+                batch_loss: 0.9 - 0.01 * b as f64,
+                images_per_sec: 200.0,
+            },
+        );
+    }
+    let run = app.current().unwrap().run.as_ref().unwrap();
+    assert_eq!(run.batch_losses.len(), 34, "the one running() sent, and 33");
+    assert_eq!(run.batch_losses.back(), Some(&(1.0, 0.9 - 0.33)));
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("loss: ⣿ train • val ▄ batch"), "{screen}");
+    assert!(screen.matches('▄').count() > 5, "{screen}");
+    for b in 0..3000 {
+        trainer(
+            &mut app,
+            Event::Batch {
+                epoch: 2 + b / 33,
+                batch: 1 + b as usize % 33,
+                of: 33,
+                loss: 0.5,
+                batch_loss: 0.5,
+                images_per_sec: 200.0,
+            },
+        );
+    }
+    let run = app.current().unwrap().run.as_ref().unwrap();
+    assert_eq!(run.batch_losses.len(), tlcap::app::BATCH_HISTORY);
 }

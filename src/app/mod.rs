@@ -22,7 +22,7 @@ use crossterm::event::KeyEvent;
 pub use entry::{Entry, FileState};
 pub use errors::ErrorsView;
 pub use keys::{footer_text, KeyHelp, KEYS};
-pub use run_view::{RunStatus, RunView};
+pub use run_view::{RunStatus, RunView, BATCH_HISTORY};
 
 pub use attach::{status_of, LOST_AFTER_SECONDS};
 use files::on_file;

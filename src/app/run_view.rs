@@ -52,6 +52,8 @@ pub struct RunView {
     pub batch: (usize, usize),
     /// Validation of the current epoch in progress: (images done, of).
     pub validating: Option<(usize, usize)>,
+    /// Recent batch losses as (epochs done, loss): x = epoch - 1 + batch / batches.
+    pub batch_losses: std::collections::VecDeque<(f64, f64)>,
     /// Running training loss of the current epoch.
     pub batch_loss: f64,
     /// Training images/s in the current epoch.
@@ -84,6 +86,9 @@ pub struct RunView {
     pub started_with: Option<Box<Experiment>>,
 }
 
+/// Batch losses kept for the loss chart.
+pub const BATCH_HISTORY: usize = 2000;
+
 impl RunView {
     pub(super) fn new(exp: &Experiment) -> RunView {
         RunView {
@@ -104,6 +109,7 @@ impl RunView {
             total_epochs: 0,
             batch: (0, 0),
             validating: None,
+            batch_losses: std::collections::VecDeque::new(),
             batch_loss: 0.0,
             images_per_sec: 0.0,
             epochs: Vec::new(),

@@ -50,8 +50,16 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             batch,
             of,
             loss,
+            batch_loss,
             images_per_sec,
         } => {
+            if of > 0 && batch_loss.is_finite() {
+                let x = epoch.saturating_sub(1) as f64 + batch as f64 / of as f64;
+                run.batch_losses.push_back((x, batch_loss));
+                if run.batch_losses.len() > super::run_view::BATCH_HISTORY {
+                    run.batch_losses.pop_front();
+                }
+            }
             if run.status != RunStatus::Paused {
                 run.status = RunStatus::Running;
             }

@@ -262,6 +262,7 @@ pub fn run(
                 of,
                 loss,
                 images_per_sec,
+                ..
             } => progress(format!(
                 "epoch {epoch} batch {batch}/{of} loss {loss:.4} {images_per_sec:.0} img/s"
             )),

@@ -254,7 +254,8 @@ impl Trainer {
             let loss = s.net.loss(&logits, &y);
             s.opt.backward_step(&loss);
             let n = images.len();
-            loss_sum += loss.double_value(&[]) * n as f64;
+            let batch_loss = loss.double_value(&[]);
+            loss_sum += batch_loss * n as f64;
             correct += predictions(&s.net, &logits)
                 .eq_tensor(&y.to_device(logits.device()))
                 .sum(Kind::Int64)
@@ -266,6 +267,7 @@ impl Trainer {
                 batch: b + 1,
                 of: batches.len(),
                 loss: loss_sum / seen as f64,
+                batch_loss,
                 images_per_sec: seen as f64 / elapsed,
             });
             self.progress = ((b + 1, batches.len()), seen as f64 / elapsed);

@@ -312,6 +312,8 @@ pub enum Event {
         of: usize,
         /// Mean loss so far this epoch.
         loss: f64,
+        /// This batch's mean loss.
+        batch_loss: f64,
         /// Training images per second so far this epoch.
         images_per_sec: f64,
     },

@@ -29,15 +29,23 @@ pub(super) fn draw_chart(
     run: &RunView,
     title: &str,
     pick: impl Fn(&EpochMetrics) -> (f64, f64),
+    batches: Option<Vec<(f64, f64)>>,
     area: Rect,
 ) {
+    // x counts epochs done: an epoch's row sits at its end, a batch inside it.
     let xs: Vec<f64> = run.epochs.iter().map(|m| m.epoch as f64).collect();
     let (mut train, mut val): (Vec<f64>, Vec<f64>) = run.epochs.iter().map(pick).unzip();
     if app.smoothing {
         train = smooth(&train);
         val = smooth(&val);
     }
-    let finite = train.iter().chain(&val).copied().filter(|v| v.is_finite());
+    let batches = batches.unwrap_or_default();
+    let finite = train
+        .iter()
+        .chain(&val)
+        .chain(batches.iter().map(|p| &p.1))
+        .copied()
+        .filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo > hi {
         (0.0, 1.0)
@@ -52,11 +60,18 @@ pub(super) fn draw_chart(
         .phase_marks
         .iter()
         .map(|(e, _)| {
-            let x = *e as f64 - 0.5;
+            let x = *e as f64 - 1.0;
             vec![(x, lo), (x, hi)]
         })
         .collect();
     let mut datasets = vec![
+        // Every batch's loss (recent history): an epoch of minutes is not one dot.
+        Dataset::default()
+            .name("batch")
+            .marker(symbols::Marker::Bar)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(Color::DarkGray))
+            .data(&batches),
         Dataset::default()
             .name("train")
             .marker(symbols::Marker::Braille)
@@ -86,17 +101,22 @@ pub(super) fn draw_chart(
     let marks = !run.phase_marks.is_empty();
     let room = area.width.saturating_sub(2) as usize;
     let short = if app.smoothing { " ~" } else { "" };
+    let (batch, batch_short) = if batches.is_empty() {
+        ("", "")
+    } else {
+        (" ▄ batch", " ▄batch")
+    };
     let candidates = [
         format!(
-            " {title}: ⣿ train • val{smoothed}{} ",
+            " {title}: ⣿ train • val{batch}{smoothed}{} ",
             if marks { ", | phase change" } else { "" }
         ),
         format!(
-            " {title}: ⣿ train • val{short}{} ",
+            " {title}: ⣿ train • val{batch}{short}{} ",
             if marks { " | phase" } else { "" }
         ),
         format!(
-            " {} ⣿train •val{short}{} ",
+            " {} ⣿train •val{batch_short}{short}{} ",
             title.replace("accuracy", "acc"),
             if marks { " |phase" } else { "" }
         ),
@@ -105,23 +125,23 @@ pub(super) fn draw_chart(
         .iter()
         .find(|c| c.chars().count() <= room)
         .unwrap_or(&candidates[2]);
-    let chart = epoch_chart(datasets, fitting, x_max, (lo, hi));
+    let chart = epoch_chart(datasets, fitting, (0.0, x_max), (lo, hi));
     frame.render_widget(chart, area);
 }
 
-/// A chart over epochs 1..=`x_max` with the value range `y`, labelled at its ends.
+/// A chart over epochs `x_min..=x_max` with the value range `y`, labelled at its ends.
 pub(super) fn epoch_chart<'a>(
     datasets: Vec<Dataset<'a>>,
     title: &str,
-    x_max: f64,
+    (x_min, x_max): (f64, f64),
     (lo, hi): (f64, f64),
 ) -> Chart<'a> {
     Chart::new(datasets)
         .block(Block::bordered().title(title.to_string()))
         .x_axis(
             Axis::default()
-                .bounds([1.0, x_max])
-                .labels(["1".to_string(), format!("{x_max:.0}")]),
+                .bounds([x_min, x_max])
+                .labels([format!("{x_min:.0}"), format!("{x_max:.0}")]),
         )
         .y_axis(
             Axis::default()

@@ -131,6 +131,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 .data(points)
         })
         .collect();
-    let chart = super::charts::epoch_chart(datasets, " val_accuracy per epoch ", x_max, (lo, hi));
+    let chart =
+        super::charts::epoch_chart(datasets, " val_accuracy per epoch ", (1.0, x_max), (lo, hi));
     frame.render_widget(chart, chart_area);
 }

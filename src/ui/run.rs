@@ -109,8 +109,9 @@ pub(super) fn draw_entry(
         .areas(charts_area);
     let pick_acc = |m: &EpochMetrics| (m.accuracy, m.val_accuracy);
     let pick_loss = |m: &EpochMetrics| (m.loss, m.val_loss);
-    draw_chart(frame, app, run, "accuracy", pick_acc, acc);
-    draw_chart(frame, app, run, "loss", pick_loss, loss);
+    draw_chart(frame, app, run, "accuracy", pick_acc, None, acc);
+    let batches = run.batch_losses.iter().copied().collect();
+    draw_chart(frame, app, run, "loss", pick_loss, Some(batches), loss);
 }
 
 pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], area: Rect) {
