@@ -130,6 +130,12 @@ pub enum Command {
         #[arg(long, value_name = "P", value_parser = probability)]
         threshold: Option<f64>,
     },
+    /// A run's results: epoch table, confusion matrix with per-class scores, the worst
+    /// validation images; printed, and written to RUN_DIR/report.md with SVG charts.
+    Report {
+        /// A run folder (runs/<experiment>/<timestamp>).
+        run_dir: PathBuf,
+    },
     /// Write a run's model to serve elsewhere: TorchScript (preprocessing inside: uint8
     /// images in, probabilities out) or safetensors, with a JSON model card beside it.
     Export {

@@ -19,7 +19,8 @@
 //! 6. [`app`]: dashboard state and the pure `update(state, event) -> actions`.
 //!    [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //!    [`predict`]: class and probability for images from a trained run or an
-//!    exported model. [`export`]: a run's model as TorchScript or safetensors. [`check`]:
+//!    exported model. [`export`]: a run's model as TorchScript or safetensors.
+//!    [`report`]: a run's results as text, markdown and SVG charts. [`check`]:
 //!    every problem of experiment files before training. [`bench`]:
 //!    speed per mode against a matmul peak. [`doctor`]: checks that libtorch is
 //!    usable and reports what the machine offers.
@@ -40,6 +41,7 @@ pub mod fsutil;
 pub mod headless;
 pub mod model;
 pub mod predict;
+pub mod report;
 pub mod results;
 pub mod runtime;
 pub mod shootout;

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             &images,
             tlcap::predict::PredictOptions { json, threshold },
         ),
+        Command::Report { run_dir } => tlcap::report::run(&run_dir),
         Command::Export {
             run_dir,
             checkpoint,

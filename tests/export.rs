@@ -125,6 +125,30 @@ fn small_cnn_exports_that_serve_like_predict() {
     let max = torchscript_matches_predict(&run, dir.path());
     eprintln!("small_cnn: TorchScript vs predict, max difference {max:e}");
 
+    // report: the tables printed and in report.md, with its three charts.
+    let (ok, out, err) = tlcap(&["report", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for needle in [
+        "## Epochs",
+        "| true \\ predicted | left | right | precision | recall | F1 | images |",
+        "## Most badly predicted validation images",
+        "![confusion matrix](confusion.svg)",
+    ] {
+        assert!(
+            md.contains(needle) && out.contains(needle),
+            "{needle}:\n{md}"
+        );
+    }
+    assert_eq!(md.matches("| frozen |").count(), 2, "{md}");
+    for chart in ["accuracy.svg", "loss.svg", "confusion.svg"] {
+        let svg = std::fs::read_to_string(run.join(chart)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{chart}"
+        );
+    }
+
     // predict on the exported TorchScript model, a folder, JSON lines.
     let model = dir.path().join("model.pt");
     let (ok, out, err) = tlcap(&[

@@ -1,0 +1,320 @@
+//! `tlcap-tui report RUN_DIR`: a run's results without a dashboard: the epoch table,
+//! the best epoch's confusion matrix with row percentages and per-class scores, and the
+//! most badly predicted validation images, printed and written to `report.md` in the
+//! run folder with charts of the training curves and the confusion matrix
+//! (`accuracy.svg`, `loss.svg`, `confusion.svg`). Everything comes from the run
+//! folder's files: nothing is recomputed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::train::metrics::Confusion;
+use crate::train::predictions::ValPredictions;
+use crate::train::stall::BestRule;
+use crate::train::EpochMetrics;
+
+/// How many of the worst images the report lists.
+const WORST: usize = 12;
+
+/// Writes `report.md` and its charts in `run` and prints the report's text.
+pub fn run(run: &Path) -> anyhow::Result<()> {
+    let text = write(run)?;
+    crate::stdout::line(text.trim_end())?;
+    crate::stdout::line(format!(
+        "\nwritten: {} (with accuracy.svg, loss.svg, confusion.svg)",
+        run.join("report.md").display()
+    ))
+}
+
+/// Builds the report of `run`, writes `report.md` and the SVG charts beside it, and
+/// returns the markdown.
+pub fn write(run: &Path) -> anyhow::Result<String> {
+    let exp = crate::train::run_dir::read_config(run)?;
+    let epochs = crate::train::run_dir::read_metrics(run)?;
+    if epochs.is_empty() {
+        anyhow::bail!("{}: no finished epoch yet", run.display());
+    }
+    let rule = BestRule::of(&exp);
+    let best = rule.best_index(&epochs).map(|i| &epochs[i]);
+    let summary = crate::train::run_dir::read_summary(run).ok();
+    let predictions = ValPredictions::read(run).ok();
+    let classes: Vec<String> = match &predictions {
+        Some(p) => p.classes.clone(),
+        None => (0..epochs[0].confusion.n)
+            .map(|c| format!("class {c}"))
+            .collect(),
+    };
+
+    let mut md = String::new();
+    writeln!(md, "# {} — {}\n", exp.name, run.display())?;
+    let ended = summary
+        .as_ref()
+        .map_or("not finished (no summary.json)".into(), |s| {
+            crate::text::end_reason(s.reason).to_string()
+        });
+    writeln!(
+        md,
+        "{} on {}, {} epochs, {ended}.",
+        exp.model.backbone.name(),
+        exp.data.dir.display(),
+        epochs.len()
+    )?;
+    if let Some(b) = best {
+        writeln!(
+            md,
+            "Best epoch by {}: **{}** ({}), val_accuracy **{:.4}**, val_loss {:.4}{}.\n",
+            crate::text::word(&rule.monitor),
+            b.epoch,
+            b.phase.name(),
+            b.val_accuracy,
+            b.val_loss,
+            b.val_auc
+                .map(|a| format!(", AUC {a:.4}"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(md, "## Epochs\n")?;
+    writeln!(
+        md,
+        "| epoch | phase | loss | acc | val_loss | val_acc | val_auc | lr | s |\n|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for m in &epochs {
+        let phase = if m.mixed.is_some() {
+            "mixed"
+        } else {
+            m.phase.name()
+        };
+        let mark = if Some(m.epoch) == best.map(|b| b.epoch) {
+            " *"
+        } else {
+            ""
+        };
+        writeln!(
+            md,
+            "| {}{mark} | {phase} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {:.1} |",
+            m.epoch,
+            m.loss,
+            m.accuracy,
+            m.val_loss,
+            m.val_accuracy,
+            m.val_auc.map_or("-".into(), |a| format!("{a:.4}")),
+            crate::text::short_float(m.lr),
+            m.seconds
+        )?;
+    }
+    writeln!(md, "\n![accuracy](accuracy.svg) ![loss](loss.svg)\n")?;
+    if let Some(b) = best {
+        writeln!(
+            md,
+            "## Confusion matrix, epoch {} (rows: true class)\n",
+            b.epoch
+        )?;
+        md.push_str(&matrix_table(&b.confusion, &classes));
+        if let Some(t) = predictions.as_ref().and_then(|p| p.threshold) {
+            writeln!(
+                md,
+                "\nDecision threshold: probability of `{}` ≥ {t}.",
+                classes[1]
+            )?;
+        }
+        writeln!(md, "\n![confusion matrix](confusion.svg)\n")?;
+        confusion_chart(&run.join("confusion.svg"), &b.confusion, &classes)?;
+    }
+    match &predictions {
+        Some(p) => {
+            writeln!(
+                md,
+                "## Most badly predicted validation images (epoch {}: {} of {} wrong)\n",
+                p.epoch,
+                p.wrong(),
+                p.images.len()
+            )?;
+            writeln!(md, "| true | predicted | p(predicted) | image |\n|---|---|---|---|")?;
+            for v in p.worst_first().into_iter().take(WORST) {
+                writeln!(
+                    md,
+                    "| {} | {} | {:.3} | [{}]({}) |",
+                    classes[v.truth],
+                    classes[v.predicted],
+                    v.probabilities.get(v.predicted).copied().unwrap_or(0.0),
+                    v.path.file_name().unwrap_or_default().to_string_lossy(),
+                    v.path.display()
+                )?;
+            }
+        }
+        None => writeln!(
+            md,
+            "No per-image predictions in this run folder (runs before `best-predictions.json` was kept)."
+        )?,
+    }
+    curve_chart(&run.join("accuracy.svg"), "accuracy", &epochs, |m| {
+        (m.accuracy, m.val_accuracy)
+    })?;
+    curve_chart(&run.join("loss.svg"), "loss", &epochs, |m| {
+        (m.loss, m.val_loss)
+    })?;
+    crate::fsutil::write_atomic(&run.join("report.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+/// The confusion matrix as a markdown table: counts with row percentages, then
+/// precision, recall and F1 per class.
+fn matrix_table(c: &Confusion, classes: &[String]) -> String {
+    let mut t = String::from("| true \\ predicted |");
+    for name in classes {
+        t += &format!(" {name} |");
+    }
+    t += " precision | recall | F1 | images |\n|---|";
+    t += &"---|".repeat(classes.len() + 4);
+    t.push('\n');
+    for (row, s) in c.class_scores().iter().enumerate() {
+        let total: u64 = (0..c.n).map(|p| c.get(row, p)).sum();
+        t += &format!("| {} |", classes.get(row).map_or("?", String::as_str));
+        for p in 0..c.n {
+            let count = c.get(row, p);
+            let pct = if total == 0 {
+                0.0
+            } else {
+                100.0 * count as f64 / total as f64
+            };
+            t += &format!(" {count} ({pct:.0}%) |");
+        }
+        t += &format!(
+            " {:.3} | {:.3} | {:.3} | {} |\n",
+            s.precision, s.recall, s.f1, s.support
+        );
+    }
+    t
+}
+
+/// Train against validation per epoch, as SVG.
+fn curve_chart(
+    path: &Path,
+    title: &str,
+    epochs: &[EpochMetrics],
+    pick: impl Fn(&EpochMetrics) -> (f64, f64),
+) -> anyhow::Result<()> {
+    let points: Vec<(f64, (f64, f64))> = epochs.iter().map(|m| (m.epoch as f64, pick(m))).collect();
+    let values = points
+        .iter()
+        .flat_map(|(_, (a, b))| [*a, *b])
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        (lo - 0.02, hi + 0.02)
+    };
+    let last = epochs.last().map_or(1, |m| m.epoch).max(2) as f64;
+    let root = SVGBackend::new(path, (640, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(1f64..last, lo..hi)
+        .map_err(chart_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(title)
+        .draw()
+        .map_err(chart_error)?;
+    for (name, color, which) in [("train", BLUE, 0), ("validation", RED, 1)] {
+        let series = points
+            .iter()
+            .map(|(x, (a, b))| (*x, if which == 0 { *a } else { *b }));
+        chart
+            .draw_series(LineSeries::new(series, color.stroke_width(2)))
+            .map_err(chart_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(chart_error)?;
+    root.present().map_err(chart_error)?;
+    Ok(())
+}
+
+/// The confusion matrix as a heat map with counts and row percentages, as SVG.
+fn confusion_chart(path: &Path, c: &Confusion, classes: &[String]) -> anyhow::Result<()> {
+    let n = c.n.max(1);
+    let side = 120 * n as u32 + 160;
+    let root = SVGBackend::new(path, (side, side)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("confusion matrix (rows: true)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(100)
+        .build_cartesian_2d(0f64..n as f64, 0f64..n as f64)
+        .map_err(chart_error)?;
+    // Labels at cell centres: class i's centre is i + 0.5.
+    let name = |v: f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 0.01 {
+            classes.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(2 * n + 1)
+        .y_labels(2 * n + 1)
+        .x_label_formatter(&|v| name(*v))
+        .y_label_formatter(&|v| name(n as f64 - *v))
+        .x_desc("predicted")
+        .draw()
+        .map_err(chart_error)?;
+    for t in 0..n {
+        let total: u64 = (0..n).map(|p| c.get(t, p)).sum();
+        for p in 0..n {
+            let count = c.get(t, p);
+            let share = if total == 0 {
+                0.0
+            } else {
+                count as f64 / total as f64
+            };
+            let (x, y) = (p as f64, (n - 1 - t) as f64);
+            let shade = RGBColor(
+                (255.0 - 200.0 * share) as u8,
+                (255.0 - 120.0 * share) as u8,
+                255,
+            );
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    shade.filled(),
+                )))
+                .map_err(chart_error)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{count} ({:.0}%)", share * 100.0),
+                    (x + 0.3, y + 0.55),
+                    ("sans-serif", 18).into_font(),
+                )))
+                .map_err(chart_error)?;
+        }
+    }
+    root.present().map_err(chart_error)?;
+    Ok(())
+}
+
+fn chart_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("cannot draw the chart: {e:?}")
+}
+
+/// The report's markdown of a run folder, for tests: written as `run` would.
+pub fn markdown(run: &Path) -> anyhow::Result<String> {
+    write(run).with_context(|| format!("report of {}", run.display()))
+}
