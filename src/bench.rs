@@ -67,9 +67,18 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
             say(format!("gpu: {gpu}"));
         }
     }
+    // Emulated bf16 (no AVX512-BF16/AMX, or kernels limited to AVX2) has no peak worth
+    // comparing with: its rows say n/a instead of a meaningless percentage.
+    let bf16_native = device.is_cuda() || crate::runtime::native_bf16_here();
+    let bf16_words = if bf16_native {
+        format!("bf16 {bf16_peak:.0} GFLOP/s")
+    } else {
+        format!("bf16 {bf16_peak:.1} GFLOP/s (emulated: no native bf16 kernels here)")
+    };
     say(format!(
-        "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, bf16 {bf16_peak:.0} GFLOP/s"
+        "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, {bf16_words}"
     ));
+    let bf16_peak = if bf16_native { bf16_peak } else { f64::NAN };
     let probe = experiment(dir.path(), options, BackboneKind::MobilenetV2, "")?;
     let loaded = crate::data::Dataset::load(&probe, &|_, _| {})?;
     say(format!(
@@ -190,7 +199,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 row.what,
                 row.images_per_sec,
                 gflops.map_or("-".into(), |g| format!("{g:.1}")),
-                gflops.map_or("-".into(), |g| format!("{:.0}%", 100.0 * g / row.peak)),
+                match gflops {
+                    None => "-".into(),
+                    Some(_) if row.peak.is_nan() || row.peak <= 0.0 => "n/a".into(),
+                    Some(g) => format!("{:.0}%", 100.0 * g / row.peak),
+                },
                 row.note
             ));
         }

@@ -49,6 +49,39 @@ impl CpuFeatures {
     }
 }
 
+/// Whether kernel limits set in the environment keep libtorch off its bfloat16
+/// instructions although the CPU has them: `ATEN_CPU_CAPABILITY` below `avx512` or
+/// `ONEDNN_MAX_CPU_ISA` below `AVX512_CORE_BF16` (how an AVX2-only CPU is measured
+/// on a newer one).
+pub fn bf16_limited_by(aten_capability: Option<&str>, onednn_max_isa: Option<&str>) -> bool {
+    let aten = aten_capability.map(str::to_lowercase);
+    let onednn = onednn_max_isa.map(str::to_uppercase);
+    matches!(aten.as_deref(), Some("default" | "avx2"))
+        || onednn.as_deref().is_some_and(|isa| {
+            matches!(
+                isa,
+                "SSE41"
+                    | "AVX"
+                    | "AVX2"
+                    | "AVX2_VNNI"
+                    | "AVX2_VNNI_2"
+                    | "AVX512_CORE"
+                    | "AVX512_CORE_VNNI"
+            )
+        })
+}
+
+/// True when this process's CPU kernels run bfloat16 natively: the CPU has the
+/// instructions and the environment does not limit libtorch below them.
+pub fn native_bf16_here() -> bool {
+    let var = |name: &str| std::env::var(name).ok();
+    CpuFeatures::detect().native_bf16()
+        && !bf16_limited_by(
+            var("ATEN_CPU_CAPABILITY").as_deref(),
+            var("ONEDNN_MAX_CPU_ISA").as_deref(),
+        )
+}
+
 /// CUDA devices libtorch sees (0 on a CPU build, or a CUDA build with no GPU).
 pub fn cuda_devices() -> i64 {
     if tch::Cuda::is_available() {
@@ -142,7 +175,7 @@ pub fn resolve_precision(precision: Precision, device: Device) -> Kind {
         Precision::Bf16 => Kind::BFloat16,
         Precision::Auto => {
             let native = match device {
-                Device::Cpu => CpuFeatures::detect().native_bf16(),
+                Device::Cpu => native_bf16_here(),
                 Device::Cuda(_) => true,
                 _ => false,
             };
@@ -196,6 +229,12 @@ mod tests {
         assert!(cpu.avx2 && cpu.avx512f && cpu.avx512_bf16 && cpu.amx_bf16);
         let plain = CpuFeatures::from_cpuinfo("flags : fpu sse2 avx2\n");
         assert!(plain.avx2 && !plain.avx512f && !plain.native_bf16());
+        // Limiting the kernels as an AVX2-only CPU is measured on a newer one.
+        assert!(bf16_limited_by(Some("avx2"), None));
+        assert!(bf16_limited_by(None, Some("avx2")));
+        assert!(bf16_limited_by(None, Some("AVX512_CORE")));
+        assert!(!bf16_limited_by(Some("avx512"), Some("AVX512_CORE_BF16")));
+        assert!(!bf16_limited_by(None, None));
     }
 
     #[test]
@@ -235,6 +274,6 @@ mod tests {
             Kind::BFloat16
         );
         let cpu = resolve_precision(Precision::Auto, Device::Cpu);
-        assert_eq!(cpu == Kind::BFloat16, CpuFeatures::detect().native_bf16());
+        assert_eq!(cpu == Kind::BFloat16, native_bf16_here());
     }
 }
