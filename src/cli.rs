@@ -78,6 +78,10 @@ pub enum Command {
         /// share of the cores.
         #[arg(long, value_name = "N", default_value_t = 1)]
         workers: usize,
+        /// Run each experiment once per seed (e.g. 1,2,3,4,5) and report mean and
+        /// spread of its bests over the seeds.
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        seeds: Vec<u64>,
     },
     /// One task of a scheduler's array: the experiment at this task's index (from
     /// --index, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX), run headless, or resumed

@@ -44,7 +44,8 @@ fn main() -> ExitCode {
             runs,
             max_epochs,
             workers,
-        } => tlcap::shootout::run_headless(&paths, runs, max_epochs, workers),
+            seeds,
+        } => tlcap::shootout::run_headless(&paths, runs, max_epochs, workers, &seeds),
         Command::Attach { runs_dir } => tlcap::dashboard::attach(runs_dir),
         Command::Worker {
             paths,

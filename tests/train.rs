@@ -584,6 +584,37 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
     let csv = std::fs::read_to_string(results.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(results.join("results.md").is_file());
+
+    // Over seeds: each experiment once per seed, and mean ± sd over them.
+    let runs = dir.path().join("runs-seeds");
+    let out = tlcap()
+        .args(["shootout", "--seeds", "1,2,3", "--runs"])
+        .arg(&runs)
+        .arg(exps.join("one.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for seed in 1..=3 {
+        assert!(runs.join(format!("one-seed{seed}")).is_dir(), "{text}");
+        let run = std::fs::read_dir(runs.join(format!("one-seed{seed}")))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(tlcap::train::run_dir::read_config(&run).unwrap().seed, seed);
+    }
+    assert!(text.contains("over seeds 1, 2, 3"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("| one | 3 |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" ± ") && line.contains("–"), "{line}");
 }
 
 /// MobileNetV2 (ImageNet weights) on 64 px generated images with `augment` and

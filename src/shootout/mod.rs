@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 pub use crate::results::ResultRow;
 
 mod parallel;
+pub mod seeds;
 
 fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.4}"))
@@ -56,12 +57,14 @@ pub fn export(root: &Path, rows: &[ResultRow]) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `tlcap-tui shootout`: every experiment headless, then the comparison.
+/// `tlcap-tui shootout`: every experiment headless (once per seed of `seeds` when
+/// given), then the comparison.
 pub fn run_headless(
     paths: &[PathBuf],
     runs: PathBuf,
     max_epochs: Option<u32>,
     workers: usize,
+    seeds: &[u64],
 ) -> anyhow::Result<()> {
     // Every valid file; invalid ones are reported and skipped.
     let mut experiments = Vec::new();
@@ -84,8 +87,30 @@ pub fn run_headless(
     }
     let started = std::time::Instant::now();
     if workers > 1 {
+        if !seeds.is_empty() {
+            anyhow::bail!(
+                "--seeds runs in one process for now: drop --workers, or start one worker \
+                 per seed file"
+            );
+        }
         return crate::shootout::parallel::run(&files, &runs, max_epochs, workers, started);
     }
+    let base: Vec<String> = experiments.iter().map(|e| e.name.clone()).collect();
+    let experiments: Vec<_> = if seeds.is_empty() {
+        experiments
+    } else {
+        experiments
+            .into_iter()
+            .flat_map(|exp| {
+                seeds.iter().map(move |&s| {
+                    let mut e = exp.clone();
+                    e.seed = s;
+                    e.name = seeds::seeded_name(&exp.name, s);
+                    e
+                })
+            })
+            .collect()
+    };
     let mut rows = Vec::new();
     let mut interrupted = None;
     for (i, exp) in experiments.into_iter().enumerate() {
@@ -109,7 +134,20 @@ pub fn run_headless(
             Err(e) => eprintln!("error: {name}: {e:#}"),
         }
     }
-    report(&rows, &runs, started, "")?;
+    let out = report(&rows, &runs, started, "")?;
+    if !seeds.is_empty() {
+        let table = seeds::markdown(&base, &rows, seeds);
+        crate::fsutil::write_atomic(&out.join("seeds.md"), table.as_bytes())?;
+        crate::stdout::line(format!(
+            "\nover seeds {}: mean ± sd (min–max)\n{}",
+            seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            table.trim_end()
+        ))?;
+    }
     match interrupted {
         Some(e) => Err(e.context("the shootout ended early; the results so far are exported")),
         None => Ok(()),
@@ -122,7 +160,7 @@ fn report(
     runs: &Path,
     started: std::time::Instant,
     how: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let out = export(runs, rows)?;
     crate::stdout::line(markdown(rows).trim_end())?;
     crate::stdout::line(format!(
@@ -130,7 +168,8 @@ fn report(
         rows.len(),
         started.elapsed().as_secs_f64(),
         out.display()
-    ))
+    ))?;
+    Ok(out)
 }
 
 #[cfg(test)]
