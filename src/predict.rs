@@ -152,15 +152,7 @@ impl Predictor {
 
     /// Every variable of the network, on the CPU, by name.
     pub fn variables(&self) -> Vec<(String, Tensor)> {
-        let mut all: Vec<(String, Tensor)> = self
-            .net
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu)))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        self.net.all_variables()
     }
 
     /// Class and probabilities for each image; an unreadable image gives its reason.

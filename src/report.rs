@@ -171,15 +171,9 @@ fn matrix_table(c: &Confusion, classes: &[String]) -> String {
     t += &"---|".repeat(classes.len() + 4);
     t.push('\n');
     for (row, s) in c.class_scores().iter().enumerate() {
-        let total: u64 = (0..c.n).map(|p| c.get(row, p)).sum();
         t += &format!("| {} |", classes.get(row).map_or("?", String::as_str));
         for p in 0..c.n {
-            let count = c.get(row, p);
-            let pct = if total == 0 {
-                0.0
-            } else {
-                100.0 * count as f64 / total as f64
-            };
+            let (count, pct) = (c.get(row, p), 100.0 * c.row_share(row, p));
             t += &format!(" {count} ({pct:.0}%) |");
         }
         t += &format!(
@@ -277,14 +271,8 @@ fn confusion_chart(path: &Path, c: &Confusion, classes: &[String]) -> anyhow::Re
         .draw()
         .map_err(chart_error)?;
     for t in 0..n {
-        let total: u64 = (0..n).map(|p| c.get(t, p)).sum();
         for p in 0..n {
-            let count = c.get(t, p);
-            let share = if total == 0 {
-                0.0
-            } else {
-                count as f64 / total as f64
-            };
+            let (count, share) = (c.get(t, p), c.row_share(t, p));
             let (x, y) = (p as f64, (n - 1 - t) as f64);
             let shade = RGBColor(
                 (255.0 - 200.0 * share) as u8,

@@ -362,6 +362,19 @@ impl Classifier {
         }
     }
 
+    /// Every variable (backbone and head, running statistics included), detached, on
+    /// the CPU, sorted by name: a standalone copy of the whole network.
+    pub fn all_variables(&self) -> Vec<(String, Tensor)> {
+        let mut all: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Names and tensors a checkpoint holds: the head, and every variable (running
     /// statistics included) of each backbone layer trained at any point of the run.
     pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {

@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 
 use anyhow::anyhow;
 use tch::nn::{self, OptimizerConfig};
-use tch::Tensor;
 
 use super::cache::Cache;
 use super::epoch::checkpoint_info;
@@ -589,16 +588,8 @@ impl Trainer {
         if let Some(run) = &self.run {
             run.write_summary(&summary)?;
             if self.options.export_model {
-                let mut all: Vec<(String, Tensor)> = s
-                    .net
-                    .vs
-                    .variables()
-                    .into_iter()
-                    .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu)))
-                    .collect();
-                all.sort_by(|a, b| a.0.cmp(&b.0));
                 let path = run.path.join("model.safetensors");
-                crate::weights::write_safetensors(&path, &all, None)?;
+                crate::weights::write_safetensors(&path, &s.net.all_variables(), None)?;
             }
         }
         self.beat(s, RunState::Finished, (0, 0), 0.0, true);

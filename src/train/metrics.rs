@@ -41,6 +41,17 @@ impl Confusion {
         self.counts[t * self.n + p]
     }
 
+    /// The fraction of true class `t`'s images predicted as `p` (0 for an empty row):
+    /// the row percentages of the matrix.
+    pub fn row_share(&self, t: usize, p: usize) -> f64 {
+        let total: u64 = (0..self.n).map(|q| self.get(t, q)).sum();
+        if total == 0 {
+            0.0
+        } else {
+            self.get(t, p) as f64 / total as f64
+        }
+    }
+
     /// Precision, recall, F1 and support of each class (one against the rest); a
     /// score with nothing to divide by is 0.
     pub fn class_scores(&self) -> Vec<ClassScores> {

@@ -157,15 +157,9 @@ fn draw_matrix(frame: &mut Frame, c: &Confusion, classes: &[String], title: &str
     header.extend(["P".into(), "R".into(), "F1".into()]);
     let rows: Vec<Row> = (0..c.n)
         .map(|t| {
-            let total: u64 = (0..c.n).map(|p| c.get(t, p)).sum();
             let mut cells = vec![short(classes.get(t).map_or("?", String::as_str))];
             for p in 0..c.n {
-                let count = c.get(t, p);
-                let pct = if total == 0 {
-                    0.0
-                } else {
-                    100.0 * count as f64 / total as f64
-                };
+                let (count, pct) = (c.get(t, p), 100.0 * c.row_share(t, p));
                 cells.push(format!("{count} {pct:.0}%"));
             }
             let s = scores[t];
