@@ -10,9 +10,10 @@ use crate::config::{self, ConfigError, Experiment, Weights};
 /// problem with the position of the setting it concerns. Nothing is executed: a
 /// weights file is only parsed.
 pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
+    let positions = config::positions_of(file);
     let problem = |key: &str, message: String| ConfigError {
         file: file.to_path_buf(),
-        position: config::position_of(file, key),
+        position: positions.get(key).copied(),
         message,
     };
     let mut problems = Vec::new();
@@ -42,7 +43,7 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
         .table()
         .len();
     // Only a number the file gives: the default asks for "up to 20", whatever there is.
-    let written = config::position_of(file, "finetune.unfreeze_last").is_some();
+    let written = positions.contains_key("finetune.unfreeze_last");
     if written && exp.finetune.unfreeze_last > layers {
         problems.push(problem(
             "finetune.unfreeze_last",

@@ -178,6 +178,7 @@ fn check_photos(name: &str, kind: Kind_) {
     let json = fixture(name);
     let (_vs, net) = build(kind, &model::imagenet_weights(kind).unwrap());
     let norm = Normalisation::for_model(kind, None);
+    let constants = norm.constants(tch::Device::Cpu);
     for photo in ["chelsea.png", "coffee.png"] {
         let pixels =
             decode_center_crop(&fixtures().join(photo), 256, 224, Interpolation::Bilinear).unwrap();
@@ -185,7 +186,7 @@ fn check_photos(name: &str, kind: Kind_) {
             .view([1, 3, 224, 224])
             .to_kind(Kind::Float);
         let probs = tch::no_grad(|| {
-            let f = net.features(&norm.apply(&x, None), false);
+            let f = net.features(&norm.apply(&x, constants.as_ref()), false);
             net.imagenet_logits(&f).unwrap().softmax(-1, Kind::Float)
         });
         let top1 = probs.argmax(-1, false).int64_value(&[0]);

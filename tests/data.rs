@@ -182,7 +182,12 @@ fn rescale_never_double_scales_a_pretrained_backbone() {
     let imagenet =
         Normalisation::for_model(tlcap::config::Backbone::MobilenetV2, Some(1.0 / 255.0));
     assert_eq!(imagenet, Normalisation::ImageNet);
-    let y = Vec::<f32>::try_from(imagenet.apply(&x, None).flatten(0, -1)).unwrap();
+    let y = Vec::<f32>::try_from(
+        imagenet
+            .apply(&x, imagenet.constants(tch::Device::Cpu).as_ref())
+            .flatten(0, -1),
+    )
+    .unwrap();
     assert!((y[0] - (0.0 - 0.485) / 0.229).abs() < 1e-5);
     assert!((y[1] - (1.0 - 0.456) / 0.224).abs() < 1e-5);
     // EfficientNet-Lite: (pixel - 127) / 128, the constants of its TF builder.

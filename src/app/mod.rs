@@ -238,14 +238,20 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             Vec::new()
         }
         AppEvent::Trainer(id, event) => {
+            // Only a finished epoch can change the best (and the view's predictions).
+            let epoch_end = matches!(event, Event::EpochEnd(_)) && app.errors.is_some();
             let best_before = app
                 .entries
                 .iter()
-                .find(|e| e.id == id)
+                .find(|e| e.id == id && epoch_end)
                 .and_then(|e| e.run.as_ref())
                 .and_then(RunView::best);
             on_trainer(app, id, event);
-            let mut actions = errors::after_epoch(app, id, best_before);
+            let mut actions = if epoch_end {
+                errors::after_epoch(app, id, best_before)
+            } else {
+                Vec::new()
+            };
             actions.extend(next_in_queue(app));
             actions
         }

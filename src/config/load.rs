@@ -349,10 +349,12 @@ fn with_suggestion(msg: &str) -> String {
     }
 }
 
-/// The 1-based (line, column) of the value at dotted `key` in an experiment file.
-pub fn position_of(file: &Path, key: &str) -> Option<(usize, usize)> {
-    let text = std::fs::read_to_string(file).ok()?;
-    value_positions(&text).get(key).copied()
+/// The 1-based (line, column) of every value in an experiment file, by dotted key
+/// (empty when the file cannot be read).
+pub fn positions_of(file: &Path) -> std::collections::HashMap<String, (usize, usize)> {
+    std::fs::read_to_string(file)
+        .map(|text| value_positions(&text))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

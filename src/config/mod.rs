@@ -8,7 +8,7 @@ mod validate;
 
 pub use diff::{diff, Change, ChangeKind, LiveEdit};
 pub use load::{
-    experiment_files, is_experiment_file, load, load_all, load_file, parse_str, position_of,
+    experiment_files, is_experiment_file, load, load_all, load_file, parse_str, positions_of,
     ConfigError, ConfigErrors, Loaded, MAX_FILE_BYTES,
 };
 pub use schema::json_schema;

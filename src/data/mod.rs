@@ -287,8 +287,7 @@ impl Normalisation {
         match (*self, constants) {
             (Normalisation::ImageNet, Some((mean, std))) => (x / 255.0 - mean) / std,
             (Normalisation::ImageNet, None) => {
-                let (mean, std) = self.constants(x.device()).expect("ImageNet constants");
-                (x / 255.0 - mean) / std
+                panic!("ImageNet normalisation without its constants (make them once)")
             }
             (Normalisation::MinusOneToOne, _) => (x - 127.0) / 128.0,
             (Normalisation::Rescale(f), _) => x * f,

@@ -80,12 +80,6 @@ pub(super) fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
         .max()
         .unwrap_or(4);
     let text_width = (width as usize).saturating_sub(keys_width + 4).max(10);
-    let total = KEYS
-        .iter()
-        .map(|k| textwrap::wrap(k.what, text_width).len())
-        .sum::<usize>();
-    let rect = popup(area, width, total as u16 + 2);
-    let visible = rect.height.saturating_sub(2) as usize;
     // Every key's lines, then the window from the selected key (the last page full).
     let mut lines: Vec<Line> = Vec::new();
     let mut first_line_of = Vec::new();
@@ -100,6 +94,9 @@ pub(super) fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
             ]));
         }
     }
+    let total = lines.len();
+    let rect = popup(area, width, total as u16 + 2);
+    let visible = rect.height.saturating_sub(2) as usize;
     let from = first_line_of
         .get(app.overlay_scroll)
         .copied()
