@@ -59,6 +59,17 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
     }
 }
 
+/// The trainer's event for the fine-tune phase beginning at `epoch` (14 layers).
+fn finetune_from(epoch: u32, trainable_params: usize) -> Event {
+    Event::PhaseChanged {
+        phase: Phase::Finetune,
+        epoch,
+        trainable_layers: 14,
+        trainable_params,
+        layers: layers(),
+    }
+}
+
 fn layers() -> Vec<LayerInfo> {
     (0..6)
         .map(|i| LayerInfo {
@@ -195,16 +206,7 @@ fn finetuning() -> App {
     let mut app = running(3);
     // The planned phase change comes between epochs (epoch 3 just ended).
     app.entries[0].run.as_mut().unwrap().epoch = 3;
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 4,
-            trainable_layers: 14,
-            trainable_params: 1_206_400,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(4, 1_206_400));
     for e in 4..=6 {
         trainer(
             &mut app,
@@ -631,16 +633,7 @@ fn review_edge_cases() {
     );
     assert_eq!(app.current().unwrap().run.as_ref().unwrap().best(), Some(1));
     // An early unfreeze recounts the epochs: 3 done + 4 fine-tune.
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 4,
-            trainable_layers: 14,
-            trainable_params: 1,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(4, 1));
     assert_eq!(app.current().unwrap().run.as_ref().unwrap().total_epochs, 7);
 }
 
@@ -751,16 +744,7 @@ fn trainer_news_is_seen_while_a_broken_save_is_on_screen() {
             suggestion,
         },
     );
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 4,
-            trainable_layers: 14,
-            trainable_params: 1,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(4, 1));
     // The watcher reads the broken file again (a second save, an editor's touch).
     for _ in 0..10 {
         update(&mut app, AppEvent::FileLoaded(path.clone(), broken()));
@@ -944,16 +928,7 @@ fn the_eta_follows_the_pace_of_the_current_phase() {
         m.seconds = 0.05;
         trainer(&mut app, Event::EpochEnd(m));
     }
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 5,
-            trainable_layers: 14,
-            trainable_params: 1,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(5, 1));
     assert_eq!(
         run(&app).eta_seconds(),
         None,
@@ -992,16 +967,7 @@ fn the_eta_follows_the_pace_of_the_current_phase() {
 fn an_early_unfreeze_labels_the_mixed_epoch_and_explains_the_total() {
     let mut app = running(0);
     assert_eq!(app.current().unwrap().run.as_ref().unwrap().total_epochs, 8);
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 1,
-            trainable_layers: 14,
-            trainable_params: 1,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(1, 1));
     let last = &app.messages.last().unwrap().text;
     assert_eq!(
         last,
@@ -1026,16 +992,7 @@ fn an_unanswered_stall_banner_stays_until_dismissed() {
     let mut app = stalled();
     app.entries[0].run.as_mut().unwrap().epoch = 4;
     trainer(&mut app, Event::EpochEnd(metrics(4, Phase::Frozen, 0.7)));
-    trainer(
-        &mut app,
-        Event::PhaseChanged {
-            phase: Phase::Finetune,
-            epoch: 5,
-            trainable_layers: 14,
-            trainable_params: 1,
-            layers: layers(),
-        },
-    );
+    trainer(&mut app, finetune_from(5, 1));
     let screen = render(&app, 100, 30);
     assert!(screen.contains("ended as planned"), "{screen}");
     update(&mut app, key(KeyCode::Esc));

@@ -46,6 +46,24 @@ fn settle(rx: &mut UnboundedReceiver<FileEvent>) {
     while rx.try_recv().is_ok() {}
 }
 
+/// A folder with a valid `exp.yaml`, watched (the watcher settled): the folder, the
+/// file, the events, the watcher.
+fn watched() -> (
+    tempfile::TempDir,
+    PathBuf,
+    UnboundedReceiver<FileEvent>,
+    tlcap::watch::Watcher,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let file = root.join("exp.yaml");
+    std::fs::write(&file, VALID).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let w = tlcap::watch::watch(&root, tx).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    (dir, file, rx, w)
+}
+
 fn epochs_of(ev: &FileEvent) -> u32 {
     match ev {
         FileEvent::Changed(_, Ok(e)) => e.frozen.epochs,
@@ -55,13 +73,8 @@ fn epochs_of(ev: &FileEvent) -> u32 {
 
 #[test]
 fn saves_of_every_style_are_seen() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, file, mut rx, _w) = watched();
     let root = dir.path().canonicalize().unwrap();
-    let file = root.join("exp.yaml");
-    std::fs::write(&file, VALID).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let _w = tlcap::watch::watch(&root, tx).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
 
     // vim / VS Code / JetBrains: write a temp file, rename it over.
     let t = Instant::now();
@@ -227,13 +240,7 @@ fn a_symlinked_experiment_follows_its_target() {
 /// broken file's errors).
 #[test]
 fn a_save_is_reported_then_the_watcher_is_quiet() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let file = root.join("exp.yaml");
-    std::fs::write(&file, VALID).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let _w = tlcap::watch::watch(&root, tx).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let (_dir, file, mut rx, _w) = watched();
     save_by_rename(&file, "data: { dir: data }\nmodel: { backbone: nope }\n");
     let t = Instant::now();
     let _ = next_for(&mut rx, &file, t);
