@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use tch::{nn, Kind, Tensor};
 
 use crate::config::{Backbone as BackboneKind, Experiment, Weights};
+use crate::model::classifier::{Classifier, CPU_PREFIX_CHUNK};
 use crate::model::Backbone;
 use crate::train::{self, EpochMetrics, Event, Options, Phases};
 
@@ -191,6 +192,14 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 cached[1].images_per_sec / uncached[0].images_per_sec
             ),
         });
+        rows.extend(forward_rows(
+            dir.path(),
+            options,
+            kind,
+            &weights,
+            all,
+            fp32_peak,
+        )?);
         for (i, row) in rows.iter().enumerate() {
             let gflops = row.flops_per_image.map(|f| f * row.images_per_sec / 1e9);
             say(format!(
@@ -225,6 +234,107 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The frozen backbone's forward pass alone (no input thread, no head, no optimiser),
+/// fp32, one variable at a time: BatchNorm as its own pass or folded into the
+/// convolutions, the batch in one pass or in smaller passes (the CPU default is
+/// [`CPU_PREFIX_CHUNK`] images), one libtorch thread instead of all.
+fn forward_rows(
+    root: &Path,
+    options: &BenchOptions,
+    kind: BackboneKind,
+    weights: &Path,
+    flops: f64,
+    peak: f64,
+) -> anyhow::Result<Vec<Row>> {
+    let mut exp = experiment(root, options, kind, "")?;
+    exp.model.weights = Weights::File(weights.to_path_buf());
+    let device = crate::runtime::select_device(&options.device)?;
+    let mut net = Classifier::new(&exp, 2, device)?;
+    net.set_frozen_phase();
+    net.set_precision(Some(Kind::Float));
+    let k = net.frozen_segments();
+    let batch = options.batch_size as i64;
+    let size = options.size as i64;
+    let threads = tch::get_num_threads();
+    let pixels = Tensor::rand([batch, 3, size, size], (Kind::Float, tch::Device::Cpu)) * 255.0;
+    // Images per second of the frozen forward pass on one batch, best of three timings
+    // of at least 2 s each.
+    let measure = |net: &Classifier| {
+        let _ = net.run_prefix(&pixels, k);
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let (start, mut done) = (Instant::now(), 0);
+            while start.elapsed().as_secs_f64() < 2.0 {
+                let _ = net
+                    .run_prefix(&pixels, k)
+                    .sum(Kind::Float)
+                    .double_value(&[]);
+                done += batch;
+            }
+            best = best.max(done as f64 / start.elapsed().as_secs_f64());
+        }
+        best
+    };
+    net.set_prefix_chunk(None);
+    net.set_fold_batchnorm(false);
+    let separate = measure(&net);
+    net.set_fold_batchnorm(true);
+    let folded = measure(&net);
+    let mut by_chunk = Vec::new();
+    for chunk in [1, 2, 4, 8, 16] {
+        if chunk < batch {
+            net.set_prefix_chunk(Some(chunk));
+            by_chunk.push((chunk, measure(&net)));
+        }
+    }
+    let chunk = CPU_PREFIX_CHUNK.min(batch);
+    net.set_prefix_chunk(Some(chunk));
+    let chunked = by_chunk
+        .iter()
+        .find(|(c, _)| *c == chunk)
+        .map_or(folded, |(_, v)| *v);
+    tch::set_num_threads(1);
+    let one_thread = measure(&net);
+    tch::set_num_threads(threads);
+    let row = |what: String, images_per_sec: f64, note: String| Row {
+        what,
+        images_per_sec,
+        flops_per_image: Some(flops),
+        peak,
+        note,
+    };
+    let sweep: Vec<String> = by_chunk
+        .iter()
+        .map(|(c, v)| format!("{c}: {v:.0}"))
+        .collect();
+    Ok(vec![
+        row(
+            format!("forward alone fp32, BatchNorm separate, b{batch}"),
+            separate,
+            String::new(),
+        ),
+        row(
+            format!("forward alone fp32, BatchNorm folded, b{batch}"),
+            folded,
+            format!("{:.2}x separate", folded / separate),
+        ),
+        row(
+            format!("forward alone fp32, folded, passes of {chunk}"),
+            chunked,
+            format!(
+                "{:.2}x b{batch} (img/s by pass size {})",
+                chunked / folded,
+                sweep.join(", ")
+            ),
+        ),
+        row(
+            format!("forward alone fp32, folded, passes of {chunk}, 1 thread"),
+            one_thread,
+            format!("{:.2}x {threads} threads", one_thread / chunked),
+        ),
+    ])
 }
 
 /// The training images of `images` with a 0.2 validation split per class.

@@ -103,25 +103,40 @@ fn build(kind: Kind_, weights: &Path) -> (nn::VarStore, Backbone) {
     (vs, net)
 }
 
+/// The backbone against the fixture as loaded, then again frozen with every BatchNorm
+/// folded into its convolution (how the frozen part runs in training and prediction).
 fn check_fixture(name: &str, kind: Kind_, weights: &Path) {
     let json = fixture(name);
     assert!(json["tolerance"].as_str().unwrap().contains("1e-3"));
-    let (_vs, net) = build(kind, weights);
-    let (features, logits) = tch::no_grad(|| {
-        let f = net.features(&formula_input(), false);
-        let l = net.imagenet_logits(&f).unwrap();
-        (f, l)
-    });
-    assert_close(
-        &format!("{name} features"),
-        &features,
-        &reference(&json["features"]),
-    );
-    assert_close(
-        &format!("{name} logits"),
-        &logits,
-        &reference(&json["logits"]),
-    );
+    let (_vs, mut net) = build(kind, weights);
+    for folded in [false, true] {
+        if folded {
+            net.table_mut().freeze_all();
+            let count = net.table_mut().fold_batchnorm(Kind::Float);
+            let batchnorms = net
+                .table()
+                .layers()
+                .filter(|l| l.kind == LayerKind::BatchNorm)
+                .count();
+            assert_eq!(count, batchnorms, "{name}: every BatchNorm folds");
+        }
+        let (features, logits) = tch::no_grad(|| {
+            let f = net.features(&formula_input(), false);
+            let l = net.imagenet_logits(&f).unwrap();
+            (f, l)
+        });
+        let what = if folded { " (BatchNorm folded)" } else { "" };
+        assert_close(
+            &format!("{name} features{what}"),
+            &features,
+            &reference(&json["features"]),
+        );
+        assert_close(
+            &format!("{name} logits{what}"),
+            &logits,
+            &reference(&json["logits"]),
+        );
+    }
 }
 
 #[test]

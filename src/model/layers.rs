@@ -54,6 +54,15 @@ pub struct LayerInfo {
 struct Entry {
     info: LayerInfo,
     params: Vec<Tensor>,
+    /// A BatchNorm's running statistics and epsilon, for folding.
+    stats: Option<RunningStats>,
+}
+
+/// A BatchNorm's running mean and variance (shallow clones) and its epsilon.
+struct RunningStats {
+    mean: Tensor,
+    var: Tensor,
+    eps: f64,
 }
 
 /// The ordered layer list of a backbone, with each layer's trainable state.
@@ -61,6 +70,9 @@ pub struct LayerTable {
     entries: Vec<Entry>,
     /// Whether trainable BatchNorm layers update their statistics in training mode.
     train_bn: bool,
+    /// Per layer index: for a BatchNorm folded into the convolution before it, the
+    /// convolution's new bias (see [`LayerTable::fold_batchnorm`]).
+    folded: Vec<Option<Tensor>>,
 }
 
 impl LayerTable {
@@ -137,6 +149,48 @@ impl LayerTable {
     /// Whether any layer in `range` is trainable.
     pub fn any_trainable(&self, range: Range<usize>) -> bool {
         self.entries[range].iter().any(|e| e.info.trainable)
+    }
+
+    /// Folds every BatchNorm into the convolution before it, for inference only: the
+    /// convolution's weights are scaled by `gamma / sqrt(var + eps)` per output channel
+    /// and it gains the bias `beta - mean * gamma / sqrt(var + eps)` (kept here, in
+    /// `bias_kind`), so one pass over the activations replaces two. Folding is computed
+    /// in the weights' own precision (float32 before a cast to bfloat16). Only for a
+    /// table that never trains again (a frozen copy). Returns how many were folded.
+    pub fn fold_batchnorm(&mut self, bias_kind: tch::Kind) -> usize {
+        assert!(
+            self.entries.iter().all(|e| !e.info.trainable),
+            "BatchNorm can only be folded in a frozen table"
+        );
+        self.folded = self.entries.iter().map(|_| None).collect();
+        let mut count = 0;
+        tch::no_grad(|| {
+            for i in 1..self.entries.len() {
+                let (before, rest) = self.entries.split_at(i);
+                let (conv, bn) = (&before[i - 1], &rest[0]);
+                let Some(stats) = &bn.stats else { continue };
+                if !matches!(conv.info.kind, LayerKind::Conv | LayerKind::DepthwiseConv) {
+                    continue;
+                }
+                let scale = bn.params[0].shallow_clone() / (&stats.var + stats.eps).sqrt();
+                let weight = &conv.params[0];
+                let scaled = weight * scale.view([-1, 1, 1, 1]);
+                weight.shallow_clone().copy_(&scaled);
+                let conv_bias = conv
+                    .params
+                    .get(1)
+                    .map_or_else(|| stats.mean.zeros_like(), |b| b.shallow_clone());
+                let bias = &bn.params[1] + (conv_bias - &stats.mean) * &scale;
+                self.folded[i] = Some(bias.to_kind(bias_kind));
+                count += 1;
+            }
+        });
+        count
+    }
+
+    /// The bias of a convolution whose BatchNorm (at `bn_index`) was folded into it.
+    fn folded_bias(&self, bn_index: usize) -> Option<&Tensor> {
+        self.folded.get(bn_index).and_then(Option::as_ref)
     }
 }
 
@@ -246,7 +300,38 @@ pub fn count_flops(f: impl FnOnce()) -> Vec<(usize, u64)> {
 impl Conv {
     /// Applies the convolution (with TF "SAME" padding when asked).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = self.apply(x);
+        let y = match self.same_padding(x) {
+            None => self.conv.forward(x),
+            Some(pad) => self.conv.forward(&x.constant_pad_nd(pad)),
+        };
+        self.count(&y);
+        y
+    }
+
+    /// The convolution with `bias` in place of its own (a folded BatchNorm's).
+    fn forward_with_bias(&self, x: &Tensor, bias: &Tensor) -> Tensor {
+        let s = &self.spec;
+        let padding = if s.same { 0 } else { s.padding };
+        let run = |x: &Tensor| {
+            x.conv2d(
+                &self.conv.ws,
+                Some(bias),
+                [s.stride, s.stride],
+                [padding, padding],
+                [1, 1],
+                s.groups,
+            )
+        };
+        let y = match self.same_padding(x) {
+            None => run(x),
+            Some(pad) => run(&x.constant_pad_nd(pad)),
+        };
+        self.count(&y);
+        y
+    }
+
+    /// Records this convolution's work while [`count_flops`] counts.
+    fn count(&self, y: &Tensor) {
         FLOPS.with(|c| {
             if let Some(counts) = c.borrow_mut().as_mut() {
                 let s = &self.spec;
@@ -254,12 +339,12 @@ impl Conv {
                 counts.push((self.index, (y.numel() as i64 * per_output) as u64));
             }
         });
-        y
     }
 
-    fn apply(&self, x: &Tensor) -> Tensor {
+    /// TensorFlow "SAME" padding for `x` (left, right, top, bottom), when needed.
+    fn same_padding(&self, x: &Tensor) -> Option<[i64; 4]> {
         if !self.spec.same {
-            return self.conv.forward(x);
+            return None;
         }
         let pad = |i: i64| {
             let s = self.spec.stride;
@@ -268,22 +353,36 @@ impl Conv {
         };
         let size = x.size();
         let (ph, pw) = (pad(size[2]), pad(size[3]));
-        if ph == 0 && pw == 0 {
-            return self.conv.forward(x);
-        }
-        let padded = x.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2]);
-        self.conv.forward(&padded)
+        (ph != 0 || pw != 0).then_some([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2])
     }
 }
 
-/// A convolution and the BatchNorm after it: convolution, then normalisation.
+/// A convolution and the BatchNorm after it: convolution, then normalisation — or
+/// one convolution with a bias where the BatchNorm was folded into it. Every
+/// BatchNorm runs through here, so a folded one is never applied twice or skipped.
 pub fn conv_bn((conv, bn): &(Conv, Bn), x: &Tensor, ctx: Ctx) -> Tensor {
-    bn.forward(&conv.forward(x), ctx)
+    match ctx.table.folded_bias(bn.index) {
+        Some(bias) => {
+            assert_eq!(
+                conv.index + 1,
+                bn.index,
+                "BatchNorm folded into another conv"
+            );
+            conv.forward_with_bias(x, bias)
+        }
+        None => bn.forward(&conv.forward(x), ctx),
+    }
 }
 
-/// ReLU6 (MobileNetV2, EfficientNet-Lite).
+/// ReLU6 (MobileNetV2, EfficientNet-Lite); in place where no gradient flows through.
 pub fn relu6(x: Tensor) -> Tensor {
-    x.clamp(0.0, 6.0)
+    if x.requires_grad() {
+        x.clamp(0.0, 6.0)
+    } else {
+        let mut x = x;
+        let _ = x.clamp_(0.0, 6.0);
+        x
+    }
 }
 
 /// A BatchNorm layer that knows its place in the table.
@@ -295,7 +394,8 @@ pub struct Bn {
 
 impl Bn {
     /// Normalises; training mode only if the layer is trainable and `train_bn` is set.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+    /// Only [`conv_bn`] calls it, which knows whether it was folded.
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         self.bn
             .forward_t(x, ctx.table.bn_updates(self.index, ctx.train))
     }
@@ -319,7 +419,13 @@ impl<'a> Builder<'a> {
         name.split('.').fold(self.root.clone(), |p, s| p.sub(s))
     }
 
-    fn push(&mut self, name: &str, kind: LayerKind, params: Vec<Tensor>) -> usize {
+    fn push(
+        &mut self,
+        name: &str,
+        kind: LayerKind,
+        params: Vec<Tensor>,
+        stats: Option<RunningStats>,
+    ) -> usize {
         let count = params.iter().map(Tensor::numel).sum();
         self.entries.push(Entry {
             info: LayerInfo {
@@ -329,6 +435,7 @@ impl<'a> Builder<'a> {
                 trainable: true,
             },
             params,
+            stats,
         });
         self.entries.len() - 1
     }
@@ -351,7 +458,7 @@ impl<'a> Builder<'a> {
         } else {
             LayerKind::Conv
         };
-        let index = self.push(name, kind, params);
+        let index = self.push(name, kind, params, None);
         Conv { conv, spec, index }
     }
 
@@ -370,7 +477,12 @@ impl<'a> Builder<'a> {
             .flatten()
             .map(Tensor::shallow_clone)
             .collect();
-        let index = self.push(name, LayerKind::BatchNorm, params);
+        let stats = RunningStats {
+            mean: bn.running_mean.shallow_clone(),
+            var: bn.running_var.shallow_clone(),
+            eps,
+        };
+        let index = self.push(name, LayerKind::BatchNorm, params, Some(stats));
         Bn { bn, index }
     }
 
@@ -384,6 +496,7 @@ impl<'a> Builder<'a> {
         LayerTable {
             entries: self.entries,
             train_bn: false,
+            folded: Vec::new(),
         }
     }
 }

@@ -45,8 +45,8 @@ impl Block {
 /// A ResNet without its `fc` layer.
 #[derive(Debug)]
 pub struct Resnet {
-    conv1: Conv,
-    bn1: Bn,
+    /// The stem's convolution and BatchNorm (`conv1`, `bn1`).
+    stem: (Conv, Bn),
     blocks: Vec<Block>,
     /// Channels after the last stage (512 or 2048).
     pub features: i64,
@@ -100,8 +100,7 @@ impl Resnet {
             }
         }
         Resnet {
-            conv1,
-            bn1,
+            stem: (conv1, bn1),
             blocks,
             features: cin,
             starts,
@@ -111,11 +110,11 @@ impl Resnet {
     /// Segment `i`: 0 is the stem (conv, BatchNorm, ReLU, max-pool), then the blocks.
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
         match i {
-            0 => self
-                .bn1
-                .forward(&self.conv1.forward(x), ctx)
-                .relu()
-                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+            0 => {
+                conv_bn(&self.stem, x, ctx)
+                    .relu()
+                    .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+            }
             i => self.blocks[i - 1].forward(x, ctx),
         }
     }
