@@ -151,7 +151,7 @@ pub fn export(
             file.file_name().unwrap_or_default().to_string_lossy()
         );
     }
-    let predictor = Predictor::load(&file)?;
+    let mut predictor = Predictor::load(&file)?;
     let exp = predictor.experiment.clone();
     let epoch = predictor.epoch;
     let metrics = crate::train::run_dir::read_metrics(run)

@@ -128,8 +128,12 @@ impl Predictor {
     }
 
     /// The network traced into TorchScript: uint8 `[N, 3, H, W]` in, probabilities out.
-    pub fn trace(&self) -> anyhow::Result<tch::CModule> {
+    pub fn trace(&mut self) -> anyhow::Result<tch::CModule> {
         let size = self.experiment.data.image_size;
+        // The whole batch in one pass: a traced split into passes would fix the
+        // number of passes to the example's.
+        let chunk = self.net.prefix_chunk();
+        self.net.set_prefix_chunk(None);
         let example = Tensor::zeros(
             [2, 3, size.height as i64, size.width as i64],
             (Kind::Uint8, tch::Device::Cpu),
@@ -142,12 +146,9 @@ impl Predictor {
             let x = inputs[0].to_kind(Kind::Float).to_device(net.device());
             vec![tch::no_grad(|| net.probabilities(&net.forward(&x)))]
         };
-        Ok(tch::CModule::create_by_tracing(
-            "tlcap",
-            "forward",
-            &[example],
-            &mut closure,
-        )?)
+        let module = tch::CModule::create_by_tracing("tlcap", "forward", &[example], &mut closure);
+        self.net.set_prefix_chunk(chunk);
+        Ok(module?)
     }
 
     /// Every variable of the network, on the CPU, by name.

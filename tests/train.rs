@@ -736,6 +736,47 @@ fn feature_and_prefix_caches_give_the_same_metrics() {
     assert_same_figures(&cached, &plain);
 }
 
+/// How the frozen part runs on a CPU (BatchNorm folded into the convolutions, the
+/// batch in passes of a few images) changes the speed, not the output: the same
+/// prefix outputs as BatchNorm applied on its own over the whole batch at once, for the
+/// whole frozen backbone and for the prefix the fine-tune phase keeps frozen.
+#[test]
+fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 2, 64);
+    let exp = mobilenet_exp(&data, "{}", "precision: fp32\n");
+    let mut net = tlcap::model::classifier::Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
+    tch::manual_seed(3);
+    let pixels = Tensor::rand([7, 3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)) * 255.0;
+    for phase in ["frozen", "finetune"] {
+        if phase == "frozen" {
+            net.set_frozen_phase();
+        } else {
+            net.set_finetune_phase(14, false);
+        }
+        net.set_precision(Some(tch::Kind::Float));
+        let k = net.frozen_segments();
+        assert!(k > 0, "{phase}: a frozen prefix");
+        net.set_fold_batchnorm(false);
+        net.set_prefix_chunk(None);
+        let plain = net.run_prefix(&pixels, k);
+        net.set_fold_batchnorm(true);
+        net.set_prefix_chunk(Some(3));
+        let fast = net.run_prefix(&pixels, k);
+        assert_eq!(plain.size(), fast.size(), "{phase}");
+        let err = (&plain - &fast).abs().max().double_value(&[]);
+        let scale = plain.abs().max().double_value(&[]);
+        eprintln!("{phase}: max abs difference {err:.2e} of {scale:.2e}");
+        assert!(
+            scale > 0.0 && err <= 1e-4 * scale.max(1.0),
+            "{phase}: {err} of {scale}"
+        );
+    }
+}
+
 /// bfloat16 for the frozen part: the run still learns, says `bf16`, and lands close to
 /// float32.
 #[test]
