@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use tch::{nn, Kind, Tensor};
 
 use crate::config::{Backbone as BackboneKind, Experiment, Weights};
-use crate::model::classifier::{Classifier, CPU_PREFIX_CHUNK};
+use crate::model::classifier::{Classifier, CPU_PASS_PIXELS};
 use crate::model::Backbone;
 use crate::train::{self, EpochMetrics, Event, Options, Phases};
 
@@ -239,7 +239,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
 /// The frozen backbone's forward pass alone (no input thread, no head, no optimiser),
 /// fp32, one variable at a time: BatchNorm as its own pass or folded into the
 /// convolutions, the batch in one pass or in smaller passes (the CPU default is
-/// [`CPU_PREFIX_CHUNK`] images), one libtorch thread instead of all.
+/// [`CPU_PASS_PIXELS`]), one libtorch thread instead of all.
 fn forward_rows(
     root: &Path,
     options: &BenchOptions,
@@ -277,7 +277,7 @@ fn forward_rows(
         }
         best
     };
-    net.set_prefix_chunk(None);
+    net.set_pass_pixels(None);
     net.set_fold_batchnorm(false);
     let separate = measure(&net);
     net.set_fold_batchnorm(true);
@@ -285,12 +285,12 @@ fn forward_rows(
     let mut by_chunk = Vec::new();
     for chunk in [1, 2, 4, 8, 16] {
         if chunk < batch {
-            net.set_prefix_chunk(Some(chunk));
+            net.set_pass_pixels(Some(chunk * size * size));
             by_chunk.push((chunk, measure(&net)));
         }
     }
-    let chunk = CPU_PREFIX_CHUNK.min(batch);
-    net.set_prefix_chunk(Some(chunk));
+    net.set_pass_pixels(Some(CPU_PASS_PIXELS));
+    let chunk = net.images_per_pass(&pixels).min(batch);
     let chunked = by_chunk
         .iter()
         .find(|(c, _)| *c == chunk)

@@ -132,8 +132,8 @@ impl Predictor {
         let size = self.experiment.data.image_size;
         // The whole batch in one pass: a traced split into passes would fix the
         // number of passes to the example's.
-        let chunk = self.net.prefix_chunk();
-        self.net.set_prefix_chunk(None);
+        let pass_pixels = self.net.pass_pixels();
+        self.net.set_pass_pixels(None);
         let example = Tensor::zeros(
             [2, 3, size.height as i64, size.width as i64],
             (Kind::Uint8, tch::Device::Cpu),
@@ -147,7 +147,7 @@ impl Predictor {
             vec![tch::no_grad(|| net.probabilities(&net.forward(&x)))]
         };
         let module = tch::CModule::create_by_tracing("tlcap", "forward", &[example], &mut closure);
-        self.net.set_prefix_chunk(chunk);
+        self.net.set_pass_pixels(pass_pixels);
         Ok(module?)
     }
 

@@ -92,10 +92,12 @@ fn torchscript_matches_predict(run: &Path, dir: &Path) -> f64 {
     assert!(card.metrics.is_some());
     let module = tch::CModule::load(&model).unwrap();
     let (files, x) = val_batch(run, &predictor);
-    // Three copies: more images than the frozen part's passes on a CPU take at once.
-    let copies = 3 * files.len() as i64;
-    assert!(copies > tlcap::model::classifier::CPU_PREFIX_CHUNK);
-    let scripted = tch::no_grad(|| module.forward_ts(&[&Tensor::cat(&[&x, &x, &x], 0)])).unwrap();
+    // Enough copies for more images than the frozen part takes in one pass on a CPU.
+    let n = files.len() as i64;
+    let per_pass = tlcap::model::classifier::CPU_PASS_PIXELS / (x.size()[2] * x.size()[3]);
+    let copies = n * (per_pass / n + 1);
+    let batch = Tensor::cat(&vec![&x; (copies / n) as usize], 0);
+    let scripted = tch::no_grad(|| module.forward_ts(&[&batch])).unwrap();
     assert_eq!(scripted.kind(), Kind::Float);
     assert_eq!(scripted.size()[0], copies);
     let native = predictor.predict(&files);

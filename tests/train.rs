@@ -761,10 +761,11 @@ fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
         let k = net.frozen_segments();
         assert!(k > 0, "{phase}: a frozen prefix");
         net.set_fold_batchnorm(false);
-        net.set_prefix_chunk(None);
+        net.set_pass_pixels(None);
         let plain = net.run_prefix(&pixels, k);
         net.set_fold_batchnorm(true);
-        net.set_prefix_chunk(Some(3));
+        net.set_pass_pixels(Some(3 * 64 * 64));
+        assert_eq!(net.images_per_pass(&pixels), 3);
         let fast = net.run_prefix(&pixels, k);
         assert_eq!(plain.size(), fast.size(), "{phase}");
         let err = (&plain - &fast).abs().max().double_value(&[]);

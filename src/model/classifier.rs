@@ -40,15 +40,17 @@ pub struct Classifier {
     frozen_copy: RefCell<Option<FrozenCopy>>,
     /// Whether the frozen copy folds BatchNorm into the convolutions (the default).
     fold_batchnorm: bool,
-    /// Images per forward pass of the frozen part; None: the whole batch at once.
-    prefix_chunk: Option<i64>,
+    /// Input pixels (height x width, summed over images) per forward pass of the
+    /// frozen part; None: the whole batch at once.
+    pass_pixels: Option<i64>,
 }
 
-/// Images per forward pass of the frozen part on a CPU. Smaller passes keep each
-/// layer's activations in the caches: `tlcap-tui bench` measured MobileNetV2 at 224 px
-/// (fp32, BatchNorm folded, AVX2 kernels, 2 threads) at 200 img/s in passes of 4 or
-/// 8 images against 96 img/s in one pass of 32.
-pub const CPU_PREFIX_CHUNK: i64 = 8;
+/// Input pixels per forward pass of the frozen part on a CPU: 4 images at 224 px,
+/// more of smaller ones. Smaller passes keep each layer's activations in the caches:
+/// `tlcap-tui bench` measured MobileNetV2 at 224 px (fp32, BatchNorm folded, AVX2
+/// kernels, 2 threads) at 166-199 img/s in passes of 4 images against 95 img/s in one
+/// pass of 32.
+pub const CPU_PASS_PIXELS: i64 = 4 * 224 * 224;
 
 /// The backbone again, frozen, with channels-last weights in the frozen precision and
 /// (by default) its BatchNorm layers folded into the convolutions before them.
@@ -115,7 +117,7 @@ impl Classifier {
             precision: None,
             frozen_copy: RefCell::new(None),
             fold_batchnorm: true,
-            prefix_chunk: (device == Device::Cpu).then_some(CPU_PREFIX_CHUNK),
+            pass_pixels: (device == Device::Cpu).then_some(CPU_PASS_PIXELS),
         })
     }
 
@@ -231,7 +233,7 @@ impl Classifier {
         }
         let all = k == self.backbone.segments();
         tch::no_grad(|| {
-            let chunk = self.prefix_chunk.unwrap_or(i64::MAX).max(1);
+            let chunk = self.images_per_pass(&x);
             if x.size()[0] <= chunk {
                 return self.run_prefix_chunk(&x, k, all);
             }
@@ -310,16 +312,24 @@ impl Classifier {
         self.frozen_copy = RefCell::new(None);
     }
 
-    /// Images per forward pass of the frozen part (None: the whole batch); the default
-    /// is [`CPU_PREFIX_CHUNK`] on a CPU and the whole batch on a GPU. The output is
-    /// the same either way, up to rounding.
-    pub fn set_prefix_chunk(&mut self, chunk: Option<i64>) {
-        self.prefix_chunk = chunk;
+    /// Input pixels per forward pass of the frozen part (None: the whole batch at
+    /// once); the default is [`CPU_PASS_PIXELS`] on a CPU and the whole batch on a GPU.
+    /// The output is the same either way, up to rounding.
+    pub fn set_pass_pixels(&mut self, pixels: Option<i64>) {
+        self.pass_pixels = pixels;
     }
 
-    /// Images per forward pass of the frozen part (None: the whole batch).
-    pub fn prefix_chunk(&self) -> Option<i64> {
-        self.prefix_chunk
+    /// Input pixels per forward pass of the frozen part (None: the whole batch).
+    pub fn pass_pixels(&self) -> Option<i64> {
+        self.pass_pixels
+    }
+
+    /// Images per forward pass of the frozen part for a batch shaped like `x`.
+    pub fn images_per_pass(&self, x: &Tensor) -> i64 {
+        match (self.pass_pixels, x.size().as_slice()) {
+            (Some(budget), [_, _, h, w]) => (budget / (h * w).max(1)).max(1),
+            _ => i64::MAX,
+        }
     }
 
     /// The precision the frozen part runs in.
