@@ -575,6 +575,65 @@ fn shootout_queue_runs_one_after_another_and_exports() {
     assert_eq!(app.queue.iter().copied().collect::<Vec<_>>(), vec![1]);
 }
 
+/// Runs of one experiment over seeds (`name-seedN`, as `shootout --seeds` names them)
+/// get a summary in the compare view: the mean and standard deviation of each best.
+#[test]
+fn compare_view_summarises_runs_over_seeds() {
+    let mut app = App::new(
+        [1, 2, 3]
+            .iter()
+            .map(|s| {
+                let name = format!("recipe-seed{s}");
+                (
+                    PathBuf::from(format!("/exp/{name}.yaml")),
+                    FileState::Valid(Box::new(experiment(&name))),
+                )
+            })
+            .collect(),
+    );
+    update(&mut app, key(KeyCode::Char('a')));
+    // Frozen bests 0.79 / 0.80 / 0.84 (val_accuracy is acc - 0.01), fine-tuned 0.80 /
+    // 0.82 / 0.84 (the best of each run).
+    for (id, (frozen, tuned)) in [(0.80, 0.81), (0.81, 0.83), (0.85, 0.85)]
+        .iter()
+        .enumerate()
+    {
+        let id = id as u64;
+        update(
+            &mut app,
+            AppEvent::Trainer(id, Event::RunDir(format!("runs/{id}").into())),
+        );
+        update(
+            &mut app,
+            AppEvent::Trainer(id, Event::EpochEnd(metrics(1, Phase::Frozen, *frozen))),
+        );
+        update(&mut app, AppEvent::Trainer(id, finetune_from(2, 1000)));
+        update(
+            &mut app,
+            AppEvent::Trainer(id, Event::EpochEnd(metrics(2, Phase::Finetune, *tuned))),
+        );
+        update(
+            &mut app,
+            AppEvent::Trainer(
+                id,
+                Event::Finished {
+                    reason: EndReason::Completed,
+                    best: None,
+                    stopped_by: None,
+                },
+            ),
+        );
+    }
+    assert!(app.show_compare);
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("Σ recipe ") && screen.contains("3 seeds ± sd"), "{screen}");
+    // Frozen bests: mean 0.810, sd 0.026; fine-tuned and overall: mean 0.820, sd 0.020.
+    for figure in ["0.810", "±0.026", "0.820", "±0.020"] {
+        assert!(screen.contains(figure), "{figure} missing:\n{screen}");
+    }
+    insta::assert_snapshot!("compare_seeds_80x24", screen);
+}
+
 fn tlcap_app_with_mark() -> App {
     let mut app = app();
     update(&mut app, key(KeyCode::Down));

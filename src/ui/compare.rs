@@ -9,6 +9,8 @@ use ratatui::widgets::{Block, Dataset, GraphType, Row, Table};
 use ratatui::Frame;
 
 use crate::app::{App, RunView};
+use crate::results::ResultRow;
+use crate::shootout::seeds;
 
 const SERIES: [Color; 6] = [
     Color::Cyan,
@@ -28,7 +30,9 @@ const MARKERS: [(symbols::Marker, &str); 4] = [
     (symbols::Marker::Bar, "▄"),
 ];
 
-/// The shootout comparison: one table, one chart of val_accuracy per experiment.
+/// The shootout comparison: one table, one chart of val_accuracy per experiment. Runs
+/// of one experiment over seeds (`name-seedN`, as `shootout --seeds` names them) get a
+/// line more: the mean and standard deviation of each best over those seeds.
 pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let runs: Vec<(String, &RunView)> = app
         .entries
@@ -36,31 +40,29 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         .filter_map(|e| Some((e.name(), e.run.as_ref()?)))
         .filter(|(_, r)| !r.epochs.is_empty())
         .collect();
+    // The same figures `tlcap-tui shootout` exports.
+    let results: Vec<Option<ResultRow>> = runs
+        .iter()
+        .map(|(name, r)| {
+            let (trainable, total) = params(r);
+            crate::results::row(name, "", &r.epochs, (trainable, total), PathBuf::new())
+        })
+        .collect();
+    let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
+    let groups = seeds::seed_groups(&names);
     let [table_area, chart_area] = Layout::vertical([
-        Constraint::Length(runs.len() as u16 + 3),
+        Constraint::Length((runs.len() + 2 * groups.len()) as u16 + 3),
         Constraint::Min(6),
     ])
     .areas(area);
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-    let rows: Vec<Row> = runs
+    let mut rows: Vec<Row> = runs
         .iter()
+        .zip(&results)
         .enumerate()
-        .map(|(i, (name, r))| {
-            let total: usize = r.layers.iter().map(|l| l.params).sum();
-            let trainable: usize = r
-                .layers
-                .iter()
-                .filter(|l| l.trainable)
-                .map(|l| l.params)
-                .sum();
-            // The same figures `tlcap-tui shootout` exports.
-            let cells = match crate::results::row(
-                name,
-                "",
-                &r.epochs,
-                (trainable, total),
-                PathBuf::new(),
-            ) {
+        .map(|(i, ((name, r), result))| {
+            let (trainable, total) = params(r);
+            let cells = match result {
                 Some(c) => vec![
                     format!("{} {name}", MARKERS[i % MARKERS.len()].1),
                     format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
@@ -77,6 +79,11 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
             Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
         .collect();
+    rows.extend(
+        groups
+            .iter()
+            .map(|(base, members)| seed_row(base, members, &results)),
+    );
     let table = Table::new(
         rows,
         [
@@ -134,4 +141,39 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let chart =
         super::charts::epoch_chart(datasets, " val_accuracy per epoch ", (1.0, x_max), (lo, hi));
     frame.render_widget(chart, chart_area);
+}
+
+/// Trainable and total parameters of a run's layers.
+fn params(r: &RunView) -> (usize, usize) {
+    let total = r.layers.iter().map(|l| l.params).sum();
+    let trainable = r
+        .layers
+        .iter()
+        .filter(|l| l.trainable)
+        .map(|l| l.params)
+        .sum();
+    (trainable, total)
+}
+
+/// Two lines for an experiment run over seeds: the mean of each best (`Σ name`),
+/// then its sample standard deviation (`N seeds ± sd`).
+fn seed_row<'a>(base: &str, members: &[usize], results: &[Option<ResultRow>]) -> Row<'a> {
+    let mine: Vec<&ResultRow> = members
+        .iter()
+        .filter_map(|&i| results[i].as_ref())
+        .collect();
+    let cell = |values: Vec<f64>, digits: usize| match seeds::spread(&values) {
+        Some((mean, sd, _, _)) => format!("{mean:.digits$}\n±{sd:.digits$}"),
+        None => "-".to_string(),
+    };
+    Row::new(vec![
+        format!("Σ {base}\n{} seeds ± sd", mine.len()),
+        cell(mine.iter().map(|r| r.best_val_accuracy).collect(), 3),
+        cell(mine.iter().filter_map(|r| r.frozen_best).collect(), 3),
+        cell(mine.iter().filter_map(|r| r.finetune_best).collect(), 3),
+        cell(mine.iter().map(|r| r.seconds_per_epoch).collect(), 1),
+        String::new(),
+    ])
+    .height(2)
+    .style(Style::new().bold())
 }
