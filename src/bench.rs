@@ -311,17 +311,17 @@ fn forward_rows(
         .collect();
     Ok(vec![
         row(
-            format!("forward alone fp32, BatchNorm separate, b{batch}"),
+            format!("forward only fp32, BatchNorm separate, b{batch}"),
             separate,
             String::new(),
         ),
         row(
-            format!("forward alone fp32, BatchNorm folded, b{batch}"),
+            format!("forward only fp32, BatchNorm folded, b{batch}"),
             folded,
             format!("{:.2}x separate", folded / separate),
         ),
         row(
-            format!("forward alone fp32, folded, passes of {chunk}"),
+            format!("forward only fp32, folded, passes of {chunk}"),
             chunked,
             format!(
                 "{:.2}x b{batch} (img/s by pass size {})",
@@ -330,7 +330,7 @@ fn forward_rows(
             ),
         ),
         row(
-            format!("forward alone fp32, folded, passes of {chunk}, 1 thread"),
+            format!("forward only fp32, passes of {chunk}, 1 thread"),
             one_thread,
             format!("{:.2}x {threads} threads", one_thread / chunked),
         ),

@@ -626,7 +626,10 @@ fn compare_view_summarises_runs_over_seeds() {
     }
     assert!(app.show_compare);
     let screen = render(&app, 80, 24);
-    assert!(screen.contains("Σ recipe ") && screen.contains("3 seeds ± sd"), "{screen}");
+    assert!(
+        screen.contains("Σ recipe ") && screen.contains("3 seeds ± sd"),
+        "{screen}"
+    );
     // Frozen bests: mean 0.810, sd 0.026; fine-tuned and overall: mean 0.820, sd 0.020.
     for figure in ["0.810", "±0.026", "0.820", "±0.020"] {
         assert!(screen.contains(figure), "{figure} missing:\n{screen}");
