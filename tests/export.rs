@@ -94,7 +94,8 @@ fn torchscript_matches_predict(run: &Path, dir: &Path) -> f64 {
     let (files, x) = val_batch(run, &predictor);
     // Enough copies for more images than the frozen part takes in one pass on a CPU.
     let n = files.len() as i64;
-    let per_pass = tlcap::model::classifier::CPU_PASS_PIXELS / (x.size()[2] * x.size()[3]);
+    // (Twice the float32 pass: a bf16 frozen part takes twice as many images.)
+    let per_pass = 2 * tlcap::model::classifier::CPU_PASS_PIXELS / (x.size()[2] * x.size()[3]);
     let copies = n * (per_pass / n + 1);
     let batch = Tensor::cat(&vec![&x; (copies / n) as usize], 0);
     let scripted = tch::no_grad(|| module.forward_ts(&[&batch])).unwrap();

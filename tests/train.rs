@@ -776,6 +776,9 @@ fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
             "{phase}: {err} of {scale}"
         );
     }
+    // A pass holds the same bytes in bf16: twice the images.
+    net.set_precision(Some(tch::Kind::BFloat16));
+    assert_eq!(net.images_per_pass(&pixels), 6);
 }
 
 /// bfloat16 for the frozen part: the run still learns, says `bf16`, and lands close to

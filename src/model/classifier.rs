@@ -41,15 +41,17 @@ pub struct Classifier {
     /// Whether the frozen copy folds BatchNorm into the convolutions (the default).
     fold_batchnorm: bool,
     /// Input pixels (height x width, summed over images) per forward pass of the
-    /// frozen part; None: the whole batch at once.
+    /// frozen part in float32 (twice as many in bf16); None: the whole batch at once.
     pass_pixels: Option<i64>,
 }
 
-/// Input pixels per forward pass of the frozen part on a CPU: 4 images at 224 px,
-/// more of smaller ones. Smaller passes keep each layer's activations in the caches:
-/// `tlcap-tui bench` measured MobileNetV2 at 224 px (fp32, BatchNorm folded, AVX2
-/// kernels, 2 threads) at 166-199 img/s in passes of 4 images against 95 img/s in one
-/// pass of 32.
+/// Input pixels per forward pass of the frozen part on a CPU in float32: 4 images at
+/// 224 px, more of smaller ones; a 2-byte precision (bf16) takes twice as many, so a
+/// pass holds the same bytes of activations. Smaller passes keep each layer's
+/// activations in the caches: `tlcap-tui bench` measured MobileNetV2 at 224 px (fp32,
+/// BatchNorm folded, AVX2 kernels, 2 threads) at 166-199 img/s in passes of 4 images
+/// against 95 img/s in one pass of 32; in bf16 (AVX512-BF16), 296 img/s in passes of 8
+/// against 257 in passes of 4 and 233 in one pass of 32.
 pub const CPU_PASS_PIXELS: i64 = 4 * 224 * 224;
 
 /// The backbone again, frozen, with channels-last weights in the frozen precision and
@@ -324,10 +326,12 @@ impl Classifier {
         self.pass_pixels
     }
 
-    /// Images per forward pass of the frozen part for a batch shaped like `x`.
+    /// Images per forward pass of the frozen part for a batch shaped like `x`: the
+    /// pixel budget, scaled up for a precision narrower than float32.
     pub fn images_per_pass(&self, x: &Tensor) -> i64 {
+        let narrower = (4 / self.precision().elt_size_in_bytes().max(1)).max(1) as i64;
         match (self.pass_pixels, x.size().as_slice()) {
-            (Some(budget), [_, _, h, w]) => (budget / (h * w).max(1)).max(1),
+            (Some(budget), [_, _, h, w]) => (budget * narrower / (h * w).max(1)).max(1),
             _ => i64::MAX,
         }
     }
