@@ -59,6 +59,15 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
     }
 }
 
+/// The trainer's event for a run that completed (no best epoch attached).
+fn completed() -> Event {
+    Event::Finished {
+        reason: EndReason::Completed,
+        best: None,
+        stopped_by: None,
+    }
+}
+
 /// The trainer's event for the fine-tune phase beginning at `epoch` (14 layers).
 fn finetune_from(epoch: u32, trainable_params: usize) -> Event {
     Event::PhaseChanged {
@@ -191,14 +200,7 @@ fn paused() -> App {
 
 fn finished() -> App {
     let mut app = running(2);
-    trainer(
-        &mut app,
-        Event::Finished {
-            reason: EndReason::Completed,
-            best: None,
-            stopped_by: None,
-        },
-    );
+    trainer(&mut app, completed());
     app
 }
 
@@ -538,17 +540,7 @@ fn shootout_queue_runs_one_after_another_and_exports() {
             app,
             AppEvent::Trainer(id, Event::EpochEnd(metrics(1, Phase::Frozen, 0.8))),
         );
-        update(
-            app,
-            AppEvent::Trainer(
-                id,
-                Event::Finished {
-                    reason: EndReason::Completed,
-                    best: None,
-                    stopped_by: None,
-                },
-            ),
-        )
+        update(app, AppEvent::Trainer(id, completed()))
     };
     let actions = finish(&mut app, 0, "runs/quickstart/1");
     assert!(matches!(actions[..], [Action::Start(1, _)]), "{actions:?}");
@@ -612,17 +604,7 @@ fn compare_view_summarises_runs_over_seeds() {
             &mut app,
             AppEvent::Trainer(id, Event::EpochEnd(metrics(2, Phase::Finetune, *tuned))),
         );
-        update(
-            &mut app,
-            AppEvent::Trainer(
-                id,
-                Event::Finished {
-                    reason: EndReason::Completed,
-                    best: None,
-                    stopped_by: None,
-                },
-            ),
-        );
+        update(&mut app, AppEvent::Trainer(id, completed()));
     }
     assert!(app.show_compare);
     let screen = render(&app, 80, 24);
@@ -719,14 +701,7 @@ fn the_end_of_a_run_says_its_result() {
     );
     // No stall banner asks for a key that can no longer act.
     let mut stalled_then_done = stalled();
-    trainer(
-        &mut stalled_then_done,
-        Event::Finished {
-            reason: EndReason::Completed,
-            best: None,
-            stopped_by: None,
-        },
-    );
+    trainer(&mut stalled_then_done, completed());
     assert!(!render(&stalled_then_done, 100, 30).contains("press u"));
     // The gauge says it too, after the message has scrolled away.
     let screen = render(&app, 80, 24);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{experiment, make_images};
+use common::{experiment, make_images, stdout_of_success};
 use tch::Tensor;
 use tlcap::config::{parse_str, Experiment};
 use tlcap::train::run_dir::{read_checkpoint, read_metrics, Split};
@@ -239,12 +239,7 @@ fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
 
 /// The `epoch` events a successful `--json` command printed (one object per line).
 fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    stdout_of_success(out)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["event"] == "epoch")
@@ -561,12 +556,7 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
         .arg(&exps)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = stdout_of_success(&out);
     assert!(
         table.contains("| one | small_cnn |") && table.contains("| two | small_cnn |"),
         "{table}"
@@ -593,12 +583,7 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
         .arg(exps.join("one.yaml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of_success(&out);
     for seed in 1..=3 {
         assert!(runs.join(format!("one-seed{seed}")).is_dir(), "{text}");
         let run = std::fs::read_dir(runs.join(format!("one-seed{seed}")))

@@ -222,11 +222,7 @@ fn the_deploy_files_are_well_formed() {
         .arg(&sbatch)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stdout_of_success(&out);
     let text = std::fs::read_to_string(&sbatch).unwrap();
     for needed in [
         "#SBATCH --signal=B:TERM@",

@@ -43,10 +43,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     // The same figures `tlcap-tui shootout` exports.
     let results: Vec<Option<ResultRow>> = runs
         .iter()
-        .map(|(name, r)| {
-            let (trainable, total) = params(r);
-            crate::results::row(name, "", &r.epochs, (trainable, total), PathBuf::new())
-        })
+        .map(|(name, r)| crate::results::row(name, "", &r.epochs, params(r), PathBuf::new()))
         .collect();
     let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
     let groups = seeds::seed_groups(&names);
@@ -60,8 +57,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         .iter()
         .zip(&results)
         .enumerate()
-        .map(|(i, ((name, r), result))| {
-            let (trainable, total) = params(r);
+        .map(|(i, ((name, _), result))| {
             let cells = match result {
                 Some(c) => vec![
                     format!("{} {name}", MARKERS[i % MARKERS.len()].1),
@@ -69,7 +65,11 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                     fmt(c.frozen_best),
                     fmt(c.finetune_best),
                     format!("{:.1}", c.seconds_per_epoch),
-                    format!("{:.2}M/{:.2}M", trainable as f64 / 1e6, total as f64 / 1e6),
+                    format!(
+                        "{:.2}M/{:.2}M",
+                        c.trainable_params as f64 / 1e6,
+                        c.total_params as f64 / 1e6
+                    ),
                 ],
                 None => vec![
                     format!("{} {name}", MARKERS[i % MARKERS.len()].1),

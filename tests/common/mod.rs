@@ -42,3 +42,13 @@ pub fn experiment(root: &Path, body: &str) -> Experiment {
     let text = format!("data: {{ dir: {} }}\n{body}", root.display());
     parse_str(&text, &root.join("exp.yaml")).unwrap()
 }
+
+/// A finished command's stdout, after asserting it succeeded (its stderr otherwise).
+pub fn stdout_of_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
