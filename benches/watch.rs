@@ -17,7 +17,7 @@ fn main() {
     let root = dir.path().canonicalize().unwrap();
     let file = root.join("exp.yaml");
     std::fs::write(&file, TEXT).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = flume::unbounded();
     let _w = tlcap::watch::watch(&root, tx).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -53,7 +53,7 @@ fn main() {
             loop {
                 let ev = rt
                     .block_on(async {
-                        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+                        tokio::time::timeout(Duration::from_secs(5), rx.recv_async()).await
                     })
                     .expect("no event within 5 s")
                     .unwrap();

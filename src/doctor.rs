@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context};
 
 use crate::runtime::{self, CpuFeatures};
 
@@ -33,15 +33,43 @@ pub struct Report {
     pub check_result: f64,
 }
 
+/// Why libtorch cannot be found or is not the one this build needs.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// The process's memory map cannot be read.
+    #[error("reading /proc/self/maps")]
+    Maps(#[source] std::io::Error),
+    /// No libtorch library is loaded.
+    #[error("libtorch_cpu.so is not mapped into this process")]
+    NotMapped,
+    /// The folder has no `build-version` file.
+    #[error("{file} is missing: not a libtorch directory")]
+    NoVersionFile {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// `LIBTORCH` names no folder.
+    #[error("LIBTORCH={value} is not a directory")]
+    NotADirectory { value: String },
+    /// `LIBTORCH` names a folder without the library.
+    #[error("LIBTORCH={value} has no lib/libtorch_cpu.so")]
+    NoLibrary { value: String },
+    /// `LIBTORCH` names another libtorch version.
+    #[error(
+        "LIBTORCH={value} is libtorch {version}, but tch {TCH_VERSION} needs {REQUIRED_LIBTORCH}"
+    )]
+    WrongVersion { value: String, version: String },
+}
+
 /// Finds the directory of the libtorch actually loaded into this process.
-pub fn loaded_libtorch_dir() -> Result<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+pub fn loaded_libtorch_dir() -> Result<PathBuf, DoctorError> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(DoctorError::Maps)?;
     let lib = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
         .find(|p| p.ends_with("/libtorch_cpu.so"))
         .map(PathBuf::from)
-        .context("libtorch_cpu.so is not mapped into this process")?;
+        .ok_or(DoctorError::NotMapped)?;
     // <dir>/lib/libtorch_cpu.so -> <dir>
     Ok(lib
         .parent()
@@ -51,50 +79,53 @@ pub fn loaded_libtorch_dir() -> Result<PathBuf> {
 }
 
 /// Reads `<dir>/build-version` (the version file every libtorch distribution carries).
-pub fn libtorch_version(dir: &Path) -> Result<String> {
+pub fn libtorch_version(dir: &Path) -> Result<String, DoctorError> {
     let file = dir.join("build-version");
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("{} is missing: not a libtorch directory", file.display()))?;
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(source) => return Err(DoctorError::NoVersionFile { file, source }),
+    };
     Ok(text.trim().split('+').next().unwrap_or("").to_string())
 }
 
 /// Checks a `LIBTORCH` setting the way the next `cargo build` will use it.
-pub fn check_libtorch_setting(value: &str) -> Result<()> {
+pub fn check_libtorch_setting(value: &str) -> Result<(), DoctorError> {
     let dir = Path::new(value);
+    let value = value.to_string();
     if !dir.is_dir() {
-        bail!("LIBTORCH={value} is not a directory");
+        return Err(DoctorError::NotADirectory { value });
     }
     if !dir.join("lib").join("libtorch_cpu.so").is_file() {
-        bail!("LIBTORCH={value} has no lib/libtorch_cpu.so");
+        return Err(DoctorError::NoLibrary { value });
     }
     let version = libtorch_version(dir)?;
     if version != REQUIRED_LIBTORCH {
-        bail!("LIBTORCH={value} is libtorch {version}, but tch {TCH_VERSION} needs {REQUIRED_LIBTORCH}");
+        return Err(DoctorError::WrongVersion { value, version });
     }
     Ok(())
 }
 
 /// A small computation whose answer is known: proves the kernels run.
 /// Returns the sum of `A @ B` for A = [[1,2],[3,4]], B = [[5,6],[7,8]] (= 134).
-pub fn tensor_check() -> Result<f64> {
+pub fn tensor_check() -> Result<f64, tch::TchError> {
     let a = tch::Tensor::from_slice(&[1f32, 2., 3., 4.]).view([2, 2]);
     let b = tch::Tensor::from_slice(&[5f32, 6., 7., 8.]).view([2, 2]);
     let sum = a.f_matmul(&b)?.f_sum(tch::Kind::Double)?;
-    Ok(f64::try_from(sum)?)
+    f64::try_from(sum)
 }
 
 /// Runs every check. Fails with a fix-it message when libtorch cannot be used.
-pub fn run() -> Result<Report> {
+pub fn run() -> anyhow::Result<Report> {
     const FIX: &str = "run `make setup` (or `python3 scripts/setup.py libtorch`) and rebuild; \
                        to use the project's own libtorch, unset LIBTORCH";
     let with_fix = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n  fix: {FIX}");
     // torch-sys ignores LIBTORCH when LIBTORCH_USE_PYTORCH is set; so does doctor.
     let use_pytorch = std::env::var_os("LIBTORCH_USE_PYTORCH").is_some();
     if let (Ok(value), false) = (std::env::var("LIBTORCH"), use_pytorch) {
-        check_libtorch_setting(&value).map_err(with_fix)?;
+        check_libtorch_setting(&value).map_err(|e| with_fix(e.into()))?;
     }
-    let libtorch_dir = loaded_libtorch_dir().map_err(with_fix)?;
-    let libtorch_version = libtorch_version(&libtorch_dir).map_err(with_fix)?;
+    let libtorch_dir = loaded_libtorch_dir().map_err(|e| with_fix(e.into()))?;
+    let libtorch_version = libtorch_version(&libtorch_dir).map_err(|e| with_fix(e.into()))?;
     if libtorch_version != REQUIRED_LIBTORCH {
         return Err(with_fix(anyhow::anyhow!(
             "loaded libtorch {libtorch_version} from {}, but tch {TCH_VERSION} needs {REQUIRED_LIBTORCH}",

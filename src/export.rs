@@ -9,117 +9,18 @@
 //!
 //! Both get a JSON sidecar ([`ModelCard`]): class names, input size, resize filter,
 //! normalisation, threshold, backbone, precision, and the metrics of the exported
-//! epoch.
+//! epoch. The card and the network are read back by [`crate::model_card`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
 
-use crate::config::Experiment;
 use crate::data::Normalisation;
-use crate::predict::Predictor;
-use crate::train::EpochMetrics;
-
-/// What `export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// A traced TorchScript module with the preprocessing inside.
-    Torchscript,
-    /// The variables, with the model card in the metadata.
-    Safetensors,
-}
-
-/// Which checkpoint of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Checkpoint {
-    /// `best.safetensors`: the best epoch by the experiment's stall monitor.
-    Best,
-    /// `last.safetensors`: the last finished epoch.
-    Last,
-}
-
-/// The input a model expects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Input {
-    /// Always `uint8`: 0..255 pixel values.
-    pub dtype: String,
-    /// Always `NCHW`, channels in RGB order.
-    pub layout: String,
-    /// Pixels.
-    pub height: u32,
-    /// Pixels.
-    pub width: u32,
-    /// How images were resized to it in training (`bilinear`, `nearest`, ...).
-    pub resize: String,
-}
-
-/// The sidecar of an exported model: everything needed to feed it and read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
-    /// The file's format.
-    pub format: Format,
-    /// The model file, next to this card.
-    pub file: String,
-    /// What goes in.
-    pub input: Input,
-    /// What the graph does to the pixels first (TorchScript: inside the graph), in words.
-    pub normalisation: String,
-    /// What comes out: `probabilities [N, classes]`.
-    pub output: String,
-    /// Class names, in output order.
-    pub classes: Vec<String>,
-    /// Two classes: the probability of the second class above which it is predicted.
-    pub threshold: Option<f64>,
-    /// The backbone.
-    pub backbone: String,
-    /// The number format of the frozen part (`bf16` or `fp32`).
-    pub precision: String,
-    /// Which checkpoint.
-    pub checkpoint: Checkpoint,
-    /// Epoch (1-based) of the checkpoint.
-    pub epoch: u32,
-    /// Its phase.
-    pub phase: crate::train::Phase,
-    /// Backbone layers unfrozen in it (the frozen rest computes in `precision`).
-    pub unfrozen: usize,
-    /// The run folder it came from.
-    pub run_dir: PathBuf,
-    /// That epoch's metrics, from `metrics.jsonl`.
-    pub metrics: Option<EpochMetrics>,
-    /// The settings it was trained with (rebuilds the network for safetensors).
-    pub experiment: Experiment,
-}
-
-impl ModelCard {
-    /// The precision as a setting.
-    pub fn precision_kind(&self) -> crate::config::Precision {
-        serde_json::from_value(serde_json::Value::String(self.precision.clone()))
-            .unwrap_or(crate::config::Precision::Fp32)
-    }
-
-    /// The card beside a model file: `model.pt` -> `model.json`.
-    pub fn path_for(model: &Path) -> PathBuf {
-        model.with_extension("json")
-    }
-
-    /// Reads the card of a model file.
-    pub fn read_for(model: &Path) -> anyhow::Result<ModelCard> {
-        let path = ModelCard::path_for(model);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "{} has no model card ({}): export writes one beside it",
-                model.display(),
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
-    }
-}
+use crate::model_card::{Input, Predictor};
+// `export::run`'s argument types and what it writes, at the paths `main` and the tests
+// name them by.
+pub use crate::model_card::{Checkpoint, Format, ModelCard};
 
 fn normalisation_words(n: Normalisation) -> String {
     match n {
@@ -178,7 +79,7 @@ pub fn export(
         threshold: (predictor.classes.len() == 2).then_some(0.5),
         classes: predictor.classes.clone(),
         backbone: exp.model.backbone.name().to_string(),
-        precision: predictor.precision_name(),
+        precision: crate::text::precision(predictor.precision()).to_string(),
         checkpoint,
         epoch,
         phase: predictor.phase.0,
@@ -232,27 +133,4 @@ pub fn run(
         card.output,
         ModelCard::path_for(out).display()
     ))
-}
-
-/// An exported TorchScript model with its card, answering like [`Predictor`].
-pub struct Exported {
-    module: tch::CModule,
-    /// Its card.
-    pub card: ModelCard,
-}
-
-impl Exported {
-    /// Loads `model.pt` and its card.
-    pub fn load(model: &Path) -> anyhow::Result<Exported> {
-        let card = ModelCard::read_for(model)?;
-        let module = tch::CModule::load(model)
-            .with_context(|| format!("cannot load {} as TorchScript", model.display()))?;
-        Ok(Exported { module, card })
-    }
-
-    /// Probabilities `[N, classes]` for a uint8 batch `[N, 3, H, W]`.
-    pub fn forward(&self, pixels: &Tensor) -> anyhow::Result<Tensor> {
-        let out = tch::no_grad(|| self.module.forward_ts(&[pixels.to_kind(Kind::Uint8)]))?;
-        Ok(out)
-    }
 }

@@ -15,7 +15,8 @@
 //! 4. [`train`]: the trainer thread: phases, epochs, validation, stall detection, run
 //!    folders, caches of the frozen part of the backbone.
 //! 5. [`results`]: a run folder as one comparable row. [`text`]: how typed trainer
-//!    events read for people.
+//!    events read for people. [`model_card`]: an exported model's card, and a trained
+//!    network read back for prediction.
 //! 6. [`app`]: dashboard state and the pure `update(state, event) -> actions`.
 //!    [`headless`]: `run`/`resume` without a dashboard, one line per epoch.
 //!    [`predict`]: class and probability for images from a trained run or an
@@ -27,7 +28,8 @@
 //! 7. [`ui`]: drawing the state with ratatui. [`shootout`]: comparing experiments;
 //!    results.csv / results.md.
 //!    [`worker`]: one task of a Slurm or Kubernetes array.
-//! 8. [`dashboard`]: the tokio event loop, terminal set-up and restore.
+//! 8. [`dashboard`]: the tokio event loop, its effects and background jobs, the
+//!    editor hand-over, terminal set-up and restore.
 
 pub mod app;
 pub mod bench;
@@ -40,6 +42,7 @@ pub mod export;
 pub mod fsutil;
 pub mod headless;
 pub mod model;
+pub mod model_card;
 pub mod predict;
 pub mod report;
 pub mod results;

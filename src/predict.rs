@@ -5,17 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::config::Experiment;
-use crate::data::decode_into;
-use crate::export::{Exported, ModelCard};
-use crate::model::classifier::Classifier;
-use crate::runtime::{resolve_precision, select_device};
-use crate::train::run_dir::{read_checkpoint, read_config};
-use crate::train::Phase;
+use crate::config::{ImageSize, Interpolation};
+use crate::data::{decode_into, DecodeError};
+use crate::model_card::Exported;
+// The network of a run's checkpoint or of an exported safetensors model, at the path the
+// tests name it by; this module adds `Predictor::predict`.
+pub use crate::model_card::Predictor;
 
 /// One image's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,134 +29,26 @@ pub struct Prediction {
     pub probabilities: Vec<f64>,
 }
 
-/// A trained network ready to answer.
-pub struct Predictor {
-    net: Classifier,
-    /// Class names in label order.
-    pub classes: Vec<String>,
-    /// The settings it was trained with.
-    pub experiment: Experiment,
-    /// The epoch of the checkpoint (1-based).
-    pub epoch: u32,
-    /// Its phase, and the backbone layers unfrozen in it.
-    pub phase: (Phase, usize),
+/// Why one image got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// The image cannot be read or decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The network failed on the batch the image was in: libtorch's error with its
+    /// causes, as one message (every image of the batch gets it).
+    #[error("{0}")]
+    Forward(String),
 }
 
+/// A folder given to `predict` holds no image.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} holds no images")]
+pub struct NoImages(pub PathBuf);
+
 impl Predictor {
-    /// Loads a run folder (its `best.safetensors`, else `last.safetensors`), a
-    /// checkpoint file inside one (its folder's `config.yaml` gives the model), or a
-    /// safetensors model `export` wrote (its card gives the model).
-    pub fn load(target: &Path) -> anyhow::Result<Predictor> {
-        if target.is_file() && ModelCard::path_for(target).is_file() {
-            let card = ModelCard::read_for(target)?;
-            let tensors = crate::weights::read_file(target)?.tensors;
-            let precision = card.precision_kind();
-            return Predictor::build(
-                card.experiment,
-                card.classes,
-                (card.epoch, card.phase, card.unfrozen),
-                precision,
-                &tensors,
-            );
-        }
-        let (run, checkpoint) = if target.is_dir() {
-            let best = target.join("best.safetensors");
-            let ckpt = if best.is_file() {
-                best
-            } else {
-                target.join("last.safetensors")
-            };
-            (target.to_path_buf(), ckpt)
-        } else {
-            let run = target.parent().unwrap_or(Path::new(".")).to_path_buf();
-            (run, target.to_path_buf())
-        };
-        let exp = read_config(&run)?;
-        let (tensors, info) = read_checkpoint(&checkpoint)
-            .with_context(|| format!("cannot use {}", checkpoint.display()))?;
-        let precision = info.precision.unwrap_or(exp.precision);
-        Predictor::build(
-            exp,
-            info.classes,
-            (info.epoch, info.phase, info.unfrozen),
-            precision,
-            &tensors,
-        )
-    }
-
-    /// The network of `exp` with these tensors, its layers as in that epoch's phase.
-    fn build(
-        exp: Experiment,
-        classes: Vec<String>,
-        (epoch, phase, unfrozen): (u32, Phase, usize),
-        precision: crate::config::Precision,
-        tensors: &[(String, Tensor)],
-    ) -> anyhow::Result<Predictor> {
-        let device = select_device(&exp.device)?;
-        let mut net = Classifier::new(&exp, classes.len(), device)?;
-        // The layer states and precision of the checkpoint's epoch, so that the frozen
-        // part computes as it did in validation.
-        match phase {
-            Phase::Frozen => net.set_frozen_phase(),
-            Phase::Finetune => {
-                net.set_finetune_phase(unfrozen.max(1), exp.finetune.train_bn);
-            }
-        }
-        net.set_precision(Some(resolve_precision(precision, device)));
-        net.load_checkpoint(tensors)?;
-        // Answering only: no gradients (and tracing keeps the variables as constants).
-        net.vs.freeze();
-        Ok(Predictor {
-            net,
-            classes,
-            experiment: exp,
-            epoch,
-            phase: (phase, unfrozen),
-        })
-    }
-
-    /// `bf16` or `fp32`: how the frozen part computes.
-    pub fn precision_name(&self) -> String {
-        crate::text::precision(crate::runtime::precision_of(self.net.precision())).to_string()
-    }
-
-    /// Probabilities `[N, classes]` for uint8 pixels `[N, 3, H, W]`.
-    pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let x = pixels.to_kind(Kind::Float).to_device(self.net.device());
-        tch::no_grad(|| self.net.probabilities(&self.net.forward(&x))).to_device(tch::Device::Cpu)
-    }
-
-    /// The network traced into TorchScript: uint8 `[N, 3, H, W]` in, probabilities out.
-    pub fn trace(&mut self) -> anyhow::Result<tch::CModule> {
-        let size = self.experiment.data.image_size;
-        // The whole batch in one pass: a traced split into passes would fix the
-        // number of passes to the example's.
-        let pass_pixels = self.net.pass_pixels();
-        self.net.set_pass_pixels(None);
-        let example = Tensor::zeros(
-            [2, 3, size.height as i64, size.width as i64],
-            (Kind::Uint8, tch::Device::Cpu),
-        );
-        // One pass first: the frozen part's bf16 copy is made now, outside the trace,
-        // and goes into the graph as it is.
-        let _ = self.forward(&example);
-        let net = &self.net;
-        let mut closure = |inputs: &[Tensor]| {
-            let x = inputs[0].to_kind(Kind::Float).to_device(net.device());
-            vec![tch::no_grad(|| net.probabilities(&net.forward(&x)))]
-        };
-        let module = tch::CModule::create_by_tracing("tlcap", "forward", &[example], &mut closure);
-        self.net.set_pass_pixels(pass_pixels);
-        Ok(module?)
-    }
-
-    /// Every variable of the network, on the CPU, by name.
-    pub fn variables(&self) -> Vec<(String, Tensor)> {
-        self.net.all_variables()
-    }
-
     /// Class and probabilities for each image; an unreadable image gives its reason.
-    pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, String>> {
+    pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, PredictError>> {
         let exp = &self.experiment;
         answer(images, (exp.data.image_size, exp.data.interpolation), |x| {
             Ok(self.forward(x))
@@ -169,14 +60,14 @@ impl Predictor {
 /// batch, and reads the answers.
 fn answer(
     images: &[PathBuf],
-    (size, interpolation): (crate::config::ImageSize, crate::config::Interpolation),
-    forward: impl Fn(&Tensor) -> anyhow::Result<Tensor>,
-) -> Vec<Result<Prediction, String>> {
+    (size, interpolation): (ImageSize, Interpolation),
+    forward: impl Fn(&Tensor) -> Result<Tensor, tch::TchError>,
+) -> Vec<Result<Prediction, PredictError>> {
     let per = 3 * (size.width * size.height) as usize;
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(32) {
         let mut buf = vec![0u8; per * chunk.len()];
-        let decoded: Vec<Result<(), String>> = chunk
+        let decoded: Vec<Result<(), DecodeError>> = chunk
             .iter()
             .zip(buf.chunks_mut(per))
             .map(|(p, dst)| decode_into(p, size, interpolation, dst).map(|_| ()))
@@ -187,11 +78,14 @@ fn answer(
             size.height as i64,
             size.width as i64,
         ]);
-        let probs = forward(&x).and_then(|p| Ok(Vec::<f32>::try_from(p.contiguous().view([-1]))?));
+        // A failure reads as anyhow's `{:#}` would print it: the error and its causes.
+        let probs = forward(&x)
+            .and_then(|p| Vec::<f32>::try_from(p.contiguous().view([-1])))
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
         for (i, (path, ok)) in chunk.iter().zip(decoded).enumerate() {
             let result = match (&probs, ok) {
-                (Err(e), _) => Err(format!("{e:#}")),
-                (_, Err(e)) => Err(e),
+                (Err(e), _) => Err(PredictError::Forward(e.clone())),
+                (_, Err(e)) => Err(PredictError::Decode(e)),
                 (Ok(all), Ok(())) => {
                     let n = all.len() / chunk.len();
                     let row: Vec<f64> = all[i * n..(i + 1) * n].iter().map(|&p| p as f64).collect();
@@ -244,7 +138,7 @@ impl Model {
     }
 
     /// Class and probabilities for each image.
-    pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, String>> {
+    pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, PredictError>> {
         match self {
             Model::Native(p) => p.predict(images),
             Model::Script(e) => {
@@ -259,7 +153,7 @@ impl Model {
 
 /// The image files named: files as given, folders searched recursively for images
 /// (by extension, hidden entries skipped), sorted.
-pub fn image_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, NoImages> {
     let mut out = Vec::new();
     for path in paths {
         if !path.is_dir() {
@@ -280,7 +174,7 @@ pub fn image_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             })
             .collect();
         if found.is_empty() {
-            bail!("{} holds no images", path.display());
+            return Err(NoImages(path.clone()));
         }
         found.sort();
         out.extend(found);
@@ -343,7 +237,10 @@ pub fn run(target: &Path, paths: &[PathBuf], options: PredictOptions) -> anyhow:
             Err(e) => {
                 failed += 1;
                 if options.json {
-                    crate::stdout::line(serde_json::json!({"path": path, "error": e}).to_string())?;
+                    let error = e.to_string();
+                    crate::stdout::line(
+                        serde_json::json!({"path": path, "error": error}).to_string(),
+                    )?;
                 } else {
                     eprintln!("{}: {e}", path.display());
                 }

@@ -6,7 +6,7 @@
 //! folder's files: nothing is recomputed.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use plotters::prelude::*;
@@ -18,6 +18,24 @@ use crate::train::EpochMetrics;
 
 /// How many of the worst images the report lists.
 const WORST: usize = 12;
+
+/// Why a run's report cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The run has no row in `metrics.jsonl` yet.
+    #[error("{0}: no finished epoch yet")]
+    NoEpochs(PathBuf),
+    /// plotters failed to draw a chart (its error, as debug text).
+    #[error("cannot draw the chart: {0}")]
+    Chart(String),
+    /// Reading the run folder's files or writing `report.md` (the readers in
+    /// `train::run_dir` and `fsutil` report anyhow errors; their chain is kept).
+    #[error(transparent)]
+    Files(#[from] anyhow::Error),
+    /// Formatting the markdown.
+    #[error(transparent)]
+    Format(#[from] std::fmt::Error),
+}
 
 /// Writes `report.md` and its charts in `run` and prints the report's text.
 pub fn run(run: &Path) -> anyhow::Result<()> {
@@ -31,11 +49,11 @@ pub fn run(run: &Path) -> anyhow::Result<()> {
 
 /// Builds the report of `run`, writes `report.md` and the SVG charts beside it, and
 /// returns the markdown.
-pub fn write(run: &Path) -> anyhow::Result<String> {
+pub fn write(run: &Path) -> Result<String, ReportError> {
     let exp = crate::train::run_dir::read_config(run)?;
     let epochs = crate::train::run_dir::read_metrics(run)?;
     if epochs.is_empty() {
-        anyhow::bail!("{}: no finished epoch yet", run.display());
+        return Err(ReportError::NoEpochs(run.to_path_buf()));
     }
     let rule = BestRule::of(&exp);
     let best = rule.best_index(&epochs).map(|i| &epochs[i]);
@@ -190,7 +208,7 @@ fn curve_chart(
     title: &str,
     epochs: &[EpochMetrics],
     pick: impl Fn(&EpochMetrics) -> (f64, f64),
-) -> anyhow::Result<()> {
+) -> Result<(), ReportError> {
     let points: Vec<(f64, (f64, f64))> = epochs.iter().map(|m| (m.epoch as f64, pick(m))).collect();
     let values = points
         .iter()
@@ -239,7 +257,7 @@ fn curve_chart(
 }
 
 /// The confusion matrix as a heat map with counts and row percentages, as SVG.
-fn confusion_chart(path: &Path, c: &Confusion, classes: &[String]) -> anyhow::Result<()> {
+fn confusion_chart(path: &Path, c: &Confusion, classes: &[String]) -> Result<(), ReportError> {
     let n = c.n.max(1);
     let side = 120 * n as u32 + 160;
     let root = SVGBackend::new(path, (side, side)).into_drawing_area();
@@ -298,8 +316,8 @@ fn confusion_chart(path: &Path, c: &Confusion, classes: &[String]) -> anyhow::Re
     Ok(())
 }
 
-fn chart_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("cannot draw the chart: {e:?}")
+fn chart_error<E: std::fmt::Debug>(e: E) -> ReportError {
+    ReportError::Chart(format!("{e:?}"))
 }
 
 /// The report's markdown of a run folder, for tests: written as `run` would.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::Loaded;
 
@@ -141,7 +140,7 @@ impl Scope {
 
 /// Watches `target` (a folder of experiment files, or one file) and sends an event
 /// per changed file: its new state (valid or its errors), or its removal.
-pub fn watch(target: &Path, events: UnboundedSender<FileEvent>) -> anyhow::Result<Watcher> {
+pub fn watch(target: &Path, events: flume::Sender<FileEvent>) -> anyhow::Result<Watcher> {
     let scope = Scope::new(target);
     let (dir, targets): (PathBuf, Vec<PathBuf>) =
         (scope.dir.clone(), scope.links.keys().cloned().collect());

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 use super::{Action, App, Entry, FileState, RunStatus, RunView};
 use crate::results::FolderSnapshot;
-use crate::train::control::ControlCommand;
 use crate::train::status::RunState;
-use crate::train::{Command, Phase};
+use crate::train::Phase;
 
 /// A heartbeat older than this on a running or paused run: its process is gone.
 pub const LOST_AFTER_SECONDS: f64 = 10.0;
@@ -125,19 +124,12 @@ pub(super) fn to_control(app: &App, actions: Vec<Action>) -> Vec<Action> {
         .filter_map(|a| match a {
             Action::Send(id, command) => {
                 let entry = app.entries.iter().find(|e| e.id == id)?;
-                let command = match command {
-                    Command::Pause => ControlCommand::Pause,
-                    Command::Resume | Command::Start => ControlCommand::Resume,
-                    Command::Unfreeze => ControlCommand::Unfreeze,
-                    Command::LowerLr => ControlCommand::LowerLr,
-                    Command::Stop | Command::StopBecause(_) => ControlCommand::Stop,
-                    Command::ApplyConfig(exp) => {
-                        ControlCommand::Set(serde_json::to_value(&exp).ok()?)
-                    }
-                };
-                Some(Action::Control(entry.path.clone(), command))
+                Some(Action::Control(
+                    entry.path.clone(),
+                    command.for_control_file()?,
+                ))
             }
-            Action::Start(..) | Action::Apply(..) | Action::Edit(_) => None,
+            Action::Start(..) | Action::Edit(_) => None,
             other => Some(other),
         })
         .collect()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::{Action, App, Entry, FileState, RunView};
 use crate::config::{Experiment, LiveEdit};
 use crate::train::stall::BestRule;
-use crate::train::Phase;
+use crate::train::Command;
 
 pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
     let Some(i) = app.entries.iter().position(|e| e.path == path) else {
@@ -66,12 +66,6 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
                 return Vec::new();
             };
             run.best_rule = BestRule::of(&new);
-            run.total_epochs = match run.phase {
-                Phase::Frozen => new.planned_epochs(None),
-                Phase::Finetune => new.planned_epochs(Some(
-                    run.phase_marks.last().map_or(1, |m| m.0).saturating_sub(1),
-                )),
-            };
             // Said at once; the trainer confirms at the epoch boundary.
             let from = run.epoch + 1;
             app.say(
@@ -81,7 +75,7 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
                     live.join(", ")
                 ),
             );
-            vec![Action::Apply(app.entries[i].id, new)]
+            vec![Action::Send(app.entries[i].id, Command::Apply(new))]
         }
     }
 }

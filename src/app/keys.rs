@@ -258,7 +258,7 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         KeyCode::Char('x') => {
             if active {
-                return vec![Action::Send(id, Command::Stop)];
+                return vec![Action::Send(id, Command::STOP)];
             }
             app.say(false, "nothing to stop");
         }

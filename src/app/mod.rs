@@ -101,15 +101,12 @@ pub enum Action {
     Start(u64, Box<Experiment>),
     /// Send a command to entry `id`'s trainer.
     Send(u64, Command),
-    /// Send edited settings to entry `id`'s trainer (live changes apply from the
-    /// next epoch).
-    Apply(u64, Box<Experiment>),
     /// Open this file in `$EDITOR` (suspending the terminal).
     Edit(PathBuf),
     /// The shootout is over: compare these run folders and export the results.
     ExportShootout(Vec<PathBuf>),
     /// Attached: append this command to the run folder's control file.
-    Control(PathBuf, crate::train::control::ControlCommand),
+    Control(PathBuf, Command),
     /// Attached: edit a copy of this run folder's settings in `$EDITOR`; a valid
     /// result goes to the run as a `set` line of its control file.
     EditRun(PathBuf),
@@ -147,6 +144,9 @@ pub enum AppEvent {
     /// On launch: the most recent finished or interrupted run of each experiment
     /// file (file, run folder, its state), shown until the file's next start.
     PastRuns(Vec<(PathBuf, PathBuf, Box<crate::results::FolderSnapshot>)>),
+    /// The dashboard ends (a signal, the user quit, a scripted run is over): nothing
+    /// queued may start, every active run stops.
+    Quit,
 }
 
 impl App {
@@ -265,6 +265,10 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             Vec::new()
         }
         AppEvent::FileLoaded(path, file) => on_file(app, path, file),
+        AppEvent::Quit => {
+            app.quit = true;
+            stop_all(app)
+        }
         AppEvent::FileRemoved(path) => {
             if let Some(i) = app.entries.iter().position(|e| e.path == path) {
                 if app.entries[i].run.as_ref().is_some_and(RunView::is_active) {
@@ -377,7 +381,7 @@ fn stop_all(app: &mut App) -> Vec<Action> {
     app.entries
         .iter()
         .filter(|e| e.run.as_ref().is_some_and(RunView::is_active))
-        .map(|e| Action::Send(e.id, Command::Stop))
+        .map(|e| Action::Send(e.id, Command::STOP))
         .collect()
 }
 

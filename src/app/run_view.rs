@@ -46,7 +46,8 @@ pub struct RunView {
     pub phase: Phase,
     /// The epoch in progress (1-based); 0 before the first batch.
     pub epoch: u32,
-    /// Epochs planned (frozen + fine-tune) when the run began.
+    /// Epochs the run plans in all, as its trainer (or heartbeat) last said; 0 until
+    /// it says.
     pub total_epochs: u32,
     /// Batch progress in the current epoch: (done, of).
     pub batch: (usize, usize),
@@ -93,7 +94,6 @@ impl RunView {
     pub(super) fn new(exp: &Experiment) -> RunView {
         RunView {
             best_rule: BestRule::of(exp),
-            total_epochs: exp.planned_epochs(None),
             started_with: Some(Box::new(exp.clone())),
             ..RunView::bare()
         }

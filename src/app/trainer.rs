@@ -10,7 +10,6 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
         return;
     };
     let name = entry.name();
-    let settings = entry.settings().cloned();
     let Some(run) = entry.run.as_mut() else {
         return;
     };
@@ -91,6 +90,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             epoch,
             layers,
             trainable_layers,
+            epochs,
             ..
         } => {
             // A phase that begins mid-run gets a marker on the charts.
@@ -100,12 +100,11 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             // Between batches of the epoch in progress: that epoch is mixed.
             let (done, of) = run.batch;
             let mid_epoch = run.epoch == epoch && done > 0 && done < of;
+            let before = run.total_epochs;
+            // The trainer's count (an early unfreeze: the fine-tune epochs count from
+            // here).
+            run.total_epochs = epochs;
             if phase == Phase::Finetune {
-                let before = run.total_epochs;
-                // An early unfreeze: the fine-tune epochs count from here.
-                if let Some(exp) = &settings {
-                    run.total_epochs = exp.planned_epochs(Some(epoch.saturating_sub(1)));
-                }
                 let automatic = |s: &Suggestion| {
                     matches!(
                         s.action,
@@ -131,7 +130,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
                         done + 1
                     );
                 }
-                if run.total_epochs < before {
+                if before > 0 && run.total_epochs < before {
                     text += &format!(
                         "; the frozen epochs left are skipped: {} in all",
                         crate::text::epochs(run.total_epochs)
@@ -158,7 +157,12 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             note = Some((false, format!("{name}: {command} (from {source})")));
         }
         Event::Resumed => run.status = RunStatus::Running,
-        Event::ConfigApplied(changes) => {
+        Event::ConfigApplied {
+            changes,
+            epoch,
+            epochs,
+        } => {
+            run.total_epochs = epochs;
             let live: Vec<String> = changes
                 .iter()
                 .filter(|c| c.kind == ChangeKind::Live)
@@ -167,11 +171,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             if !live.is_empty() {
                 note = Some((
                     false,
-                    format!(
-                        "{name}: applied: {} from epoch {}",
-                        live.join(", "),
-                        run.epoch + 1
-                    ),
+                    format!("{name}: applied: {} from epoch {epoch}", live.join(", "),),
                 ));
             }
         }

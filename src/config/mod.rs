@@ -276,6 +276,16 @@ impl Experiment {
     }
 }
 
+impl StallConfig {
+    /// The learning rate after one lowering (the `r` key, a `lower_lr` line,
+    /// `on_stall: reduce_lr`): `lr` times `factor`, not below `min_lr`; None when that
+    /// is not lower (the rate is at `min_lr` already).
+    pub fn lowered(&self, lr: f64) -> Option<f64> {
+        let to = (lr * self.factor).max(self.min_lr);
+        (to < lr).then_some(to)
+    }
+}
+
 impl AugmentConfig {
     /// Whether any random transform is on (then every epoch sees different images).
     pub fn is_random(&self) -> bool {

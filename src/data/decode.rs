@@ -34,30 +34,57 @@ fn filter(i: Interpolation) -> FilterType {
     }
 }
 
+/// Why one image file cannot be used. The messages are the words shown to people
+/// (beside the file's path, which the caller adds); an inner error that is part of the
+/// message is not also its `source`, so that a chain (`{:#}`) says it once.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file cannot be opened or read.
+    #[error("unreadable: {0}")]
+    Unreadable(std::io::Error),
+    /// The file is larger than [`MAX_DECODE_BYTES`].
+    #[error("file is {len} bytes; the limit is {MAX_DECODE_BYTES}")]
+    FileTooBig { len: u64 },
+    /// The file has no bytes.
+    #[error("empty file (0 bytes)")]
+    Empty,
+    /// The content is no image format the decoder knows.
+    #[error("not an image (unrecognised content)")]
+    NotAnImage,
+    /// The image is larger than [`MAX_SIDE`] per side, or would allocate more than
+    /// [`MAX_DECODE_BYTES`].
+    #[error("too large to decode safely: {0}")]
+    TooLargeToDecode(image::error::LimitError),
+    /// A format or feature of it the decoder does not support.
+    #[error("unsupported format: {0}")]
+    Unsupported(image::error::UnsupportedError),
+    /// Decoding failed.
+    #[error("corrupt or truncated: {0}")]
+    Corrupt(image::ImageError),
+    /// After resizing, the image is smaller than the centre crop.
+    #[error("image too small to crop {crop}x{crop}")]
+    TooSmallToCrop { crop: u32 },
+}
+
 /// Opens and decodes one image file with size and allocation limits; the error says
 /// why in words (empty, not an image, corrupt, too large).
-pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("unreadable: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("unreadable: {e}"))?
-        .len();
+pub fn open_image(path: &Path) -> Result<DynamicImage, DecodeError> {
+    let mut file = std::fs::File::open(path).map_err(DecodeError::Unreadable)?;
+    let len = file.metadata().map_err(DecodeError::Unreadable)?.len();
     if len > MAX_DECODE_BYTES {
-        return Err(format!(
-            "file is {len} bytes; the limit is {MAX_DECODE_BYTES}"
-        ));
+        return Err(DecodeError::FileTooBig { len });
     }
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
-        .map_err(|e| format!("unreadable: {e}"))?;
+        .map_err(DecodeError::Unreadable)?;
     if bytes.is_empty() {
-        return Err("empty file (0 bytes)".into());
+        return Err(DecodeError::Empty);
     }
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| format!("unreadable: {e}"))?;
+        .map_err(DecodeError::Unreadable)?;
     if reader.format().is_none() {
-        return Err("not an image (unrecognised content)".into());
+        return Err(DecodeError::NotAnImage);
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -65,9 +92,9 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => format!("too large to decode safely: {l}"),
-        image::ImageError::Unsupported(u) => format!("unsupported format: {u}"),
-        other => format!("corrupt or truncated: {other}"),
+        image::ImageError::Limits(l) => DecodeError::TooLargeToDecode(l),
+        image::ImageError::Unsupported(u) => DecodeError::Unsupported(u),
+        other => DecodeError::Corrupt(other),
     })
 }
 
@@ -112,7 +139,7 @@ pub fn decode_into(
     size: ImageSize,
     interp: Interpolation,
     out: &mut [u8],
-) -> Result<(u32, u32), String> {
+) -> Result<(u32, u32), DecodeError> {
     let img = open_image(path)?;
     let original = (img.width(), img.height());
     write_chw(img, size, interp, out);
@@ -127,7 +154,7 @@ pub fn decode_center_crop(
     shorter: u32,
     crop: u32,
     interp: Interpolation,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, DecodeError> {
     let img = open_image(path)?;
     let (w, h) = (img.width(), img.height());
     // torchvision: the long side is int(long * shorter / short).
@@ -137,7 +164,7 @@ pub fn decode_center_crop(
         ((w as u64 * shorter as u64 / h as u64) as u32, shorter)
     };
     if rw < crop || rh < crop {
-        return Err(format!("image too small to crop {crop}x{crop}"));
+        return Err(DecodeError::TooSmallToCrop { crop });
     }
     let resized = DynamicImage::ImageRgb8(image::imageops::resize(
         &img.to_rgb8(),
@@ -169,7 +196,7 @@ pub fn decode_all(
     let mut pixels = vec![0u8; per_image * files.len()];
     let done = AtomicUsize::new(0);
     let total = files.len();
-    let results: Vec<Result<(u32, u32), String>> = pixels
+    let results: Vec<Result<(u32, u32), DecodeError>> = pixels
         .par_chunks_mut(per_image.max(1))
         .zip(files.par_iter())
         .map(|(out, path)| {
@@ -199,7 +226,7 @@ pub fn decode_all(
             Err(reason) => {
                 skipped.push(Skipped {
                     path: files[i].clone(),
-                    reason,
+                    reason: reason.to_string(),
                 });
                 index.push(None);
             }

@@ -8,7 +8,8 @@ mod split;
 
 pub use augment::{apply as augment_batch, Transform};
 pub use decode::{
-    decode_all, decode_center_crop, decode_into, open_image, Decoded, MAX_DECODE_BYTES, MAX_SIDE,
+    decode_all, decode_center_crop, decode_into, open_image, DecodeError, Decoded,
+    MAX_DECODE_BYTES, MAX_SIDE,
 };
 pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
 pub use split::stratified_split;

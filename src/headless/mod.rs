@@ -14,7 +14,7 @@ use signals::SignalGuard;
 pub use signals::{name as signal_name, Interrupted};
 
 use crate::config::{ChangeKind, Experiment};
-use crate::train::{self, EpochMetrics, Event, Options, Phase, Phases};
+use crate::train::{self, EpochMetrics, Event, Options, Phase};
 use crate::watch::FileEvent;
 
 /// One epoch as a JSON object: the stable keys scripts rely on, then the rest.
@@ -74,21 +74,18 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
     line
 }
 
-/// What the main loop hears besides the trainer: file edits and signals.
-enum Side {
-    /// A broken save of the experiment file: its errors with positions.
-    ConfigError(Vec<String>),
-    /// The experiment file was deleted.
-    Removed(std::path::PathBuf),
-    /// A problem of the file watcher itself.
-    WatchProblem(String),
-    /// A command arrived from outside the trainer's own protocol (a signal).
-    Control {
-        /// `stop`, ...
-        command: String,
-        /// `SIGTERM`, ...
-        source: String,
-    },
+/// What the main loop hears: the trainer's events, edits of the experiment file, and
+/// signals. Short-lived (one per loop turn): not worth a box per trainer event.
+#[allow(clippy::large_enum_variant)]
+enum Incoming {
+    /// A trainer event.
+    Trainer(Event),
+    /// The trainer's thread ended.
+    TrainerGone,
+    /// An edit (or a problem) of the watched experiment file.
+    File(FileEvent),
+    /// A signal was caught: the stop is on its way to the trainer.
+    Signal(&'static str),
 }
 
 /// Runs `exp` to the end, printing epochs (plain lines, or with `json` the tagged
@@ -103,12 +100,8 @@ pub fn run(
     json: bool,
     watch: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
-    let total = match options.phases {
-        Phases::Both => exp.planned_epochs(None),
-        Phases::Frozen => exp.frozen.epochs,
-        Phases::Finetune => exp.planned_epochs(Some(0)),
-    };
-    let total = options.max_epochs.map_or(total, |m| m.min(total));
+    // The trainer says the planned total with each phase and edit.
+    let mut total = 0;
     let tty = std::io::stderr().is_terminal();
     let progress = |text: String| {
         if tty {
@@ -126,16 +119,16 @@ pub fn run(
             ..options
         },
     );
-    let (side_tx, side) = std::sync::mpsc::channel();
-    let signal_side = side_tx.clone();
+    // The loop keeps a sender of each side channel: they never read as closed.
+    let (signal_tx, caught) = flume::unbounded();
+    let keep_signals = signal_tx.clone();
     let signals = SignalGuard::new(handle.commands.clone(), move |signal| {
-        let _ = signal_side.send(Side::Control {
-            command: "stop".into(),
-            source: signal.into(),
-        });
+        let _ = signal_tx.send(signal);
     })?;
+    let (file_tx, files) = flume::unbounded();
+    let keep_files = file_tx.clone();
     let _watcher = match watch {
-        Some(file) => Some(forward_edits(file, handle.commands.clone(), side_tx)?),
+        Some(file) => Some(crate::watch::watch(file, file_tx)?),
         None => None,
     };
     let mut out = Output {
@@ -151,31 +144,40 @@ pub fn run(
     };
     let mut checkpoints = stream::Checkpoints::default();
     loop {
-        while let Ok(s) = side.try_recv() {
-            match s {
-                Side::ConfigError(errors) => {
-                    for e in &errors {
-                        eprintln!("error   {e}");
-                    }
-                    eprintln!("config: the last good settings stay in force");
-                    out.event(|| stream::config_error(&errors));
-                }
-                Side::Removed(path) => {
-                    eprintln!("config: {} was deleted; the run goes on", path.display())
-                }
-                Side::WatchProblem(text) => eprintln!("{text}"),
-                Side::Control { command, source } => {
-                    out.event(|| stream::control(&command, &source))
-                }
+        let incoming = flume::Selector::new()
+            .recv(&handle.events, |e| {
+                e.map_or(Incoming::TrainerGone, Incoming::Trainer)
+            })
+            .recv(&caught, |s| Incoming::Signal(s.expect("kept open")))
+            .recv(&files, |f| Incoming::File(f.expect("kept open")))
+            .wait();
+        let event = match incoming {
+            Incoming::Trainer(event) => event,
+            Incoming::TrainerGone => break,
+            Incoming::Signal(signal) => {
+                out.event(|| stream::control("stop", signal));
+                continue;
             }
-        }
-        let event = match handle
-            .events
-            .recv_timeout(std::time::Duration::from_millis(100))
-        {
-            Ok(e) => e,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Incoming::File(FileEvent::Changed(_, Ok(exp))) => {
+                let _ = handle.commands.send(train::Command::Apply(exp));
+                continue;
+            }
+            Incoming::File(FileEvent::Changed(_, Err(errors))) => {
+                for e in &errors {
+                    eprintln!("error   {e}");
+                }
+                eprintln!("config: the last good settings stay in force");
+                out.event(|| stream::config_error(&errors));
+                continue;
+            }
+            Incoming::File(FileEvent::Removed(path)) => {
+                eprintln!("config: {} was deleted; the run goes on", path.display());
+                continue;
+            }
+            Incoming::File(FileEvent::Problem(text)) => {
+                eprintln!("{text}");
+                continue;
+            }
         };
         match event {
             Event::Loading { done, total } => progress(format!("decoding {done}/{total} images")),
@@ -244,8 +246,10 @@ pub fn run(
                 epoch,
                 trainable_layers,
                 trainable_params,
+                epochs,
                 ..
             } => {
+                total = epochs;
                 progress(String::new());
                 let what = match phase {
                     Phase::Frozen => "frozen backbone, training the head".to_string(),
@@ -283,7 +287,10 @@ pub fn run(
             Event::Stalled { epoch, suggestion } => {
                 out.event(|| stream::stall(epoch, &suggestion));
             }
-            Event::ConfigApplied(changes) => {
+            Event::ConfigApplied {
+                changes, epochs, ..
+            } => {
+                total = epochs;
                 for c in &changes {
                     match c.kind {
                         ChangeKind::Live => eprintln!("config: {c} (from this epoch)"),
@@ -336,6 +343,7 @@ pub fn run(
             Event::Resumed => eprintln!("{cr}resumed"),
         }
     }
+    drop((keep_signals, keep_files));
     handle.join();
     if let Some(e) = failure {
         bail!(e);
@@ -354,7 +362,7 @@ pub fn run(
 struct Output {
     json: bool,
     reader_gone: bool,
-    commands: std::sync::mpsc::Sender<train::Command>,
+    commands: flume::Sender<train::Command>,
 }
 
 impl Output {
@@ -374,45 +382,14 @@ impl Output {
             if crate::stdout::reader_gone(&e) {
                 self.reader_gone = true;
                 eprintln!("stdout closed: stopping at the next batch boundary");
-                let _ = self
-                    .commands
-                    .send(train::Command::StopBecause("stdout closed".into()));
+                let _ = self.commands.send(train::Command::Stop {
+                    by: Some("stdout closed".into()),
+                });
             } else {
                 eprintln!("{e:#}");
             }
         }
     }
-}
-
-/// Watches `file` and sends each valid save to the trainer; broken saves (with their
-/// positions), deletions and watcher problems go to the main loop. Dropping the
-/// watcher ends it.
-fn forward_edits(
-    file: &std::path::Path,
-    commands: std::sync::mpsc::Sender<train::Command>,
-    side: std::sync::mpsc::Sender<Side>,
-) -> anyhow::Result<crate::watch::Watcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = crate::watch::watch(file, tx)?;
-    std::thread::spawn(move || {
-        while let Some(event) = rx.blocking_recv() {
-            let sent = match event {
-                // The trainer is gone: nothing left to apply edits to.
-                FileEvent::Changed(_, Ok(exp)) => commands
-                    .send(train::Command::ApplyConfig(exp))
-                    .map_err(|_| ()),
-                FileEvent::Changed(_, Err(errors)) => {
-                    side.send(Side::ConfigError(errors)).map_err(|_| ())
-                }
-                FileEvent::Removed(path) => side.send(Side::Removed(path)).map_err(|_| ()),
-                FileEvent::Problem(text) => side.send(Side::WatchProblem(text)).map_err(|_| ()),
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(watcher)
 }
 
 /// The experiment settings of every valid file under `target`, for the headless

@@ -4,7 +4,6 @@
 //! atomic).
 
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -46,7 +45,7 @@ impl SignalGuard {
     /// Starts handling: the first signal sends a stop (through `stop`, which also
     /// tells the event stream), a second exits the process at once.
     pub fn new(
-        commands: Sender<Command>,
+        commands: flume::Sender<Command>,
         said: impl Fn(&'static str) + Send + 'static,
     ) -> anyhow::Result<SignalGuard> {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -71,7 +70,9 @@ impl SignalGuard {
                         name(signal)
                     );
                     said(name(signal));
-                    let _ = commands.send(Command::StopBecause(name(signal).into()));
+                    let _ = commands.send(Command::Stop {
+                        by: Some(name(signal).into()),
+                    });
                 }
             })?;
         Ok(SignalGuard {

@@ -96,7 +96,7 @@ impl Classifier {
         let path = match &exp.model.weights {
             Weights::None => None,
             Weights::File(p) => Some(p.clone()),
-            Weights::Imagenet => Some(super::imagenet_weights(kind).map_err(|m| anyhow!(m))?),
+            Weights::Imagenet => Some(super::imagenet_weights(kind)?),
         };
         if let Some(p) = &path {
             // Weight files are read on the CPU; copying moves them to the device.

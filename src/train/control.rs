@@ -3,9 +3,10 @@
 //! object per line, e.g. `{"command": "pause"}`; the trainer takes each new line at
 //! its next batch boundary and answers in `events.log` and the event stream.
 //!
-//! Commands: `pause`, `resume`, `unfreeze`, `stop`, and `set` with `settings` (a part
-//! of an experiment file, e.g. `{"command": "set", "settings": {"finetune": {"lr":
-//! 5e-6}}}`), merged into the running settings and applied like a saved edit.
+//! Commands ([`Command`], the type the dashboard's keys send too): `pause`, `resume`,
+//! `unfreeze`, `lower_lr`, `stop`, and `set` with `settings` (a part of an experiment
+//! file, e.g. `{"command": "set", "settings": {"finetune": {"lr": 5e-6}}}`), merged
+//! into the running settings and applied like a saved edit.
 //! Malformed or unknown lines are reported and ignored. No line can name a file to
 //! write: settings that name paths are restart-only and keep their running values.
 //!
@@ -15,13 +16,14 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
+
+use super::events::Command;
 
 /// The control file's name in a run folder.
 pub const FILE: &str = "control.jsonl";
@@ -30,47 +32,6 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Longest line taken; longer ones are reported and skipped.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// One command from the control file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ControlCommand {
-    /// Hold after the current batch.
-    Pause,
-    /// Continue after a pause.
-    Resume,
-    /// Switch to the fine-tune phase now.
-    Unfreeze,
-    /// Lower the learning rate by `stall.factor` now.
-    LowerLr,
-    /// Save a checkpoint and finish.
-    Stop,
-    /// Merge these settings (a part of an experiment file, as JSON) into the running
-    /// ones.
-    Set(Value),
-}
-
-impl ControlCommand {
-    /// The command's name as written in the file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ControlCommand::Pause => "pause",
-            ControlCommand::Resume => "resume",
-            ControlCommand::Unfreeze => "unfreeze",
-            ControlCommand::LowerLr => "lower_lr",
-            ControlCommand::Stop => "stop",
-            ControlCommand::Set(_) => "set",
-        }
-    }
-
-    /// The line to append to a control file for this command.
-    pub fn to_line(&self) -> String {
-        let mut v = serde_json::json!({ "command": self.name() });
-        if let ControlCommand::Set(settings) = self {
-            v["settings"] = settings.clone();
-        }
-        v.to_string()
-    }
-}
-
 /// A line of the control file, read: its number and its command, or why it was not
 /// taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,50 +39,91 @@ pub struct ControlLine {
     /// 1-based line number in the file.
     pub line: usize,
     /// The command, or the problem.
-    pub command: Result<ControlCommand, String>,
+    pub command: Result<Command, LineError>,
+}
+
+/// Why a control line was not taken.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LineError {
+    /// Not JSON at all.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// No `"command"` string.
+    #[error("no \"command\" string")]
+    NoCommand,
+    /// A field other than `command` and `settings`.
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    /// `set` without an object of settings.
+    #[error("`set` needs \"settings\": an object")]
+    SetNeedsSettings,
+    /// Settings given to a command that takes none.
+    #[error("`{0}` takes no settings")]
+    TakesNoSettings(String),
+    /// A command a control line cannot give.
+    #[error("unknown command `{0}` (pause, resume, unfreeze, lower_lr, stop, set)")]
+    UnknownCommand(String),
+    /// Longer than [`MAX_LINE`].
+    #[error("longer than {MAX_LINE} bytes")]
+    TooLong,
 }
 
 /// Reads one line of the control file.
-pub fn parse_line(text: &str) -> Result<ControlCommand, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse_line(text: &str) -> Result<Command, LineError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| LineError::NotJson(e.to_string()))?;
     let Some(obj) = v.as_object() else {
-        return Err("not a JSON object".into());
+        return Err(LineError::NotAnObject);
     };
     let command = obj
         .get("command")
         .and_then(Value::as_str)
-        .ok_or("no \"command\" string")?;
+        .ok_or(LineError::NoCommand)?;
     let known = ["command", "settings"];
     if let Some(extra) = obj.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(format!("unknown field `{extra}`"));
+        return Err(LineError::UnknownField(extra.clone()));
     }
-    let settings = obj.get("settings");
-    match (command, settings) {
-        ("pause", None) => Ok(ControlCommand::Pause),
-        ("resume", None) => Ok(ControlCommand::Resume),
-        ("unfreeze", None) => Ok(ControlCommand::Unfreeze),
-        ("lower_lr", None) => Ok(ControlCommand::LowerLr),
-        ("stop", None) => Ok(ControlCommand::Stop),
-        ("set", Some(s)) if s.is_object() => Ok(ControlCommand::Set(s.clone())),
-        ("set", _) => Err("`set` needs \"settings\": an object".into()),
-        ("pause" | "resume" | "unfreeze" | "lower_lr" | "stop", Some(_)) => {
-            Err(format!("`{command}` takes no settings"))
+    match (command, obj.get("settings")) {
+        ("set", s) if !s.is_some_and(Value::is_object) => return Err(LineError::SetNeedsSettings),
+        ("set", _) => {}
+        (_, Some(_)) if FILE_COMMANDS.contains(&command) => {
+            return Err(LineError::TakesNoSettings(command.into()))
         }
-        (other, _) => Err(format!(
-            "unknown command `{other}` (pause, resume, unfreeze, lower_lr, stop, set)"
-        )),
+        _ => {}
     }
+    if !FILE_COMMANDS.contains(&command) {
+        return Err(LineError::UnknownCommand(command.into()));
+    }
+    // Every check above passed: the tag and fields are the type's own.
+    serde_json::from_value(v).map_err(|e| LineError::NotJson(e.to_string()))
+}
+
+/// The commands a control line may give.
+pub const FILE_COMMANDS: [&str; 6] = ["pause", "resume", "unfreeze", "lower_lr", "stop", "set"];
+
+/// The line to append to a control file for `command`; None for a command a control
+/// line cannot give (see [`Command::for_control_file`]).
+pub fn to_line(command: &Command) -> Option<String> {
+    serde_json::to_string(command).ok()
 }
 
 /// Appends a command to a run folder's control file (what `attach` and scripts do).
-pub fn append(run_dir: &Path, command: &ControlCommand) -> std::io::Result<()> {
+pub fn append(run_dir: &Path, command: &Command) -> std::io::Result<()> {
     use std::io::Write;
+    let line = to_line(command).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not a control-file command", command.name()),
+        )
+    })?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(run_dir.join(FILE))?;
     // One write per line, so concurrent writers do not interleave within a line.
-    f.write_all(format!("{}\n", command.to_line()).as_bytes())?;
+    f.write_all(format!("{line}\n").as_bytes())?;
     f.sync_data()
 }
 
@@ -134,7 +136,7 @@ pub struct ControlReader {
 impl ControlReader {
     /// Creates `control.jsonl` in `run_dir` if it is not there and starts reading it
     /// from its current end (lines written before this run are history).
-    pub fn start(run_dir: &Path) -> anyhow::Result<(ControlReader, Receiver<ControlLine>)> {
+    pub fn start(run_dir: &Path) -> anyhow::Result<(ControlReader, flume::Receiver<ControlLine>)> {
         let path = run_dir.join(FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -144,7 +146,7 @@ impl ControlReader {
         let lines_before = std::fs::read(&path)
             .map(|b| b.iter().filter(|&&c| c == b'\n').count())
             .unwrap_or(0);
-        let (tx, rx) = channel();
+        let (tx, rx) = flume::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -173,11 +175,11 @@ fn read_loop(
     path: PathBuf,
     mut offset: u64,
     mut line_no: usize,
-    out: Sender<ControlLine>,
+    out: flume::Sender<ControlLine>,
     stop: Arc<AtomicBool>,
 ) {
     // File-system events wake the loop at once; without them it polls.
-    let (wake_tx, wake) = channel();
+    let (wake_tx, wake) = flume::unbounded();
     let name = path.file_name().map(|n| n.to_os_string());
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Only writes to the control file: reading it (which this loop does) makes
@@ -198,8 +200,8 @@ fn read_loop(
     let mut partial: Vec<u8> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         match wake.recv_timeout(POLL) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+            Ok(()) | Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
         }
         let Ok(mut f) = std::fs::File::open(&path) else {
             continue;
@@ -230,7 +232,7 @@ fn read_loop(
                 continue;
             }
             let command = if raw.len() > MAX_LINE {
-                Err(format!("longer than {MAX_LINE} bytes"))
+                Err(LineError::TooLong)
             } else {
                 parse_line(&text)
             };
@@ -257,16 +259,10 @@ mod tests {
 
     #[test]
     fn lines_parse_into_commands_or_say_why_not() {
-        assert_eq!(
-            parse_line(r#"{"command":"pause"}"#),
-            Ok(ControlCommand::Pause)
-        );
-        assert_eq!(
-            parse_line(r#"{"command":"stop"}"#),
-            Ok(ControlCommand::Stop)
-        );
+        assert_eq!(parse_line(r#"{"command":"pause"}"#), Ok(Command::Pause));
+        assert_eq!(parse_line(r#"{"command":"stop"}"#), Ok(Command::STOP));
         let set = parse_line(r#"{"command":"set","settings":{"finetune":{"lr":5e-6}}}"#);
-        assert!(matches!(set, Ok(ControlCommand::Set(_))));
+        assert!(matches!(set, Ok(Command::Set { .. })));
         for (bad, why) in [
             ("pause", "not JSON"),
             ("[1]", "not a JSON object"),
@@ -279,16 +275,47 @@ mod tests {
                 "unknown field `path`",
             ),
         ] {
-            let err = parse_line(bad).unwrap_err();
+            let err = parse_line(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
         for c in [
-            ControlCommand::Unfreeze,
-            ControlCommand::LowerLr,
-            ControlCommand::Set(serde_json::json!({"seed": 1})),
+            Command::Unfreeze,
+            Command::LowerLr,
+            Command::Set {
+                settings: serde_json::json!({"seed": 1}),
+            },
         ] {
-            assert_eq!(parse_line(&c.to_line()), Ok(c));
+            assert_eq!(parse_line(&to_line(&c).unwrap()), Ok(c));
         }
+    }
+
+    /// One vocabulary: the keys' commands are the lines' commands. A stop says who
+    /// asked only inside the process; `start` and full settings are no lines (the
+    /// dashboard sends them as `resume` and `set`).
+    #[test]
+    fn commands_are_the_lines_of_the_file() {
+        let signal = Command::Stop {
+            by: Some("SIGTERM".into()),
+        };
+        assert_eq!(to_line(&signal).unwrap(), r#"{"command":"stop"}"#);
+        assert_eq!(
+            to_line(&Command::LowerLr).unwrap(),
+            r#"{"command":"lower_lr"}"#
+        );
+        assert_eq!(to_line(&Command::Start), None);
+        let exp = crate::config::parse_str(
+            "name: x\ndata: {dir: d}\nmodel: {backbone: mobilenet_v2, weights: none}\n",
+            std::path::Path::new("x.yaml"),
+        )
+        .unwrap();
+        let apply = Command::Apply(Box::new(exp));
+        assert_eq!(to_line(&apply), None);
+        let set = apply.for_control_file().unwrap();
+        assert!(matches!(&set, Command::Set { settings } if settings["name"] == "x"));
+        assert_eq!(parse_line(&to_line(&set).unwrap()), Ok(set));
+        assert_eq!(Command::Start.for_control_file(), Some(Command::Resume));
+        assert_eq!(signal.for_control_file(), Some(Command::STOP));
+        assert!(append(std::path::Path::new("/nonexistent"), &Command::Start).is_err());
     }
 
     /// Lines appended after the start arrive, in order, with their numbers; earlier
@@ -298,7 +325,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), "{\"command\":\"stop\"}\n").unwrap();
         let (reader, rx) = ControlReader::start(dir.path()).unwrap();
-        append(dir.path(), &ControlCommand::Pause).unwrap();
+        append(dir.path(), &Command::Pause).unwrap();
         {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
@@ -309,7 +336,7 @@ mod tests {
         }
         let first = rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert_eq!(first.line, 2);
-        assert_eq!(first.command, Ok(ControlCommand::Pause));
+        assert_eq!(first.command, Ok(Command::Pause));
         let second = rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert_eq!(second.line, 3);
         assert!(second.command.is_err());
@@ -323,7 +350,7 @@ mod tests {
             f.write_all(b"ume\"}\n").unwrap();
         }
         let third = rx.recv_timeout(Duration::from_secs(3)).unwrap();
-        assert_eq!((third.line, third.command), (4, Ok(ControlCommand::Resume)));
+        assert_eq!((third.line, third.command), (4, Ok(Command::Resume)));
         drop(reader);
     }
 }

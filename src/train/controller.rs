@@ -1,28 +1,25 @@
-//! The trainer's controller: runs on its own OS thread, owns the phases and the
-//! command protocol, and drives the epochs. It takes [`Command`]s, emits [`Event`]s,
-//! and never touches the terminal. The jobs it delegates each have their own file:
+//! The trainer: runs on its own OS thread, owns the phases and drives the epochs. It
+//! takes every [`Command`] through one inbox ([`super::inbox`]) and handles each in
+//! one place ([`Trainer::handle`]), emits [`Event`]s, and never touches the terminal.
+//! The jobs it delegates each have their own file: the run's state ([`super::state`]),
 //! opening or resuming the run folder ([`super::resume`]), live edits
 //! ([`super::live_edit`]), one epoch ([`super::epoch`]), validation
 //! ([`super::validate`]), cache planning ([`super::plan`]) and the stall helpers
 //! ([`super::stall`]).
 
-use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
-use tch::nn::{self, OptimizerConfig};
-
-use super::cache::Cache;
-use super::epoch::checkpoint_info;
-pub use super::events::Phases;
-use super::events::{Command, EndReason, EpochMetrics, Event, Phase, StallAction, Suggestion};
+use super::epoch::{Control, Progress};
+use super::events::{Command, EndReason, Event, Phase, Phases, StallAction, Suggestion};
+use super::inbox::{merge, Inbox, Next, Request, Source};
 use super::predictions::ValPredictions;
-use super::run_dir::{RunDir, Summary};
-use super::stall::{monitored, BestRule, StallDetector};
-use super::status::{RunState, HEARTBEAT};
-use super::steering::{Next, Steering};
-use crate::config::{Experiment, OnStall, Optimizer, Weights};
+use super::resume::Opened;
+use super::run_dir::Summary;
+use super::stall::{monitored, BestRule};
+use super::state::{panic_message, Options, State};
+use super::status::{Heartbeat, RunState, Status, HEARTBEAT};
+use crate::config::{Experiment, OnStall, Weights};
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
 use crate::runtime::{
@@ -32,34 +29,21 @@ use crate::runtime::{
 /// Trainer threads are named with this prefix and the experiment name.
 pub const THREAD_PREFIX: &str = "trainer ";
 
-/// How to run.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Where run folders go (`runs/` by default).
-    pub runs_root: PathBuf,
-    /// Which phases.
-    pub phases: Phases,
-    /// Stop after this many epochs in total.
-    pub max_epochs: Option<u32>,
-    /// Start at once; otherwise wait for [`Command::Start`].
-    pub autostart: bool,
-    /// Continue this run folder from its last finished epoch.
-    pub resume: Option<PathBuf>,
-    /// At the end, also write `model.safetensors`: every variable (backbone and head),
-    /// a standalone model that needs no base weights.
-    pub export_model: bool,
-}
-
-/// The UI's end of a trainer thread.
+/// The steering end of a trainer thread.
 pub struct TrainerHandle {
     /// Send commands here.
-    pub commands: Sender<Command>,
+    pub commands: flume::Sender<Command>,
     /// Events arrive here; the last one is `Finished` or `Error`.
-    pub events: Receiver<Event>,
+    pub events: flume::Receiver<Event>,
     thread: JoinHandle<()>,
 }
 
 impl TrainerHandle {
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Waits for the thread to end.
     pub fn join(self) {
         let _ = self.thread.join();
@@ -69,8 +53,8 @@ impl TrainerHandle {
 /// Starts a trainer for `exp` on its own thread.
 pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
     let threads = intra_op_threads();
-    let (commands, command_rx) = channel();
-    let (event_tx, events) = channel();
+    let (commands, command_rx) = flume::unbounded();
+    let (event_tx, events) = flume::unbounded();
     let thread = std::thread::Builder::new()
         .name(format!("{THREAD_PREFIX}{}", exp.name))
         .spawn(move || {
@@ -80,7 +64,7 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
             tch::set_num_threads(threads);
             let events = event_tx.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Trainer::new(exp, options, command_rx, event_tx).run()
+                Trainer::new(exp, options, Inbox::new(command_rx), event_tx).run()
             }));
             let error = match result {
                 Ok(Ok(())) => return,
@@ -97,103 +81,80 @@ pub fn spawn(exp: Experiment, options: Options) -> TrainerHandle {
     }
 }
 
-/// The message of a caught panic.
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".into())
+/// Where the run is with respect to its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Spawned without autostart: waiting for Start.
+    Waiting,
+    /// Training.
+    Running,
+    /// Held at a batch boundary until Resume.
+    Paused,
+    /// Told to stop (or nobody is left to train for).
+    Stopping,
 }
 
-/// What a batch-boundary check of the command queue decided.
-pub(super) enum Control {
-    Continue,
-    Stop,
-}
-
-pub(super) struct Trainer {
-    pub(super) exp: Experiment,
+/// The trainer thread's own state: the settings in force, the inbox, and what the
+/// requests asked for.
+struct Trainer {
+    exp: Experiment,
     /// An edit waiting for the next epoch boundary.
-    pub(super) pending: Option<Experiment>,
-    pub(super) options: Options,
-    pub(super) commands: Receiver<Command>,
-    pub(super) events: Sender<Event>,
-    pub(super) run: Option<RunDir>,
+    pending: Option<Experiment>,
+    options: Options,
+    inbox: Inbox,
+    /// Events before the run state exists (loading, the model); the state has its own.
+    events: flume::Sender<Event>,
+    flow: Flow,
     /// Set when the user asked to unfreeze (or a stall did) during the frozen phase.
-    pub(super) unfreeze_requested: bool,
+    unfreeze_requested: bool,
     /// Why the run was stopped, when a stop said so.
-    pub(super) stopped_by: Option<String>,
-    /// The control file and the heartbeat.
-    pub(super) steering: Steering,
-    /// Batches done of the epoch in progress, and its training images/s.
-    pub(super) progress: ((usize, usize), f64),
-    /// Time spent paused since the run began: left out of epoch seconds and images/s.
-    pub(super) paused: std::time::Duration,
-}
-
-/// The mutable state of a run in progress.
-pub(super) struct State {
-    pub(super) net: Classifier,
-    pub(super) phase: Phase,
-    /// Epochs finished in total (the next epoch is `epoch + 1`).
-    pub(super) epoch: u32,
-    /// Epochs finished in the current phase.
-    pub(super) phase_epochs: u32,
-    pub(super) opt: nn::Optimizer,
-    pub(super) lr: f64,
-    pub(super) stall: StallDetector,
-    pub(super) best: Option<EpochMetrics>,
-    /// Backbone layers trainable in the current phase.
-    pub(super) unfrozen: usize,
-    /// The last validation's class probabilities (flat, validation order).
-    pub(super) val_probabilities: Vec<f32>,
-    /// Outputs of the frozen part of the backbone kept for the current layer states.
-    pub(super) cache: Option<Cache>,
-    /// A cache was over its memory budget in this phase: do not try again.
-    pub(super) cache_refused: bool,
+    stopped_by: Option<String>,
+    /// Where the epoch in progress stands.
+    progress: Progress,
+    /// Time spent paused since the run began, and when the pause in force began.
+    paused: Duration,
+    paused_at: Option<Instant>,
+    /// The summary is written: the heartbeat says finished.
+    finished: bool,
+    /// The run folder's heartbeat, and the last status it was given.
+    heartbeat: Option<Heartbeat>,
+    last_status: Option<Status>,
 }
 
 impl Trainer {
-    pub(super) fn new(
+    fn new(
         exp: Experiment,
         options: Options,
-        commands: Receiver<Command>,
-        events: Sender<Event>,
+        inbox: Inbox,
+        events: flume::Sender<Event>,
     ) -> Trainer {
+        let flow = if options.autostart {
+            Flow::Running
+        } else {
+            Flow::Waiting
+        };
         Trainer {
             exp,
             pending: None,
             options,
-            commands,
+            inbox,
             events,
-            run: None,
+            flow,
             unfreeze_requested: false,
             stopped_by: None,
-            steering: Steering::default(),
-            progress: ((0, 0), 0.0),
-            paused: std::time::Duration::ZERO,
+            progress: Progress {
+                batches: (0, 0),
+                images_per_sec: 0.0,
+            },
+            paused: Duration::ZERO,
+            paused_at: None,
+            finished: false,
+            heartbeat: None,
+            last_status: None,
         }
     }
 
-    pub(super) fn emit(&mut self, event: Event) {
-        if let Some(run) = &mut self.run {
-            match &event {
-                Event::Batch { .. } | Event::Loading { .. } | Event::Validating { .. } => {}
-                Event::EpochEnd(m) => run.log(&format!(
-                    "epoch {} {} val_accuracy {:.4} val_loss {:.4}",
-                    m.epoch,
-                    m.phase.name(),
-                    m.val_accuracy,
-                    m.val_loss
-                )),
-                other => run.log(&format!("{other:?}")),
-            }
-        }
-        let _ = self.events.send(event);
-    }
-
-    pub(super) fn run(mut self) -> anyhow::Result<()> {
+    fn run(mut self) -> anyhow::Result<()> {
         let result = self.run_inner();
         if result.is_err() {
             self.beat_failed();
@@ -202,8 +163,10 @@ impl Trainer {
     }
 
     fn run_inner(&mut self) -> anyhow::Result<()> {
-        if !self.options.autostart && !self.wait_for_start() {
-            self.emit(Event::Finished {
+        // Spawned without autostart, wait for Start; with it, requests queued meanwhile
+        // are taken at the first batch boundary.
+        if !self.options.autostart && self.serve(None)? == Flow::Stopping {
+            let _ = self.events.send(Event::Finished {
                 reason: EndReason::Stopped,
                 best: None,
                 stopped_by: self.stopped_by.clone(),
@@ -222,7 +185,7 @@ impl Trainer {
             }
         };
         let data = Dataset::load(&self.exp, &progress)?;
-        self.emit(Event::DataReady {
+        let _ = self.events.send(Event::DataReady {
             classes: data.classes.clone(),
             train: data.train.len(),
             val: data.val.len(),
@@ -237,122 +200,282 @@ impl Trainer {
             Weights::Imagenet => format!("ImageNet ({})", self.exp.model.backbone.name()),
             Weights::File(p) => p.display().to_string(),
         };
-        self.emit(Event::ModelReady {
+        let _ = self.events.send(Event::ModelReady {
             device: device_name(device),
             weights,
             layers: net.table().layers().cloned().collect(),
             precision: crate::runtime::precision_of(net.precision()),
         });
-        let mut state = self.open_run(net, &data)?;
-        self.open_steering()?;
-        self.beat(&state, RunState::Running, (0, 0), 0.0, true);
+        let Opened {
+            mut state,
+            unfreeze_requested,
+        } = super::resume::open(
+            &self.exp,
+            &mut self.options,
+            net,
+            &data,
+            self.events.clone(),
+        )?;
+        self.unfreeze_requested = unfreeze_requested;
+        self.inbox.listen_to_control_file(&state.run.path)?;
+        self.heartbeat = Some(Heartbeat::new(&state.run.path));
+        self.phase_event(&mut state);
         let reason = self.train(&mut state, &data)?;
-        self.finish(&state, reason)
+        self.finish(&mut state, reason)
     }
 
-    /// Blocks until Start; false if told to stop first (or the UI went away).
-    pub(super) fn wait_for_start(&mut self) -> bool {
+    /// Takes what the inbox holds, handling each request. While the run waits for
+    /// Start or is paused, blocks for more (keeping the heartbeat going); otherwise
+    /// returns once the inbox is empty. Returns the flow it leaves: Running or
+    /// Stopping.
+    fn serve(&mut self, mut s: Option<&mut State>) -> anyhow::Result<Flow> {
         loop {
-            match self.commands.recv() {
-                Ok(Command::Start) => return true,
-                Ok(Command::Stop) | Err(_) => return false,
-                Ok(Command::StopBecause(why)) => {
-                    self.stopped_by = Some(why);
-                    return false;
+            let holding = matches!(self.flow, Flow::Waiting | Flow::Paused);
+            let next = self.inbox.next(holding.then_some(HEARTBEAT));
+            match next {
+                Next::Request(request) => self.handle(s.as_deref_mut(), request)?,
+                Next::Empty if holding => {
+                    if let Some(s) = s.as_deref() {
+                        self.beat(s, false);
+                    }
                 }
-                Ok(Command::ApplyConfig(exp)) => self.exp = *exp,
-                Ok(_) => {}
+                Next::Empty => return Ok(self.flow),
+                // The handle is gone: nobody to train for.
+                Next::Gone => self.flow = Flow::Stopping,
+            }
+            if self.flow == Flow::Stopping {
+                return Ok(Flow::Stopping);
             }
         }
     }
 
-    pub(super) fn enter_frozen(&mut self, s: &mut State) -> anyhow::Result<()> {
-        s.cache = None;
-        s.net.set_frozen_phase();
-        s.phase = Phase::Frozen;
-        s.phase_epochs = 0;
-        s.unfrozen = 0;
-        s.lr = self.exp.frozen.lr;
-        s.opt = build_optimizer(
-            &s.net,
-            self.exp.frozen.optimizer,
-            s.lr,
-            self.exp.frozen.momentum,
-        )?;
-        s.stall.reset();
-        self.phase_event(s);
+    /// Handles one request: the one place where every command, from any source, takes
+    /// effect. `s` is None before the run state exists (waiting for Start).
+    fn handle(&mut self, mut s: Option<&mut State>, request: Request) -> anyhow::Result<()> {
+        let Request { command, source } = request;
+        let command = match command {
+            Ok(c) => c,
+            Err(why) => {
+                self.note(s, format!("{}: {why}; ignored", source.name()));
+                return Ok(());
+            }
+        };
+        // A `set` line's settings, merged into the ones in force, are an edit.
+        let command = match command {
+            Command::Set { settings } => match self.merged(&settings, s.as_deref()) {
+                Ok(exp) => Command::Apply(exp),
+                Err(why) => {
+                    self.note(s, format!("{}: set: {why}; ignored", source.name()));
+                    return Ok(());
+                }
+            },
+            other => other,
+        };
+        if let Source::ControlFile(_) = source {
+            let event = Event::Control {
+                command: command.name().into(),
+                source: source.name(),
+            };
+            match s.as_deref_mut() {
+                Some(s) => s.emit(event),
+                None => {
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+        match (command, self.flow) {
+            (Command::Start, Flow::Waiting) => self.flow = Flow::Running,
+            (Command::Start | Command::Resume, Flow::Paused) => {
+                self.flow = Flow::Running;
+                if let Some(at) = self.paused_at.take() {
+                    self.paused += at.elapsed();
+                }
+                if let Some(s) = s {
+                    s.emit(Event::Resumed);
+                    self.beat(s, true);
+                }
+            }
+            (Command::Pause, Flow::Running) => {
+                if let Some(s) = s {
+                    self.flow = Flow::Paused;
+                    self.paused_at = Some(Instant::now());
+                    s.emit(Event::Paused);
+                    self.beat(s, true);
+                }
+            }
+            (Command::Stop { by }, _) => {
+                self.flow = Flow::Stopping;
+                self.stopped_by = match source {
+                    Source::ControlFile(_) => Some(super::control::FILE.into()),
+                    Source::Handle => by,
+                };
+            }
+            (Command::Unfreeze, _) => {
+                if let Some(s) = s.filter(|s| s.phase == Phase::Frozen) {
+                    self.enter_finetune(s, self.exp.finetune.unfreeze_last)?;
+                }
+            }
+            (Command::LowerLr, _) => {
+                if let Some(s) = s {
+                    let next_batch = self.progress.batches.0 + 1;
+                    let by = match source {
+                        Source::Handle => "r".to_string(),
+                        Source::ControlFile(_) => super::control::FILE.to_string(),
+                    };
+                    self.lower_lr(s, Some(next_batch), &by)?;
+                }
+            }
+            // Before the run begins, an edit simply replaces the settings.
+            (Command::Apply(exp), Flow::Waiting) => self.exp = *exp,
+            (Command::Apply(exp), _) => self.pending = Some(*exp),
+            // Start while running, Resume while running, Pause while paused: nothing
+            // to do. (`Set` became `Apply` above.)
+            (Command::Start | Command::Resume | Command::Pause | Command::Set { .. }, _) => {}
+        }
         Ok(())
     }
 
-    /// Unfreezes the last N layers and starts a fresh optimizer at the fine-tune rate.
-    pub(super) fn enter_finetune(&mut self, s: &mut State) -> anyhow::Result<()> {
-        self.enter_finetune_with(s, self.exp.finetune.unfreeze_last)
+    /// A note to whoever watches: through the run's events once it has a state.
+    fn note(&mut self, s: Option<&mut State>, text: String) {
+        match s {
+            Some(s) => s.emit(Event::Note(text)),
+            None => {
+                let _ = self.events.send(Event::Note(text));
+            }
+        }
+    }
+
+    /// The settings in force (or waiting) with `settings` merged in, validated as an
+    /// experiment file is.
+    fn merged(
+        &self,
+        settings: &serde_json::Value,
+        s: Option<&State>,
+    ) -> Result<Box<Experiment>, String> {
+        let base = self.pending.as_ref().unwrap_or(&self.exp);
+        let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
+        merge(&mut value, settings);
+        let text = serde_yaml::to_string(&value).map_err(|e| e.to_string())?;
+        let at = s
+            .map(|s| s.run.path.join(super::control::FILE))
+            .unwrap_or_default();
+        crate::config::parse_str(&text, &at)
+            .map(Box::new)
+            .map_err(|e| e.to_string().replace('\n', "; "))
+    }
+
+    /// At a batch boundary: takes the requests waiting (holding there while paused)
+    /// and keeps the heartbeat going.
+    fn between_batches(&mut self, s: &mut State, progress: Progress) -> anyhow::Result<Control> {
+        self.progress = progress;
+        self.beat(s, false);
+        let before = self.paused;
+        let flow = self.serve(Some(s))?;
+        Ok(match flow {
+            Flow::Stopping => Control::Stop,
+            _ => Control::Continue {
+                paused: self.paused - before,
+            },
+        })
     }
 
     /// Starts the fine-tune phase with `n` layers unfrozen.
-    pub(super) fn enter_finetune_with(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
-        self.set_finetune_layers(s, n)?;
-        s.phase = Phase::Finetune;
-        s.phase_epochs = 0;
-        s.stall.reset();
+    fn enter_finetune(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
+        s.enter_finetune(&self.exp.finetune, n)?;
         self.unfreeze_requested = false;
         self.phase_event(s);
         Ok(())
     }
 
-    /// Makes the last `n` layers trainable with a fresh optimizer at the fine-tune
-    /// rate, without restarting the phase (also used by live edits).
-    pub(super) fn set_finetune_layers(&mut self, s: &mut State, n: usize) -> anyhow::Result<()> {
-        // The layer states change: cached outputs would be stale.
-        s.cache = None;
-        s.cache_refused = false;
-        let ft = self.exp.finetune.clone();
-        s.unfrozen = s.net.set_finetune_phase(n, ft.train_bn);
-        s.lr = ft.lr;
-        s.opt = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
-        Ok(())
-    }
-
-    pub(super) fn phase_event(&mut self, s: &State) {
+    /// Says the phase and trainable layers now in force.
+    fn phase_event(&mut self, s: &mut State) {
         let event = Event::PhaseChanged {
             phase: s.phase,
             epoch: s.epoch + 1,
             trainable_layers: s.net.table().layers().filter(|l| l.trainable).count(),
             trainable_params: s.net.table().trainable_params(),
             layers: s.net.table().layers().cloned().collect(),
+            epochs: self.planned_epochs(s),
         };
-        self.emit(event);
-        self.beat(s, RunState::Running, (0, 0), 0.0, true);
+        s.emit(event);
+        self.beat(s, true);
     }
 
-    pub(super) fn train(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<EndReason> {
+    /// Epochs the run plans in all: the one place this is counted (the dashboard, the
+    /// headless output and the heartbeat are told).
+    fn planned_epochs(&self, s: &State) -> u32 {
+        let total = match (self.options.phases, s.phase) {
+            (Phases::Frozen, _) => self.exp.frozen.epochs,
+            (_, Phase::Frozen) => self.exp.planned_epochs(None),
+            (_, Phase::Finetune) => self
+                .exp
+                .planned_epochs(Some(s.epoch.saturating_sub(s.phase_epochs))),
+        };
+        self.options.max_epochs.map_or(total, |m| m.min(total))
+    }
+
+    /// Whether a run in `s` can still go from frozen to fine-tuning: the one rule for
+    /// phase changes and for stall suggestions.
+    fn can_unfreeze(&self, s: &State) -> bool {
+        s.phase == Phase::Frozen
+            && self.options.phases == Phases::Both
+            && self.exp.finetune.epochs > 0
+    }
+
+    /// Takes an edit waiting since the last epoch: live settings apply now.
+    fn apply_pending(&mut self, s: &mut State) -> anyhow::Result<()> {
+        let Some(edited) = self.pending.take() else {
+            return Ok(());
+        };
+        let applied = super::live_edit::apply(s, &self.exp, &edited)?;
+        self.exp = applied.next;
+        if applied.layers_changed {
+            self.phase_event(s);
+        }
+        let epoch = s.epoch + 1;
+        s.run.record_config(epoch, &self.exp, &applied.changes)?;
+        let epochs = self.planned_epochs(s);
+        s.emit(Event::ConfigApplied {
+            changes: applied.changes,
+            epoch,
+            epochs,
+        });
+        Ok(())
+    }
+
+    fn train(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<EndReason> {
         loop {
             self.apply_pending(s)?;
             if self.options.max_epochs.is_some_and(|m| s.epoch >= m) {
                 return Ok(EndReason::Completed);
             }
             if self.unfreeze_requested && s.phase == Phase::Frozen {
-                self.enter_finetune(s)?;
+                self.enter_finetune(s, self.exp.finetune.unfreeze_last)?;
             }
             let phase_len = match s.phase {
                 Phase::Frozen => self.exp.frozen.epochs,
                 Phase::Finetune => self.exp.finetune.epochs,
             };
             if s.phase_epochs >= phase_len {
-                let more = s.phase == Phase::Frozen
-                    && self.options.phases == Phases::Both
-                    && self.exp.finetune.epochs > 0;
-                if !more {
+                if !self.can_unfreeze(s) {
                     return Ok(EndReason::Completed);
                 }
-                self.enter_finetune(s)?;
+                self.enter_finetune(s, self.exp.finetune.unfreeze_last)?;
                 continue;
             }
-            let Some(mut m) = self.epoch(s, data)? else {
+            let exp = self.exp.clone();
+            let epoch = super::epoch::run(s, data, &exp, &mut |s, progress| {
+                self.between_batches(s, progress)
+            })?;
+            let Some(mut m) = epoch else {
                 return Ok(EndReason::Stopped);
             };
             s.epoch += 1;
             s.phase_epochs += 1;
+            self.progress = Progress {
+                batches: (0, 0),
+                images_per_sec: 0.0,
+            };
             let value = monitored(self.exp.stall.monitor, &m);
             let (mut stop, mut reduce) = (false, false);
             if s.stall.observe(m.epoch.saturating_sub(1), value) {
@@ -371,12 +494,11 @@ impl Trainer {
                 .best
                 .as_ref()
                 .is_none_or(|b| BestRule::of(&self.exp).is_better(&m, b));
-            let info = checkpoint_info(s, data);
+            let info = s.checkpoint_info(&data.classes);
             let tensors = s.net.checkpoint_tensors();
-            let run = self.run.as_mut().expect("run folder open");
-            run.append_metrics(&m)?;
+            s.run.append_metrics(&m)?;
             if improved {
-                run.write_checkpoint("best", &tensors, &info)?;
+                s.run.write_checkpoint("best", &tensors, &info)?;
                 let files = data
                     .val
                     .iter()
@@ -388,22 +510,22 @@ impl Trainer {
                     files,
                     &s.val_probabilities,
                 )
-                .write(&run.path)?;
+                .write(&s.run.path)?;
                 s.best = Some(m.clone());
             }
-            let last = run.write_checkpoint("last", &tensors, &info)?;
-            self.emit(Event::EpochEnd(m.clone()));
+            let last = s.run.write_checkpoint("last", &tensors, &info)?;
+            s.emit(Event::EpochEnd(m.clone()));
             if let Some(suggestion) = m.suggestion.clone().filter(|_| m.stalled) {
-                self.emit(Event::Stalled {
+                s.emit(Event::Stalled {
                     epoch: m.epoch,
                     suggestion,
                 });
             }
-            self.emit(Event::Checkpoint(last));
+            s.emit(Event::Checkpoint(last));
             if reduce {
                 self.lower_lr(s, None, "on_stall: reduce_lr")?;
             }
-            self.beat(s, RunState::Running, (0, 0), 0.0, true);
+            self.beat(s, true);
             if stop {
                 return Ok(EndReason::Stalled);
             }
@@ -411,23 +533,16 @@ impl Trainer {
     }
 
     /// The suggestion for a stall, and what `on_stall` makes of it.
-    pub(super) fn on_stall(&self, s: &State, value: f64) -> (Suggestion, OnStall) {
+    fn on_stall(&self, s: &State, value: f64) -> (Suggestion, OnStall) {
         let st = &self.exp.stall;
-        let can_unfreeze = s.phase == Phase::Frozen
-            && self.options.phases == Phases::Both
-            && self.exp.finetune.epochs > 0;
         let ft = &self.exp.finetune;
-        let lower = (s.lr * st.factor).max(st.min_lr);
-        let (action, on_stall) = match (st.on_stall, can_unfreeze) {
-            (OnStall::Stop, _) => (StallAction::Stopping, OnStall::Stop),
-            (OnStall::ReduceLr, _) if lower < s.lr => (
-                StallAction::LowerLr {
-                    from: s.lr,
-                    to: lower,
-                },
-                OnStall::ReduceLr,
-            ),
-            (action, true) => {
+        let lower = st.lowered(s.lr);
+        let (action, on_stall) = match (st.on_stall, self.can_unfreeze(s), lower) {
+            (OnStall::Stop, _, _) => (StallAction::Stopping, OnStall::Stop),
+            (OnStall::ReduceLr, _, Some(to)) => {
+                (StallAction::LowerLr { from: s.lr, to }, OnStall::ReduceLr)
+            }
+            (action, true, _) => {
                 let automatic = action == OnStall::Unfreeze;
                 (
                     StallAction::Unfreeze {
@@ -442,7 +557,12 @@ impl Trainer {
                     },
                 )
             }
-            (_, false) => (StallAction::StopOrLowerLr { to: lower }, OnStall::Suggest),
+            (_, false, lower) => (
+                StallAction::StopOrLowerLr {
+                    to: lower.unwrap_or(s.lr),
+                },
+                OnStall::Suggest,
+            ),
         };
         let suggestion = Suggestion {
             monitor: st.monitor,
@@ -454,64 +574,17 @@ impl Trainer {
         (suggestion, on_stall)
     }
 
-    /// Checks commands (and control-file lines) at a batch boundary. Pause blocks here
-    /// until Resume or Stop, keeping the heartbeat going.
-    pub(super) fn control(&mut self, s: &mut State) -> anyhow::Result<Control> {
-        loop {
-            let command = match self.next_command(None) {
-                Next::Command(c) => c,
-                Next::Empty => return Ok(Control::Continue),
-                // The UI is gone: nobody to train for.
-                Next::Gone => return Ok(Control::Stop),
-            };
-            match command {
-                Command::Start | Command::Resume => {}
-                Command::Stop => return Ok(Control::Stop),
-                Command::StopBecause(why) => {
-                    self.stopped_by = Some(why);
-                    return Ok(Control::Stop);
-                }
-                Command::Unfreeze => {
-                    if s.phase == Phase::Frozen {
-                        self.enter_finetune(s)?;
-                    }
-                }
-                Command::ApplyConfig(exp) => self.pending = Some(*exp),
-                Command::LowerLr => {
-                    let next_batch = self.progress.0 .0 + 1;
-                    self.lower_lr(s, Some(next_batch), "r")?;
-                }
-                Command::Pause => {
-                    let since = std::time::Instant::now();
-                    let held = self.hold(s);
-                    self.paused += since.elapsed();
-                    if let Some(control) = held? {
-                        return Ok(control);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Multiplies the current phase's learning rate by `stall.factor` (not below
-    /// `stall.min_lr`) from now on, and records it in the run folder like an edit of
-    /// that phase's `lr`. `batch`: the first batch of the epoch in progress at the new
-    /// rate (None between epochs).
-    pub(super) fn lower_lr(
-        &mut self,
-        s: &mut State,
-        batch: Option<usize>,
-        by: &str,
-    ) -> anyhow::Result<()> {
-        let st = &self.exp.stall;
-        let to = (s.lr * st.factor).max(st.min_lr);
-        if to >= s.lr {
-            self.emit(Event::Note(format!(
-                "the learning rate {} is at stall.min_lr already: not lowered",
-                crate::text::short_float(s.lr)
+    /// Lowers the current phase's learning rate by the stall rule from now on, and
+    /// records it in the run folder like an edit of that phase's `lr`. `batch`: the
+    /// first batch of the epoch in progress at the new rate (None between epochs).
+    fn lower_lr(&mut self, s: &mut State, batch: Option<usize>, by: &str) -> anyhow::Result<()> {
+        let Some(to) = self.exp.stall.lowered(s.lr) else {
+            s.emit(Event::Note(format!(
+                "the learning rate {:e} is at stall.min_lr already: not lowered",
+                s.lr
             )));
             return Ok(());
-        }
+        };
         let mut next = self.exp.clone();
         match s.phase {
             Phase::Frozen => next.frozen.lr = to,
@@ -523,10 +596,8 @@ impl Trainer {
         s.lr = to;
         s.opt.set_lr(to);
         let epoch = s.epoch + 1;
-        if let Some(run) = &mut self.run {
-            run.record_config(epoch, &self.exp, &changes)?;
-        }
-        self.emit(Event::LrLowered {
+        s.run.record_config(epoch, &self.exp, &changes)?;
+        s.emit(Event::LrLowered {
             from,
             to,
             epoch,
@@ -536,42 +607,7 @@ impl Trainer {
         Ok(())
     }
 
-    /// Paused: waits for Resume (None) or a stop, keeping the heartbeat going.
-    fn hold(&mut self, s: &mut State) -> anyhow::Result<Option<Control>> {
-        self.emit(Event::Paused);
-        let (batch, ips) = self.progress;
-        self.beat(s, RunState::Paused, batch, ips, true);
-        loop {
-            let command = match self.next_command(Some(HEARTBEAT)) {
-                Next::Command(c) => c,
-                Next::Empty => {
-                    self.beat(s, RunState::Paused, batch, ips, false);
-                    continue;
-                }
-                Next::Gone => return Ok(Some(Control::Stop)),
-            };
-            match command {
-                Command::Resume | Command::Start => break,
-                Command::Stop => return Ok(Some(Control::Stop)),
-                Command::StopBecause(why) => {
-                    self.stopped_by = Some(why);
-                    return Ok(Some(Control::Stop));
-                }
-                Command::Unfreeze if s.phase == Phase::Frozen => self.enter_finetune(s)?,
-                Command::ApplyConfig(exp) => self.pending = Some(*exp),
-                Command::LowerLr => {
-                    let next_batch = self.progress.0 .0 + 1;
-                    self.lower_lr(s, Some(next_batch), "r")?;
-                }
-                _ => {}
-            }
-        }
-        self.emit(Event::Resumed);
-        self.beat(s, RunState::Running, batch, ips, true);
-        Ok(None)
-    }
-
-    pub(super) fn finish(&mut self, s: &State, reason: EndReason) -> anyhow::Result<()> {
+    fn finish(&mut self, s: &mut State, reason: EndReason) -> anyhow::Result<()> {
         let summary = Summary {
             experiment: self.exp.name.clone(),
             backbone: self.exp.model.backbone.name().to_string(),
@@ -585,36 +621,64 @@ impl Trainer {
             device: device_name(s.net.device()),
             stopped_by: self.stopped_by.clone(),
         };
-        if let Some(run) = &self.run {
-            run.write_summary(&summary)?;
-            if self.options.export_model {
-                let path = run.path.join("model.safetensors");
-                crate::weights::write_safetensors(&path, &s.net.all_variables(), None)?;
-            }
+        s.run.write_summary(&summary)?;
+        if self.options.export_model {
+            let path = s.run.path.join("model.safetensors");
+            crate::weights::write_safetensors(&path, &s.net.all_variables(), None)?;
         }
-        self.beat(s, RunState::Finished, (0, 0), 0.0, true);
-        self.emit(Event::Finished {
+        self.finished = true;
+        self.beat(s, true);
+        s.emit(Event::Finished {
             reason,
             best: s.best.clone(),
             stopped_by: self.stopped_by.clone(),
         });
         Ok(())
     }
-}
 
-pub(super) fn build_optimizer(
-    net: &Classifier,
-    kind: Optimizer,
-    lr: f64,
-    momentum: f64,
-) -> anyhow::Result<nn::Optimizer> {
-    let opt = match kind {
-        Optimizer::Adam => nn::Adam::default().build(&net.vs, lr),
-        Optimizer::Sgd => nn::Sgd {
-            momentum,
-            ..Default::default()
+    /// Writes the heartbeat if due (or `force`), with what the run is doing now.
+    fn beat(&mut self, s: &State, force: bool) {
+        let due = self.heartbeat.as_ref().is_some_and(|h| h.due());
+        if !(force || due) {
+            return;
         }
-        .build(&net.vs, lr),
-    };
-    opt.map_err(|e| anyhow!("cannot build the optimizer: {e}"))
+        let state = match self.flow {
+            _ if self.finished => RunState::Finished,
+            Flow::Paused => RunState::Paused,
+            _ => RunState::Running,
+        };
+        let (batch, images_per_sec) = match state {
+            RunState::Finished => ((0, 0), 0.0),
+            _ => (self.progress.batches, self.progress.images_per_sec),
+        };
+        let epoch = match state {
+            RunState::Finished | RunState::Failed => s.epoch,
+            _ => s.epoch + 1,
+        };
+        let status = Status {
+            experiment: self.exp.name.clone(),
+            pid: std::process::id(),
+            host: super::status::host_name(),
+            state,
+            phase: s.phase,
+            epoch,
+            epochs: self.planned_epochs(s),
+            batch,
+            images_per_sec,
+            updated_at: String::new(),
+        };
+        self.last_status = Some(status.clone());
+        if let Some(h) = self.heartbeat.as_mut() {
+            h.write(status);
+        }
+    }
+
+    /// The heartbeat of a run that failed: its last status, marked failed.
+    fn beat_failed(&mut self) {
+        if let (Some(mut last), Some(h)) = (self.last_status.take(), self.heartbeat.as_mut()) {
+            last.state = RunState::Failed;
+            h.write(last);
+        }
+        self.inbox.close_control_file();
+    }
 }

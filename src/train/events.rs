@@ -26,11 +26,16 @@ impl Phase {
     }
 }
 
-/// What the UI (or the headless runner) asks of the trainer. Pause, Unfreeze and Stop
-/// take effect at the next batch boundary.
-#[derive(Debug, Clone, PartialEq)]
+/// What anyone steering a run asks of its trainer: the dashboard's keys, a headless
+/// run's signals and edits, and the lines of a run folder's control file
+/// (`control.jsonl`, one JSON object per line, e.g. `{"command": "pause"}`) are all
+/// this one type. Everything but `Start` takes effect at the next batch boundary;
+/// settings apply from the next epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    /// Begin (a trainer spawned without autostart waits for this).
+    /// Begin (a trainer spawned without autostart waits for this). Not a control line.
+    #[serde(skip)]
     Start,
     /// Hold after the current batch.
     Pause,
@@ -42,12 +47,55 @@ pub enum Command {
     /// from the next batch.
     LowerLr,
     /// Save a checkpoint and finish.
-    Stop,
-    /// Stop, saying why (a signal, a closed stdout, a control line): recorded in
-    /// `summary.json` as `stopped_by`.
-    StopBecause(String),
-    /// New settings from an edited file; live changes apply from the next epoch.
-    ApplyConfig(Box<Experiment>),
+    Stop {
+        /// Who asked, when something other than the user did (`SIGTERM`, `stdout
+        /// closed`): recorded in `summary.json` as `stopped_by`. A control line's stop
+        /// is recorded as coming from the control file.
+        #[serde(skip)]
+        by: Option<String>,
+    },
+    /// Merge these settings (a part of an experiment file, as JSON) into the running
+    /// ones; applied like a saved edit.
+    Set {
+        /// E.g. `{"finetune": {"lr": 5e-6}}`.
+        settings: serde_json::Value,
+    },
+    /// New settings from an edited file; live changes apply from the next epoch. Not a
+    /// control line (a control line says `set`).
+    #[serde(skip)]
+    Apply(Box<Experiment>),
+}
+
+impl Command {
+    /// The plain stop the user asks for.
+    pub const STOP: Command = Command::Stop { by: None };
+
+    /// The command's name, as a control line writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Unfreeze => "unfreeze",
+            Command::LowerLr => "lower_lr",
+            Command::Stop { .. } => "stop",
+            Command::Set { .. } | Command::Apply(_) => "set",
+        }
+    }
+
+    /// The command as a run that is steered only through its control file takes it:
+    /// `start` resumes, full settings are sent as `set`. None if the settings cannot
+    /// be written as JSON.
+    pub fn for_control_file(self) -> Option<Command> {
+        Some(match self {
+            Command::Start => Command::Resume,
+            Command::Stop { .. } => Command::STOP,
+            Command::Apply(exp) => Command::Set {
+                settings: serde_json::to_value(&exp).ok()?,
+            },
+            other => other,
+        })
+    }
 }
 
 /// Everything measured in one epoch: one line of `metrics.jsonl`.
@@ -361,13 +409,24 @@ pub enum Event {
         trainable_params: usize,
         /// The layer table after the change.
         layers: Vec<LayerInfo>,
+        /// Epochs the run now plans in all (the trainer's count: its options, the
+        /// phases it runs, `--max-epochs`).
+        epochs: u32,
     },
     /// Holding after a Pause.
     Paused,
     /// Running again.
     Resumed,
     /// An edited file was taken: what changed and when it applies.
-    ConfigApplied(Vec<Change>),
+    ConfigApplied {
+        /// What changed (live ones apply from `epoch`; restart-only ones keep their
+        /// running values).
+        changes: Vec<Change>,
+        /// The 1-based epoch the live changes apply from.
+        epoch: u32,
+        /// Epochs the run now plans in all.
+        epochs: u32,
+    },
     /// A checkpoint was written.
     Checkpoint(std::path::PathBuf),
     /// A command arrived from outside the UI (a line of the run folder's control file)

@@ -1,5 +1,7 @@
 //! Training, one job per file:
-//! - [`controller`]: the trainer thread, its phases and the command protocol;
+//! - [`controller`]: the trainer thread, its phases, and the one place every command
+//!   is handled; [`inbox`]: the commands and control-file lines it takes, as one
+//!   request type; [`state`]: a run in progress and the options it runs with;
 //! - [`resume`]: opening a new run folder or resuming one;
 //! - [`epoch`]: one epoch with its input thread; [`validate`]: the validation pass;
 //! - [`live_edit`]: applying a saved experiment file at an epoch boundary;
@@ -8,14 +10,15 @@
 //! - [`stall`]: plateau detection and the best-epoch rule;
 //! - [`metrics`]: validation metrics; [`events`]: the typed commands and events;
 //! - [`run_dir`]: the run folder on disk; [`predictions`]: the best epoch's
-//!   validation predictions in it; [`control`]: its control file, which
-//!   `steering` turns into commands; [`status`]: its heartbeat.
+//!   validation predictions in it; [`control`]: its control file, read as
+//!   commands; [`status`]: its heartbeat.
 
 pub mod cache;
 pub mod control;
 pub mod controller;
 mod epoch;
 pub mod events;
+mod inbox;
 mod live_edit;
 pub mod metrics;
 pub mod plan;
@@ -23,9 +26,11 @@ pub mod predictions;
 mod resume;
 pub mod run_dir;
 pub mod stall;
+mod state;
 pub mod status;
-mod steering;
 mod validate;
 
-pub use controller::{spawn, Options, Phases, TrainerHandle, THREAD_PREFIX};
+pub use controller::{spawn, TrainerHandle, THREAD_PREFIX};
+pub use events::Phases;
 pub use events::{Command, EndReason, EpochMetrics, Event, Phase};
+pub use state::Options;

@@ -240,10 +240,15 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
     let line = Line::from(vec![
         Span::styled(status, Style::new().bold()),
         Span::raw(format!(
-            "  phase {}  epoch {}/{}{rate}{eta}  {}",
+            "  phase {}  epoch {}{}{rate}{eta}  {}",
             run.phase.name(),
             run.epoch,
-            run.total_epochs,
+            // Unknown until the trainer says its plan.
+            if run.total_epochs > 0 {
+                format!("/{}", run.total_epochs)
+            } else {
+                String::new()
+            },
             run.device
         )),
     ]);

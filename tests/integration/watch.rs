@@ -8,16 +8,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::util;
 
 use tlcap::watch::FileEvent;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const VALID: &str = "data: { dir: data }\nmodel: { backbone: small_cnn }\nfrozen: { epochs: 3 }\n";
 
 /// The next event for `path`, and how long it took; panics after 5 s.
 fn next_for(
-    rx: &mut UnboundedReceiver<FileEvent>,
+    rx: &mut flume::Receiver<FileEvent>,
     path: &Path,
     since: Instant,
 ) -> (FileEvent, Duration) {
@@ -27,7 +26,7 @@ fn next_for(
         .unwrap();
     loop {
         let ev = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), rx.recv()).await })
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), rx.recv_async()).await })
             .unwrap_or_else(|_| panic!("no event for {}", path.display()))
             .unwrap();
         let p = match &ev {
@@ -41,7 +40,7 @@ fn next_for(
 }
 
 /// Lets trailing events of the last save arrive, then drops them.
-fn settle(rx: &mut UnboundedReceiver<FileEvent>) {
+fn settle(rx: &mut flume::Receiver<FileEvent>) {
     std::thread::sleep(Duration::from_millis(400));
     while rx.try_recv().is_ok() {}
 }
@@ -51,14 +50,14 @@ fn settle(rx: &mut UnboundedReceiver<FileEvent>) {
 fn watched() -> (
     tempfile::TempDir,
     PathBuf,
-    UnboundedReceiver<FileEvent>,
+    flume::Receiver<FileEvent>,
     tlcap::watch::Watcher,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let file = root.join("exp.yaml");
     std::fs::write(&file, VALID).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = flume::unbounded();
     let w = tlcap::watch::watch(&root, tx).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     (dir, file, rx, w)
@@ -155,7 +154,7 @@ fn save_by_rename(file: &Path, text: &str) {
 #[test]
 fn a_headless_run_takes_edits_and_survives_a_broken_save() {
     let dir = tempfile::tempdir().unwrap();
-    common::make_images(&dir.path().join("data"), &["a", "b"], 300, 32);
+    util::make_images(&dir.path().join("data"), &["a", "b"], 300, 32);
     let file: PathBuf = dir.path().join("live.yaml");
     let body = |epochs: &str| {
         format!(
@@ -221,7 +220,7 @@ fn a_symlinked_experiment_follows_its_target() {
     let link = watched.join("link.yaml");
     std::fs::write(&target, VALID).unwrap();
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = flume::unbounded();
     let _w = tlcap::watch::watch(&watched, tx).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 

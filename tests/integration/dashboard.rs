@@ -1,6 +1,6 @@
 //! The dashboard without a terminal: every key in every run state through the pure
 //! `update`, and the screens drawn on ratatui's TestBackend (snapshots in
-//! tests/snapshots/, reviewed with `cargo insta review`).
+//! tests/integration/snapshots/, reviewed with `cargo insta review`).
 
 use std::path::PathBuf;
 
@@ -68,7 +68,8 @@ fn completed() -> Event {
     }
 }
 
-/// The trainer's event for the fine-tune phase beginning at `epoch` (14 layers).
+/// The trainer's event for the fine-tune phase beginning at `epoch` (14 layers): the
+/// 4 fine-tune epochs now count from there.
 fn finetune_from(epoch: u32, trainable_params: usize) -> Event {
     Event::PhaseChanged {
         phase: Phase::Finetune,
@@ -76,6 +77,19 @@ fn finetune_from(epoch: u32, trainable_params: usize) -> Event {
         trainable_layers: 14,
         trainable_params,
         layers: layers(),
+        epochs: epoch - 1 + 4,
+    }
+}
+
+/// The trainer's first event of a run: the frozen phase, `epochs` planned in all.
+fn frozen_phase(epochs: u32) -> Event {
+    Event::PhaseChanged {
+        phase: Phase::Frozen,
+        epoch: 1,
+        trainable_layers: 0,
+        trainable_params: 0,
+        layers: layers(),
+        epochs,
     }
 }
 
@@ -151,6 +165,8 @@ fn running(epochs: u32) -> App {
         &mut app,
         Event::RunDir("runs/quickstart/20261129-120000".into()),
     );
+    // As the trainer says its first phase: 4 frozen + 4 fine-tune epochs planned.
+    trainer(&mut app, frozen_phase(8));
     trainer(&mut app, Event::Compute(cached_features()));
     for e in 1..=epochs {
         let m = metrics(e, Phase::Frozen, 0.70 + 0.03 * e as f64);
@@ -288,7 +304,7 @@ fn every_key_in_every_state() {
         let mut a = make();
         let actions = update(&mut a, key(KeyCode::Char('x')));
         let expected = if active {
-            vec![Action::Send(id, Command::Stop)]
+            vec![Action::Send(id, Command::STOP)]
         } else {
             vec![]
         };
@@ -307,7 +323,7 @@ fn every_key_in_every_state() {
             assert_eq!((b.quit, b.overlay), (false, Overlay::None));
             let actions = update(&mut a, key(KeyCode::Char('y')));
             assert!(a.quit);
-            assert_eq!(actions, vec![Action::Send(id, Command::Stop)]);
+            assert_eq!(actions, vec![Action::Send(id, Command::STOP)]);
         } else {
             assert!(a.quit, "{state}: q");
         }
@@ -461,7 +477,7 @@ fn edits_apply_live_keep_last_good_settings_and_flag_restarts() {
         &mut app,
         AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(edited))),
     );
-    assert!(matches!(&actions[..], [Action::Apply(0, e)] if e.frozen.epochs == 6));
+    assert!(matches!(&actions[..], [Action::Send(0, Command::Apply(e))] if e.frozen.epochs == 6));
     let entry = app.current().unwrap();
     assert_eq!(entry.pending_restart, vec!["seed 42 -> 7".to_string()]);
     // ... and the run header says so, next to the run it concerns.
@@ -595,6 +611,7 @@ fn compare_view_summarises_runs_over_seeds() {
             &mut app,
             AppEvent::Trainer(id, Event::RunDir(format!("runs/{id}").into())),
         );
+        update(&mut app, AppEvent::Trainer(id, frozen_phase(8)));
         update(
             &mut app,
             AppEvent::Trainer(id, Event::EpochEnd(metrics(1, Phase::Frozen, *frozen))),
@@ -630,11 +647,11 @@ fn tlcap_app_with_mark() -> App {
 #[test]
 fn review_edge_cases() {
     // Quitting during a shootout starts nothing more.
-    let mut app = crate::app();
+    let mut app = self::app();
     update(&mut app, key(KeyCode::Char('a')));
     update(&mut app, key(KeyCode::Char('q')));
     let actions = update(&mut app, key(KeyCode::Char('y')));
-    assert_eq!(actions, vec![Action::Send(0, Command::Stop)]);
+    assert_eq!(actions, vec![Action::Send(0, Command::STOP)]);
     assert!(app.queue.is_empty() && app.shootout.is_empty());
     let after = update(
         &mut app,
@@ -649,7 +666,7 @@ fn review_edge_cases() {
     );
     assert!(after.is_empty(), "{after:?}");
     // Starting a queued entry by hand takes it out of the queue.
-    let mut app = crate::app();
+    let mut app = self::app();
     update(&mut app, key(KeyCode::Char('a')));
     update(&mut app, key(KeyCode::Down));
     assert!(matches!(
@@ -658,7 +675,7 @@ fn review_edge_cases() {
     ));
     assert!(app.queue.is_empty());
     // Removing a file above the selection keeps the selection on its file.
-    let mut app = crate::app();
+    let mut app = self::app();
     update(&mut app, key(KeyCode::Down));
     update(
         &mut app,

@@ -1,5 +1,4 @@
-//! Helpers shared by the integration tests (each test file that needs them says
-//! `mod common;`).
+//! Helpers shared by the integration test modules (`use crate::util;`).
 
 #![allow(dead_code)]
 

@@ -2,7 +2,7 @@
 //! the real poller on a real run, its keys steering through the control file, a
 //! killed run shown as lost, and the attached screen drawn at 80x24.
 
-mod common;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use tlcap::app::{update, Action, App, AppEvent, RunStatus};
-use tlcap::train::control::ControlCommand;
+use tlcap::train::Command as TrainerCommand;
 
 fn key(c: char) -> AppEvent {
     AppEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
@@ -35,7 +35,7 @@ fn render(app: &App, w: u16, h: u16) -> String {
 /// Drains the poller's events into the app for up to `limit`, until `done` holds.
 fn pump(
     app: &mut App,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<AppEvent>,
+    rx: &mut flume::Receiver<AppEvent>,
     limit: Duration,
     done: impl Fn(&App) -> bool,
 ) -> bool {
@@ -59,7 +59,7 @@ fn run_of(app: &App) -> Option<&tlcap::app::RunView> {
 #[test]
 fn attach_follows_a_run_of_another_process_and_steers_it() {
     let dir = tempfile::tempdir().unwrap();
-    common::make_images(&dir.path().join("data"), &["left", "right"], 40, 32);
+    util::make_images(&dir.path().join("data"), &["left", "right"], 40, 32);
     let file = dir.path().join("remote.yaml");
     std::fs::write(
         &file,
@@ -78,7 +78,7 @@ fn attach_follows_a_run_of_another_process_and_steers_it() {
         .unwrap();
 
     let mut app = App::attached(runs.clone());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = flume::unbounded();
     let _poller = tlcap::dashboard::Poller::start(runs.clone(), tx);
     assert!(
         pump(&mut app, &mut rx, Duration::from_secs(60), |a| {
@@ -147,9 +147,9 @@ fn attach_follows_a_run_of_another_process_and_steers_it() {
     let actions = update(&mut app, key('p'));
     assert_eq!(
         actions,
-        vec![Action::Control(run_dir.clone(), ControlCommand::Pause)]
+        vec![Action::Control(run_dir.clone(), TrainerCommand::Pause)]
     );
-    tlcap::train::control::append(&run_dir, &ControlCommand::Pause).unwrap();
+    tlcap::train::control::append(&run_dir, &TrainerCommand::Pause).unwrap();
     assert!(pump(&mut app, &mut rx, Duration::from_secs(10), |a| {
         run_of(a).is_some_and(|r| r.status == RunStatus::Paused)
     }));
@@ -159,7 +159,7 @@ fn attach_follows_a_run_of_another_process_and_steers_it() {
     // x while paused: a stop.
     assert_eq!(
         update(&mut app, key('x')),
-        vec![Action::Control(run_dir.clone(), ControlCommand::Stop)]
+        vec![Action::Control(run_dir.clone(), TrainerCommand::STOP)]
     );
 
     // Killed without a word: after its heartbeat goes stale, it shows as lost.

@@ -3,7 +3,7 @@
 //! deploy files start them, are steered through their run folders, one is SIGKILLed
 //! and its requeued task resumes it; and the deploy files are checked.
 
-mod common;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +81,7 @@ fn control(run: &Path, line: &str) {
 fn three_workers_are_steered_killed_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    common::make_images(&root.join("data"), &["left", "right"], 48, 32);
+    util::make_images(&root.join("data"), &["left", "right"], 48, 32);
     let experiments = root.join("experiments");
     std::fs::create_dir_all(&experiments).unwrap();
     let exp = |name: &str, frozen: u32, finetune: u32| {
@@ -130,7 +130,7 @@ fn three_workers_are_steered_killed_and_resumed() {
 
     // A dashboard attached to the shared runs folder sees all three; c as lost.
     let mut app = tlcap::app::App::attached(runs.clone());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = flume::unbounded();
     let poller = tlcap::dashboard::Poller::start(runs.clone(), tx);
     let lost = |app: &tlcap::app::App| {
         app.entries.len() == 3
@@ -222,7 +222,7 @@ fn the_deploy_files_are_well_formed() {
         .arg(&sbatch)
         .output()
         .unwrap();
-    common::stdout_of_success(&out);
+    util::stdout_of_success(&out);
     let text = std::fs::read_to_string(&sbatch).unwrap();
     for needed in [
         "#SBATCH --signal=B:TERM@",
@@ -271,7 +271,7 @@ fn the_deploy_files_are_well_formed() {
 #[test]
 fn a_shootout_runs_experiments_in_parallel_processes() {
     let dir = tempfile::tempdir().unwrap();
-    common::make_images(&dir.path().join("data"), &["left", "right"], 12, 32);
+    util::make_images(&dir.path().join("data"), &["left", "right"], 12, 32);
     let exps = dir.path().join("exps");
     std::fs::create_dir_all(&exps).unwrap();
     for name in ["one", "two", "three"] {

@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-
-use common::make_images;
+use crate::util::make_images;
 use tch::{Kind, Tensor};
 use tlcap::export::ModelCard;
 use tlcap::predict::Predictor;

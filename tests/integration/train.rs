@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{experiment, make_images, stdout_of_success};
+use crate::util::{experiment, make_images, stdout_of_success};
 use tch::Tensor;
 use tlcap::config::{parse_str, Experiment};
 use tlcap::train::run_dir::{read_checkpoint, read_metrics, Split};
@@ -227,7 +225,7 @@ fn stall_unfreezes_by_itself_and_stop_saves_a_checkpoint() {
         match e {
             Event::Batch {
                 epoch: 2, batch: 1, ..
-            } => handle.commands.send(train::Command::Stop).unwrap(),
+            } => handle.commands.send(train::Command::STOP).unwrap(),
             Event::Checkpoint(p) if p.ends_with("stopped.safetensors") => stopped = Some(p),
             Event::Finished { reason, .. } => assert_eq!(reason, EndReason::Stopped),
             Event::Error(e) => panic!("{e}"),
@@ -481,8 +479,7 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
                 edited.finetune.lr = 5e-4;
                 edited.seed = 99; // restart-kind: must not change the running seed
                 let c = &handle.commands;
-                c.send(train::Command::ApplyConfig(Box::new(edited)))
-                    .unwrap();
+                c.send(train::Command::Apply(Box::new(edited))).unwrap();
                 c.send(train::Command::Unfreeze).unwrap();
                 // Paused time is not training time: epoch 1's seconds leave it out.
                 std::thread::sleep(std::time::Duration::from_millis(1500));

@@ -2,7 +2,7 @@
 //! (a clean stop with the conventional exit status; a second signal exits at once),
 //! and a closed stdout, for `run` and for a command that only prints.
 
-mod common;
+use crate::util;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -20,7 +20,7 @@ fn tlcap() -> Command {
 /// An experiment file on generated images that trains for a long time (until stopped),
 /// stalls at epoch 2 and then unfreezes by itself.
 fn long_experiment(dir: &Path) -> PathBuf {
-    common::make_images(&dir.join("data"), &["left", "right"], 32, 32);
+    util::make_images(&dir.join("data"), &["left", "right"], 32, 32);
     let file = dir.join("worker.yaml");
     std::fs::write(&file, body("1.0e-3")).unwrap();
     file

@@ -1,0 +1,298 @@
+//! A trained model read back from its files, for `export` and `predict` alike: the
+//! model card (the JSON sidecar `export` writes beside a model: class names, input
+//! size, resize filter, normalisation, threshold, backbone, precision, the exported
+//! epoch and its metrics), [`Predictor`] (the network of a run's checkpoint, or of an
+//! exported safetensors model, rebuilt) and [`Exported`] (an exported TorchScript
+//! module with its card).
+//!
+//! `export` writes what this reads; `predict` answers with it. Neither of the two
+//! imports the other.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::config::{Experiment, Precision};
+use crate::model::classifier::Classifier;
+use crate::runtime::{precision_of, resolve_precision, select_device};
+use crate::train::run_dir::{read_checkpoint, read_config};
+use crate::train::{EpochMetrics, Phase};
+
+/// Why a model card or an exported model cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelCardError {
+    /// No card beside the model file.
+    #[error("{model} has no model card ({card}): export writes one beside it")]
+    Missing {
+        model: PathBuf,
+        card: PathBuf,
+        source: std::io::Error,
+    },
+    /// The card is not a model card.
+    #[error("{card} is not valid")]
+    Invalid {
+        card: PathBuf,
+        source: serde_json::Error,
+    },
+    /// libtorch cannot load the model file as TorchScript.
+    #[error("cannot load {model} as TorchScript")]
+    TorchScript {
+        model: PathBuf,
+        source: tch::TchError,
+    },
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// A traced TorchScript module with the preprocessing inside.
+    Torchscript,
+    /// The variables, with the model card in the metadata.
+    Safetensors,
+}
+
+/// Which checkpoint of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpoint {
+    /// `best.safetensors`: the best epoch by the experiment's stall monitor.
+    Best,
+    /// `last.safetensors`: the last finished epoch.
+    Last,
+}
+
+/// The input a model expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// Always `uint8`: 0..255 pixel values.
+    pub dtype: String,
+    /// Always `NCHW`, channels in RGB order.
+    pub layout: String,
+    /// Pixels.
+    pub height: u32,
+    /// Pixels.
+    pub width: u32,
+    /// How images were resized to it in training (`bilinear`, `nearest`, ...).
+    pub resize: String,
+}
+
+/// The sidecar of an exported model: everything needed to feed it and read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// The file's format.
+    pub format: Format,
+    /// The model file, next to this card.
+    pub file: String,
+    /// What goes in.
+    pub input: Input,
+    /// What the graph does to the pixels first (TorchScript: inside the graph), in words.
+    pub normalisation: String,
+    /// What comes out: `probabilities [N, classes]`.
+    pub output: String,
+    /// Class names, in output order.
+    pub classes: Vec<String>,
+    /// Two classes: the probability of the second class above which it is predicted.
+    pub threshold: Option<f64>,
+    /// The backbone.
+    pub backbone: String,
+    /// The number format of the frozen part (`bf16` or `fp32`).
+    pub precision: String,
+    /// Which checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Epoch (1-based) of the checkpoint.
+    pub epoch: u32,
+    /// Its phase.
+    pub phase: Phase,
+    /// Backbone layers unfrozen in it (the frozen rest computes in `precision`).
+    pub unfrozen: usize,
+    /// The run folder it came from.
+    pub run_dir: PathBuf,
+    /// That epoch's metrics, from `metrics.jsonl`.
+    pub metrics: Option<EpochMetrics>,
+    /// The settings it was trained with (rebuilds the network for safetensors).
+    pub experiment: Experiment,
+}
+
+impl ModelCard {
+    /// The precision as a setting.
+    pub fn precision_kind(&self) -> Precision {
+        serde_json::from_value(serde_json::Value::String(self.precision.clone()))
+            .unwrap_or(Precision::Fp32)
+    }
+
+    /// The card beside a model file: `model.pt` -> `model.json`.
+    pub fn path_for(model: &Path) -> PathBuf {
+        model.with_extension("json")
+    }
+
+    /// Reads the card of a model file.
+    pub fn read_for(model: &Path) -> Result<ModelCard, ModelCardError> {
+        let card = ModelCard::path_for(model);
+        let text = match std::fs::read_to_string(&card) {
+            Ok(text) => text,
+            Err(source) => {
+                return Err(ModelCardError::Missing {
+                    model: model.to_path_buf(),
+                    card,
+                    source,
+                })
+            }
+        };
+        serde_json::from_str(&text).map_err(|source| ModelCardError::Invalid { card, source })
+    }
+}
+
+/// A trained network ready to answer (`predict` adds `Predictor::predict`: answers for
+/// image files).
+pub struct Predictor {
+    net: Classifier,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// The settings it was trained with.
+    pub experiment: Experiment,
+    /// The epoch of the checkpoint (1-based).
+    pub epoch: u32,
+    /// Its phase, and the backbone layers unfrozen in it.
+    pub phase: (Phase, usize),
+}
+
+impl Predictor {
+    /// Loads a run folder (its `best.safetensors`, else `last.safetensors`), a
+    /// checkpoint file inside one (its folder's `config.yaml` gives the model), or a
+    /// safetensors model `export` wrote (its card gives the model).
+    pub fn load(target: &Path) -> anyhow::Result<Predictor> {
+        if target.is_file() && ModelCard::path_for(target).is_file() {
+            let card = ModelCard::read_for(target)?;
+            let tensors = crate::weights::read_file(target)?.tensors;
+            let precision = card.precision_kind();
+            return Predictor::build(
+                card.experiment,
+                card.classes,
+                (card.epoch, card.phase, card.unfrozen),
+                precision,
+                &tensors,
+            );
+        }
+        let (run, checkpoint) = if target.is_dir() {
+            let best = target.join("best.safetensors");
+            let ckpt = if best.is_file() {
+                best
+            } else {
+                target.join("last.safetensors")
+            };
+            (target.to_path_buf(), ckpt)
+        } else {
+            let run = target.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (run, target.to_path_buf())
+        };
+        let exp = read_config(&run)?;
+        let (tensors, info) = read_checkpoint(&checkpoint)
+            .with_context(|| format!("cannot use {}", checkpoint.display()))?;
+        let precision = info.precision.unwrap_or(exp.precision);
+        Predictor::build(
+            exp,
+            info.classes,
+            (info.epoch, info.phase, info.unfrozen),
+            precision,
+            &tensors,
+        )
+    }
+
+    /// The network of `exp` with these tensors, its layers as in that epoch's phase.
+    fn build(
+        exp: Experiment,
+        classes: Vec<String>,
+        (epoch, phase, unfrozen): (u32, Phase, usize),
+        precision: Precision,
+        tensors: &[(String, Tensor)],
+    ) -> anyhow::Result<Predictor> {
+        let device = select_device(&exp.device)?;
+        let mut net = Classifier::new(&exp, classes.len(), device)?;
+        // The layer states and precision of the checkpoint's epoch, so that the frozen
+        // part computes as it did in validation.
+        match phase {
+            Phase::Frozen => net.set_frozen_phase(),
+            Phase::Finetune => {
+                net.set_finetune_phase(unfrozen.max(1), exp.finetune.train_bn);
+            }
+        }
+        net.set_precision(Some(resolve_precision(precision, device)));
+        net.load_checkpoint(tensors)?;
+        // Answering only: no gradients (and tracing keeps the variables as constants).
+        net.vs.freeze();
+        Ok(Predictor {
+            net,
+            classes,
+            experiment: exp,
+            epoch,
+            phase: (phase, unfrozen),
+        })
+    }
+
+    /// How the frozen part computes: `Bf16` or `Fp32`.
+    pub fn precision(&self) -> Precision {
+        precision_of(self.net.precision())
+    }
+
+    /// Probabilities `[N, classes]` for uint8 pixels `[N, 3, H, W]`.
+    pub fn forward(&self, pixels: &Tensor) -> Tensor {
+        let x = pixels.to_kind(Kind::Float).to_device(self.net.device());
+        tch::no_grad(|| self.net.probabilities(&self.net.forward(&x))).to_device(tch::Device::Cpu)
+    }
+
+    /// The network traced into TorchScript: uint8 `[N, 3, H, W]` in, probabilities out.
+    pub fn trace(&mut self) -> Result<tch::CModule, tch::TchError> {
+        let size = self.experiment.data.image_size;
+        // The whole batch in one pass: a traced split into passes would fix the
+        // number of passes to the example's.
+        let pass_pixels = self.net.pass_pixels();
+        self.net.set_pass_pixels(None);
+        let example = Tensor::zeros(
+            [2, 3, size.height as i64, size.width as i64],
+            (Kind::Uint8, tch::Device::Cpu),
+        );
+        // One pass first: the frozen part's bf16 copy is made now, outside the trace,
+        // and goes into the graph as it is.
+        let _ = self.forward(&example);
+        let net = &self.net;
+        let mut closure = |inputs: &[Tensor]| {
+            let x = inputs[0].to_kind(Kind::Float).to_device(net.device());
+            vec![tch::no_grad(|| net.probabilities(&net.forward(&x)))]
+        };
+        let module = tch::CModule::create_by_tracing("tlcap", "forward", &[example], &mut closure);
+        self.net.set_pass_pixels(pass_pixels);
+        module
+    }
+
+    /// Every variable of the network, on the CPU, by name.
+    pub fn variables(&self) -> Vec<(String, Tensor)> {
+        self.net.all_variables()
+    }
+}
+
+/// An exported TorchScript model with its card, answering like [`Predictor`].
+pub struct Exported {
+    module: tch::CModule,
+    /// Its card.
+    pub card: ModelCard,
+}
+
+impl Exported {
+    /// Loads `model.pt` and its card.
+    pub fn load(model: &Path) -> Result<Exported, ModelCardError> {
+        let card = ModelCard::read_for(model)?;
+        let module = tch::CModule::load(model).map_err(|source| ModelCardError::TorchScript {
+            model: model.to_path_buf(),
+            source,
+        })?;
+        Ok(Exported { module, card })
+    }
+
+    /// Probabilities `[N, classes]` for a uint8 batch `[N, 3, H, W]`.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor, tch::TchError> {
+        tch::no_grad(|| self.module.forward_ts(&[pixels.to_kind(Kind::Uint8)]))
+    }
+}

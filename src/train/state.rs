@@ -1,0 +1,188 @@
+//! What a run is made of while it goes: the options it was started with, and the
+//! mutable state of a run in progress (the network, its optimizer, the phase, the
+//! stall detector, the cache, the run folder and where its events go).
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use tch::nn::{self, OptimizerConfig};
+
+use super::cache::Cache;
+use super::events::{EpochMetrics, Event, Phase, Phases};
+use super::run_dir::{CheckpointInfo, RunDir};
+use super::stall::StallDetector;
+use crate::config::{Experiment, FinetunePhase, Optimizer};
+use crate::model::classifier::Classifier;
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where run folders go (`runs/` by default).
+    pub runs_root: PathBuf,
+    /// Which phases.
+    pub phases: Phases,
+    /// Stop after this many epochs in total.
+    pub max_epochs: Option<u32>,
+    /// Start at once; otherwise wait for [`super::Command::Start`].
+    pub autostart: bool,
+    /// Continue this run folder from its last finished epoch.
+    pub resume: Option<PathBuf>,
+    /// At the end, also write `model.safetensors`: every variable (backbone and head),
+    /// a standalone model that needs no base weights.
+    pub export_model: bool,
+}
+
+/// The mutable state of a run in progress.
+pub(super) struct State {
+    pub(super) net: Classifier,
+    pub(super) phase: Phase,
+    /// Epochs finished in total (the next epoch is `epoch + 1`).
+    pub(super) epoch: u32,
+    /// Epochs finished in the current phase.
+    pub(super) phase_epochs: u32,
+    pub(super) opt: nn::Optimizer,
+    pub(super) lr: f64,
+    pub(super) stall: StallDetector,
+    pub(super) best: Option<EpochMetrics>,
+    /// Backbone layers trainable in the current phase.
+    pub(super) unfrozen: usize,
+    /// The last validation's class probabilities (flat, validation order).
+    pub(super) val_probabilities: Vec<f32>,
+    /// Outputs of the frozen part of the backbone kept for the current layer states.
+    pub(super) cache: Option<Cache>,
+    /// A cache was over its memory budget in this phase: do not try again.
+    pub(super) cache_refused: bool,
+    /// The run folder: metrics, checkpoints, settings history, `events.log`.
+    pub(super) run: RunDir,
+    /// Where the run's events go.
+    pub(super) events: flume::Sender<Event>,
+}
+
+impl State {
+    /// A new run state in the frozen phase at epoch 0, writing to `run`.
+    pub(super) fn new(
+        net: Classifier,
+        exp: &Experiment,
+        run: RunDir,
+        events: flume::Sender<Event>,
+    ) -> anyhow::Result<State> {
+        Ok(State {
+            lr: exp.frozen.lr,
+            opt: build_optimizer(
+                &net,
+                exp.frozen.optimizer,
+                exp.frozen.lr,
+                exp.frozen.momentum,
+            )?,
+            net,
+            phase: Phase::Frozen,
+            epoch: 0,
+            phase_epochs: 0,
+            stall: StallDetector::new(exp.stall.clone()),
+            best: None,
+            unfrozen: 0,
+            val_probabilities: Vec::new(),
+            cache: None,
+            cache_refused: false,
+            run,
+            events,
+        })
+    }
+
+    /// Sends an event, and writes it to `events.log` unless it is only progress.
+    pub(super) fn emit(&mut self, event: Event) {
+        match &event {
+            Event::Batch { .. } | Event::Loading { .. } | Event::Validating { .. } => {}
+            Event::EpochEnd(m) => self.run.log(&format!(
+                "epoch {} {} val_accuracy {:.4} val_loss {:.4}",
+                m.epoch,
+                m.phase.name(),
+                m.val_accuracy,
+                m.val_loss
+            )),
+            other => self.run.log(&format!("{other:?}")),
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// The frozen phase from its start: only the head trains, at `frozen.lr`.
+    pub(super) fn enter_frozen(&mut self, exp: &Experiment) -> anyhow::Result<()> {
+        self.cache = None;
+        self.net.set_frozen_phase();
+        self.phase = Phase::Frozen;
+        self.phase_epochs = 0;
+        self.unfrozen = 0;
+        self.lr = exp.frozen.lr;
+        self.opt = build_optimizer(
+            &self.net,
+            exp.frozen.optimizer,
+            self.lr,
+            exp.frozen.momentum,
+        )?;
+        self.stall.reset();
+        Ok(())
+    }
+
+    /// The fine-tune phase from its start, with the last `n` layers trainable.
+    pub(super) fn enter_finetune(&mut self, ft: &FinetunePhase, n: usize) -> anyhow::Result<()> {
+        self.set_finetune_layers(ft, n)?;
+        self.phase = Phase::Finetune;
+        self.phase_epochs = 0;
+        self.stall.reset();
+        Ok(())
+    }
+
+    /// Makes the last `n` layers trainable with a fresh optimizer at the fine-tune
+    /// rate, without restarting the phase (also used by live edits).
+    pub(super) fn set_finetune_layers(
+        &mut self,
+        ft: &FinetunePhase,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        // The layer states change: cached outputs would be stale.
+        self.cache = None;
+        self.cache_refused = false;
+        self.unfrozen = self.net.set_finetune_phase(n, ft.train_bn);
+        self.lr = ft.lr;
+        self.opt = build_optimizer(&self.net, ft.optimizer, ft.lr, ft.momentum)?;
+        Ok(())
+    }
+
+    /// What a checkpoint written now records: the last finished epoch and its phase.
+    pub(super) fn checkpoint_info(&self, classes: &[String]) -> CheckpointInfo {
+        CheckpointInfo {
+            epoch: self.epoch,
+            phase: self.phase,
+            unfrozen: self.unfrozen,
+            classes: classes.to_vec(),
+            precision: Some(crate::runtime::precision_of(self.net.precision())),
+        }
+    }
+}
+
+/// A fresh optimizer over the trainable variables.
+pub(super) fn build_optimizer(
+    net: &Classifier,
+    kind: Optimizer,
+    lr: f64,
+    momentum: f64,
+) -> anyhow::Result<nn::Optimizer> {
+    let opt = match kind {
+        Optimizer::Adam => nn::Adam::default().build(&net.vs, lr),
+        Optimizer::Sgd => nn::Sgd {
+            momentum,
+            ..Default::default()
+        }
+        .build(&net.vs, lr),
+    };
+    opt.map_err(|e| anyhow!("cannot build the optimizer: {e}"))
+}
+
+/// The message of a caught panic.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
