@@ -119,10 +119,10 @@ pub enum Command {
         max_epochs: Option<u32>,
     },
     /// Class and probability per image from a trained run, one of its checkpoints, or
-    /// an exported model (model.pt / model.safetensors with its model.json).
+    /// an exported model (NAME.pt or NAME.safetensors, with its card NAME.json).
     Predict {
-        /// A run folder (uses best.safetensors), a checkpoint inside one, or an
-        /// exported model.
+        /// A run folder (uses best.safetensors, else last.safetensors), a checkpoint
+        /// inside one, or an exported model.
         checkpoint_or_run_dir: PathBuf,
         /// Image files or folders (searched recursively).
         #[arg(required = true)]
@@ -141,7 +141,8 @@ pub enum Command {
         run_dir: PathBuf,
     },
     /// Write a run's model to serve elsewhere: TorchScript (preprocessing inside: uint8
-    /// images in, probabilities out) or safetensors, with a JSON model card beside it.
+    /// images in, probabilities out) or safetensors, with a JSON model card beside it
+    /// (the model's name with .json: -o m.pt writes m.pt and m.json).
     Export {
         /// A run folder (runs/<experiment>/<timestamp>).
         run_dir: PathBuf,
@@ -151,7 +152,8 @@ pub enum Command {
         /// What to write.
         #[arg(long, value_enum, default_value = "torchscript")]
         format: FormatArg,
-        /// The model file (e.g. model.pt); its card goes beside it (model.json).
+        /// The model file (e.g. m.pt); its card goes beside it, the same name with
+        /// .json for the extension (m.json).
         #[arg(short, long)]
         output: PathBuf,
     },

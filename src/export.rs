@@ -7,9 +7,10 @@
 //! - `safetensors`: every variable of the network, with the same description in the
 //!   file's metadata (`tlcap_model`), for `predict` or another framework.
 //!
-//! Both get a JSON sidecar ([`ModelCard`]): class names, input size, resize filter,
-//! normalisation, threshold, backbone, precision, and the metrics of the exported
-//! epoch. The card and the network are read back by [`crate::model_card`].
+//! Both get a JSON sidecar ([`ModelCard`]) beside the model, named as the model with
+//! `.json` for its extension (`-o m.pt` -> `m.json`, [`ModelCard::path_for`]): class
+//! names, input size, resize filter, normalisation, threshold, backbone, precision, and
+//! the metrics of the exported epoch. The card and the network are read back by [`crate::model_card`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::data::Normalisation;
-use crate::model_card::{Input, Predictor};
+use crate::model_card::{run_checkpoint, Input, Predictor};
 // `export::run`'s argument types and what it writes, at the paths `main` and the tests
 // name them by.
 pub use crate::model_card::{Checkpoint, Format, ModelCard};
@@ -41,17 +42,15 @@ pub fn export(
     format: Format,
     out: &Path,
 ) -> anyhow::Result<ModelCard> {
-    let file = run.join(match checkpoint {
-        Checkpoint::Best => "best.safetensors",
-        Checkpoint::Last => "last.safetensors",
-    });
-    if !file.is_file() {
+    if ModelCard::path_for(out) == out {
         anyhow::bail!(
-            "{} has no {}: no epoch finished there yet",
-            run.display(),
-            file.file_name().unwrap_or_default().to_string_lossy()
+            "{}: the model card is written as NAME.json beside the model: name the model \
+             with another extension (e.g. -o model.pt)",
+            out.display()
         );
     }
+    // Missing, it is said as `predict` says it: no epoch finished there yet.
+    let file = run_checkpoint(run, Some(checkpoint))?;
     let mut predictor = Predictor::load(&file)?;
     let exp = predictor.experiment.clone();
     let epoch = predictor.epoch;
@@ -97,6 +96,10 @@ pub fn export(
             module
                 .save(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
+            // Overwriting: the mode the model has now, as a write in place keeps it.
+            if let Ok(meta) = std::fs::metadata(out) {
+                let _ = std::fs::set_permissions(&tmp, meta.permissions());
+            }
             std::fs::rename(&tmp, out)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }

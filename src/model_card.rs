@@ -44,6 +44,39 @@ pub enum ModelCardError {
     },
 }
 
+/// A run folder without the checkpoint asked for: no epoch has finished there. `export`
+/// and `predict` both say it in these words.
+#[derive(Debug, thiserror::Error)]
+#[error("{run} has no {file}: no epoch finished there yet")]
+pub struct NoEpochFinished {
+    /// The run folder.
+    pub run: PathBuf,
+    /// The checkpoint file it lacks (`best.safetensors` or `last.safetensors`).
+    pub file: &'static str,
+}
+
+/// The checkpoint file of a run folder: `best.safetensors` or `last.safetensors` as
+/// asked, or, with `None`, the best if there is one and else the last. One rule for
+/// `export` and `predict`: fails with [`NoEpochFinished`] when the file is not there.
+pub fn run_checkpoint(run: &Path, which: Option<Checkpoint>) -> Result<PathBuf, NoEpochFinished> {
+    let which = which.unwrap_or_else(|| {
+        if run.join(Checkpoint::Best.file_name()).is_file() {
+            Checkpoint::Best
+        } else {
+            Checkpoint::Last
+        }
+    });
+    let file = run.join(which.file_name());
+    if file.is_file() {
+        Ok(file)
+    } else {
+        Err(NoEpochFinished {
+            run: run.to_path_buf(),
+            file: which.file_name(),
+        })
+    }
+}
+
 /// What `export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +95,23 @@ pub enum Checkpoint {
     Best,
     /// `last.safetensors`: the last finished epoch.
     Last,
+}
+
+impl Checkpoint {
+    /// Its file in a run folder.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Checkpoint::Best => "best.safetensors",
+            Checkpoint::Last => "last.safetensors",
+        }
+    }
+
+    /// Which checkpoint a path names by its file name, if either.
+    fn named_by(path: &Path) -> Option<Checkpoint> {
+        [Checkpoint::Best, Checkpoint::Last]
+            .into_iter()
+            .find(|c| path.file_name().is_some_and(|n| n == c.file_name()))
+    }
 }
 
 /// The input a model expects.
@@ -123,7 +173,9 @@ impl ModelCard {
             .unwrap_or(Precision::Fp32)
     }
 
-    /// The card beside a model file: `model.pt` -> `model.json`.
+    /// The card beside a model file: its name with `.json` for the extension
+    /// (`m.pt` -> `m.json`, `m.safetensors` -> `m.json`). `export` writes it there and
+    /// `predict` reads it there.
     pub fn path_for(model: &Path) -> PathBuf {
         model.with_extension("json")
     }
@@ -162,7 +214,8 @@ pub struct Predictor {
 impl Predictor {
     /// Loads a run folder (its `best.safetensors`, else `last.safetensors`), a
     /// checkpoint file inside one (its folder's `config.yaml` gives the model), or a
-    /// safetensors model `export` wrote (its card gives the model).
+    /// safetensors model `export` wrote (its card gives the model). A run folder with
+    /// no checkpoint yet fails with [`NoEpochFinished`], as `export` does.
     pub fn load(target: &Path) -> anyhow::Result<Predictor> {
         if target.is_file() && ModelCard::path_for(target).is_file() {
             let card = ModelCard::read_for(target)?;
@@ -176,19 +229,22 @@ impl Predictor {
                 &tensors,
             );
         }
-        let (run, checkpoint) = if target.is_dir() {
-            let best = target.join("best.safetensors");
-            let ckpt = if best.is_file() {
-                best
-            } else {
-                target.join("last.safetensors")
-            };
-            (target.to_path_buf(), ckpt)
+        let (run, file) = if target.is_dir() {
+            (target.to_path_buf(), None)
         } else {
             let run = target.parent().unwrap_or(Path::new(".")).to_path_buf();
-            (run, target.to_path_buf())
+            (run, Some(target))
         };
         let exp = read_config(&run)?;
+        // The run folder's checkpoint, or its best / last by path: missing, it is said
+        // as `export` says it.
+        let checkpoint = match file {
+            None => run_checkpoint(&run, None)?,
+            Some(file) => match Checkpoint::named_by(file) {
+                Some(which) if !file.exists() => run_checkpoint(&run, Some(which))?,
+                _ => file.to_path_buf(),
+            },
+        };
         let (tensors, info) = read_checkpoint(&checkpoint)
             .with_context(|| format!("cannot use {}", checkpoint.display()))?;
         let precision = info.precision.unwrap_or(exp.precision);

@@ -115,35 +115,42 @@ fn with_batch(text: String, from_batch: Option<usize>) -> String {
 /// A stall and what to do, e.g. `val_accuracy 0.7900, no gain > 0.005 for 2 epochs:
 /// unfreeze the last 14 layers at lr 1e-5`.
 pub fn suggestion(s: &Suggestion) -> String {
+    let (seen, action) = suggestion_parts(s);
+    format!("{seen}: {action}")
+}
+
+/// A stall's two halves: what was seen (`val_accuracy 0.7900, no gain > 0.005 for 2
+/// epochs`) and what to do (`unfreeze the last 14 layers at lr 1e-5`), for places that
+/// put the action first.
+pub fn suggestion_parts(s: &Suggestion) -> (String, String) {
     let seen = format!(
-        "{} {:.4}, no gain > {} for {} epochs",
+        "{} {:.4}, no gain > {} for {}",
         monitor(s.monitor),
         s.value,
         s.min_delta,
-        s.patience
+        epochs(s.patience)
     );
-    match s.action {
-        StallAction::Stopping => format!("{seen}: stopping"),
+    let action = match s.action {
+        StallAction::Stopping => "stopping".to_string(),
         StallAction::Unfreeze {
             layers,
             lr,
             automatic: true,
-        } => {
-            format!("{seen}: unfreezing the last {layers} layers at lr {lr:e} from the next epoch")
-        }
+        } => format!("unfreezing the last {layers} layers at lr {lr:e} from the next epoch"),
         StallAction::Unfreeze { layers, lr, .. } => {
-            format!("{seen}: unfreeze the last {layers} layers at lr {lr:e}")
+            format!("unfreeze the last {layers} layers at lr {lr:e}")
         }
         StallAction::LowerLr { from, to } => format!(
-            "{seen}: lowering the learning rate {} -> {} from the next epoch",
+            "lowering the learning rate {} -> {} from the next epoch",
             short_float(from),
             short_float(to)
         ),
         StallAction::StopOrLowerLr { to } => format!(
-            "{seen}: stop, or lower the learning rate (e.g. to {})",
+            "stop, or lower the learning rate (e.g. to {})",
             short_float(to)
         ),
-    }
+    };
+    (seen, action)
 }
 
 #[cfg(test)]

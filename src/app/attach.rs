@@ -46,7 +46,12 @@ pub(super) fn on_folder(app: &mut App, path: PathBuf, snap: FolderSnapshot) {
         None => RunView::bare(),
     });
     fill(run, &path, &snap);
-    run.status = status_of(&snap);
+    let status = status_of(&snap);
+    // The run's files answered a request (paused, resumed, stopped): no longer pending.
+    if status != run.status {
+        run.pending = None;
+    }
+    run.status = status;
 }
 
 /// A run view as a run folder's files say: its epochs, phase and progress.

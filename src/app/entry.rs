@@ -64,6 +64,9 @@ pub struct Entry {
     /// The name shown instead of the experiment's (attached run folders:
     /// `experiment/timestamp`).
     pub title: Option<String>,
+    /// Before a run: the layers its settings would build (the model pane, `m`), with
+    /// the ones fine-tuning trains marked; or why they could not be built.
+    pub model_preview: Option<Result<Vec<crate::model::LayerInfo>, String>>,
 }
 
 impl Entry {
@@ -77,6 +80,7 @@ impl Entry {
             pending_restart: Vec::new(),
             deleted: false,
             marked: false,
+            model_preview: None,
             title: None,
         }
     }
@@ -113,7 +117,9 @@ impl Entry {
                 RunStatus::Loading { .. } => "loading",
                 RunStatus::Running => "running",
                 RunStatus::Paused => "paused",
-                RunStatus::Done(_) => "done",
+                // The header's word: a stopped run is not done.
+                RunStatus::Done(crate::train::EndReason::Completed) => "done",
+                RunStatus::Done(_) => "stopped",
                 RunStatus::Failed(_) => "failed",
                 RunStatus::Lost { .. } => "lost",
             },

@@ -50,6 +50,8 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
         FileState::Valid(new) => {
             let was_invalid = matches!(app.entries[i].file, FileState::Invalid { .. });
             app.entries[i].file = FileState::Valid(new.clone());
+            // The model it would build may differ now.
+            app.entries[i].model_preview = None;
             if was_invalid {
                 app.say(false, format!("{name}: the file is valid again"));
             }
@@ -66,14 +68,11 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
                 return Vec::new();
             };
             run.best_rule = BestRule::of(&new);
-            // Said at once; the trainer confirms at the epoch boundary.
-            let from = run.epoch + 1;
+            // Said at once; the trainer says from which epoch it applies (it is the
+            // one that applies it), then confirms at that epoch's start.
             app.say(
                 false,
-                format!(
-                    "{name}: seen: {}, applies from epoch {from}",
-                    live.join(", ")
-                ),
+                format!("{name}: seen: {}; sent to the run", live.join(", ")),
             );
             vec![Action::Send(app.entries[i].id, Command::Apply(new))]
         }
@@ -104,8 +103,13 @@ fn restart_only_edits(app: &mut App, i: usize, new: &Experiment) {
         app.say(
             true,
             format!(
-                "{name}: {} apply on the next start (x, then s)",
-                restart.join(", ")
+                "{name}: {} {} on the next start (x, then s)",
+                restart.join(", "),
+                if restart.len() == 1 {
+                    "applies"
+                } else {
+                    "apply"
+                }
             ),
         );
     }

@@ -92,6 +92,10 @@ pub const KEYS: &[KeyHelp] = &[
     ),
 ];
 
+/// Keys that do nothing in a dashboard attached to a runs folder (runs start
+/// elsewhere): left out of its footer and marked in its help.
+pub const NOT_ATTACHED: &[&str] = &["s", "a", "Space"];
+
 /// Which footer keys stay when the line is short of room, most needed first.
 const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "r", "v", "l", "c", "a", "m"];
 
@@ -99,8 +103,14 @@ const FOOTER_PRIORITY: &[&str] = &["q", "?", "s", "p", "u", "x", "r", "v", "l", 
 /// `s start  p pause  ...  ? help  q quit`. Where not all fit, the least needed go
 /// first (`? help` lists them all); `q quit` and `? help` always stay.
 pub fn footer_text(width: usize) -> String {
+    footer_for(width, false)
+}
+
+/// The footer of a dashboard, attached to a runs folder or not: only keys that act.
+pub fn footer_for(width: usize, attached: bool) -> String {
     let shown: Vec<(u8, &str, String)> = KEYS
         .iter()
+        .filter(|k| !(attached && NOT_ATTACHED.contains(&k.keys)))
         .filter_map(|k| {
             k.footer
                 .map(|(place, word)| (place, k.keys, format!("{} {word}", k.keys)))
@@ -156,6 +166,9 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         Overlay::Help | Overlay::Log | Overlay::None => {}
     }
+    if app.show_model && !ctrl_c && scroll_model(app, key.code) {
+        return Vec::new();
+    }
     if app.errors.is_some() && !ctrl_c {
         if let Some(actions) = super::errors::on_key(app, key.code) {
             return actions;
@@ -196,11 +209,11 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         }
         KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab if !app.entries.is_empty() => {
             app.selected = (app.selected + 1) % app.entries.len();
-            app.table_scroll = 0;
+            return selection_changed(app);
         }
         KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab if !app.entries.is_empty() => {
             app.selected = (app.selected + app.entries.len() - 1) % app.entries.len();
-            app.table_scroll = 0;
+            return selection_changed(app);
         }
         KeyCode::PageUp => {
             let rows = app
@@ -213,7 +226,13 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
                 .min(rows.saturating_sub(1));
         }
         KeyCode::PageDown => app.table_scroll = app.table_scroll.saturating_sub(5),
-        KeyCode::Char('m') => app.show_model = !app.show_model,
+        KeyCode::Char('m') => {
+            app.show_model = !app.show_model;
+            app.model_scroll = 0;
+            if app.show_model {
+                return describe_model(app);
+            }
+        }
         KeyCode::Char('v') => return super::errors::toggle(app),
         KeyCode::Char('c') => app.show_compare = !app.show_compare,
         KeyCode::Char(' ') => {
@@ -232,10 +251,14 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Enter if !active => return start(app),
         KeyCode::Char('p') | KeyCode::Enter => match status {
             Some(RunStatus::Running) | Some(RunStatus::Loading { .. }) => {
-                return vec![Action::Send(id, Command::Pause)]
+                asked(app, "pausing…", "pausing at the next batch…");
+                return vec![Action::Send(id, Command::Pause)];
             }
-            Some(RunStatus::Paused) => return vec![Action::Send(id, Command::Resume)],
-            _ => app.say(false, "nothing to pause: start a run with s"),
+            Some(RunStatus::Paused) => {
+                asked(app, "resuming…", "resuming…");
+                return vec![Action::Send(id, Command::Resume)];
+            }
+            _ => app.say(false, nothing_going(app, "pause")),
         },
         KeyCode::Char('u') => {
             let run = app.current().and_then(|e| e.run.as_ref());
@@ -244,27 +267,119 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
                     if let Some(r) = app.entries[selected].run.as_mut() {
                         r.stall = None;
                     }
+                    say_asked(app, "unfreezing at the next batch…");
                     return vec![Action::Send(id, Command::Unfreeze)];
                 }
                 Some(r) if r.is_active() => app.say(false, "already fine-tuning"),
-                _ => app.say(false, "nothing to unfreeze: start a run with s"),
+                _ => app.say(false, nothing_going(app, "unfreeze")),
             }
         }
         KeyCode::Char('r') => {
             if active {
+                say_asked(app, "lowering the learning rate at the next batch…");
                 return vec![Action::Send(id, Command::LowerLr)];
             }
-            app.say(false, "nothing to lower: start a run with s");
+            app.say(false, nothing_going(app, "lower"));
         }
         KeyCode::Char('x') => {
             if active {
+                asked(
+                    app,
+                    "stopping…",
+                    "stopping at the next batch (a checkpoint is saved)…",
+                );
                 return vec![Action::Send(id, Command::STOP)];
             }
-            app.say(false, "nothing to stop");
+            app.say(false, nothing_going(app, "stop"));
         }
         _ => {}
     }
     Vec::new()
+}
+
+/// A new selection: its table from the end, and kept for the next launch (not when
+/// attached: run folders come and go).
+fn selection_changed(app: &mut App) -> Vec<Action> {
+    app.table_scroll = 0;
+    app.model_scroll = 0;
+    match app.current() {
+        Some(e) if app.attached.is_none() => vec![Action::RememberSelection(e.path.clone())],
+        _ => Vec::new(),
+    }
+}
+
+/// Keys while the model pane is open: arrows, pages, Home and End scroll it (the
+/// selection stays); true if the key was one of them.
+fn scroll_model(app: &mut App, code: KeyCode) -> bool {
+    let rows = app
+        .current()
+        .map_or(0, |e| match (&e.run, &e.model_preview) {
+            (Some(run), _) if !run.layers.is_empty() => run.layers.len(),
+            (_, Some(Ok(layers))) => layers.len(),
+            _ => 0,
+        });
+    let last = rows.saturating_sub(1);
+    let up: isize = match code {
+        KeyCode::Up | KeyCode::Char('k') => 1,
+        KeyCode::Down | KeyCode::Char('j') => -1,
+        KeyCode::PageUp => 10,
+        KeyCode::PageDown => -10,
+        KeyCode::Home => rows as isize,
+        KeyCode::End => -(rows as isize),
+        _ => return false,
+    };
+    app.model_scroll = app.model_scroll.saturating_add_signed(up).min(last);
+    true
+}
+
+/// Opening the model pane on an experiment that has not run: its layers are built
+/// off the loop (no weights) unless known already.
+fn describe_model(app: &mut App) -> Vec<Action> {
+    let Some(entry) = app.current() else {
+        return Vec::new();
+    };
+    if entry.run.as_ref().is_some_and(|r| !r.layers.is_empty()) || entry.model_preview.is_some() {
+        return Vec::new();
+    }
+    match entry.settings() {
+        Some(exp) => vec![Action::DescribeModel(
+            entry.path.clone(),
+            Box::new(exp.clone()),
+        )],
+        None => {
+            let name = entry.name();
+            app.say(true, format!("{name}: fix the file first (see its errors)"));
+            Vec::new()
+        }
+    }
+}
+
+/// A request sent to the selected run: said at once (and logged), and shown in its
+/// header as `pending` until the trainer confirms it.
+fn asked(app: &mut App, pending: &'static str, text: &str) {
+    if let Some(run) = app
+        .entries
+        .get_mut(app.selected)
+        .and_then(|e| e.run.as_mut())
+    {
+        run.pending = Some(pending);
+    }
+    say_asked(app, text);
+}
+
+/// Says at once what was asked of the selected run.
+fn say_asked(app: &mut App, text: &str) {
+    let name = app.current().map(|e| e.name()).unwrap_or_default();
+    app.say(false, format!("{name}: {text}"));
+}
+
+/// Why a key for a run did nothing: no run is going for the selection.
+fn nothing_going(app: &App, what: &str) -> String {
+    if app.attached.is_some() {
+        format!("nothing to {what}: this run is not running")
+    } else {
+        format!("nothing to {what}: start a run with s")
+    }
 }
 
 /// Keys while help or the message log is open: arrows and pages scroll (help by key

@@ -21,7 +21,7 @@ use crossterm::event::KeyEvent;
 
 pub use entry::{Entry, FileState};
 pub use errors::ErrorsView;
-pub use keys::{footer_text, KeyHelp, KEYS};
+pub use keys::{footer_for, footer_text, KeyHelp, KEYS, NOT_ATTACHED};
 pub use run_view::{RunStatus, RunView, BATCH_HISTORY};
 
 pub use attach::{status_of, LOST_AFTER_SECONDS};
@@ -68,6 +68,9 @@ pub struct App {
     pub overlay: Overlay,
     /// Model pane instead of the metrics table.
     pub show_model: bool,
+    /// Model pane rows scrolled up from its end (0: the last layers, where the
+    /// trainable ones are).
+    pub model_scroll: usize,
     /// Charts smoothed (debiased EMA).
     pub smoothing: bool,
     /// Rows scrolled up from the newest in the metrics table.
@@ -114,6 +117,11 @@ pub enum Action {
     LoadPredictions(PathBuf),
     /// Decode this image for the error-analysis view's preview.
     LoadPreview(PathBuf),
+    /// Build the layers these settings make (no weights), for the model pane of the
+    /// experiment file at this path before it runs.
+    DescribeModel(PathBuf, Box<Experiment>),
+    /// Keep this file as the selection for the next launch on the same folder.
+    RememberSelection(PathBuf),
 }
 
 /// Everything that can happen to the dashboard.
@@ -147,6 +155,11 @@ pub enum AppEvent {
     /// The dashboard ends (a signal, the user quit, a scripted run is over): nothing
     /// queued may start, every active run stops.
     Quit,
+    /// Select the entry of this file (the selection kept from the last launch).
+    Select(PathBuf),
+    /// The layers an experiment file's settings build (or why not), for its model
+    /// pane before it runs.
+    ModelPreview(PathBuf, Result<Vec<crate::model::LayerInfo>, String>),
 }
 
 impl App {
@@ -169,6 +182,7 @@ impl App {
             selected: 0,
             overlay: Overlay::None,
             show_model: false,
+            model_scroll: 0,
             smoothing: false,
             table_scroll: 0,
             messages: Vec::new(),
@@ -265,6 +279,18 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             Vec::new()
         }
         AppEvent::FileLoaded(path, file) => on_file(app, path, file),
+        AppEvent::Select(path) => {
+            if let Some(i) = app.entries.iter().position(|e| e.path == path) {
+                app.selected = i;
+            }
+            Vec::new()
+        }
+        AppEvent::ModelPreview(path, layers) => {
+            if let Some(e) = app.entries.iter_mut().find(|e| e.path == path) {
+                e.model_preview = Some(layers);
+            }
+            Vec::new()
+        }
         AppEvent::Quit => {
             app.quit = true;
             stop_all(app)
@@ -333,7 +359,7 @@ fn attached_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Char('s') | KeyCode::Char('a') | KeyCode::Char(' ') => {
             app.say(
                 false,
-                "attached: runs start elsewhere (tlcap-tui run, worker); p, u, x and e steer them",
+                "attached: runs start elsewhere (tlcap-tui run, worker); p, u, r, x and e steer them",
             );
             Vec::new()
         }

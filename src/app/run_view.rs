@@ -42,6 +42,9 @@ pub enum RunStatus {
 pub struct RunView {
     /// Status.
     pub status: RunStatus,
+    /// What the user asked of the run that its trainer has not confirmed yet
+    /// (`pausing…`, `resuming…`, `stopping…`): shown in the header until it does.
+    pub pending: Option<&'static str>,
     /// Current phase.
     pub phase: Phase,
     /// The epoch in progress (1-based); 0 before the first batch.
@@ -104,6 +107,7 @@ impl RunView {
         RunView {
             best_rule: BestRule::default(),
             status: RunStatus::Loading { done: 0, total: 0 },
+            pending: None,
             phase: Phase::Frozen,
             epoch: 0,
             total_epochs: 0,
@@ -139,11 +143,14 @@ impl RunView {
         self.best_rule.best_index(&self.epochs)
     }
 
-    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace of
-    /// the current phase: its last finished whole epoch, or (in its first epoch) the
-    /// current epoch's training rate plus the last validation's time. None before the
-    /// first batch of a phase has given a pace.
+    /// Seconds left: the rest of this epoch plus the remaining epochs, at the pace
+    /// of the current phase. Epochs that read a complete cache run far faster than the
+    /// one that fills it, so each part is paced by a finished epoch of this phase that
+    /// computed the same way (cache filling or complete), else by the current epoch's
+    /// own training rate plus the last validation's time. None before the first batch
+    /// of a phase has given a pace.
     pub fn eta_seconds(&self) -> Option<f64> {
+        use crate::train::events::CacheUse;
         let last_finished = self.epochs.last().map_or(0, |m| m.epoch);
         let in_progress = self.epoch > last_finished;
         let val_seconds = self
@@ -152,22 +159,51 @@ impl RunView {
             .map(|m| self.images.1 as f64 / m.val_images_per_sec)
             .filter(|s| s.is_finite())
             .unwrap_or(0.0);
-        let estimate = (self.images_per_sec > 0.0 && self.images.0 > 0)
+        let live = (self.images_per_sec > 0.0 && self.images.0 > 0)
             .then(|| self.images.0 as f64 / self.images_per_sec + val_seconds);
-        let pace = self
-            .epochs
-            .iter()
-            .rev()
-            .find(|m| m.phase == self.phase && m.mixed.is_none())
-            .map(|m| m.seconds)
-            .or(estimate)?;
+        // Some(complete) for an epoch that trains from a cache, None without one.
+        let cached = |c: &Compute| match c.cache {
+            CacheUse::Training { complete } | CacheUse::View { complete, .. } => Some(complete),
+            CacheUse::Off | CacheUse::ValidationOnly => None,
+        };
+        let phase_epochs = || {
+            self.epochs
+                .iter()
+                .rev()
+                .filter(|m| m.phase == self.phase && m.mixed.is_none())
+        };
+        let last_of_phase = phase_epochs().next().map(|m| m.seconds);
+        let like = |state: Option<bool>| {
+            phase_epochs()
+                .find(|m| cached(&m.compute) == state)
+                .map(|m| m.seconds)
+        };
+        let now = self.compute.as_ref().and_then(cached);
+        let (this_pace, later_pace) = match now {
+            None => {
+                let pace = last_of_phase.or(live);
+                (pace, pace)
+            }
+            // Filling the cache: this epoch like earlier filling ones; the later ones
+            // read it, like a complete one did (unknown yet: the last of the phase).
+            Some(false) => (
+                like(Some(false)).or(live),
+                like(Some(true)).or(last_of_phase).or(live),
+            ),
+            // Reading a complete cache: this one and the later ones alike.
+            Some(true) => {
+                let pace = like(Some(true)).or(live);
+                (pace, pace)
+            }
+        };
+        let (this_pace, later_pace) = (this_pace?, later_pace?);
         let this_epoch = match (in_progress, self.validating, self.batch) {
             (false, ..) => 0.0,
             (true, Some((done, of)), _) if of > 0 => {
-                val_seconds.min(pace) * (of - done.min(of)) as f64 / of as f64
+                val_seconds.min(this_pace) * (of - done.min(of)) as f64 / of as f64
             }
-            (true, _, (done, of)) if of > 0 => pace * (of - done.min(of)) as f64 / of as f64,
-            (true, ..) => pace,
+            (true, _, (done, of)) if of > 0 => this_pace * (of - done.min(of)) as f64 / of as f64,
+            (true, ..) => this_pace,
         };
         let current = if in_progress {
             self.epoch
@@ -175,6 +211,6 @@ impl RunView {
             last_finished
         };
         let left_epochs = self.total_epochs.saturating_sub(current) as f64;
-        Some(this_epoch + left_epochs * pace)
+        Some(this_epoch + left_epochs * later_pace)
     }
 }

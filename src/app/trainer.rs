@@ -152,11 +152,31 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             run.phase = phase;
             run.layers = layers;
         }
-        Event::Paused => run.status = RunStatus::Paused,
+        Event::Paused => {
+            run.status = RunStatus::Paused;
+            run.pending = None;
+            let (done, of) = run.batch;
+            let at = if of > 0 && done < of {
+                format!(" before batch {} of {of}, epoch {}", done + 1, run.epoch)
+            } else {
+                String::new()
+            };
+            note = Some((false, format!("{name}: paused{at}; p resumes")));
+        }
         Event::Control { command, source } => {
             note = Some((false, format!("{name}: {command} (from {source})")));
         }
-        Event::Resumed => run.status = RunStatus::Running,
+        Event::Resumed => {
+            run.status = RunStatus::Running;
+            run.pending = None;
+            note = Some((false, format!("{name}: resumed")));
+        }
+        Event::EditQueued { epoch } => {
+            note = Some((
+                false,
+                format!("{name}: the trainer took the edit; it applies from epoch {epoch}"),
+            ));
+        }
         Event::ConfigApplied {
             changes,
             epoch,
@@ -201,6 +221,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
         Event::Checkpoint(_) => {}
         Event::Finished { reason, best, .. } => {
             run.status = RunStatus::Done(reason);
+            run.pending = None;
             // Nothing left to act on: the banner's key would do nothing now.
             run.stall = None;
             run.stall_outlived = false;

@@ -18,12 +18,13 @@ pub enum Editing {
 }
 
 /// Runs `$VISUAL`, `$EDITOR` (or `vi`) on `path` with the terminal handed over to it,
-/// and takes the terminal back. Returns the editor's problem in words, if any; failing
-/// to take the terminal back is an error.
-pub fn edit_file<B: CloneBackend>(
-    terminal: &mut Terminal<B>,
-    path: &Path,
-) -> anyhow::Result<Option<String>> {
+/// and takes the terminal back. Returns what to tell the user, if anything: the
+/// editor's problem, or a step of taking the terminal back that failed. Nothing here
+/// ends the dashboard or a run: taking the terminal back needs no answer from the
+/// terminal (no cursor-position query, which tmux may leave unanswered after an
+/// editor), each step is tried even if one before failed, and the next frame is drawn
+/// in full on a fresh backend.
+pub fn edit_file<B: CloneBackend>(terminal: &mut Terminal<B>, path: &Path) -> Vec<String> {
     ratatui::restore();
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
@@ -35,15 +36,38 @@ pub fn edit_file<B: CloneBackend>(
         .arg("sh")
         .arg(path)
         .status();
-    crossterm::terminal::enable_raw_mode()?;
-    crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
-    *terminal = Terminal::new(terminal.backend_mut().clone_backend())?;
-    terminal.clear()?;
-    Ok(match status {
-        Ok(s) if s.success() => None,
-        Ok(s) => Some(format!("the editor `{editor}` exited with {s}")),
-        Err(e) => Some(format!("cannot run the editor `{editor}`: {e}")),
-    })
+    let mut said = Vec::new();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => said.push(format!("the editor `{editor}` exited with {s}")),
+        Err(e) => said.push(format!("cannot run the editor `{editor}`: {e}")),
+    }
+    let steps: [(&str, std::io::Result<()>); 2] = [
+        ("raw mode", crossterm::terminal::enable_raw_mode()),
+        (
+            "the alternate screen",
+            crossterm::execute!(
+                std::io::stdout(),
+                crossterm::terminal::EnterAlternateScreen,
+                crossterm::terminal::Clear(crossterm::terminal::ClearType::All)
+            ),
+        ),
+    ];
+    for (what, result) in steps {
+        if let Err(e) = result {
+            said.push(format!(
+                "after the editor, {what} could not be set again ({e}); the runs go on"
+            ));
+        }
+    }
+    // A fresh terminal has an empty previous frame: the next draw repaints every cell.
+    match Terminal::new(terminal.backend_mut().clone_backend()) {
+        Ok(fresh) => *terminal = fresh,
+        Err(e) => said.push(format!(
+            "after the editor, the screen could not be reset ({e})"
+        )),
+    }
+    said
 }
 
 /// Backends the loop can suspend for an editor.

@@ -26,18 +26,21 @@ pub struct Effects {
     /// Where results of jobs and notes go.
     events: flume::Sender<AppEvent>,
     runs_root: PathBuf,
+    /// The folder the dashboard watches (the key of its kept selection).
+    target: PathBuf,
 }
 
 impl Effects {
     /// Effects whose results and notes go to `events`, with run folders under
     /// `runs_root`.
-    pub fn new(events: flume::Sender<AppEvent>, runs_root: PathBuf) -> Effects {
+    pub fn new(events: flume::Sender<AppEvent>, runs_root: PathBuf, target: PathBuf) -> Effects {
         Effects {
             trainers: HashMap::new(),
             trainer_events: SelectAll::new(),
             jobs: Jobs::new(events.clone()),
             events,
             runs_root,
+            target,
         }
     }
 
@@ -81,6 +84,27 @@ impl Effects {
                         .map_err(|e| e.to_string());
                     AppEvent::Preview(path, image)
                 }),
+                Action::DescribeModel(path, exp) => {
+                    self.jobs.spawn("building the model's layers", move || {
+                        let built = std::panic::catch_unwind(|| {
+                            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                            let mut net =
+                                crate::model::Backbone::new(&vs.root(), exp.model.backbone, false);
+                            net.table_mut().unfreeze_last(exp.finetune.unfreeze_last);
+                            net.table().layers().cloned().collect::<Vec<_>>()
+                        })
+                        .map_err(|_| "the layers could not be built".to_string());
+                        AppEvent::ModelPreview(path, built)
+                    })
+                }
+                Action::RememberSelection(path) => {
+                    if let Err(e) = super::selection::write(&self.runs_root, &self.target, &path) {
+                        let _ = self.events.send(AppEvent::Info(format!(
+                            "cannot keep the selection in {}: {e:#}",
+                            self.runs_root.display()
+                        )));
+                    }
+                }
                 Action::Edit(path) => edit = Some(Editing::File(path)),
                 Action::EditRun(run) => edit = Some(Editing::Run(run)),
                 Action::Control(run, command) => {
@@ -127,6 +151,11 @@ impl Effects {
             }
         }
         self.jobs.reap();
+    }
+
+    /// Where run folders go.
+    pub fn runs_root(&self) -> &std::path::Path {
+        &self.runs_root
     }
 
     /// Stops every trainer still alive (each saves a checkpoint).

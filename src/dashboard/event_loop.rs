@@ -67,7 +67,7 @@ pub async fn event_loop<B: CloneBackend>(
         .attached
         .clone()
         .map(|root| Poller::start(root, tx.clone()));
-    let mut effects = Effects::new(tx.clone(), runs_root);
+    let mut effects = Effects::new(tx.clone(), runs_root, watch_root.to_path_buf());
     // Before the key reader starts: the graphics query reads the terminal's answer.
     let mut previews = if keys {
         crate::ui::Previews::from_terminal()
@@ -83,6 +83,9 @@ pub async fn event_loop<B: CloneBackend>(
     let mut last_draw = Instant::now();
     // An error that ends the loop; the runs are still stopped (checkpoints saved).
     let mut failure: Option<anyhow::Error> = None;
+    // The terminal is lost while runs go on: they finish without the screen (steered
+    // and watched through their run folders: `tlcap-tui attach`).
+    let mut detached = false;
     for event in options.script {
         let actions = update(&mut app, event);
         effects.perform(actions);
@@ -95,6 +98,7 @@ pub async fn event_loop<B: CloneBackend>(
         if next_draw.is_some_and(|t| Instant::now() >= t) {
             if let Err(e) = terminal.draw(|f| crate::ui::draw_with(f, &app, &mut previews)) {
                 failure = Some(anyhow::Error::from(e).context("cannot draw"));
+                detached = app.any_active();
                 break;
             }
             next_draw = None;
@@ -152,17 +156,10 @@ pub async fn event_loop<B: CloneBackend>(
         };
         // The editor needs stdin: stop reading it while the editor runs.
         drop(term_events.take());
-        let result = edit_file(terminal, &path);
+        let said = edit_file(terminal, &path);
         term_events = keys.then(EventStream::new);
         next_draw = Some(Instant::now());
-        let problem = match result {
-            Err(e) => {
-                failure = Some(e.context("cannot take the terminal back from the editor"));
-                break;
-            }
-            Ok(problem) => problem,
-        };
-        if let Some(text) = problem {
+        for text in said {
             effects.perform(update(&mut app, AppEvent::Info(text)));
         }
         match run {
@@ -175,6 +172,29 @@ pub async fn event_loop<B: CloneBackend>(
                 for line in send_edited_settings(&run, &path) {
                     effects.perform(update(&mut app, AppEvent::Info(line)));
                 }
+            }
+        }
+    }
+    if detached {
+        if keys {
+            ratatui::restore();
+        }
+        eprintln!(
+            "tlcap: the dashboard lost its terminal ({}); the runs go on to their end \
+             in this process. Watch and steer them with `tlcap-tui attach {}`; \
+             Ctrl-C stops them (checkpoints saved).",
+            failure.as_ref().map_or(String::new(), |e| format!("{e:#}")),
+            effects.runs_root().display()
+        );
+        let mut sigint = sigint;
+        loop {
+            tokio::select! {
+                ev = effects.trainer_events.next() => match ev {
+                    Some(ev) => { update(&mut app, ev); }
+                    None => break,
+                },
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
             }
         }
     }

@@ -14,6 +14,7 @@ mod editor;
 mod effects;
 mod event_loop;
 pub mod jobs;
+pub mod selection;
 
 pub use attach_poll::{Poller, ATTACH_POLL};
 pub use editor::{send_edited_settings, CloneBackend};
@@ -35,6 +36,9 @@ pub fn run(target: &Path, runs_root: PathBuf) -> anyhow::Result<()> {
     let mut app = App::new(load_files(target)?);
     let past = past_runs(&app, &runs_root);
     update(&mut app, AppEvent::PastRuns(past));
+    if let Some(selected) = selection::read(&runs_root, target) {
+        update(&mut app, AppEvent::Select(selected));
+    }
     open(app, target, runs_root)
 }
 

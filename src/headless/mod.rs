@@ -39,6 +39,7 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
         "val_images_per_sec": m.val_images_per_sec,
         "compute": crate::text::compute(&m.compute),
         "input_wait_seconds": m.input_wait_seconds,
+        "lr_lowered": m.lr_lowered,
     })
 }
 
@@ -68,6 +69,14 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
             crate::text::short_float(mixed.frozen_lr)
         ));
     }
+    if let Some(at) = &m.lr_lowered {
+        line.push_str(&format!(
+            "\n  lr lowered part-way: batches 1-{} ran at lr {}, the rest at {}",
+            at.from_batch.saturating_sub(1),
+            crate::text::short_float(at.lr_before),
+            crate::text::short_float(m.lr)
+        ));
+    }
     if let Some(s) = m.suggestion.as_ref().filter(|_| m.stalled) {
         line.push_str(&format!("\n  stalled: {}", crate::text::suggestion(s)));
     }
@@ -86,6 +95,8 @@ enum Incoming {
     File(FileEvent),
     /// A signal was caught: the stop is on its way to the trainer.
     Signal(&'static str),
+    /// Stdout's reader went away (a pipe closed before the next line is written).
+    ReaderGone,
 }
 
 /// Runs `exp` to the end, printing epochs (plain lines, or with `json` the tagged
@@ -127,6 +138,12 @@ pub fn run(
     })?;
     let (file_tx, files) = flume::unbounded();
     let keep_files = file_tx.clone();
+    // A closed pipe is noticed between batches, not at the next line written.
+    let (gone_tx, gone) = flume::unbounded();
+    let keep_gone = gone_tx.clone();
+    let _reader_watch = crate::stdout::watch_reader(move || {
+        let _ = gone_tx.send(());
+    });
     let _watcher = match watch {
         Some(file) => Some(crate::watch::watch(file, file_tx)?),
         None => None,
@@ -150,10 +167,15 @@ pub fn run(
             })
             .recv(&caught, |s| Incoming::Signal(s.expect("kept open")))
             .recv(&files, |f| Incoming::File(f.expect("kept open")))
+            .recv(&gone, |_| Incoming::ReaderGone)
             .wait();
         let event = match incoming {
             Incoming::Trainer(event) => event,
             Incoming::TrainerGone => break,
+            Incoming::ReaderGone => {
+                out.reader_left();
+                continue;
+            }
             Incoming::Signal(signal) => {
                 out.event(|| stream::control("stop", signal));
                 continue;
@@ -339,11 +361,15 @@ pub fn run(
                 eprintln!("{cr}control: {command} (from {source})");
                 out.event(|| stream::control(&command, &source));
             }
+            Event::EditQueued { epoch } => {
+                progress(String::new());
+                eprintln!("{cr}config: edit taken; live settings apply from epoch {epoch}");
+            }
             Event::Paused => eprintln!("{cr}paused"),
             Event::Resumed => eprintln!("{cr}resumed"),
         }
     }
-    drop((keep_signals, keep_files));
+    drop((keep_signals, keep_files, keep_gone));
     handle.join();
     if let Some(e) = failure {
         bail!(e);
@@ -366,6 +392,18 @@ struct Output {
 }
 
 impl Output {
+    /// The reader went away: stop the run (once) and print nothing more.
+    fn reader_left(&mut self) {
+        if self.reader_gone {
+            return;
+        }
+        self.reader_gone = true;
+        eprintln!("stdout closed: stopping at the next batch boundary");
+        let _ = self.commands.send(train::Command::Stop {
+            by: Some("stdout closed".into()),
+        });
+    }
+
     /// Prints a JSON event (only with `--json`).
     fn event(&mut self, make: impl FnOnce() -> serde_json::Value) {
         if self.json {
@@ -380,11 +418,7 @@ impl Output {
         }
         if let Err(e) = crate::stdout::line(make()) {
             if crate::stdout::reader_gone(&e) {
-                self.reader_gone = true;
-                eprintln!("stdout closed: stopping at the next batch boundary");
-                let _ = self.commands.send(train::Command::Stop {
-                    by: Some("stdout closed".into()),
-                });
+                self.reader_left();
             } else {
                 eprintln!("{e:#}");
             }

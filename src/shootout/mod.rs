@@ -201,6 +201,7 @@ mod tests {
             stalled: false,
             suggestion: None,
             mixed: None,
+            lr_lowered: None,
         }
     }
 

@@ -116,6 +116,8 @@ struct Trainer {
     paused_at: Option<Instant>,
     /// The summary is written: the heartbeat says finished.
     finished: bool,
+    /// An epoch's batches are under way (an edit taken now waits for the next one).
+    in_epoch: bool,
     /// The run folder's heartbeat, and the last status it was given.
     heartbeat: Option<Heartbeat>,
     last_status: Option<Status>,
@@ -149,6 +151,7 @@ impl Trainer {
             paused: Duration::ZERO,
             paused_at: None,
             finished: false,
+            in_epoch: false,
             heartbeat: None,
             last_status: None,
         }
@@ -327,7 +330,14 @@ impl Trainer {
             }
             // Before the run begins, an edit simply replaces the settings.
             (Command::Apply(exp), Flow::Waiting) => self.exp = *exp,
-            (Command::Apply(exp), _) => self.pending = Some(*exp),
+            (Command::Apply(exp), _) => {
+                self.pending = Some(*exp);
+                if let Some(s) = s {
+                    // Applied at the next epoch boundary (`apply_pending`).
+                    let epoch = s.epoch + if self.in_epoch { 2 } else { 1 };
+                    s.emit(Event::EditQueued { epoch });
+                }
+            }
             // Start while running, Resume while running, Pause while paused: nothing
             // to do. (`Set` became `Apply` above.)
             (Command::Start | Command::Resume | Command::Pause | Command::Set { .. }, _) => {}
@@ -445,6 +455,10 @@ impl Trainer {
 
     fn train(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<EndReason> {
         loop {
+            // Requests that came during validation are taken now, so an edit among
+            // them applies from the next epoch (as `EditQueued` said); a pause holds
+            // here, a stop ends the next epoch at its first batch.
+            self.serve(Some(s))?;
             self.apply_pending(s)?;
             if self.options.max_epochs.is_some_and(|m| s.epoch >= m) {
                 return Ok(EndReason::Completed);
@@ -464,9 +478,11 @@ impl Trainer {
                 continue;
             }
             let exp = self.exp.clone();
+            self.in_epoch = true;
             let epoch = super::epoch::run(s, data, &exp, &mut |s, progress| {
                 self.between_batches(s, progress)
             })?;
+            self.in_epoch = false;
             let Some(mut m) = epoch else {
                 return Ok(EndReason::Stopped);
             };

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
 use super::cache::{human_bytes, Cache, TrainSource};
-use super::events::{Compute, EpochMetrics, Event, MixedEpoch};
+use super::events::{Compute, EpochMetrics, Event, LrLoweredAt, MixedEpoch};
 use super::plan::{describe_compute, plan_cache};
 use super::state::{panic_message, State};
 use super::validate::{predictions, validate};
@@ -63,6 +63,8 @@ pub(super) struct Trained {
     input_wait: f64,
     /// Where the fine-tune phase began, if part-way through.
     mixed: Option<MixedEpoch>,
+    /// Where the learning rate was lowered, if part-way through.
+    lr_lowered: Option<LrLoweredAt>,
     /// Time held paused at batch boundaries.
     paused: Duration,
 }
@@ -149,6 +151,7 @@ pub(super) fn run(
         seen,
         input_wait,
         mixed,
+        lr_lowered,
         paused,
     }) = trained
     else {
@@ -204,6 +207,7 @@ pub(super) fn run(
         stalled: false,
         suggestion: None,
         mixed,
+        lr_lowered,
     }))
 }
 
@@ -223,16 +227,28 @@ fn train_batches(
     let mut input_wait = 0.0;
     let mut split = s.net.frozen_segments();
     let mut paused = Duration::ZERO;
-    let (start_phase, frozen_lr) = (s.phase, s.lr);
     let mut mixed = None;
+    let mut lr_lowered = None;
     let mut progress = Progress {
         batches: (0, batches.len()),
         images_per_sec: 0.0,
     };
+    // The phase and rate the epoch's first batch runs at: set after the first
+    // boundary, where an unfreeze or a lowering may already take effect.
+    let (mut start_phase, mut frozen_lr) = (s.phase, s.lr);
     for (b, images) in batches.iter().enumerate() {
         match boundary(s, progress)? {
             Control::Stop => return Ok(None),
             Control::Continue { paused: held } => paused += held,
+        }
+        if b == 0 {
+            (start_phase, frozen_lr) = (s.phase, s.lr);
+        }
+        if b > 0 && lr_lowered.is_none() && s.phase == start_phase && s.lr < frozen_lr {
+            lr_lowered = Some(LrLoweredAt {
+                from_batch: b + 1,
+                lr_before: frozen_lr,
+            });
         }
         if b > 0 && mixed.is_none() && s.phase != start_phase {
             mixed = Some(MixedEpoch {
@@ -312,6 +328,7 @@ fn train_batches(
         seen,
         input_wait,
         mixed,
+        lr_lowered,
         paused,
     }))
 }

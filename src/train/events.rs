@@ -155,6 +155,19 @@ pub struct EpochMetrics {
     /// batches): its batches before that ran frozen at another rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixed: Option<MixedEpoch>,
+    /// The learning rate was lowered part-way through this epoch (`r`, a `lower_lr`
+    /// line): `lr` is the rate it ended at; this says from which batch and from what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_lowered: Option<LrLoweredAt>,
+}
+
+/// Where in an epoch the learning rate was lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrLoweredAt {
+    /// The first batch (1-based) at the lower rate.
+    pub from_batch: usize,
+    /// The rate of the batches before it.
+    pub lr_before: f64,
 }
 
 /// Reads a field written by this version, or its default when an older file has
@@ -417,6 +430,13 @@ pub enum Event {
     Paused,
     /// Running again.
     Resumed,
+    /// An edit (a saved file, a `set` line) reached the trainer: its live settings
+    /// apply from this 1-based epoch, which `ConfigApplied` confirms then. Said by the
+    /// code that applies it, so the promise holds.
+    EditQueued {
+        /// The first epoch the edit applies to.
+        epoch: u32,
+    },
     /// An edited file was taken: what changed and when it applies.
     ConfigApplied {
         /// What changed (live ones apply from `epoch`; restart-only ones keep their
@@ -477,6 +497,7 @@ mod tests {
             stalled: false,
             suggestion: None,
             mixed: None,
+            lr_lowered: None,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(line.contains("\"loss\":null"), "{line}");
@@ -510,6 +531,7 @@ mod tests {
             stalled: true,
             suggestion: None,
             mixed: None,
+            lr_lowered: None,
         };
         let mut v = serde_json::to_value(&m).unwrap();
         v["compute"] = "fp32 frozen part, no cache".into();

@@ -251,12 +251,22 @@ fn draw_images(
             }
         })
         .collect();
-    let title = format!(
-        " best epoch {}: {} of {} wrong, worst first (↑/↓) ",
+    // The counts survive a narrow list; the key hint and `best` go first.
+    let (epoch, wrong, all) = (
         predictions.epoch,
         predictions.wrong(),
-        predictions.images.len()
+        predictions.images.len(),
     );
+    let room = list_area.width.saturating_sub(2) as usize;
+    let title = [
+        format!(" best epoch {epoch}: {wrong} of {all} wrong, worst first (↑/↓) "),
+        format!(" best epoch {epoch}: {wrong} of {all} wrong, worst first "),
+        format!(" epoch {epoch}: {wrong} of {all} wrong, worst first "),
+        format!(" epoch {epoch}: {wrong}/{all} wrong "),
+    ]
+    .into_iter()
+    .find(|t| t.chars().count() <= room)
+    .unwrap_or_else(|| format!(" {wrong}/{all} wrong "));
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(title)),
         list_area,
@@ -264,7 +274,15 @@ fn draw_images(
     let selected = worst.get(view.selected);
     let block = Block::bordered().title(
         selected
-            .map(|p| format!(" true {}, p {:.2} ", name(p.truth), p.truth_probability()))
+            // The list's figure: the probability of the predicted class.
+            .map(|p| {
+                format!(
+                    " true {} · predicted {} {:.2} ",
+                    name(p.truth),
+                    name(p.predicted),
+                    p.probabilities.get(p.predicted).copied().unwrap_or(0.0)
+                )
+            })
             .unwrap_or_default(),
     );
     let inner = block.inner(picture_area);

@@ -54,7 +54,7 @@ pub fn draw_with(frame: &mut Frame, app: &App, previews: &mut Previews) {
         Constraint::Length(1),
     ])
     .areas(area);
-    let list_width = (area.width / 4).clamp(20, 34);
+    let list_width = (area.width / 4).clamp(22, 34);
     let [list, right] =
         Layout::horizontal([Constraint::Length(list_width), Constraint::Min(30)]).areas(main);
     draw_list(frame, app, list);
@@ -68,7 +68,7 @@ pub fn draw_with(frame: &mut Frame, app: &App, previews: &mut Previews) {
         ),
     }
     draw_messages(frame, app, messages);
-    draw_footer(frame, footer);
+    draw_footer(frame, app, footer);
     match app.overlay {
         Overlay::Help => draw_help(frame, app, area),
         Overlay::Log => draw_log(frame, app, area),
@@ -157,8 +157,8 @@ fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
     );
 }
 
-fn draw_footer(frame: &mut Frame, area: Rect) {
-    let keys = crate::app::footer_text(area.width as usize);
+fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
+    let keys = crate::app::footer_for(area.width as usize, app.attached.is_some());
     frame.render_widget(
         Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
         area,

@@ -6,20 +6,30 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table};
 use ratatui::Frame;
 
-use crate::app::{App, RunView, KEYS};
+use crate::app::{App, KEYS};
+use crate::model::LayerInfo;
 
-pub(super) fn draw_model(frame: &mut Frame, run: &RunView, area: Rect) {
-    let trainable: usize = run
-        .layers
+/// The model pane: `layers` from the end (where the trainable ones are) scrolled up by
+/// `scroll` rows; `before_run` marks the layers fine-tuning will train.
+pub(super) fn draw_model(
+    frame: &mut Frame,
+    layers: &[LayerInfo],
+    scroll: usize,
+    before_run: bool,
+    area: Rect,
+) {
+    let trainable: usize = layers
         .iter()
         .filter(|l| l.trainable)
         .map(|l| l.params)
         .sum();
-    let count = run.layers.iter().filter(|l| l.trainable).count();
+    let count = layers.iter().filter(|l| l.trainable).count();
     let visible = area.height.saturating_sub(3) as usize;
-    // Show the end of the list, where the unfrozen layers are.
-    let start = run.layers.len().saturating_sub(visible);
-    let rows: Vec<Row> = run.layers[start..]
+    // Scrolled past the top (Home, PgUp): the first rows.
+    let scroll = scroll.min(layers.len().saturating_sub(visible));
+    let end = layers.len().saturating_sub(scroll);
+    let start = end.saturating_sub(visible);
+    let rows: Vec<Row> = layers[start..end]
         .iter()
         .enumerate()
         .map(|(i, l)| {
@@ -52,10 +62,28 @@ pub(super) fn draw_model(frame: &mut Frame, run: &RunView, area: Rect) {
         ],
     )
     .header(Row::new(["#", "layer", "kind", "params", "train"]).style(Style::new().bold()))
-    .block(Block::bordered().title(format!(
-        " model: {} layers, {count} trainable ({trainable} params) ",
-        run.layers.len()
-    )));
+    .block(
+        Block::bordered()
+            .title(if before_run {
+                format!(
+                    " model (not started): {} layers, fine-tuning trains {count} ({trainable} params) ",
+                    layers.len()
+                )
+            } else {
+                format!(
+                    " model: {} layers, {count} trainable ({trainable} params) ",
+                    layers.len()
+                )
+            })
+            .title_bottom(
+                Line::from(format!(
+                    " rows {}-{end} of {} · ↑/↓ PgUp/PgDn Home/End ",
+                    (start + 1).min(end),
+                    layers.len()
+                ))
+                .right_aligned(),
+            ),
+    );
     frame.render_widget(table, area);
 }
 
@@ -85,7 +113,12 @@ pub(super) fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let mut first_line_of = Vec::new();
     for k in KEYS {
         first_line_of.push(lines.len());
-        let wrapped = textwrap::wrap(k.what, text_width);
+        let what = if app.attached.is_some() && crate::app::NOT_ATTACHED.contains(&k.keys) {
+            format!("{} (not here: runs start elsewhere when attached)", k.what)
+        } else {
+            k.what.to_string()
+        };
+        let wrapped = textwrap::wrap(&what, text_width);
         for (i, part) in wrapped.into_iter().enumerate() {
             let keys = if i == 0 { k.keys } else { "" };
             lines.push(Line::from(vec![

@@ -27,7 +27,15 @@ pub(super) fn draw_entry(
         FileState::Valid(_) => Vec::new(),
     };
     let Some(run) = &entry.run else {
-        draw_idle(frame, entry, &errors, area);
+        match &entry.model_preview {
+            Some(Ok(layers)) if app.show_model => {
+                draw_model(frame, layers, app.model_scroll, true, area)
+            }
+            Some(Err(why)) if app.show_model => {
+                draw_idle(frame, entry, std::slice::from_ref(why), area)
+            }
+            _ => draw_idle(frame, entry, &errors, area),
+        }
         return;
     };
     // Two lines of text: a suggestion names the metric, the gain, the layers and the rate.
@@ -51,15 +59,17 @@ pub(super) fn draw_entry(
         } else if matches!(s.action, StallAction::LowerLr { .. }) {
             "lowered by on_stall: reduce_lr (Esc dismisses)"
         } else if run.phase == Phase::Frozen {
-            "press u to unfreeze"
+            "press u"
         } else {
             "press x to stop"
         };
-        // The key first: on a small terminal the banner's second line may be cut.
+        // The key and the action first, what was seen last: on a small terminal the
+        // banner's second line may be cut, and it is the least needed part.
+        let (seen, action) = crate::text::suggestion_parts(s);
         let text = Line::from(vec![
             Span::styled("stalled — ", Style::new().bold()),
             Span::styled(key, Style::new().bold()),
-            Span::raw(format!(": {}", crate::text::suggestion(s))),
+            Span::raw(format!(": {action} ({seen})")),
         ]);
         frame.render_widget(
             Paragraph::new(text)
@@ -83,6 +93,15 @@ pub(super) fn draw_entry(
         super::errors::draw_errors(frame, run, view, previews, body);
         return;
     }
+    // A short terminal: the epoch table alone (its last rows), no charts.
+    if body.height < 12 {
+        if app.show_model {
+            draw_model(frame, &run.layers, app.model_scroll, false, body);
+        } else {
+            draw_table(frame, app, run, body);
+        }
+        return;
+    }
     let wide = body.width >= 110;
     let (table_area, charts_area) = if wide {
         let [t, c] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
@@ -94,7 +113,7 @@ pub(super) fn draw_entry(
         (t, c)
     };
     if app.show_model {
-        draw_model(frame, run, table_area);
+        draw_model(frame, &run.layers, app.model_scroll, false, table_area);
     } else {
         draw_table(frame, app, run, table_area);
     }
@@ -116,6 +135,13 @@ pub(super) fn draw_entry(
 
 pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], area: Rect) {
     let mut lines: Vec<Line> = Vec::new();
+    if errors.is_empty() && entry.settings().is_some() {
+        // First, so a small terminal still shows it.
+        lines.push(Line::styled(
+            "idle: s starts it, m shows its model, e edits it.",
+            Style::new().bold(),
+        ));
+    }
     if !errors.is_empty() {
         lines.push(Line::styled(
             "invalid experiment file:",
@@ -169,8 +195,6 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 exp.stall.min_delta,
                 word(&exp.stall.on_stall)
             )),
-            Line::raw(""),
-            Line::raw("s starts it."),
         ]);
     }
     frame.render_widget(
@@ -179,6 +203,41 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
             .block(Block::bordered().title(format!(" {} ", entry.name()))),
         area,
     );
+}
+
+/// The header line after the state, fitted to `width` columns: the device goes first,
+/// then images/s, then the word `phase`.
+fn header_parts(
+    width: usize,
+    status: &str,
+    phase: &str,
+    epoch: &str,
+    rate: Option<&str>,
+    eta: Option<&str>,
+    device: &str,
+) -> String {
+    let line = |phase_word: bool, rate: Option<&str>, device: Option<&str>| {
+        let mut parts = vec![if phase_word {
+            format!("phase {phase}")
+        } else {
+            phase.to_string()
+        }];
+        parts.push(epoch.to_string());
+        parts.extend(rate.map(str::to_string));
+        parts.extend(eta.map(str::to_string));
+        parts.extend(device.filter(|d| !d.is_empty()).map(str::to_string));
+        format!("  {}", parts.join("  "))
+    };
+    let fits = |text: &String| status.chars().count() + text.chars().count() <= width;
+    [
+        line(true, rate, Some(device)),
+        line(true, rate, None),
+        line(true, None, None),
+        line(false, None, None),
+    ]
+    .into_iter()
+    .find(fits)
+    .unwrap_or_else(|| line(false, None, None))
 }
 
 /// `1:05` or `12:03:09`.
@@ -209,7 +268,18 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         }
     }
     if !entry.pending_restart.is_empty() {
-        let pending = format!(" on next start: {} ", entry.pending_restart.join(", "));
+        let all = format!(" on next start: {} ", entry.pending_restart.join(", "));
+        // Each change in full, or how many (the message log has them) where they do
+        // not fit.
+        let pending = if all.chars().count() + 4 <= area.width as usize {
+            all
+        } else {
+            let n = entry.pending_restart.len();
+            format!(
+                " on next start: {n} change{} (l lists them) ",
+                if n == 1 { "" } else { "s" }
+            )
+        };
         block = block.title_bottom(Line::from(pending).fg(Color::Yellow));
     }
     let inner = block.inner(area);
@@ -217,6 +287,12 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
     let [top, gauge] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
     let status = match &run.status {
+        // Asked and not confirmed yet: said until the trainer answers.
+        RunStatus::Running | RunStatus::Paused | RunStatus::Loading { .. }
+            if run.pending.is_some() =>
+        {
+            run.pending.unwrap_or_default().to_string()
+        }
         RunStatus::Idle => "idle".to_string(),
         RunStatus::Loading { done, total } => format!("loading {done}/{total} images"),
         RunStatus::Running => "running".into(),
@@ -230,27 +306,28 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
     let eta = run
         .eta_seconds()
         .filter(|_| run.is_active())
-        .map(|s| format!("  ETA {}", clock(s)))
-        .unwrap_or_default();
-    let rate = if run.images_per_sec > 0.0 {
-        format!("  {:.0} img/s", run.images_per_sec)
+        .map(|s| format!("ETA {}", clock(s)));
+    let rate = (run.images_per_sec > 0.0).then(|| format!("{:.0} img/s", run.images_per_sec));
+    // Unknown until the trainer says its plan.
+    let total = if run.total_epochs > 0 {
+        format!("/{}", run.total_epochs)
     } else {
         String::new()
     };
+    // What to drop first where the line is short: the device, then images/s, then the
+    // word `phase`; the state, the epoch and the ETA stay.
+    let parts = header_parts(
+        top.width as usize,
+        &status,
+        run.phase.name(),
+        &format!("epoch {}{total}", run.epoch),
+        rate.as_deref(),
+        eta.as_deref(),
+        &run.device,
+    );
     let line = Line::from(vec![
         Span::styled(status, Style::new().bold()),
-        Span::raw(format!(
-            "  phase {}  epoch {}{}{rate}{eta}  {}",
-            run.phase.name(),
-            run.epoch,
-            // Unknown until the trainer says its plan.
-            if run.total_epochs > 0 {
-                format!("/{}", run.total_epochs)
-            } else {
-                String::new()
-            },
-            run.device
-        )),
+        Span::raw(parts),
     ]);
     frame.render_widget(Paragraph::new(line), top);
     if let RunStatus::Failed(e) = &run.status {

@@ -10,6 +10,8 @@ use crate::train::Phase;
 
 pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect) {
     let best = run.best();
+    // Too narrow for every column (a 60-column terminal): the validation ones stay.
+    let compact = area.width < 54;
     let visible = area.height.saturating_sub(3) as usize;
     let end = run
         .epochs
@@ -20,26 +22,34 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            // Marks that read without colour: * best, ! stalled.
-            let mark = match (Some(start + i) == best, m.stalled) {
-                (true, _) => "*",
-                (false, true) => "!",
-                _ => " ",
-            };
-            let row = Row::new(vec![
+            // Marks that read without colour: * best, ! stalled (both can hold: a best
+            // by less than min_delta is still a stall).
+            let mut mark = String::new();
+            if Some(start + i) == best {
+                mark.push('*');
+            }
+            if m.stalled {
+                mark.push('!');
+            }
+            let mut cells = vec![
                 Cell::from(format!("{}{}", m.epoch, mark)),
                 Cell::from(match (m.phase, m.mixed) {
                     (_, Some(_)) => "mixed",
                     (Phase::Frozen, None) => "frozen",
-                    (Phase::Finetune, None) => "tune",
+                    (Phase::Finetune, None) => "finetune",
                 }),
                 Cell::from(format!("{:.4}", m.loss)),
                 Cell::from(format!("{:.3}", m.accuracy)),
                 Cell::from(format!("{:.4}", m.val_loss)),
                 Cell::from(format!("{:.3}", m.val_accuracy)),
-                Cell::from(format!("{:.0e}", m.lr)),
+                Cell::from(lr_cell(m)),
                 Cell::from(format!("{:.0}", m.seconds)),
-            ]);
+            ];
+            if compact {
+                // Validation, which the stall detector watches, over training.
+                cells = [0, 1, 4, 5, 6].iter().map(|&i| cells[i].clone()).collect();
+            }
+            let row = Row::new(cells);
             if Some(start + i) == best {
                 row.style(Style::new().fg(Color::Green))
             } else if m.stalled {
@@ -49,31 +59,43 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
             }
         })
         .collect();
-    let header = Row::new(["ep", "phase", "loss", "acc", "v_loss", "v_acc", "lr", "s"])
-        .style(Style::new().bold());
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(4),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(5),
-            Constraint::Length(6),
-            Constraint::Length(5),
-            Constraint::Length(5),
-            Constraint::Length(4),
-        ],
-    )
-    .header(header)
-    .column_spacing(1)
-    .block(Block::bordered().title(format!(
-        " epochs (* best {}{}) ",
-        crate::text::word(&run.best_rule.monitor),
-        if run.epochs.iter().any(|m| m.stalled) {
-            ", ! stalled"
-        } else {
-            ""
-        }
-    )));
+    let names = ["ep", "phase", "loss", "acc", "v_loss", "v_acc", "lr", "s"];
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(4),
+    ];
+    let keep: Vec<usize> = if compact {
+        vec![0, 1, 4, 5, 6]
+    } else {
+        (0..names.len()).collect()
+    };
+    let header = Row::new(keep.iter().map(|&i| names[i])).style(Style::new().bold());
+    let table = Table::new(rows, keep.iter().map(|&i| widths[i]))
+        .header(header)
+        .column_spacing(1)
+        .block(Block::bordered().title(format!(
+            " epochs (* best {}{}) ",
+            crate::text::word(&run.best_rule.monitor),
+            if run.epochs.iter().any(|m| m.stalled) {
+                ", ! stalled"
+            } else {
+                ""
+            }
+        )));
     frame.render_widget(table, area);
+}
+
+/// The learning rate of an epoch; one lowered part-way shows the rate it ended at
+/// with `↓` (the epoch JSON and `events.log` say from which batch).
+fn lr_cell(m: &crate::train::EpochMetrics) -> String {
+    match m.lr_lowered {
+        Some(_) => format!("{:.0e}↓", m.lr),
+        None => format!("{:.0e}", m.lr),
+    }
 }

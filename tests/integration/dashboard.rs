@@ -56,6 +56,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         stalled: false,
         suggestion: None,
         mixed: None,
+        lr_lowered: None,
     }
 }
 
@@ -528,6 +529,33 @@ fn screens() {
     update(&mut quit, key(KeyCode::Char('q')));
     insta::assert_snapshot!("confirm_quit_80x24", render(&quit, 80, 24));
     insta::assert_snapshot!("too_small_40x10", render(&running(3), 40, 10));
+    // The smallest terminal drawn: the last epochs still show while running, and an
+    // idle experiment says how to start it first.
+    insta::assert_snapshot!("running_60x16", render(&running(6), 60, 16));
+    insta::assert_snapshot!("idle_60x16", render(&app(), 60, 16));
+    insta::assert_snapshot!("stall_banner_80x24", render(&stalled(), 80, 24));
+    // The model pane scrolls by itself, the selection stays.
+    let mut scrolled = finetuning();
+    update(&mut scrolled, key(KeyCode::Char('m')));
+    update(&mut scrolled, key(KeyCode::Up));
+    update(&mut scrolled, key(KeyCode::Up));
+    assert_eq!(scrolled.selected, 0);
+    insta::assert_snapshot!("model_pane_scrolled_80x24", render(&scrolled, 80, 24));
+    update(&mut scrolled, key(KeyCode::Home));
+    insta::assert_snapshot!("model_pane_top_60x16", render(&scrolled, 60, 16));
+    // A stopped run: the list and the header say the same word.
+    let mut stopped = running(2);
+    trainer(
+        &mut stopped,
+        Event::Finished {
+            reason: EndReason::Stopped,
+            best: None,
+            stopped_by: None,
+        },
+    );
+    let screen = render(&stopped, 80, 24);
+    assert!(!screen.contains("done"), "{screen}");
+    insta::assert_snapshot!("stopped_80x24", screen);
 }
 
 #[test]
@@ -844,8 +872,15 @@ fn edits_are_acknowledged_and_undoing_a_restart_edit_clears_it() {
     assert_eq!(actions.len(), 1);
     let last = &app.messages.last().unwrap().text;
     assert_eq!(
-        last, "quickstart: seen: frozen.lr 1e-3 -> 5e-4, applies from epoch 5",
+        last, "quickstart: seen: frozen.lr 1e-3 -> 5e-4; sent to the run",
         "{last}"
+    );
+    // The epoch it applies from is the trainer's word, and the confirmation names it.
+    trainer(&mut app, Event::EditQueued { epoch: 5 });
+    let last = &app.messages.last().unwrap().text;
+    assert_eq!(
+        last,
+        "quickstart: the trainer took the edit; it applies from epoch 5"
     );
     let mut seeded = lr.clone();
     seeded.seed = 7;
@@ -1015,6 +1050,44 @@ fn the_eta_follows_the_pace_of_the_current_phase() {
     assert!(render(&app, 80, 24).contains("validating 120/525"));
 }
 
+/// Once the cache is complete, epochs take a fraction of the one that filled it: the
+/// ETA follows the pace of the cached epochs, not the filling one.
+#[test]
+fn the_eta_follows_the_pace_of_cached_epochs() {
+    let mut app = running(0);
+    let run = |app: &App| app.current().unwrap().run.clone().unwrap();
+    let filling = Compute {
+        cache: CacheUse::Training { complete: false },
+        ..cached_features()
+    };
+    trainer(&mut app, Event::Compute(filling.clone()));
+    let mut first = metrics(1, Phase::Frozen, 0.7);
+    first.seconds = 60.0;
+    first.compute = filling;
+    trainer(&mut app, Event::EpochEnd(first));
+    trainer(&mut app, Event::Compute(cached_features()));
+    trainer(
+        &mut app,
+        Event::Batch {
+            epoch: 2,
+            batch: 12,
+            of: 33,
+            loss: 0.4,
+            batch_loss: 0.4,
+            images_per_sec: 5000.0,
+        },
+    );
+    // 2099 images at 5000 img/s plus ~1 s of validation: ~1.3 s an epoch, 7 left.
+    let eta = run(&app).eta_seconds().unwrap();
+    assert!(eta < 15.0, "paced by the filling epoch: {eta}");
+    // A finished cached epoch paces the rest from then on.
+    let mut second = metrics(2, Phase::Frozen, 0.7);
+    second.seconds = 2.0;
+    trainer(&mut app, Event::EpochEnd(second));
+    let eta = run(&app).eta_seconds().unwrap();
+    assert!((11.0..13.0).contains(&eta), "6 epochs of 2 s: {eta}");
+}
+
 /// An unfreeze part-way through an epoch: the epoch is labelled mixed, and the new
 /// total is explained.
 #[test]
@@ -1036,7 +1109,7 @@ fn an_early_unfreeze_labels_the_mixed_epoch_and_explains_the_total() {
     });
     trainer(&mut app, Event::EpochEnd(m));
     let screen = render(&app, 100, 30);
-    assert!(screen.contains("1*   mixed"), "{screen}");
+    assert!(screen.contains("1*    mixed"), "{screen}");
 }
 
 /// A stall suggestion nobody acted on stays up after its phase ended as planned,
@@ -1306,4 +1379,146 @@ fn the_loss_chart_shows_recent_batches() {
     }
     let run = app.current().unwrap().run.as_ref().unwrap();
     assert_eq!(run.batch_losses.len(), tlcap::app::BATCH_HISTORY);
+}
+
+/// A relaunch selects the experiment selected last (the loop keeps it through
+/// `RememberSelection`), not the first one of the list.
+#[test]
+fn the_selection_is_kept_for_the_next_launch() {
+    let mut app = app();
+    let actions = update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        actions,
+        vec![Action::RememberSelection(PathBuf::from(
+            "/exp/mobilenet.yaml"
+        ))]
+    );
+    // A relaunch: a new app, the kept selection restored.
+    let mut again = self::app();
+    assert_eq!(again.selected, 0);
+    update(
+        &mut again,
+        AppEvent::Select(PathBuf::from("/exp/mobilenet.yaml")),
+    );
+    assert_eq!(
+        again.current().unwrap().path,
+        PathBuf::from("/exp/mobilenet.yaml")
+    );
+    // A file that is gone leaves the selection alone.
+    update(
+        &mut again,
+        AppEvent::Select(PathBuf::from("/exp/gone.yaml")),
+    );
+    assert_eq!(again.selected, 1);
+    // Kept on disk, per folder, in the runs folder.
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    tlcap::dashboard::selection::write(&runs, dir.path(), &dir.path().join("b.yaml")).unwrap();
+    assert_eq!(
+        tlcap::dashboard::selection::read(&runs, dir.path()),
+        Some(dir.path().join("b.yaml"))
+    );
+}
+
+/// `m` on an experiment that has not run asks for the layers its file would build and
+/// shows them, the ones fine-tuning trains marked; the pane scrolls with the arrows.
+#[test]
+fn the_model_pane_shows_an_idle_experiments_layers() {
+    let mut app = app();
+    let actions = update(&mut app, key(KeyCode::Char('m')));
+    assert!(
+        matches!(&actions[..], [Action::DescribeModel(p, e)]
+            if p.as_path() == std::path::Path::new("/exp/quickstart.yaml") && e.finetune.unfreeze_last == 14),
+        "{actions:?}"
+    );
+    let mut built = layers();
+    for l in built.iter_mut().skip(2) {
+        l.trainable = true;
+    }
+    update(
+        &mut app,
+        AppEvent::ModelPreview(PathBuf::from("/exp/quickstart.yaml"), Ok(built)),
+    );
+    let screen = render(&app, 80, 24);
+    assert!(
+        screen.contains("model (not started): 6 layers, fine-tuning trains 4"),
+        "{screen}"
+    );
+    // Opening it again asks nothing: the layers are known.
+    update(&mut app, key(KeyCode::Esc));
+    assert!(update(&mut app, key(KeyCode::Char('m'))).is_empty());
+    // Arrows scroll the pane, the selection stays.
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!((app.selected, app.model_scroll), (0, 1));
+    update(&mut app, key(KeyCode::End));
+    assert_eq!(app.model_scroll, 0);
+    // An invalid file cannot say its model.
+    update(&mut app, key(KeyCode::Esc));
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Tab));
+    assert!(update(&mut app, key(KeyCode::Char('m'))).is_empty());
+    assert!(app
+        .messages
+        .last()
+        .unwrap()
+        .text
+        .contains("fix the file first"));
+}
+
+/// Attached, the footer lists only keys that act there, and `r` on a run that is not
+/// running says so without pointing at `s`.
+#[test]
+fn attached_footers_list_only_keys_that_act() {
+    let local = tlcap::app::footer_for(200, false);
+    let attached = tlcap::app::footer_for(200, true);
+    assert!(
+        local.contains("s start") && local.contains("a shootout"),
+        "{local}"
+    );
+    assert!(
+        !attached.contains("s start") && !attached.contains("a shootout"),
+        "{attached}"
+    );
+    assert!(
+        attached.contains("r lower lr") && attached.contains("p pause"),
+        "{attached}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = App::attached(dir.path().to_path_buf());
+    update(&mut app, key(KeyCode::Char('r')));
+    let said = &app.messages.last().unwrap().text;
+    assert!(!said.contains("start a run with s"), "{said}");
+}
+
+/// The words agree: plurals, `applies`, the stalled mark beside the best mark.
+#[test]
+fn words_and_marks_agree() {
+    let s = Suggestion {
+        monitor: tlcap::config::Monitor::ValAccuracy,
+        value: 0.8,
+        min_delta: 0.005,
+        patience: 1,
+        action: StallAction::Stopping,
+    };
+    assert!(tlcap::text::suggestion(&s).contains("for 1 epoch:"));
+    let mut app = running(2);
+    let path = app.current().unwrap().path.clone();
+    let mut seeded = experiment("quickstart");
+    seeded.seed = 7;
+    update(
+        &mut app,
+        AppEvent::FileLoaded(path, FileState::Valid(Box::new(seeded))),
+    );
+    let said: Vec<&str> = app.messages.iter().map(|m| m.text.as_str()).collect();
+    assert!(
+        said.iter()
+            .any(|m| m.contains("seed 42 -> 7 applies on the next start")),
+        "{said:?}"
+    );
+    // A best epoch that is also a stall shows both marks at once.
+    let mut m = metrics(3, Phase::Frozen, 0.9);
+    m.stalled = true;
+    trainer(&mut app, Event::EpochEnd(m));
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("3*!"), "{screen}");
 }

@@ -38,6 +38,11 @@ struct Session {
 
 impl Session {
     fn start(dir: &Path) -> Session {
+        Session::start_with(dir, &[])
+    }
+
+    /// Starts the dashboard with these extra environment variables.
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Session {
         let pair = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS,
@@ -51,6 +56,9 @@ impl Session {
         cmd.arg("--runs");
         cmd.arg(dir.join("runs"));
         cmd.env("TERM", "xterm-256color");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.cwd(dir);
         let child = pair.slave.spawn_command(cmd).unwrap();
         drop(pair.slave);
@@ -156,10 +164,10 @@ fn start_unfreeze_quit_in_a_real_terminal() {
         t.contains("pty") && t.contains("idle")
     });
     s.press("s");
-    s.wait_for("an epoch row", |t| t.contains("frozen 0."));
+    s.wait_for("an epoch row", |t| t.contains("frozen   0."));
     s.press("u");
     let screen = s.wait_for("the fine-tune phase", |t| {
-        t.contains("phase finetune") && t.contains("tune   0.")
+        t.contains("phase finetune") && t.contains("finetune 0.")
     });
     assert!(screen.contains("running"));
     s.press("q");
@@ -167,14 +175,14 @@ fn start_unfreeze_quit_in_a_real_terminal() {
     // Epoch numbers visible in the table when quitting.
     let shown_epochs: Vec<u32> = shown
         .lines()
-        .filter(|l| l.contains("frozen 0.") || l.contains("tune   0."))
+        .filter(|l| l.contains("frozen   0.") || l.contains("finetune 0."))
         .filter_map(|l| {
             let cell = l
                 .split('│')
-                .find(|c| c.contains("frozen 0.") || c.contains("tune   0."))?;
+                .find(|c| c.contains("frozen   0.") || c.contains("finetune 0."))?;
             cell.split_whitespace()
                 .next()?
-                .trim_end_matches('*')
+                .trim_end_matches(['*', '!'])
                 .parse()
                 .ok()
         })
@@ -209,7 +217,7 @@ fn sigterm_restores_the_terminal() {
     let mut s = Session::start(dir.path());
     s.wait_for("the experiment list", |t| t.contains("idle"));
     s.press("s");
-    s.wait_for("an epoch row", |t| t.contains("frozen 0."));
+    s.wait_for("an epoch row", |t| t.contains("frozen   0."));
     let pid = s.child.process_id().unwrap();
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -218,4 +226,56 @@ fn sigterm_restores_the_terminal() {
     assert!(ok.success());
     s.wait_exit();
     s.assert_restored();
+}
+
+/// `e` hands the terminal to the editor and takes it back in a terminal that never
+/// answers a cursor-position query (this pty, as tmux sometimes does after an editor):
+/// the dashboard and the run go on. `p` and `x` say at once what they asked, then the
+/// confirmation, and both stay in the log.
+#[test]
+fn the_editor_key_keeps_the_dashboard_and_the_run_and_keys_answer_at_once() {
+    let dir = setup(200);
+    // An editor that exits at once, as `:q` does.
+    let mut s = Session::start_with(dir.path(), &[("EDITOR", "true"), ("VISUAL", "true")]);
+    s.wait_for("the experiment list", |t| t.contains("idle"));
+    s.press("s");
+    s.wait_for("an epoch row", |t| t.contains("frozen   0."));
+    s.press("p");
+    let asked = Instant::now();
+    s.wait_for("the pause said at once", |t| {
+        t.contains("pausing at the next batch") || t.contains("paused")
+    });
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    s.wait_for("the pause confirmed", |t| t.contains("pty: paused"));
+    s.press("p");
+    s.wait_for("the resume confirmed", |t| t.contains("pty: resumed"));
+    s.press("e");
+    // Back from the editor: the screen is the dashboard's again, the run goes on.
+    std::thread::sleep(Duration::from_millis(500));
+    let rows = |t: &str| t.lines().filter(|l| l.contains("frozen   0.")).count();
+    let before = rows(&s.contents());
+    s.wait_for("another epoch after the editor", |t| {
+        rows(t) > before && t.contains("running")
+    });
+    assert!(s.child.try_wait().unwrap().is_none(), "the dashboard ended");
+    s.press("x");
+    s.wait_for("the stop said at once", |t| {
+        t.contains("stopping at the next batch") || t.contains("stopped")
+    });
+    s.wait_for("the stop confirmed", |t| t.contains("pty: stopped"));
+    s.press("q");
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}");
+    s.assert_restored();
+    let runs = dir.path().join("runs/pty");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["reason"], "stopped");
+    assert!(summary["epochs"].as_u64().unwrap() >= 2, "{summary}");
 }

@@ -2,7 +2,8 @@
 //! `tch::CModule` gives the same probabilities as `predict` on the run folder (max
 //! difference ≤ 1e-5, batch sizes other than the traced one), for a small CNN and for
 //! MobileNetV2 with its ImageNet weights; the safetensors export and its card;
-//! `predict` on folders, with `--json` and `--threshold`, from exported models.
+//! `predict` on folders, with `--json` and `--threshold`, from exported models; both
+//! commands' one wording for a run where no epoch has finished yet.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -258,4 +259,60 @@ fn mobilenet_v2_torchscript_serves_like_predict() {
     );
     let max = torchscript_matches_predict(&run, dir.path());
     eprintln!("mobilenet_v2: TorchScript vs predict, max difference {max:e}");
+}
+
+/// A run folder where no epoch has finished yet (its `config.yaml`, no checkpoint):
+/// `predict` and `export` refuse it in the same words, and write nothing.
+#[test]
+fn predict_and_export_say_alike_that_no_epoch_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = crate::util::experiment(dir.path(), "model: { backbone: small_cnn }\n");
+    let run_dir = tlcap::train::run_dir::RunDir::create(&dir.path().join("runs"), &exp).unwrap();
+    let run = run_dir.path.clone();
+    assert!(run.join("config.yaml").is_file());
+    let images = dir.path().to_str().unwrap();
+    let model = dir.path().join("m.pt");
+    // The line that says why, from a failed command's stderr.
+    let why = |(ok, _, err): (bool, String, String)| {
+        assert!(!ok, "{err}");
+        err.lines()
+            .find(|l| l.contains("no epoch finished there yet"))
+            .unwrap_or_else(|| panic!("{err}"))
+            .to_string()
+    };
+    let said = |file: &str| {
+        format!(
+            "error: {} has no {file}: no epoch finished there yet",
+            run.display()
+        )
+    };
+
+    // The run folder: predict takes best, else last; export --checkpoint last.
+    let predicted = why(tlcap(&["predict", run.to_str().unwrap(), images]));
+    let exported = why(tlcap(&[
+        "export",
+        run.to_str().unwrap(),
+        "--checkpoint",
+        "last",
+        "-o",
+        model.to_str().unwrap(),
+    ]));
+    assert_eq!(predicted, said("last.safetensors"));
+    assert_eq!(exported, predicted);
+
+    // export's default (best), and predict on the best checkpoint's path.
+    let exported = why(tlcap(&[
+        "export",
+        run.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]));
+    let predicted = why(tlcap(&[
+        "predict",
+        run.join("best.safetensors").to_str().unwrap(),
+        images,
+    ]));
+    assert_eq!(exported, said("best.safetensors"));
+    assert_eq!(predicted, exported);
+    assert!(!model.exists() && !dir.path().join("m.json").exists());
 }

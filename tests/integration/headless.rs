@@ -231,6 +231,48 @@ fn a_closed_stdout_stops_the_run_cleanly() {
     assert!(run.join("stopped.safetensors").is_file());
 }
 
+/// A closed pipe is noticed between batches, not when the next line is written: the
+/// reader leaves during the first epoch (before its line), and the run stops inside
+/// that epoch, with no epoch row written after the reader left.
+#[test]
+fn a_closed_pipe_is_noticed_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    util::make_images(&dir.path().join("data"), &["left", "right"], 150, 64);
+    let file = dir.path().join("slow.yaml");
+    // Epochs of 60 batches of a ResNet-18 at 64 px: seconds, not milliseconds.
+    std::fs::write(
+        &file,
+        "data: { dir: data, image_size: 64, batch_size: 4 }\n\
+         model: { backbone: resnet18, weights: none }\n\
+         frozen: { epochs: 50 }\nfinetune: { epochs: 0 }\ndevice: cpu\nseed: 1\n",
+    )
+    .unwrap();
+    let mut child = tlcap()
+        .args(["run", "--json", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _phase = lines.next().unwrap().unwrap();
+    drop(lines); // the reader is gone before the first epoch ends
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let run = PathBuf::from(started["run_dir"].as_str().unwrap());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"], "stdout closed", "{stderr}");
+    assert_eq!(
+        summary["epochs"], 0,
+        "an epoch ran on after the reader left: {stderr}"
+    );
+    assert!(run.join("stopped.safetensors").is_file());
+}
+
 /// A command that only prints, to a pipe closed before it writes: no panic, status 0.
 #[test]
 fn printing_to_a_closed_pipe_is_not_a_failure() {

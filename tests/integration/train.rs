@@ -498,8 +498,16 @@ fn pause_unfreeze_and_live_edits_take_effect_at_boundaries() {
         .map(|l| l.split([' ', '(']).next().unwrap())
         .collect();
     let paused = kinds.iter().position(|k| *k == "Paused").unwrap();
-    assert_eq!(kinds[paused + 1], "PhaseChanged", "{kinds:?}");
-    assert_eq!(kinds[paused + 2], "Resumed");
+    // While paused: the edit is taken (and says its epoch), the unfreeze happens.
+    assert_eq!(kinds[paused + 1], "EditQueued", "{kinds:?}");
+    assert_eq!(kinds[paused + 2], "PhaseChanged", "{kinds:?}");
+    assert_eq!(kinds[paused + 3], "Resumed");
+    let promised = log
+        .iter()
+        .find(|l| l.starts_with("EditQueued"))
+        .expect("the edit was acknowledged");
+    // Taken during epoch 1's batches: it applies from epoch 2, as the rows show.
+    assert_eq!(promised, "EditQueued { epoch: 2 }");
     // Epoch 1 ended fine-tuning at the old rate; the edit applies from epoch 2.
     let phases: Vec<Phase> = rows.iter().map(|m| m.phase).collect();
     assert_eq!(phases, [Phase::Finetune, Phase::Finetune]);
@@ -958,10 +966,12 @@ fn reduce_lr_on_stall_and_lower_lr_now() {
     let history = std::fs::read_to_string(run.unwrap().join("config-history.jsonl")).unwrap();
     assert_eq!(history.matches("frozen.lr").count(), 2, "{history}");
 
-    // The r key: from the next batch, mid-epoch.
+    // The r key: from the next batch, mid-epoch; again as the epoch's last batch ends,
+    // which lands between epochs: the next epoch runs at the new rate from its first
+    // batch, and no batch beyond the epoch's is named.
     let mut exp2 = exp.clone();
     exp2.stall.on_stall = tlcap::config::OnStall::Suggest;
-    exp2.frozen.epochs = 1;
+    exp2.frozen.epochs = 2;
     exp2.data.batch_size = 8;
     let handle = train::spawn(
         exp2,
@@ -971,20 +981,41 @@ fn reduce_lr_on_stall_and_lower_lr_now() {
             ..Default::default()
         },
     );
-    let (mut rows, mut lowered) = (Vec::new(), Vec::new());
+    let (mut rows, mut lowered, mut per_epoch) = (Vec::new(), Vec::new(), 0);
     for e in handle.events.iter() {
         match e {
-            Event::Batch { batch: 1, .. } => handle.commands.send(train::Command::LowerLr).unwrap(),
+            Event::Batch {
+                epoch: 1,
+                batch,
+                of,
+                ..
+            } => {
+                per_epoch = of;
+                if batch == 1 || batch == of {
+                    handle.commands.send(train::Command::LowerLr).unwrap();
+                }
+            }
             Event::EpochEnd(m) => rows.push(m),
-            Event::LrLowered { batch, by, .. } => lowered.push((batch, by)),
+            Event::LrLowered {
+                batch, by, epoch, ..
+            } => lowered.push((epoch, batch, by)),
             Event::Error(e) => panic!("{e}"),
             _ => {}
         }
     }
     // From a later batch of the same epoch (the command lands at the next boundary).
-    assert!(
-        matches!(&lowered[..], [(Some(b), by)] if *b >= 2 && by == "r"),
-        "{lowered:?}"
-    );
+    let first = match &lowered[..] {
+        [(1, Some(b), by), (_, second, _)] if *b >= 2 && by == "r" => {
+            assert!(second.is_none_or(|b| b <= per_epoch), "{lowered:?}");
+            *b
+        }
+        _ => panic!("{lowered:?}"),
+    };
     assert!((rows[0].lr - 1e-4).abs() < 1e-12);
+    // The epoch lowered part-way says from which batch and from what rate.
+    let at = rows[0].lr_lowered.expect("epoch 1 was lowered part-way");
+    assert_eq!(at.from_batch, first);
+    assert!((at.lr_before - 1e-3).abs() < 1e-12);
+    assert!((rows[1].lr - 1e-5).abs() < 1e-12);
+    assert!(rows[1].lr_lowered.is_none(), "{:?}", rows[1].lr_lowered);
 }
