@@ -54,7 +54,18 @@ pub fn draw_with(frame: &mut Frame, app: &App, previews: &mut Previews) {
         Constraint::Length(1),
     ])
     .areas(area);
-    let list_width = (area.width / 4).clamp(22, 34);
+    // Room for the longest name where the run pane keeps its 54 columns (the whole
+    // epoch table); a quarter of a wide terminal.
+    let longest = app
+        .entries
+        .iter()
+        .map(|e| e.name().chars().count() as u16 + 4)
+        .max()
+        .unwrap_or(0);
+    let list_width = longest
+        .max(area.width / 4)
+        .clamp(22, 34)
+        .min(area.width.saturating_sub(54).max(22));
     let [list, right] =
         Layout::horizontal([Constraint::Length(list_width), Constraint::Min(30)]).areas(main);
     draw_list(frame, app, list);

@@ -348,14 +348,24 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
         (RunStatus::Done(reason), _) => (
             1.0,
             match run.best().map(|i| &run.epochs[i]) {
-                Some(b) => format!(
-                    "{}: best epoch {} ({}) {} {:.4}",
-                    crate::text::end_reason(*reason),
-                    b.epoch,
-                    b.phase.name(),
-                    crate::text::word(&run.best_rule.monitor),
-                    crate::train::stall::monitored(run.best_rule.monitor, b)
-                ),
+                Some(b) => {
+                    let (why, value) = (
+                        crate::text::end_reason(*reason),
+                        crate::train::stall::monitored(run.best_rule.monitor, b),
+                    );
+                    let full = format!(
+                        "{why}: best epoch {} ({}) {} {value:.4}",
+                        b.epoch,
+                        b.phase.name(),
+                        crate::text::word(&run.best_rule.monitor),
+                    );
+                    // The figure survives a narrow gauge; the words go.
+                    if full.chars().count() <= gauge.width as usize {
+                        full
+                    } else {
+                        format!("{why}: best {} {value:.4}", b.epoch)
+                    }
+                }
                 None => crate::text::end_reason(*reason).to_string(),
             },
         ),

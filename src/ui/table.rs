@@ -79,15 +79,23 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
     let table = Table::new(rows, keep.iter().map(|&i| widths[i]))
         .header(header)
         .column_spacing(1)
-        .block(Block::bordered().title(format!(
-            " epochs (* best {}{}) ",
-            crate::text::word(&run.best_rule.monitor),
-            if run.epochs.iter().any(|m| m.stalled) {
+        .block(Block::bordered().title({
+            let stalled = if run.epochs.iter().any(|m| m.stalled) {
                 ", ! stalled"
             } else {
                 ""
+            };
+            let full = format!(
+                " epochs (* best {}{stalled}) ",
+                crate::text::word(&run.best_rule.monitor)
+            );
+            // The marks' meaning survives a narrow table; the metric's name goes.
+            if full.chars().count() + 2 <= area.width as usize {
+                full
+            } else {
+                format!(" epochs (* best{stalled}) ")
             }
-        )));
+        }));
     frame.render_widget(table, area);
 }
 
