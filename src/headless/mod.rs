@@ -11,7 +11,7 @@ mod signals;
 pub mod stream;
 
 use signals::SignalGuard;
-pub use signals::{name as signal_name, Interrupted};
+pub use signals::{name as signal_name, Interrupted, SAME_STOP};
 
 use crate::config::{ChangeKind, Experiment};
 use crate::train::{self, EpochMetrics, Event, Options, Phase};

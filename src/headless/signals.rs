@@ -34,6 +34,11 @@ pub fn name(signal: i32) -> &'static str {
     }
 }
 
+/// A second signal sooner than this after the first is the same stop delivered twice
+/// (`scancel` signals every process of the job and `deploy/slurm`'s script forwards
+/// the signal too); later, it exits at once.
+pub const SAME_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Handles the three signals while it lives; dropping it hands them back.
 pub struct SignalGuard {
     handle: Handle,
@@ -55,7 +60,13 @@ impl SignalGuard {
         let thread = std::thread::Builder::new()
             .name("tlcap signals".into())
             .spawn(move || {
+                let mut first: Option<std::time::Instant> = None;
                 for signal in signals.forever() {
+                    // The same stop delivered twice at once (a scheduler signals every
+                    // process of a job, and the job script forwards it too): one stop.
+                    if first.is_some_and(|t| t.elapsed() < SAME_STOP) {
+                        continue;
+                    }
                     if seen.swap(signal, Ordering::SeqCst) != 0 {
                         eprintln!(
                             "{}: a second signal, exiting now (every file on disk is whole)",
@@ -69,6 +80,7 @@ impl SignalGuard {
                         "{}: stopping at the next batch boundary (a second signal exits at once)",
                         name(signal)
                     );
+                    first = Some(std::time::Instant::now());
                     said(name(signal));
                     let _ = commands.send(Command::Stop {
                         by: Some(name(signal).into()),

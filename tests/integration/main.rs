@@ -17,6 +17,7 @@ mod data;
 mod export;
 mod headless;
 mod setup_script;
+mod slurm;
 mod train;
 mod watch;
 mod weights;
