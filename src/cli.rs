@@ -78,6 +78,10 @@ pub enum Command {
         /// share of the cores.
         #[arg(long, value_name = "N", default_value_t = 1)]
         workers: usize,
+        /// Start every experiment anew even if the same shootout was interrupted in
+        /// this runs folder (by default an interrupted --workers shootout resumes).
+        #[arg(long)]
+        fresh: bool,
         /// Run each experiment once per seed (e.g. 1,2,3,4,5) and report mean and
         /// spread of its bests over the seeds.
         #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -99,6 +103,9 @@ pub enum Command {
         /// The tagged JSON event stream on stdout.
         #[arg(long)]
         json: bool,
+        /// Stop after this many epochs in total (counting a resumed run's earlier ones).
+        #[arg(long, value_name = "N")]
+        max_epochs: Option<u32>,
     },
     /// The dashboard on every run folder under RUNS_DIR, wherever their processes run
     /// (scripts, tmux, Slurm, Kubernetes): live state, charts, and p/u/x through each

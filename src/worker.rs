@@ -52,9 +52,20 @@ pub fn experiment_list(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The newest run folder of `exp` under `runs` that has no `summary.json`, or whose
-/// summary says a signal or a control line stopped it: what a requeued task resumes.
-pub fn unfinished_run(runs: &Path, exp: &Experiment) -> Option<PathBuf> {
+/// What an earlier attempt of a task left in the runs folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Earlier {
+    /// A run that finished at least one epoch and did not end (no `summary.json`: the
+    /// process was killed), or was stopped by a signal: resumed from its last epoch.
+    Resume(PathBuf),
+    /// A run that ended the same way before its first epoch finished (nothing to
+    /// resume): started again in the same folder, so no empty folder is left behind.
+    Restart(PathBuf),
+}
+
+/// What the newest run folder of `exp` under `runs` asks of a new attempt: None when
+/// there is none, or it completed, failed or was stopped on purpose (a new run).
+pub fn earlier_attempt(runs: &Path, exp: &Experiment) -> Option<Earlier> {
     let dir = runs.join(run_dir::folder_name(&exp.name));
     let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -64,23 +75,32 @@ pub fn unfinished_run(runs: &Path, exp: &Experiment) -> Option<PathBuf> {
         .collect();
     folders.sort();
     let newest = folders.pop()?;
-    let resumable = match run_dir::read_summary(&newest) {
-        Err(_) => newest.join("last.safetensors").is_file(),
+    let unfinished = match run_dir::read_summary(&newest) {
+        Err(_) => true,
         Ok(s) => s
             .stopped_by
             .as_deref()
             .is_some_and(|by| by.starts_with("SIG")),
     };
-    resumable.then_some(newest)
+    if !unfinished {
+        return None;
+    }
+    Some(if newest.join("last.safetensors").is_file() {
+        Earlier::Resume(newest)
+    } else {
+        Earlier::Restart(newest)
+    })
 }
 
 /// Runs task `index` of the experiments under `paths` into `runs`: resumes its
-/// unfinished run if an earlier attempt left one, else starts it.
+/// unfinished run if an earlier attempt left one (or starts again in the folder of one
+/// that ended before its first epoch), else starts it.
 pub fn run(
     paths: &[PathBuf],
     index: Option<usize>,
     runs: PathBuf,
     json: bool,
+    max_epochs: Option<u32>,
 ) -> anyhow::Result<()> {
     let files = experiment_list(paths)?;
     let index = task_index(index)?;
@@ -94,18 +114,34 @@ pub fn run(
     let file = file.canonicalize().unwrap_or_else(|_| file.clone());
     let exp = crate::config::load_file(&file)?;
     eprintln!("task {index}: {} ({})", exp.name, file.display());
-    if let Some(dir) = unfinished_run(&runs, &exp) {
-        eprintln!("task {index}: resuming {}", dir.display());
-        let exp = run_dir::read_config(&dir)?;
-        let options = Options {
-            resume: Some(dir),
+    let options = match earlier_attempt(&runs, &exp) {
+        Some(Earlier::Resume(dir)) => {
+            eprintln!("task {index}: resuming {}", dir.display());
+            let exp = run_dir::read_config(&dir)?;
+            let options = Options {
+                resume: Some(dir),
+                max_epochs,
+                ..Default::default()
+            };
+            return crate::headless::run(exp, options, json, None).map(|_| ());
+        }
+        Some(Earlier::Restart(dir)) => {
+            eprintln!(
+                "task {index}: the earlier attempt ended before its first epoch; starting \
+                 again in {}",
+                dir.display()
+            );
+            Options {
+                fresh_in: Some(dir),
+                max_epochs,
+                ..Default::default()
+            }
+        }
+        None => Options {
+            runs_root: runs,
+            max_epochs,
             ..Default::default()
-        };
-        return crate::headless::run(exp, options, json, None).map(|_| ());
-    }
-    let options = Options {
-        runs_root: runs,
-        ..Default::default()
+        },
     };
     crate::headless::run(exp, options, json, Some(&file)).map(|_| ())
 }
@@ -113,6 +149,49 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_attempt_is_resumed_restarted_or_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp: Experiment = crate::config::parse_str(
+            "name: e\ndata: { dir: data }\nmodel: { backbone: small_cnn }\n",
+            &dir.path().join("e.yaml"),
+        )
+        .unwrap();
+        let runs = dir.path().join("runs");
+        assert_eq!(earlier_attempt(&runs, &exp), None, "no runs folder");
+        let run = runs.join("e").join("20260101-000000");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.yaml"), "").unwrap();
+        // Died before its first epoch: nothing to resume, the folder is reused.
+        assert_eq!(
+            earlier_attempt(&runs, &exp),
+            Some(Earlier::Restart(run.clone()))
+        );
+        let summary = |stopped_by: Option<&str>| {
+            let s = serde_json::json!({
+                "experiment": "e", "backbone": "small_cnn", "reason": "stopped",
+                "epochs": 0, "phase": "frozen", "best": null, "parameters": 1,
+                "trainable_parameters": 1, "device": "cpu", "stopped_by": stopped_by,
+            });
+            std::fs::write(run.join("summary.json"), s.to_string()).unwrap();
+        };
+        // Stopped by a signal in its first epoch: the same.
+        summary(Some("SIGTERM"));
+        assert_eq!(
+            earlier_attempt(&runs, &exp),
+            Some(Earlier::Restart(run.clone()))
+        );
+        // With a finished epoch it resumes.
+        std::fs::write(run.join("last.safetensors"), "").unwrap();
+        assert_eq!(
+            earlier_attempt(&runs, &exp),
+            Some(Earlier::Resume(run.clone()))
+        );
+        // Stopped on purpose (a key, a control line): a new run.
+        summary(Some("control.jsonl"));
+        assert_eq!(earlier_attempt(&runs, &exp), None);
+    }
 
     #[test]
     fn the_index_comes_from_the_flag_or_the_scheduler() {

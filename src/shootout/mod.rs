@@ -64,6 +64,7 @@ pub fn run_headless(
     runs: PathBuf,
     max_epochs: Option<u32>,
     workers: usize,
+    fresh: bool,
     seeds: &[u64],
 ) -> anyhow::Result<()> {
     // Every valid file; invalid ones are reported and skipped.
@@ -93,7 +94,7 @@ pub fn run_headless(
                  per seed file"
             );
         }
-        return crate::shootout::parallel::run(&files, &runs, max_epochs, workers, started);
+        return crate::shootout::parallel::run(&files, &runs, max_epochs, workers, fresh, started);
     }
     let base: Vec<String> = experiments.iter().map(|e| e.name.clone()).collect();
     let experiments: Vec<_> = if seeds.is_empty() {

@@ -35,7 +35,10 @@ pub(super) fn open(
     let mut unfreeze_requested = false;
     let state = match options.resume.clone() {
         None => {
-            let run = RunDir::create(&options.runs_root, exp)?;
+            let run = match &options.fresh_in {
+                Some(dir) => RunDir::restart(dir, exp)?,
+                None => RunDir::create(&options.runs_root, exp)?,
+            };
             let files = |idx: &[usize]| -> Vec<(PathBuf, usize)> {
                 idx.iter()
                     .map(|&i| (data.files[i].clone(), data.labels[i]))

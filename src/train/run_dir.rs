@@ -88,6 +88,20 @@ pub struct RunInfo {
     pub export_model: bool,
 }
 
+/// What [`RunDir::restart`] removes: everything a run writes except its history.
+const RESTART_REMOVES: [&str; 10] = [
+    "metrics.jsonl",
+    "status.json",
+    "summary.json",
+    "split.json",
+    "run.json",
+    "config-history.jsonl",
+    "stopped.safetensors",
+    "last.safetensors",
+    "best.safetensors",
+    "best-predictions.json",
+];
+
 /// An open run folder.
 pub struct RunDir {
     /// The folder.
@@ -107,6 +121,29 @@ impl RunDir {
             serde_yaml::to_string(exp)?.as_bytes(),
         )?;
         RunDir::open(&path)
+    }
+
+    /// Starts anew in an existing run folder whose earlier attempt ended before its
+    /// first epoch finished (killed, or stopped by a signal while in epoch 1): what
+    /// that attempt wrote besides its history (`events.log`, `control.jsonl`) is
+    /// removed, the config is written as used now, and `events.log` says so.
+    pub fn restart(path: &Path, exp: &Experiment) -> anyhow::Result<RunDir> {
+        for name in RESTART_REMOVES {
+            match std::fs::remove_file(path.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e)
+                        .with_context(|| format!("cannot remove {}", path.join(name).display()))
+                }
+                _ => {}
+            }
+        }
+        write_atomic(
+            &path.join("config.yaml"),
+            serde_yaml::to_string(exp)?.as_bytes(),
+        )?;
+        let mut run = RunDir::open(path)?;
+        run.log("started again in this folder: the earlier attempt ended before its first epoch");
+        Ok(run)
     }
 
     /// Opens an existing run folder to append to it (resume).

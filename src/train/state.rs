@@ -27,6 +27,10 @@ pub struct Options {
     pub autostart: bool,
     /// Continue this run folder from its last finished epoch.
     pub resume: Option<PathBuf>,
+    /// Start anew in this existing run folder instead of a new one: a folder whose
+    /// earlier attempt ended before its first epoch finished (see
+    /// [`super::run_dir::RunDir::restart`]).
+    pub fresh_in: Option<PathBuf>,
     /// At the end, also write `model.safetensors`: every variable (backbone and head),
     /// a standalone model that needs no base weights.
     pub export_model: bool,

@@ -155,21 +155,30 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
-    /// The daemons' last log lines, for failure messages.
+    /// The daemons' and the jobs' last log lines, for failure messages.
     fn logs(&self) -> String {
-        ["slurmctld.log", "slurmd.log", "munged.log"]
+        let mut files: Vec<PathBuf> = ["slurmctld.log", "slurmd.log", "munged.log"]
             .iter()
-            .map(|f| {
-                let text =
-                    std::fs::read_to_string(self.dir.join("log").join(f)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(8).collect();
-                format!(
-                    "--- {f}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .map(|f| self.dir.join("log").join(f))
+            .collect();
+        if let Ok(d) = std::fs::read_dir(self.dir.parent().unwrap()) {
+            files.extend(
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "out")),
+            );
+        }
+        let mut out = String::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with("epoch") && !l.starts_with("compute"))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(8)..];
+            out += &format!("--- {}\n{}\n", f.display(), tail.join("\n"));
+        }
+        out
     }
 
     /// `scontrol show job ID` as one line of `Key=Value` fields.
@@ -238,8 +247,9 @@ fn wait(cluster: &Cluster, what: &str, limit: Duration, mut done: impl FnMut() -
     while !done() {
         assert!(
             start.elapsed() < limit,
-            "timed out waiting for {what}\n{}\n{}",
+            "timed out waiting for {what}\n{}\n{}\n{}",
             cluster.run("squeue", &["-a"]),
+            cluster.run("scontrol", &["-o", "show", "job"]),
             cluster.logs()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -344,6 +354,17 @@ fn the_slurm_array_runs_requeues_is_steered_and_attached() {
         summary(&b).is_some()
     });
     assert_eq!(summary(&b).unwrap()["reason"], "stopped");
+    // Cancelled stays cancelled: the script does not requeue it.
+    let b_task = format!("{array_job}_1");
+    wait(&cluster, "b's task to end", Duration::from_secs(60), || {
+        cluster.job(&b_task).contains("JobState=CANCELLED")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let job = cluster.job(&b_task);
+    assert!(
+        job.contains("Restarts=0"),
+        "a cancelled task was requeued: {job}"
+    );
 
     // Slurm's TERM before the limit: `long` stops with everything on disk and
     // requeues itself; then its next attempt (given time) resumes the same folder.
@@ -365,6 +386,9 @@ fn the_slurm_array_runs_requeues_is_steered_and_attached() {
             job.contains("Restarts=1") || job.contains("JobState=PENDING")
         },
     );
+    // Slurm holds a requeued job a while (its old credential is revoked by the second:
+    // a start within that second fails); release it after 3 s, with time to finish.
+    std::thread::sleep(Duration::from_secs(3));
     cluster.run(
         "scontrol",
         &[
@@ -378,6 +402,30 @@ fn the_slurm_array_runs_requeues_is_steered_and_attached() {
     let mut app = App::attached(runs.clone());
     let (tx, rx) = flume::unbounded();
     let poller = tlcap::dashboard::Poller::start(runs.clone(), tx);
+    // The second attempt, once it runs past the stop, is told through its control file
+    // to end 20 epochs later: a `set` reaches a requeued task, and the test stays short
+    // however busy the machine is.
+    let first_pid = status(&long).unwrap()["pid"].clone();
+    let mut resumed_at = 0;
+    wait(
+        &cluster,
+        "long's second attempt to run",
+        Duration::from_secs(120),
+        || {
+            let st = status(&long);
+            resumed_at = st.as_ref().map_or(0, |s| s["epoch"].as_u64().unwrap_or(0));
+            st.is_some_and(|s| s["pid"] != first_pid && s["state"] == "running")
+                && resumed_at > stopped_at + 1
+        },
+    );
+    let total = resumed_at + 20;
+    tlcap::train::control::append(
+        &long,
+        &tlcap::train::Command::Set {
+            settings: serde_json::json!({"frozen": {"epochs": total}}),
+        },
+    )
+    .unwrap();
     wait(
         &cluster,
         "long's second attempt to finish",
@@ -411,13 +459,13 @@ fn the_slurm_array_runs_requeues_is_steered_and_attached() {
         .iter()
         .map(|m| m.epoch)
         .collect();
-    assert_eq!(epochs, (1..=2500).collect::<Vec<u32>>());
-    assert!(stopped_at < 2500);
+    assert_eq!(epochs, (1..=total as u32).collect::<Vec<u32>>());
+    assert!(stopped_at < total);
     let job = cluster.job(&task);
     assert!(job.contains("Restarts=1"), "{job}");
     eprintln!(
         "slurm test: {:.0} s with the cluster up (long stopped by Slurm after {stopped_at} epochs, \
-         resumed to 2500)",
+         resumed, told to end at {total})",
         started.elapsed().as_secs_f64()
     );
 }

@@ -305,3 +305,176 @@ fn a_shootout_runs_experiments_in_parallel_processes() {
     }
     assert!(table.contains("with 2 workers"), "{table}");
 }
+
+/// `deploy/kubernetes` against the Kubernetes OpenAPI schema (`kubernetes-validate
+/// --strict`, from PyPI: unknown fields are errors), and a copy with a misspelled
+/// field fails it, so the check can fail. The validator comes from
+/// `TLCAP_KUBERNETES_VALIDATE` or `PATH` (`.ci/run` installs it in the set-up cache);
+/// without it the test says so and passes, except under CI.
+#[test]
+fn the_kubernetes_manifest_validates_against_the_schema() {
+    let validator =
+        std::env::var("TLCAP_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let runs = Command::new(&validator).arg("--version").output();
+    if !runs.as_ref().is_ok_and(|o| o.status.success()) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must validate deploy/kubernetes, but {validator} does not run"
+        );
+        eprintln!("kubernetes manifest not validated: {validator} is not installed");
+        return;
+    }
+    let manifest = Path::new(ROOT).join("deploy/kubernetes/tlcap-indexed-job.yaml");
+    let check = |file: &Path| {
+        Command::new(&validator)
+            .args(["--strict", "--kubernetes-version", "1.33"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&manifest);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("completionMode:"));
+    std::fs::write(&broken, text.replace("completionMode:", "completionMod:")).unwrap();
+    assert!(
+        !check(&broken).status.success(),
+        "a misspelled field passed"
+    );
+}
+
+fn shootout(exps: &Path, runs: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+        .args(["shootout", "--workers", "2", "--runs"])
+        .arg(runs)
+        .args(extra)
+        .arg(exps)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `shootout --workers 2` stopped by SIGTERM, then the same command again: the
+/// experiment that finished is kept (not run twice), the two the signal stopped
+/// resume their own folders (every epoch once), and the comparison has all three.
+#[test]
+fn an_interrupted_shootout_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    util::make_images(&dir.path().join("data"), &["left", "right"], 12, 32);
+    let exps = dir.path().join("exps");
+    std::fs::create_dir_all(&exps).unwrap();
+    for (name, epochs) in [("quick", 2), ("slow1", 5000), ("slow2", 5000)] {
+        std::fs::write(
+            exps.join(format!("{name}.yaml")),
+            format!(
+                "data: {{ dir: ../data, image_size: 32 }}\nmodel: {{ backbone: small_cnn }}\n\
+                 frozen: {{ epochs: {epochs} }}\nfinetune: {{ epochs: 0 }}\n\
+                 stall: {{ patience: 10000 }}\ndevice: cpu\n"
+            ),
+        )
+        .unwrap();
+    }
+    let runs = dir.path().join("runs");
+    let first = shootout(&exps, &runs, &[]);
+    let (quick, slow1) = (run_of(&runs, "quick"), run_of(&runs, "slow1"));
+    until("quick to finish", || quick.join("summary.json").is_file());
+    let slow2 = run_of(&runs, "slow2");
+    until("both slow runs to finish an epoch", || {
+        !epochs(&slow1).is_empty() && !epochs(&slow2).is_empty()
+    });
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("1 of 3 experiments finished"), "{stderr}");
+    let progress: Value =
+        serde_json::from_slice(&std::fs::read(runs.join("shootout-progress.json")).unwrap())
+            .unwrap();
+    assert_eq!(progress["done"].as_array().unwrap().len(), 1, "{progress}");
+    let stopped: Vec<usize> = [&slow1, &slow2].iter().map(|r| epochs(r).len()).collect();
+    for run in [&slow1, &slow2] {
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["stopped_by"], "SIGTERM");
+    }
+
+    // Again, with an end in sight: 10 epochs past the later stop.
+    let total = stopped.iter().max().unwrap() + 10;
+    let out = shootout(&exps, &runs, &["--max-epochs", &total.to_string()])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming the interrupted shootout of these 3 files: 1 finished"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("[quick] started"),
+        "quick ran twice: {stderr}"
+    );
+    for (name, run) in [("slow1", &slow1), ("slow2", &slow2)] {
+        let folders = std::fs::read_dir(runs.join(name)).unwrap().count();
+        assert_eq!(folders, 1, "{name} got a second folder");
+        let got: Vec<u32> = epochs(run).iter().map(|m| m.epoch).collect();
+        assert_eq!(got, (1..=total as u32).collect::<Vec<_>>(), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(runs.join("quick")).unwrap().count(), 1);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for name in ["quick", "slow1", "slow2"] {
+        assert!(table.contains(&format!("| {name} |")), "{table}");
+    }
+    assert!(
+        !runs.join("shootout-progress.json").exists(),
+        "a finished shootout leaves nothing to resume"
+    );
+}
+
+/// A worker whose earlier attempt died before its first epoch (a folder with its
+/// config, an events.log and a stale heartbeat, nothing else) starts again in that
+/// folder instead of leaving it empty beside a new one.
+#[test]
+fn a_worker_restarts_in_the_folder_of_an_attempt_that_died_before_its_first_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    util::make_images(&dir.path().join("data"), &["left", "right"], 12, 32);
+    let exps = dir.path().join("exps");
+    std::fs::create_dir_all(&exps).unwrap();
+    let text = "name: solo\ndata: { dir: ../data, image_size: 32 }\n\
+                model: { backbone: small_cnn }\nfrozen: { epochs: 2 }\n\
+                finetune: { epochs: 0 }\ndevice: cpu\n";
+    std::fs::write(exps.join("solo.yaml"), text).unwrap();
+    let runs = dir.path().join("runs");
+    let earlier = runs.join("solo").join("20260101-000000");
+    std::fs::create_dir_all(&earlier).unwrap();
+    std::fs::write(earlier.join("config.yaml"), text).unwrap();
+    std::fs::write(earlier.join("events.log"), "2026-01-01T00:00:00Z started\n").unwrap();
+    std::fs::write(earlier.join("metrics.jsonl"), "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+        .args(["worker", "--index", "0", "--runs"])
+        .arg(&runs)
+        .arg(&exps)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("starting again in"), "{stderr}");
+    assert_eq!(std::fs::read_dir(runs.join("solo")).unwrap().count(), 1);
+    let got: Vec<u32> = epochs(&earlier).iter().map(|m| m.epoch).collect();
+    assert_eq!(got, vec![1, 2]);
+    let log = std::fs::read_to_string(earlier.join("events.log")).unwrap();
+    assert!(log.starts_with("2026-01-01T00:00:00Z started\n"), "{log}");
+    assert!(log.contains("started again in this folder"), "{log}");
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(earlier.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["reason"], "completed");
+}
