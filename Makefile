@@ -27,5 +27,6 @@ bench: setup
 	$(CARGO) bench --bench decode
 	$(CARGO) bench --bench dashboard
 	$(CARGO) bench --bench watch
+	$(CARGO) bench --bench attach
 	$(CARGO) build --release
 	./target/release/tlcap-tui bench

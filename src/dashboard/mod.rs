@@ -16,7 +16,7 @@ mod event_loop;
 pub mod jobs;
 pub mod selection;
 
-pub use attach_poll::{Poller, ATTACH_POLL};
+pub use attach_poll::{Poller, RunsView, ATTACH_POLL, LOST_REFRESH};
 pub use editor::{send_edited_settings, CloneBackend};
 pub use event_loop::{event_loop, LoopOptions};
 

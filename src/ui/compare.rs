@@ -33,32 +33,40 @@ const MARKERS: [(symbols::Marker, &str); 4] = [
 /// The shootout comparison: one table, one chart of val_accuracy per experiment. Runs
 /// of one experiment over seeds (`name-seedN`, as `shootout --seeds` names them) get a
 /// line more: the mean and standard deviation of each best over those seeds.
+///
+/// When the runs do not all fit (an attached sweep of hundreds), the table keeps the
+/// seed summaries (best mean first, up to half of it) and the best runs, best first,
+/// and says how many more there are; the chart draws only the runs in the table.
 pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
-    let runs: Vec<(String, &RunView)> = app
+    let all: Vec<(String, &RunView)> = app
         .entries
         .iter()
         .filter_map(|e| Some((e.name(), e.run.as_ref()?)))
         .filter(|(_, r)| !r.epochs.is_empty())
         .collect();
     // The same figures `tlcap-tui shootout` exports.
-    let results: Vec<Option<ResultRow>> = runs
+    let all_results: Vec<Option<ResultRow>> = all
         .iter()
         .map(|(name, r)| crate::results::row(name, "", &r.epochs, params(r), PathBuf::new()))
         .collect();
-    let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
-    let groups = seeds::seed_groups(&names);
-    let [table_area, chart_area] = Layout::vertical([
-        Constraint::Length((runs.len() + 2 * groups.len()) as u16 + 3),
-        Constraint::Min(6),
-    ])
-    .areas(area);
+    let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    let all_groups = seeds::seed_groups(&names);
+    // Table lines: the area less its borders, header and the chart's least height.
+    let capacity = (area.height as usize).saturating_sub(3 + 6);
+    let page = fit(&all_results, &all_groups, capacity);
+    let runs: Vec<&(String, &RunView)> = page.runs.iter().map(|&i| &all[i]).collect();
+    let results: Vec<&Option<ResultRow>> = page.runs.iter().map(|&i| &all_results[i]).collect();
+    let groups: Vec<&(String, Vec<usize>)> = page.groups.iter().map(|&g| &all_groups[g]).collect();
+    let lines = runs.len() + 2 * groups.len() + usize::from(page.hidden > 0);
+    let [table_area, chart_area] =
+        Layout::vertical([Constraint::Length(lines as u16 + 3), Constraint::Min(6)]).areas(area);
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let mut rows: Vec<Row> = runs
         .iter()
         .zip(&results)
         .enumerate()
         .map(|(i, ((name, _), result))| {
-            let cells = match result {
+            let cells = match *result {
                 Some(c) => vec![
                     format!("{} {name}", MARKERS[i % MARKERS.len()].1),
                     format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
@@ -82,8 +90,18 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     rows.extend(
         groups
             .iter()
-            .map(|(base, members)| seed_row(base, members, &results)),
+            .map(|(base, members)| seed_row(base, members, &all_results)),
     );
+    if page.hidden > 0 {
+        rows.push(
+            Row::new(vec![format!(
+                "… {} more run{} (best first)",
+                page.hidden,
+                if page.hidden == 1 { "" } else { "s" }
+            )])
+            .style(Style::new().dim()),
+        );
+    }
     let table = Table::new(
         rows,
         [
@@ -143,6 +161,49 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(chart, chart_area);
 }
 
+/// What the compare table shows: indices of runs and seed groups, and how many runs
+/// are left out.
+#[derive(Debug, PartialEq)]
+struct Page {
+    runs: Vec<usize>,
+    groups: Vec<usize>,
+    hidden: usize,
+}
+
+/// Picks the rows that fit in `capacity` lines: everything in its order when it all
+/// fits; else seed summaries (two lines each, best mean first, at most half the lines)
+/// and then the runs best first, with one line kept to say how many are left out.
+fn fit(results: &[Option<ResultRow>], groups: &[(String, Vec<usize>)], capacity: usize) -> Page {
+    if results.len() + 2 * groups.len() <= capacity {
+        return Page {
+            runs: (0..results.len()).collect(),
+            groups: (0..groups.len()).collect(),
+            hidden: 0,
+        };
+    }
+    let best = |i: usize| {
+        results[i]
+            .as_ref()
+            .map_or(f64::NEG_INFINITY, |r| r.best_val_accuracy)
+    };
+    let budget = capacity.saturating_sub(1);
+    let mut by_mean: Vec<usize> = (0..groups.len()).collect();
+    let mean = |g: usize| {
+        let v: Vec<f64> = groups[g].1.iter().map(|&i| best(i)).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    by_mean.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)));
+    by_mean.truncate(budget / 2 / 2);
+    let mut by_best: Vec<usize> = (0..results.len()).collect();
+    by_best.sort_by(|&a, &b| best(b).total_cmp(&best(a)));
+    by_best.truncate(budget - 2 * by_mean.len());
+    Page {
+        hidden: results.len() - by_best.len(),
+        runs: by_best,
+        groups: by_mean,
+    }
+}
+
 /// Trainable and total parameters of a run's layers.
 fn params(r: &RunView) -> (usize, usize) {
     let total = r.layers.iter().map(|l| l.params).sum();
@@ -176,4 +237,58 @@ fn seed_row<'a>(base: &str, members: &[usize], results: &[Option<ResultRow>]) ->
     ])
     .height(2)
     .style(Style::new().bold())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(best: f64) -> Option<ResultRow> {
+        Some(ResultRow {
+            experiment: String::new(),
+            backbone: String::new(),
+            best_val_accuracy: best,
+            best_epoch: 1,
+            frozen_best: None,
+            finetune_best: None,
+            seconds_per_epoch: 1.0,
+            trainable_params: 0,
+            total_params: 0,
+            epochs: 1,
+            run_dir: PathBuf::new(),
+        })
+    }
+
+    #[test]
+    fn everything_in_its_order_when_it_fits() {
+        let results = vec![result(0.5), result(0.9), None];
+        let groups = vec![("g".to_string(), vec![0, 1])];
+        let page = fit(&results, &groups, 5);
+        assert_eq!(
+            page,
+            Page {
+                runs: vec![0, 1, 2],
+                groups: vec![0],
+                hidden: 0
+            }
+        );
+    }
+
+    #[test]
+    fn the_best_runs_and_seed_means_when_it_does_not() {
+        // 100 runs in 10 seed groups: the group whose runs are best comes first.
+        let results: Vec<_> = (0..100).map(|i| result(i as f64 / 100.0)).collect();
+        let groups: Vec<_> = (0..10)
+            .map(|g| (format!("g{g}"), (g * 10..g * 10 + 10).collect()))
+            .collect();
+        let page = fit(&results, &groups, 13);
+        // 12 lines for rows: two groups (4 lines, at most half), then 8 runs.
+        assert_eq!(page.groups, vec![9, 8]);
+        assert_eq!(page.runs, (92..100).rev().collect::<Vec<_>>());
+        assert_eq!(page.hidden, 92);
+        // No room at all: nothing but the count.
+        let page = fit(&results, &groups, 0);
+        assert!(page.runs.is_empty() && page.groups.is_empty());
+        assert_eq!(page.hidden, 100);
+    }
 }
