@@ -101,28 +101,44 @@ pub struct FolderSnapshot {
     pub summary: Option<crate::train::run_dir::Summary>,
     /// The size of `metrics.jsonl` when it was read.
     pub metrics_bytes: u64,
+    /// What could not be read: a heartbeat that does not parse, damaged metrics lines
+    /// (skipped). The rest of the folder is read all the same.
+    pub problems: Vec<String>,
 }
 
 /// Reads a run folder's state; `previous` saves re-reading an unchanged
 /// `metrics.jsonl` (a run's metrics only grow).
 pub fn snapshot(run_dir: &Path, previous: Option<&FolderSnapshot>) -> FolderSnapshot {
-    let status = crate::train::status::read(run_dir);
+    let (status, status_problem) = match crate::train::status::read_checked(run_dir) {
+        Ok(s) => (s, None),
+        Err(why) => (None, Some(why)),
+    };
     let age_seconds = status.as_ref().and_then(|s| s.age_seconds());
     let metrics_len = std::fs::metadata(run_dir.join("metrics.jsonl"))
         .map(|m| m.len())
         .unwrap_or(0);
-    let known = previous
-        .filter(|p| p.metrics_bytes == metrics_len)
-        .map(|p| p.epochs.clone());
+    let (epochs, mut problems) = match previous.filter(|p| p.metrics_bytes == metrics_len) {
+        Some(p) => (
+            p.epochs.clone(),
+            p.problems
+                .iter()
+                .filter(|w| w.starts_with("metrics.jsonl"))
+                .cloned()
+                .collect(),
+        ),
+        None => crate::train::run_dir::read_metrics_lenient(run_dir),
+    };
+    problems.extend(status_problem);
     FolderSnapshot {
         config: previous
             .and_then(|p| p.config.clone())
             .or_else(|| crate::train::run_dir::read_config(run_dir).ok()),
         status,
         age_seconds,
-        epochs: known.unwrap_or_else(|| read_metrics(run_dir).unwrap_or_default()),
+        epochs,
         summary: crate::train::run_dir::read_summary(run_dir).ok(),
         metrics_bytes: metrics_len,
+        problems,
     }
 }
 

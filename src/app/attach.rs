@@ -46,12 +46,43 @@ pub(super) fn on_folder(app: &mut App, path: PathBuf, snap: FolderSnapshot) {
         None => RunView::bare(),
     });
     fill(run, &path, &snap);
+    // A file problem is said once when it appears, and shown while it lasts.
+    let new_problems: Vec<String> = snap
+        .problems
+        .iter()
+        .filter(|p| !run.file_problems.contains(p))
+        .cloned()
+        .collect();
+    run.file_problems = snap.problems.clone();
     let status = status_of(&snap);
     // The run's files answered a request (paused, resumed, stopped): no longer pending.
     if status != run.status {
         run.pending = None;
     }
     run.status = status;
+    let name = entry.name();
+    for problem in new_problems {
+        app.say(true, format!("{name}: {problem}"));
+    }
+}
+
+/// A command could not be written to a run's control file: said, and the run no
+/// longer shows it as pending.
+pub(super) fn on_control_failed(app: &mut App, run_dir: &std::path::Path, why: String) {
+    let entry = app.entries.iter_mut().find(|e| e.path == run_dir);
+    let name = match entry {
+        Some(e) => {
+            if let Some(run) = e.run.as_mut() {
+                run.pending = None;
+            }
+            e.name()
+        }
+        None => run_dir.display().to_string(),
+    };
+    app.say(
+        true,
+        format!("{name}: cannot write its control file: {why}"),
+    );
 }
 
 /// A run view as a run folder's files say: its epochs, phase and progress.

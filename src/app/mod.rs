@@ -142,6 +142,8 @@ pub enum AppEvent {
     Info(String),
     /// Attached: a run folder's state as its files say now.
     RunFolder(PathBuf, Box<crate::results::FolderSnapshot>),
+    /// Attached: a command could not be appended to this run folder's control file.
+    ControlFailed(PathBuf, String),
     /// A run folder's best-epoch predictions, read (or why not).
     Predictions(
         PathBuf,
@@ -245,6 +247,10 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
         AppEvent::Key(key) => on_key(app, key),
         AppEvent::RunFolder(path, snap) => {
             attach::on_folder(app, path, *snap);
+            Vec::new()
+        }
+        AppEvent::ControlFailed(path, why) => {
+            attach::on_control_failed(app, &path, why);
             Vec::new()
         }
         AppEvent::PastRuns(runs) => {

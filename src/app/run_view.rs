@@ -88,6 +88,9 @@ pub struct RunView {
     /// The settings the run started with: restart-only edits are counted from these
     /// (None for an attached run folder without its settings).
     pub started_with: Option<Box<Experiment>>,
+    /// Attached: what its run folder's files could not say (a heartbeat that does not
+    /// parse, damaged metrics lines), shown over its table.
+    pub file_problems: Vec<String>,
 }
 
 /// Batch losses kept for the loss chart.
@@ -98,6 +101,7 @@ impl RunView {
         RunView {
             best_rule: BestRule::of(exp),
             started_with: Some(Box::new(exp.clone())),
+            file_problems: Vec::new(),
             ..RunView::bare()
         }
     }
@@ -127,6 +131,7 @@ impl RunView {
             images: (0, 0),
             compute: None,
             started_with: None,
+            file_problems: Vec::new(),
         }
     }
 

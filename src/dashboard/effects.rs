@@ -108,11 +108,13 @@ impl Effects {
                 Action::Edit(path) => edit = Some(Editing::File(path)),
                 Action::EditRun(run) => edit = Some(Editing::Run(run)),
                 Action::Control(run, command) => {
-                    let text = match crate::train::control::append(&run, &command) {
-                        Ok(()) => format!("{}: {} sent", run.display(), command.name()),
-                        Err(e) => format!("{}: cannot write its control file: {e}", run.display()),
+                    let event = match crate::train::control::append(&run, &command) {
+                        Ok(()) => {
+                            AppEvent::Info(format!("{}: {} sent", run.display(), command.name()))
+                        }
+                        Err(e) => AppEvent::ControlFailed(run, e.to_string()),
                     };
-                    let _ = self.events.send(AppEvent::Info(text));
+                    let _ = self.events.send(event);
                 }
                 Action::ExportShootout(dirs) => {
                     // Off the UI loop: reading every run folder and writing the results

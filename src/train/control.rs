@@ -69,7 +69,21 @@ pub enum LineError {
     /// Longer than [`MAX_LINE`].
     #[error("longer than {MAX_LINE} bytes")]
     TooLong,
+    /// More bad lines in a row than are said one by one ([`BAD_LINES_SAID`]).
+    #[error("and {count} more bad lines up to line {last}, not taken")]
+    More {
+        /// How many.
+        count: usize,
+        /// The last of them.
+        last: usize,
+    },
 }
+
+/// Bad lines in a row said one by one; the rest of the row is said as a count (one
+/// per read of the file), so a file of junk cannot flood the run's log.
+pub const BAD_LINES_SAID: usize = 3;
+/// The most read at once: a huge file is taken in pieces of this size.
+const CHUNK: u64 = 1 << 20;
 
 /// Reads one line of the control file.
 pub fn parse_line(text: &str) -> Result<Command, LineError> {
@@ -198,6 +212,8 @@ fn read_loop(
     });
     let _watcher = watcher.ok();
     let mut partial: Vec<u8> = Vec::new();
+    // Bad lines in a row so far (a good line ends the row).
+    let mut bad_in_a_row = 0;
     while !stop.load(Ordering::SeqCst) {
         match wake.recv_timeout(POLL) {
             Ok(()) | Err(flume::RecvTimeoutError::Timeout) => {}
@@ -213,43 +229,84 @@ fn read_loop(
             line_no = 0;
             partial.clear();
         }
-        if len == offset || f.seek(SeekFrom::Start(offset)).is_err() {
+        if f.seek(SeekFrom::Start(offset)).is_err() {
             continue;
         }
-        let mut bytes = Vec::new();
-        if f.take(len - offset).read_to_end(&mut bytes).is_err() {
-            continue;
-        }
-        offset += bytes.len() as u64;
-        partial.extend_from_slice(&bytes);
-        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = partial.drain(..=end).collect();
-            line_no += 1;
-            let text = String::from_utf8_lossy(&raw[..raw.len() - 1])
-                .trim()
-                .to_string();
-            if text.is_empty() {
-                continue;
-            }
-            let command = if raw.len() > MAX_LINE {
-                Err(LineError::TooLong)
-            } else {
-                parse_line(&text)
-            };
-            if out
-                .send(ControlLine {
-                    line: line_no,
-                    command,
-                })
-                .is_err()
+        while offset < len {
+            let mut bytes = Vec::new();
+            match (&mut f)
+                .take((len - offset).min(CHUNK))
+                .read_to_end(&mut bytes)
             {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            offset += bytes.len() as u64;
+            partial.extend_from_slice(&bytes);
+            let mut start = 0;
+            // Bad lines past the ones said: (first line, count, last line).
+            let mut more: Option<(usize, usize, usize)> = None;
+            while let Some(rel) = partial[start..].iter().position(|&b| b == b'\n') {
+                let raw = &partial[start..start + rel];
+                start += rel + 1;
+                line_no += 1;
+                let text = String::from_utf8_lossy(raw);
+                let text = text.trim();
+                if text.is_empty() {
+                    continue;
+                }
+                let command = if raw.len() > MAX_LINE {
+                    Err(LineError::TooLong)
+                } else {
+                    parse_line(text)
+                };
+                if command.is_err() {
+                    bad_in_a_row += 1;
+                    if bad_in_a_row > BAD_LINES_SAID {
+                        let m = more.get_or_insert((line_no, 0, line_no));
+                        m.1 += 1;
+                        m.2 = line_no;
+                        continue;
+                    }
+                } else {
+                    bad_in_a_row = 0;
+                    if !flush_more(&out, &mut more) {
+                        return;
+                    }
+                }
+                if out
+                    .send(ControlLine {
+                        line: line_no,
+                        command,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            partial.drain(..start);
+            if !flush_more(&out, &mut more) {
                 return;
             }
+            if partial.len() > MAX_LINE {
+                // A line that never ends: drop what came so far.
+                partial.clear();
+            }
         }
-        if partial.len() > MAX_LINE {
-            // A line that never ends: drop what came so far.
-            partial.clear();
-        }
+    }
+}
+
+/// Sends the count of bad lines not said one by one, if any; false once the
+/// receiver is gone.
+fn flush_more(out: &flume::Sender<ControlLine>, more: &mut Option<(usize, usize, usize)>) -> bool {
+    match more.take() {
+        Some((line, count, last)) => out
+            .send(ControlLine {
+                line,
+                command: Err(LineError::More { count, last }),
+            })
+            .is_ok(),
+        None => true,
     }
 }
 
@@ -351,6 +408,56 @@ mod tests {
         }
         let third = rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert_eq!((third.line, third.command), (4, Ok(Command::Resume)));
+        drop(reader);
+    }
+
+    /// 10^5 junk lines (2.5 MB) then a command: three said, the rest as counts, the
+    /// command taken (the time it took is printed; the target is 1 s).
+    #[test]
+    fn a_flood_of_junk_is_said_once_and_the_next_command_still_acts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, rx) = ControlReader::start(dir.path()).unwrap();
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&format!("junk line {i} {{not json\n"));
+        }
+        text.push_str("{\"command\":\"pause\"}\n");
+        let written = std::time::Instant::now();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.last().map(|l: &ControlLine| &l.command) != Some(&Ok(Command::Pause)) {
+            got.push(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        let took = written.elapsed();
+        // Three said, then counts only (one per read of the file), then the command.
+        let (said, rest) = got.split_at(BAD_LINES_SAID);
+        assert!(said
+            .iter()
+            .all(|l| matches!(l.command, Err(LineError::NotJson(_)))));
+        let (command, counts) = rest.split_last().unwrap();
+        assert_eq!(
+            (command.line, &command.command),
+            (100_001, &Ok(Command::Pause))
+        );
+        let mut counted = 0;
+        for c in counts {
+            let Err(LineError::More { count, last }) = c.command else {
+                panic!("{c:?}")
+            };
+            assert_eq!(c.line, BAD_LINES_SAID + counted + 1);
+            counted += count;
+            assert_eq!(last, BAD_LINES_SAID + counted);
+        }
+        assert_eq!(counted, 100_000 - BAD_LINES_SAID);
+        assert!(counts.len() <= 4, "{counts:?}");
+        eprintln!("10^5 junk lines then a command: taken in {took:?}");
         drop(reader);
     }
 }

@@ -263,6 +263,27 @@ pub fn folder_name(name: &str) -> String {
     }
 }
 
+/// What a watcher can read of a run's `metrics.jsonl`: every good line, and one
+/// problem per bad one (`line N: why`), so one damaged line hides no other epoch. A torn
+/// last line (being written, or the process died while writing it) is no problem.
+pub fn read_metrics_lenient(run: &Path) -> (Vec<EpochMetrics>, Vec<String>) {
+    let text = match std::fs::read(run.join("metrics.jsonl")) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
+        Err(e) => return (Vec::new(), vec![format!("metrics.jsonl unreadable: {e}")]),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut good, mut problems) = (Vec::new(), Vec::new());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(m) => good.push(m),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => problems.push(format!("metrics.jsonl line {}: {e}; skipped", i + 1)),
+        }
+    }
+    (good, problems)
+}
+
 /// Every complete line of a run's `metrics.jsonl`. A torn last line (the process
 /// died while writing it) is ignored; a bad line elsewhere is an error.
 pub fn read_metrics(run: &Path) -> anyhow::Result<Vec<EpochMetrics>> {

@@ -158,7 +158,20 @@ fn store(path: &Path, mut status: Status) {
 
 /// Reads a run's heartbeat; None when there is none (yet) or it does not parse.
 pub fn read(run_dir: &Path) -> Option<Status> {
-    serde_json::from_str(&std::fs::read_to_string(run_dir.join(FILE)).ok()?).ok()
+    read_checked(run_dir).ok().flatten()
+}
+
+/// Reads a run's heartbeat: None when there is none (yet), an error saying why when
+/// it is there but cannot be read.
+pub fn read_checked(run_dir: &Path) -> Result<Option<Status>, String> {
+    let bytes = match std::fs::read(run_dir.join(FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{FILE} unreadable: {e}")),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{FILE} unreadable: {e}"))
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ const MARKERS: [(symbols::Marker, &str); 4] = [
 ///
 /// When the runs do not all fit (an attached sweep of hundreds), the table keeps the
 /// seed summaries (best mean first, up to half of it) and the best runs, best first,
-/// and says how many more there are; the chart draws only the runs in the table.
+/// its bottom border says how many more there are; the chart draws only the runs in
+/// the table.
 pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let all: Vec<(String, &RunView)> = app
         .entries
@@ -57,7 +58,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let runs: Vec<&(String, &RunView)> = page.runs.iter().map(|&i| &all[i]).collect();
     let results: Vec<&Option<ResultRow>> = page.runs.iter().map(|&i| &all_results[i]).collect();
     let groups: Vec<&(String, Vec<usize>)> = page.groups.iter().map(|&g| &all_groups[g]).collect();
-    let lines = runs.len() + 2 * groups.len() + usize::from(page.hidden > 0);
+    let lines = runs.len() + 2 * groups.len();
     let [table_area, chart_area] =
         Layout::vertical([Constraint::Length(lines as u16 + 3), Constraint::Min(6)]).areas(area);
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -92,16 +93,7 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
             .iter()
             .map(|(base, members)| seed_row(base, members, &all_results)),
     );
-    if page.hidden > 0 {
-        rows.push(
-            Row::new(vec![format!(
-                "… {} more run{} (best first)",
-                page.hidden,
-                if page.hidden == 1 { "" } else { "s" }
-            )])
-            .style(Style::new().dim()),
-        );
-    }
+
     let table = Table::new(
         rows,
         [
@@ -117,10 +109,17 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         Row::new(["experiment", "best", "frozen", "tuned", "s/ep", "backbone"])
             .style(Style::new().bold()),
     )
-    .block(
-        Block::bordered()
-            .title(" compare (c: back) — best val_acc @epoch, params trainable/total "),
-    );
+    .block({
+        let block = Block::bordered()
+            .title(" compare (c: back) — best val_acc @epoch, params trainable/total ");
+        match page.hidden {
+            0 => block,
+            n => block.title_bottom(format!(
+                " … {n} more run{} (best first) ",
+                if n == 1 { "" } else { "s" }
+            )),
+        }
+    });
     frame.render_widget(table, table_area);
     let series: Vec<Vec<(f64, f64)>> = runs
         .iter()
@@ -172,7 +171,7 @@ struct Page {
 
 /// Picks the rows that fit in `capacity` lines: everything in its order when it all
 /// fits; else seed summaries (two lines each, best mean first, at most half the lines)
-/// and then the runs best first, with one line kept to say how many are left out.
+/// and then the runs best first (the table's bottom border says how many are left out).
 fn fit(results: &[Option<ResultRow>], groups: &[(String, Vec<usize>)], capacity: usize) -> Page {
     if results.len() + 2 * groups.len() <= capacity {
         return Page {
@@ -186,17 +185,16 @@ fn fit(results: &[Option<ResultRow>], groups: &[(String, Vec<usize>)], capacity:
             .as_ref()
             .map_or(f64::NEG_INFINITY, |r| r.best_val_accuracy)
     };
-    let budget = capacity.saturating_sub(1);
     let mut by_mean: Vec<usize> = (0..groups.len()).collect();
     let mean = |g: usize| {
         let v: Vec<f64> = groups[g].1.iter().map(|&i| best(i)).collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     by_mean.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)));
-    by_mean.truncate(budget / 2 / 2);
+    by_mean.truncate(capacity / 2 / 2);
     let mut by_best: Vec<usize> = (0..results.len()).collect();
     by_best.sort_by(|&a, &b| best(b).total_cmp(&best(a)));
-    by_best.truncate(budget - 2 * by_mean.len());
+    by_best.truncate(capacity - 2 * by_mean.len());
     Page {
         hidden: results.len() - by_best.len(),
         runs: by_best,
@@ -282,10 +280,10 @@ mod tests {
             .map(|g| (format!("g{g}"), (g * 10..g * 10 + 10).collect()))
             .collect();
         let page = fit(&results, &groups, 13);
-        // 12 lines for rows: two groups (4 lines, at most half), then 8 runs.
-        assert_eq!(page.groups, vec![9, 8]);
-        assert_eq!(page.runs, (92..100).rev().collect::<Vec<_>>());
-        assert_eq!(page.hidden, 92);
+        // 13 lines: three groups (6 lines, at most half), then 7 runs.
+        assert_eq!(page.groups, vec![9, 8, 7]);
+        assert_eq!(page.runs, (93..100).rev().collect::<Vec<_>>());
+        assert_eq!(page.hidden, 93);
         // No room at all: nothing but the count.
         let page = fit(&results, &groups, 0);
         assert!(page.runs.is_empty() && page.groups.is_empty());

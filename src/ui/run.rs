@@ -39,11 +39,12 @@ pub(super) fn draw_entry(
         return;
     };
     // Two lines of text: a suggestion names the metric, the gain, the layers and the rate.
-    let banner_height = if run.stall.is_some() || !errors.is_empty() {
-        4
-    } else {
-        0
-    };
+    let banner_height =
+        if run.stall.is_some() || !errors.is_empty() || !run.file_problems.is_empty() {
+            4
+        } else {
+            0
+        };
     let [header, banner, body] = Layout::vertical([
         Constraint::Length(4),
         Constraint::Length(banner_height),
@@ -82,6 +83,21 @@ pub(super) fn draw_entry(
             Paragraph::new(format!("{e} — the last good settings stay in force"))
                 .wrap(Wrap { trim: true })
                 .block(Block::bordered().border_style(Style::new().fg(Color::Red))),
+            banner,
+        );
+    } else if let Some(p) = run.file_problems.first() {
+        let more = match run.file_problems.len() - 1 {
+            0 => String::new(),
+            n => format!(" (+{n} more)"),
+        };
+        frame.render_widget(
+            Paragraph::new(format!("{p}{more} — the rest of the folder is shown"))
+                .wrap(Wrap { trim: true })
+                .block(
+                    Block::bordered()
+                        .title(" run folder ")
+                        .border_style(Style::new().fg(Color::Yellow)),
+                ),
             banner,
         );
     }

@@ -105,8 +105,11 @@ fn three_workers_are_steered_killed_and_resumed() {
 
     // a: paused through its control file; its heartbeat says so; then resumed.
     until("a's first epoch", || !epochs(&ra).is_empty());
+    let sent = Instant::now();
     control(&ra, r#"{"command": "pause"}"#);
     until("a paused", || status(&ra)["state"] == "paused");
+    // Printed, not asserted (the issue's target: 1 s, with batches of 4 images).
+    eprintln!("a control line to a paused heartbeat: {:?}", sent.elapsed());
     let paused_at = epochs(&ra).len();
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(epochs(&ra).len(), paused_at, "a trained while paused");
