@@ -158,7 +158,7 @@ fn pass(
             }
         }
         let snap = crate::results::snapshot(run, seen.get(run).map(|s| &s.snap));
-        let changed = seen.get(run).is_none_or(|s| s.snap != snap);
+        let changed = seen.get(run).is_none_or(|s| differs(&s.snap, &snap));
         seen.insert(
             run.clone(),
             Seen {
@@ -177,7 +177,13 @@ fn pass(
     }
     // Folders that disappeared (deleted, or the whole runs folder gone): said once, as
     // a run whose heartbeat stopped, so they show as lost and nothing else changes.
-    let gone: Vec<PathBuf> = seen.keys().filter(|k| !runs.contains(k)).cloned().collect();
+    let listed: std::collections::HashSet<&PathBuf> = runs.iter().collect();
+    let mut gone: Vec<PathBuf> = seen
+        .keys()
+        .filter(|k| !listed.contains(k))
+        .cloned()
+        .collect();
+    gone.sort();
     for run in gone {
         let Some(s) = seen.remove(&run) else { continue };
         let snap = FolderSnapshot {
@@ -194,6 +200,18 @@ fn pass(
         }
     }
     true
+}
+
+/// Whether a folder read again says something new: its files, or its heartbeat's age
+/// crossing the "lost" threshold (the age alone moves with every read).
+fn differs(old: &FolderSnapshot, new: &FolderSnapshot) -> bool {
+    let lost = |s: &FolderSnapshot| s.age_seconds.is_some_and(|a| a > LOST_AFTER_SECONDS);
+    if lost(old) != lost(new) {
+        return true;
+    }
+    let mut aged = old.clone();
+    aged.age_seconds = new.age_seconds;
+    aged != *new
 }
 
 /// Reads the run folders under a runs root every [`ATTACH_POLL`] and sends the ones
