@@ -53,15 +53,15 @@ fn main() {
         (96, Interpolation::Bilinear),
     ] {
         let start = Instant::now();
-        let decoded = decode_all(
-            &files,
-            ImageSize {
+        let decoding = tlcap::data::Decoding {
+            size: ImageSize {
                 height: size,
                 width: size,
             },
-            interp,
-            &|_, _| {},
-        );
+            interpolation: interp,
+            intensity: tlcap::config::Intensity::Full,
+        };
+        let decoded = decode_all(&files, &decoding, &|_, _| {});
         let secs = start.elapsed().as_secs_f64();
         assert!(decoded.skipped.is_empty());
         println!(

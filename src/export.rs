@@ -69,6 +69,7 @@ pub fn export(
             height: exp.data.image_size.height,
             width: exp.data.image_size.width,
             resize: crate::text::word(&exp.data.interpolation),
+            intensity: exp.data.intensity,
         },
         normalisation: normalisation_words(Normalisation::for_model(
             exp.model.backbone,

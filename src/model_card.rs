@@ -127,6 +127,10 @@ pub struct Input {
     pub width: u32,
     /// How images were resized to it in training (`bilinear`, `nearest`, ...).
     pub resize: String,
+    /// How 8-bit levels were made in training: `full` (the file's range) or `stretch`
+    /// (each image's own lowest..highest value to 0..255). Cards from before it: full.
+    #[serde(default)]
+    pub intensity: crate::config::Intensity,
 }
 
 /// The sidecar of an exported model: everything needed to feed it and read it.

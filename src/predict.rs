@@ -9,8 +9,7 @@ use anyhow::bail;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::config::{ImageSize, Interpolation};
-use crate::data::{decode_into, DecodeError};
+use crate::data::{decode_into, DecodeError, Decoding};
 use crate::model_card::Exported;
 // The network of a run's checkpoint or of an exported safetensors model, at the path the
 // tests name it by; this module adds `Predictor::predict`.
@@ -50,9 +49,7 @@ impl Predictor {
     /// Class and probabilities for each image; an unreadable image gives its reason.
     pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, PredictError>> {
         let exp = &self.experiment;
-        answer(images, (exp.data.image_size, exp.data.interpolation), |x| {
-            Ok(self.forward(x))
-        })
+        answer(images, &Decoding::of(&exp.data), |x| Ok(self.forward(x)))
     }
 }
 
@@ -60,9 +57,10 @@ impl Predictor {
 /// batch, and reads the answers.
 fn answer(
     images: &[PathBuf],
-    (size, interpolation): (ImageSize, Interpolation),
+    decoding: &Decoding,
     forward: impl Fn(&Tensor) -> Result<Tensor, tch::TchError>,
 ) -> Vec<Result<Prediction, PredictError>> {
+    let size = decoding.size;
     let per = 3 * (size.width * size.height) as usize;
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(32) {
@@ -70,7 +68,7 @@ fn answer(
         let decoded: Vec<Result<(), DecodeError>> = chunk
             .iter()
             .zip(buf.chunks_mut(per))
-            .map(|(p, dst)| decode_into(p, size, interpolation, dst).map(|_| ()))
+            .map(|(p, dst)| decode_into(p, decoding, dst).map(|_| ()))
             .collect();
         let x = Tensor::from_slice(&buf).view([
             chunk.len() as i64,
@@ -143,9 +141,7 @@ impl Model {
             Model::Native(p) => p.predict(images),
             Model::Script(e) => {
                 let exp = &e.card.experiment;
-                answer(images, (exp.data.image_size, exp.data.interpolation), |x| {
-                    e.forward(x)
-                })
+                answer(images, &Decoding::of(&exp.data), |x| e.forward(x))
             }
         }
     }

@@ -51,6 +51,9 @@ const RESTART: &[(&str, Keep)] = &[
     ("data.interpolation", |to, from| {
         to.data.interpolation = from.data.interpolation
     }),
+    ("data.intensity", |to, from| {
+        to.data.intensity = from.data.intensity
+    }),
     ("model.backbone", |to, from| {
         to.model.backbone = from.model.backbone
     }),
@@ -200,7 +203,7 @@ mod tests {
         let running = exp("frozen: { lr: 1.0e-3 }\n");
         let edited = parse_str(
             "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
-             interpolation: bicubic }\nmodel: { backbone: resnet18, weights: none }\n\
+             interpolation: bicubic, intensity: stretch }\nmodel: { backbone: resnet18, weights: none }\n\
              device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
             Path::new("e.yaml"),
         )

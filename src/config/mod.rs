@@ -86,6 +86,11 @@ pub struct DataConfig {
     /// Resampling used for the one-time resize (Keras default: nearest).
     #[serde(default)]
     pub interpolation: Interpolation,
+    /// How pixel values become the 8-bit levels the model sees: `full` (the format's
+    /// whole range) or `stretch` (each image's own darkest..brightest value, for
+    /// 12-bit X-rays stored in 16-bit files and low-contrast scans).
+    #[serde(default, skip_serializing_if = "Intensity::is_full")]
+    pub intensity: Intensity,
     /// Random augmentation of training images (never of validation images).
     #[serde(default)]
     pub augment: AugmentConfig,
@@ -343,6 +348,24 @@ pub enum Interpolation {
     Nearest,
     Bilinear,
     Bicubic,
+}
+
+/// How pixel values become 8-bit levels (`data.intensity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Intensity {
+    /// The format's whole range: 8-bit values as they are, 16-bit ones x 255/65535.
+    #[default]
+    Full,
+    /// Each image's own lowest..highest value (over its colour channels) to 0..255.
+    Stretch,
+}
+
+impl Intensity {
+    /// The default, which run folders' `config.yaml` leave out.
+    pub fn is_full(&self) -> bool {
+        *self == Intensity::Full
+    }
 }
 
 /// Keras `fill_mode`.

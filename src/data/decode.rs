@@ -5,11 +5,34 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use rayon::prelude::*;
 
 use super::Skipped;
-use crate::config::{ImageSize, Interpolation};
+use crate::config::{DataConfig, ImageSize, Intensity, Interpolation};
+
+/// How a file becomes the model's input: its size, the resampling and the levels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decoding {
+    /// The size every image is resized to.
+    pub size: ImageSize,
+    /// The resampling filter.
+    pub interpolation: Interpolation,
+    /// How values become 8-bit levels.
+    pub intensity: Intensity,
+}
+
+impl Decoding {
+    /// As an experiment's `data:` says.
+    pub fn of(data: &DataConfig) -> Decoding {
+        Decoding {
+            size: data.image_size,
+            interpolation: data.interpolation,
+            intensity: data.intensity,
+        }
+    }
+}
 
 /// Images whose header claims more pixels than this per side are refused (decompression bombs).
 pub const MAX_SIDE: u32 = 16_384;
@@ -91,20 +114,39 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, DecodeError> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    reader.decode().map_err(|e| match e {
+    let why = |e| match e {
         image::ImageError::Limits(l) => DecodeError::TooLargeToDecode(l),
         image::ImageError::Unsupported(u) => DecodeError::Unsupported(u),
         other => DecodeError::Corrupt(other),
-    })
+    };
+    // A camera's JPEG (or a TIFF) says in its EXIF how it was held: the image is
+    // turned upright, as a photo viewer shows it. A missing or unreadable tag leaves
+    // it as stored.
+    let mut decoder = reader.into_decoder().map_err(why)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(why)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Resizes `img` to `size` and writes it into `out` (3 x h x w bytes, channel-major).
-/// Grayscale becomes three equal channels; alpha is dropped.
+/// Grayscale (8 or 16 bits, as X-rays come) becomes three equal channels; 16-bit
+/// values are scaled over their whole range (v / 257, rounded), not cut to a byte;
+/// alpha is dropped.
 fn write_chw(img: DynamicImage, size: ImageSize, interp: Interpolation, out: &mut [u8]) {
     let original = (img.width(), img.height());
     let (w, h) = (size.width, size.height);
     let plane = (w * h) as usize;
     let f = filter(interp);
+    let img = match img {
+        gray @ (DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_)) => {
+            DynamicImage::ImageLuma8(gray.to_luma8())
+        }
+        DynamicImage::ImageLumaA8(gray) => {
+            DynamicImage::ImageLuma8(DynamicImage::ImageLumaA8(gray).to_luma8())
+        }
+        other => other,
+    };
     match img {
         DynamicImage::ImageLuma8(gray) => {
             let gray = if original == (w, h) {
@@ -136,14 +178,45 @@ fn write_chw(img: DynamicImage, size: ImageSize, interp: Interpolation, out: &mu
 /// returns the original size.
 pub fn decode_into(
     path: &Path,
-    size: ImageSize,
-    interp: Interpolation,
+    decoding: &Decoding,
     out: &mut [u8],
 ) -> Result<(u32, u32), DecodeError> {
     let img = open_image(path)?;
     let original = (img.width(), img.height());
-    write_chw(img, size, interp, out);
+    let img = match decoding.intensity {
+        Intensity::Full => img,
+        Intensity::Stretch => stretch(img),
+    };
+    write_chw(img, decoding.size, decoding.interpolation, out);
     Ok(original)
+}
+
+/// Each image's own lowest..highest value (over its colour channels, alpha left out)
+/// to 0..255, computed at the file's own depth; a flat image keeps its levels.
+pub fn stretch(img: DynamicImage) -> DynamicImage {
+    let gray = img.color().channel_count() <= 2;
+    let (w, h) = (img.width(), img.height());
+    let raw: Vec<u16> = if gray {
+        img.to_luma16().into_raw()
+    } else {
+        img.to_rgb16().into_raw()
+    };
+    let (lo, hi) = raw
+        .iter()
+        .fold((u16::MAX, 0u16), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if hi <= lo {
+        return img;
+    }
+    let range = (hi - lo) as u32;
+    let levels: Vec<u8> = raw
+        .iter()
+        .map(|&v| (((v - lo) as u32 * 255 + range / 2) / range) as u8)
+        .collect();
+    if gray {
+        DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, levels).expect("w x h values"))
+    } else {
+        DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, levels).expect("3 x w x h values"))
+    }
 }
 
 /// ImageNet evaluation preprocessing (torchvision `Resize(shorter)` then
@@ -188,10 +261,10 @@ pub fn decode_center_crop(
 /// Broken files are skipped with their reason, never fatal.
 pub fn decode_all(
     files: &[PathBuf],
-    size: ImageSize,
-    interp: Interpolation,
+    decoding: &Decoding,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Decoded {
+    let size = decoding.size;
     let per_image = 3 * (size.height * size.width) as usize;
     let mut pixels = vec![0u8; per_image * files.len()];
     let done = AtomicUsize::new(0);
@@ -200,7 +273,7 @@ pub fn decode_all(
         .par_chunks_mut(per_image.max(1))
         .zip(files.par_iter())
         .map(|(out, path)| {
-            let r = decode_into(path, size, interp, out);
+            let r = decode_into(path, decoding, out);
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if n == total || n.is_multiple_of(64) {
                 progress(n, total);

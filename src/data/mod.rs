@@ -8,8 +8,8 @@ mod split;
 
 pub use augment::{apply as augment_batch, Transform};
 pub use decode::{
-    decode_all, decode_center_crop, decode_into, open_image, DecodeError, Decoded,
-    MAX_DECODE_BYTES, MAX_SIDE,
+    decode_all, decode_center_crop, decode_into, open_image, stretch, DecodeError, Decoded,
+    Decoding, MAX_DECODE_BYTES, MAX_SIDE,
 };
 pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
 pub use split::stratified_split;
@@ -100,7 +100,7 @@ impl Dataset {
             });
         }
         let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
-        let decoded = decode_all(&paths, size, exp.data.interpolation, progress);
+        let decoded = decode_all(&paths, &Decoding::of(&exp.data), progress);
         let (files, labels): (Vec<PathBuf>, Vec<usize>) = found
             .files
             .iter()

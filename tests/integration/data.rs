@@ -236,3 +236,144 @@ fn bmp_header(w: i32, h: i32) -> Vec<u8> {
     b.extend_from_slice(&[0u8; 16]);
     b
 }
+
+/// Decodes one file at its own size into 3 x h x w bytes.
+fn decode_whole(path: &Path, w: u32, h: u32) -> Vec<u8> {
+    decode_at(path, w, h, tlcap::config::Intensity::Full)
+}
+
+fn decode_at(path: &Path, w: u32, h: u32, intensity: tlcap::config::Intensity) -> Vec<u8> {
+    let mut out = vec![0u8; (3 * w * h) as usize];
+    let decoding = tlcap::data::Decoding {
+        size: tlcap::config::ImageSize {
+            width: w,
+            height: h,
+        },
+        interpolation: tlcap::config::Interpolation::Bilinear,
+        intensity,
+    };
+    let got = tlcap::data::decode_into(path, &decoding, &mut out).unwrap();
+    assert_eq!(got, (w, h), "{}", path.display());
+    out
+}
+
+/// `data.intensity: stretch`: a 12-bit X-ray in a 16-bit PNG (values 0..4095) decodes
+/// to nearly black at full range and to 0..255 stretched; an 8-bit low-contrast RGB
+/// image the same over its channels; a flat image keeps its level.
+#[test]
+fn stretch_maps_each_image_over_its_own_range() {
+    use tlcap::config::Intensity;
+    let dir = tempfile::tempdir().unwrap();
+    let values = [0u16, 1024, 2048, 4095];
+    let xray =
+        image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(4, 1, |x, _| Luma([values[x as usize]]));
+    let path = dir.path().join("xray12.png");
+    xray.save(&path).unwrap();
+    assert_eq!(
+        &decode_at(&path, 4, 1, Intensity::Full)[..4],
+        &[0, 4, 8, 16]
+    );
+    let out = decode_at(&path, 4, 1, Intensity::Stretch);
+    for c in 0..3 {
+        assert_eq!(&out[c * 4..(c + 1) * 4], &[0, 64, 128, 255], "channel {c}");
+    }
+    let dull = RgbImage::from_fn(2, 1, |x, _| {
+        if x == 0 {
+            Rgb([100, 110, 120])
+        } else {
+            Rgb([140, 130, 120])
+        }
+    });
+    let path = dir.path().join("dull.png");
+    dull.save(&path).unwrap();
+    let out = decode_at(&path, 2, 1, Intensity::Stretch);
+    // Red 100, 140; green 110, 130; blue 120, 120 over 100..140.
+    assert_eq!(out, vec![0, 255, 64, 191, 128, 128]);
+    let flat = GrayImage::from_pixel(3, 2, Luma([77]));
+    let path = dir.path().join("flat.png");
+    flat.save(&path).unwrap();
+    assert!(decode_at(&path, 3, 2, Intensity::Stretch)
+        .iter()
+        .all(|&v| v == 77));
+}
+
+/// X-ray formats: 16-bit grayscale PNG and TIFF keep their range (a value is scaled by
+/// 255/65535, not cut to its low byte) and become three equal channels; a 16-bit RGB
+/// PNG the same per channel.
+#[test]
+fn sixteen_bit_images_are_scaled_over_their_range() {
+    let dir = tempfile::tempdir().unwrap();
+    // Values whose low byte says the opposite of their level: 0x00FF (dark, low byte
+    // 255), 0x8000 (mid, low byte 0), 0xFF00 (bright, low byte 0), 0xFFFF.
+    let values = [0x00FFu16, 0x8000, 0xFF00, 0xFFFF];
+    let expect: Vec<u8> = values
+        .iter()
+        .map(|&v| ((v as u32 * 255 + 32767) / 65535) as u8)
+        .collect();
+    assert_eq!(expect, vec![1, 128, 254, 255]);
+    let gray =
+        image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(4, 1, |x, _| Luma([values[x as usize]]));
+    for ext in ["png", "tif"] {
+        let path = dir.path().join(format!("xray.{ext}"));
+        gray.save(&path).unwrap();
+        let out = decode_whole(&path, 4, 1);
+        for c in 0..3 {
+            assert_eq!(&out[c * 4..(c + 1) * 4], &expect[..], "{ext} channel {c}");
+        }
+    }
+    let rgb = image::ImageBuffer::<Rgb<u16>, Vec<u16>>::from_fn(4, 1, |x, _| {
+        let v = values[x as usize];
+        Rgb([v, v / 2, 0xFFFF - v])
+    });
+    let path = dir.path().join("rgb16.png");
+    rgb.save(&path).unwrap();
+    let out = decode_whole(&path, 4, 1);
+    assert_eq!(&out[..4], &expect[..]);
+    assert_eq!(&out[8..], &[254, 127, 1, 0]);
+}
+
+/// A JPEG with an EXIF orientation of 6 (the camera held turned 90° clockwise) is
+/// decoded upright: a 32x16 stored picture, dark on its left half, becomes 16x32
+/// with the dark half on top.
+#[test]
+fn camera_jpegs_are_turned_upright_by_their_exif_orientation() {
+    let dir = tempfile::tempdir().unwrap();
+    let stored = RgbImage::from_fn(32, 16, |x, _| {
+        if x < 16 {
+            Rgb([20, 20, 20])
+        } else {
+            Rgb([230, 230, 230])
+        }
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&stored)
+        .unwrap();
+    // APP1 "Exif": a little-endian TIFF header with one IFD entry, Orientation (0x0112)
+    // = 6, inserted right after the JPEG's start marker.
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // one value
+    tiff.extend_from_slice(&6u16.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // value padding, no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut segment = vec![0xFF, 0xE1];
+    segment.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    segment.extend_from_slice(&app1);
+    let mut file = jpeg[..2].to_vec();
+    file.extend_from_slice(&segment);
+    file.extend_from_slice(&jpeg[2..]);
+    let path = dir.path().join("photo.jpg");
+    std::fs::write(&path, &file).unwrap();
+    let out = decode_whole(&path, 16, 32);
+    let at = |x: u32, y: u32| out[(y * 16 + x) as usize];
+    assert!(at(8, 4) < 60, "top should be dark: {}", at(8, 4));
+    assert!(at(8, 28) > 190, "bottom should be bright: {}", at(8, 28));
+    // Without the tag, the same picture decodes as stored.
+    std::fs::write(&path, &jpeg).unwrap();
+    let out = decode_whole(&path, 32, 16);
+    assert!(out[4] < 60 && out[28] > 190);
+}

@@ -60,7 +60,8 @@ fn val_batch(run: &Path, predictor: &Predictor) -> (Vec<PathBuf>, Tensor) {
     let per = 3 * (size.height * size.width) as usize;
     let mut buf = vec![0u8; per * files.len()];
     for (f, dst) in files.iter().zip(buf.chunks_mut(per)) {
-        tlcap::data::decode_into(f, size, predictor.experiment.data.interpolation, dst).unwrap();
+        let decoding = tlcap::data::Decoding::of(&predictor.experiment.data);
+        tlcap::data::decode_into(f, &decoding, dst).unwrap();
     }
     let x = Tensor::from_slice(&buf).view([
         files.len() as i64,
