@@ -44,6 +44,13 @@ pub enum DataError {
     #[error("class `{0}` has no readable images (all were skipped)")]
     NoReadableImages(String),
     #[error(
+        "{0} is a validation class that train/ does not have (its classes: {1:?}); \
+         every validation class must be a training class"
+    )]
+    UnknownValidationClass(PathBuf, Vec<String>),
+    #[error("{0} has both val/ and validation/: keep one")]
+    TwoValidationFolders(PathBuf),
+    #[error(
         "the decoded images need {needed_mb} MB but the memory budget is {budget_mb} MB \
          (half of the available memory); lower data.image_size or use fewer images"
     )]
@@ -66,6 +73,8 @@ pub struct Dataset {
     pub skipped: Vec<Skipped>,
     pub sizes_seen: Vec<((u32, u32), usize)>,
     pub load_seconds: f64,
+    /// How the split was made, in words (drawn, or as `train/` and `val/` say).
+    pub split: String,
 }
 
 /// Memory that decoded images may take: half of `MemAvailable`.
@@ -101,24 +110,50 @@ impl Dataset {
         }
         let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
         let decoded = decode_all(&paths, &Decoding::of(&exp.data), progress);
-        let (files, labels): (Vec<PathBuf>, Vec<usize>) = found
-            .files
-            .iter()
-            .zip(&decoded.index)
-            .filter(|(_, i)| i.is_some())
-            .map(|((path, label), _)| (path.clone(), *label))
-            .unzip();
+        let kept: Vec<usize> = (0..found.files.len())
+            .filter(|&i| decoded.index[i].is_some())
+            .collect();
+        let files: Vec<PathBuf> = kept.iter().map(|&i| found.files[i].0.clone()).collect();
+        let labels: Vec<usize> = kept.iter().map(|&i| found.files[i].1).collect();
         for (class, name) in found.classes.iter().enumerate() {
             if !labels.contains(&class) {
                 return Err(DataError::NoReadableImages(name.clone()));
             }
         }
-        let (train, val) = stratified_split(
-            &labels,
-            found.classes.len(),
-            exp.data.validation_split,
-            exp.seed,
-        );
+        let (train, val, split) = match &found.fixed_val {
+            None => {
+                let (train, val) = stratified_split(
+                    &labels,
+                    found.classes.len(),
+                    exp.data.validation_split,
+                    exp.seed,
+                );
+                let words = format!(
+                    "drawn: {:.0}% of each class validates (seed {})",
+                    exp.data.validation_split * 100.0,
+                    exp.seed
+                );
+                (train, val, words)
+            }
+            Some(flags) => {
+                let (val, train): (Vec<usize>, Vec<usize>) =
+                    (0..kept.len()).partition(|&j| flags[kept[j]]);
+                let test = match &found.test_dir {
+                    Some(t) => format!("; {} not read (held out)", t.display()),
+                    None => String::new(),
+                };
+                let words = format!(
+                    "as the folders say: train/ trains, {} validates \
+                     (data.validation_split not used){test}",
+                    if exp.data.dir.join("val").is_dir() {
+                        "val/"
+                    } else {
+                        "validation/"
+                    }
+                );
+                (train, val, words)
+            }
+        };
         let mut skipped = found.skipped;
         skipped.extend(decoded.skipped);
         Ok(Dataset {
@@ -132,6 +167,7 @@ impl Dataset {
             skipped,
             sizes_seen: decoded.sizes_seen,
             load_seconds: start.elapsed().as_secs_f64(),
+            split,
         })
     }
 
@@ -310,6 +346,7 @@ impl fmt::Display for Dataset {
         }
         let (t, v): (usize, usize) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
         writeln!(f, "{:<20} {t:>7} {v:>7} {:>7}", "all", t + v)?;
+        writeln!(f, "split                {}", self.split)?;
         let sizes: Vec<String> = self
             .sizes_seen
             .iter()

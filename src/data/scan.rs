@@ -12,15 +12,82 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "web
 pub struct Scan {
     /// Sorted sub-folder names.
     pub classes: Vec<String>,
-    /// Image files with their class index, sorted by class then path.
+    /// Image files with their class index: sorted by class then path (training files
+    /// first, then validation files, when the folders fix the split).
     pub files: Vec<(PathBuf, usize)>,
     /// Files inside class folders that are not images by extension.
     pub skipped: Vec<Skipped>,
+    /// With `train/` and `val/` folders: for each file, whether it validates. None
+    /// when the split is drawn.
+    pub fixed_val: Option<Vec<bool>>,
+    /// A `test/` folder beside `train/` and `val/`: never read for training, stalls or
+    /// the best epoch.
+    pub test_dir: Option<PathBuf>,
+}
+
+/// Names of the folders that fix the split (any other sub-folder makes them classes).
+const SPLIT_FOLDERS: [&str; 4] = ["train", "val", "validation", "test"];
+
+/// The non-hidden sub-folders of `dir`, sorted.
+fn sub_folders(dir: &Path) -> Result<Vec<String>, DataError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| DataError::Folder(dir.to_path_buf(), e.to_string()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Lists classes and their image files. `dir` is either one folder of class folders
+/// (the split is then drawn), or holds `train/` and `val/` (or `validation/`) folders
+/// of class folders, and optionally `test/`, and nothing else: the split is then as
+/// the folders say. Every validation class must be a training class.
+pub fn scan(dir: &Path) -> Result<Scan, DataError> {
+    let subs = sub_folders(dir)?;
+    let has = |n: &str| subs.iter().any(|s| s == n);
+    let fixed = has("train")
+        && (has("val") || has("validation"))
+        && subs.iter().all(|s| SPLIT_FOLDERS.contains(&s.as_str()));
+    if !fixed {
+        return scan_classes(dir);
+    }
+    let val_dir = dir.join(if has("val") { "val" } else { "validation" });
+    if has("val") && has("validation") {
+        return Err(DataError::TwoValidationFolders(dir.to_path_buf()));
+    }
+    let train = scan_classes(&dir.join("train"))?;
+    let val = scan_classes(&val_dir)?;
+    let mut files = train.files;
+    let mut fixed_val = vec![false; files.len()];
+    for (path, label) in val.files {
+        let class = &val.classes[label];
+        let Some(label) = train.classes.iter().position(|c| c == class) else {
+            return Err(DataError::UnknownValidationClass(
+                val_dir.join(class),
+                train.classes.clone(),
+            ));
+        };
+        files.push((path, label));
+        fixed_val.push(true);
+    }
+    let mut skipped = train.skipped;
+    skipped.extend(val.skipped);
+    Ok(Scan {
+        classes: train.classes,
+        files,
+        skipped,
+        fixed_val: Some(fixed_val),
+        test_dir: has("test").then(|| dir.join("test")),
+    })
 }
 
 /// Lists classes (sorted sub-folders, hidden ones ignored) and their image files,
 /// found recursively. Fewer than two classes, or a class without images, is an error.
-pub fn scan(dir: &Path) -> Result<Scan, DataError> {
+fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| DataError::Folder(dir.to_path_buf(), e.to_string()))?;
     let mut classes: Vec<String> = entries
@@ -87,5 +154,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         classes,
         files,
         skipped,
+        fixed_val: None,
+        test_dir: None,
     })
 }

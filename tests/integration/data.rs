@@ -377,3 +377,71 @@ fn camera_jpegs_are_turned_upright_by_their_exif_orientation() {
     let out = decode_whole(&path, 32, 16);
     assert!(out[4] < 60 && out[28] > 190);
 }
+
+/// `train/` and `val/` folders under `data.dir` fix the split: every file where the
+/// folders put it (the seed and validation_split change nothing), a broken file
+/// skipped on its side, `test/` left unread; a validation class train/ does not have
+/// is an error naming it, and so are both val/ and validation/.
+#[test]
+fn train_and_val_folders_are_used_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    make_folder(&root.join("train"), 6);
+    make_folder(&root.join("val"), 2);
+    std::fs::write(root.join("val/b/broken.png"), b"not a png").unwrap();
+    make_folder(&root.join("test"), 1);
+    let load = |extra: &str| Dataset::load(&experiment(root, extra), &no_progress);
+    let ds = load("seed: 1").unwrap();
+    assert_eq!(ds.classes, vec!["a", "b"]);
+    // make_folder writes n per class plus one gray image in a/.
+    assert_eq!((ds.train.len(), ds.val.len()), (13, 5));
+    for &i in &ds.train {
+        assert!(
+            ds.files[i].starts_with(root.join("train")),
+            "{:?}",
+            ds.files[i]
+        );
+    }
+    for &i in &ds.val {
+        assert!(
+            ds.files[i].starts_with(root.join("val")),
+            "{:?}",
+            ds.files[i]
+        );
+    }
+    assert!(!ds.files.iter().any(|f| f.starts_with(root.join("test"))));
+    assert_eq!(ds.skipped.len(), 1);
+    assert!(ds.split.contains("as the folders say"), "{}", ds.split);
+    assert!(ds.split.contains("not read"), "{}", ds.split);
+    let report = ds.to_string();
+    assert!(
+        report.contains("split                as the folders say"),
+        "{report}"
+    );
+    // Another seed: the same split.
+    let other = load("seed: 9\n").unwrap();
+    assert_eq!((other.train.clone(), other.val.clone()), (ds.train, ds.val));
+
+    // A class only in val/.
+    make_folder(&root.join("val/c"), 1);
+    let err = load("")
+        .err()
+        .expect("an unknown validation class")
+        .to_string();
+    assert!(
+        err.contains("val/c") && err.contains("must be a training class"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(root.join("val/c")).unwrap();
+    // Both spellings.
+    std::fs::create_dir_all(root.join("validation/a")).unwrap();
+    let err = load("").err().expect("two validation folders").to_string();
+    assert!(err.contains("both val/ and validation/"), "{err}");
+    std::fs::remove_dir_all(root.join("validation")).unwrap();
+    // Another folder beside them: they are classes again, as before.
+    std::fs::create_dir_all(root.join("extra")).unwrap();
+    make_folder(&root.join("extra"), 1);
+    let ds = load("").unwrap();
+    assert_eq!(ds.classes, vec!["extra", "test", "train", "val"]);
+    assert!(ds.split.starts_with("drawn"), "{}", ds.split);
+}
