@@ -17,8 +17,18 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
         message,
     };
     let mut problems = Vec::new();
-    if let Err(e) = crate::data::scan(&exp.data.dir) {
-        problems.push(problem("data.dir", format!("data.dir: {e}")));
+    match crate::data::find(&exp.data) {
+        // A label file's problems, one each, with their CSV lines.
+        Err(crate::data::DataError::Labels(csv, list)) => {
+            for p in list {
+                problems.push(problem(
+                    "data.labels",
+                    format!("data.labels: {}: {p}", csv.display()),
+                ));
+            }
+        }
+        Err(e) => problems.push(problem("data.dir", format!("data.dir: {e}"))),
+        Ok(_) => {}
     }
     let backbone = exp.model.backbone;
     match &exp.model.weights {

@@ -39,6 +39,12 @@ type Keep = fn(&mut Experiment, &Experiment);
 /// one list of them: [`diff`] names them, [`LiveEdit`] keeps their running values.
 const RESTART: &[(&str, Keep)] = &[
     ("data.dir", |to, from| to.data.dir = from.data.dir.clone()),
+    ("data.labels", |to, from| {
+        to.data.labels = from.data.labels.clone()
+    }),
+    ("data.columns", |to, from| {
+        to.data.columns = from.data.columns.clone()
+    }),
     ("data.image_size", |to, from| {
         to.data.image_size = from.data.image_size
     }),
@@ -137,8 +143,8 @@ fn leaves(exp: &Experiment) -> BTreeMap<String, Value> {
                     } else {
                         format!("{prefix}.{k}")
                     };
-                    // image_size is one setting, not two.
-                    if p == "data.image_size" {
+                    // image_size is one setting, not two; the label file's columns too.
+                    if p == "data.image_size" || p == "data.columns" {
                         out.insert(p, v.clone());
                     } else {
                         walk(&p, v, out);
@@ -163,6 +169,7 @@ fn to_value(exp: &Experiment) -> Value {
             |p: &std::path::Path| std::path::PathBuf::from(p.to_string_lossy().into_owned());
         let mut e = exp.clone();
         e.data.dir = lossy(&e.data.dir);
+        e.data.labels = e.data.labels.as_deref().map(lossy);
         if let super::Weights::File(p) = &e.model.weights {
             e.model.weights = super::Weights::File(lossy(p));
         }
@@ -203,7 +210,8 @@ mod tests {
         let running = exp("frozen: { lr: 1.0e-3 }\n");
         let edited = parse_str(
             "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
-             interpolation: bicubic, intensity: stretch }\nmodel: { backbone: resnet18, weights: none }\n\
+             interpolation: bicubic, intensity: stretch, labels: l.csv, \
+             columns: { path: file } }\nmodel: { backbone: resnet18, weights: none }\n\
              device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
             Path::new("e.yaml"),
         )

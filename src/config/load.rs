@@ -308,6 +308,9 @@ fn finish(mut exp: Experiment, path: &Path) -> Experiment {
     if exp.data.dir.is_relative() {
         exp.data.dir = base.join(&exp.data.dir);
     }
+    if let Some(labels) = exp.data.labels.as_mut().filter(|l| l.is_relative()) {
+        *labels = base.join(&*labels);
+    }
     if let Weights::File(p) = &exp.model.weights {
         if p.is_relative() {
             exp.model.weights = Weights::File(base.join(p));

@@ -70,8 +70,19 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Folder with one sub-folder per class; relative to the experiment file.
+    /// Folder with one sub-folder per class (or `train/` and `val/` folders of them);
+    /// relative to the experiment file. With `labels`, the folder the CSV's paths are
+    /// relative to.
     pub dir: PathBuf,
+    /// A CSV of labels (Keras `flow_from_dataframe`): a header row, then one row per
+    /// image with its path (relative to `dir`) and class, and optionally its split
+    /// (`train`, `val`, `test`) and group (e.g. a patient id: no group is on both
+    /// sides of a drawn split). Relative to the experiment file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
+    /// The label file's column names.
+    #[serde(default, skip_serializing_if = "Columns::is_default")]
+    pub columns: Columns,
     /// Every image is resized once to this size: `224` or `[height, width]`, each >= 32.
     #[serde(default)]
     pub image_size: ImageSize,
@@ -348,6 +359,39 @@ pub enum Interpolation {
     Nearest,
     Bilinear,
     Bicubic,
+}
+
+/// `data.columns:` — which columns of the label file say what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Columns {
+    /// The image's path, relative to `data.dir`.
+    pub path: String,
+    /// Its class.
+    pub label: String,
+    /// `train`, `val` (or `validation`) or `test`; optional: without the column the
+    /// split is drawn.
+    pub split: String,
+    /// A group no drawn split may cut (a patient, a camera, a wafer); optional.
+    pub group: String,
+}
+
+impl Default for Columns {
+    fn default() -> Columns {
+        Columns {
+            path: "path".into(),
+            label: "label".into(),
+            split: "split".into(),
+            group: "group".into(),
+        }
+    }
+}
+
+impl Columns {
+    /// The defaults, which run folders' `config.yaml` leave out.
+    pub fn is_default(&self) -> bool {
+        *self == Columns::default()
+    }
 }
 
 /// How pixel values become 8-bit levels (`data.intensity`).

@@ -3,6 +3,7 @@
 
 mod augment;
 mod decode;
+mod labels;
 mod scan;
 mod split;
 
@@ -12,7 +13,7 @@ pub use decode::{
     Decoding, MAX_DECODE_BYTES, MAX_SIDE,
 };
 pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
-pub use split::stratified_split;
+pub use split::{grouped_split, stratified_split};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum DataError {
     UnknownValidationClass(PathBuf, Vec<String>),
     #[error("{0} has both val/ and validation/: keep one")]
     TwoValidationFolders(PathBuf),
+    #[error("{}: {}", .0.display(), .1.join("; "))]
+    Labels(PathBuf, Vec<String>),
     #[error(
         "the decoded images need {needed_mb} MB but the memory budget is {budget_mb} MB \
          (half of the available memory); lower data.image_size or use fewer images"
@@ -77,6 +80,22 @@ pub struct Dataset {
     pub split: String,
 }
 
+/// The images and classes an experiment's `data:` names: its label file when it has
+/// one, else its folder (of class folders, or of `train/` and `val/`).
+pub fn find(data: &crate::config::DataConfig) -> Result<Scan, DataError> {
+    match &data.labels {
+        Some(csv) => labels::read(csv, &data.dir, &data.columns),
+        None => scan(&data.dir),
+    }
+}
+
+fn held_out_words(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!("; {n} test rows not read (held out)"),
+    }
+}
+
 /// Memory that decoded images may take: half of `MemAvailable`.
 pub fn memory_budget_bytes() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -97,7 +116,7 @@ impl Dataset {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Dataset, DataError> {
         let start = Instant::now();
-        let found = scan(&exp.data.dir)?;
+        let found = find(&exp.data)?;
         let size = exp.data.image_size;
         let per_image = 3 * size.height as u64 * size.width as u64;
         let needed = per_image * found.files.len() as u64;
@@ -120,8 +139,28 @@ impl Dataset {
                 return Err(DataError::NoReadableImages(name.clone()));
             }
         }
-        let (train, val, split) = match &found.fixed_val {
-            None => {
+        let (train, val, split) = match (&found.fixed_val, &found.groups) {
+            (None, Some(groups)) => {
+                let kept_groups: Vec<String> = kept.iter().map(|&i| groups[i].clone()).collect();
+                let (train, val) = grouped_split(&kept_groups, exp.data.validation_split, exp.seed);
+                let count = |side: &[usize]| {
+                    let mut g: Vec<&str> = side.iter().map(|&j| kept_groups[j].as_str()).collect();
+                    g.sort_unstable();
+                    g.dedup();
+                    g.len()
+                };
+                let words = format!(
+                    "drawn by group ({}): {} groups train, {} validate, none on both sides \
+                     (seed {}){}",
+                    exp.data.columns.group,
+                    count(&train),
+                    count(&val),
+                    exp.seed,
+                    held_out_words(found.held_out)
+                );
+                (train, val, words)
+            }
+            (None, None) => {
                 let (train, val) = stratified_split(
                     &labels,
                     found.classes.len(),
@@ -129,13 +168,24 @@ impl Dataset {
                     exp.seed,
                 );
                 let words = format!(
-                    "drawn: {:.0}% of each class validates (seed {})",
+                    "drawn: {:.0}% of each class validates (seed {}){}",
                     exp.data.validation_split * 100.0,
-                    exp.seed
+                    exp.seed,
+                    held_out_words(found.held_out)
                 );
                 (train, val, words)
             }
-            Some(flags) => {
+            (Some(flags), _) if exp.data.labels.is_some() => {
+                let (val, train): (Vec<usize>, Vec<usize>) =
+                    (0..kept.len()).partition(|&j| flags[kept[j]]);
+                let words = format!(
+                    "as the label file's {} column says (data.validation_split not used){}",
+                    exp.data.columns.split,
+                    held_out_words(found.held_out)
+                );
+                (train, val, words)
+            }
+            (Some(flags), _) => {
                 let (val, train): (Vec<usize>, Vec<usize>) =
                     (0..kept.len()).partition(|&j| flags[kept[j]]);
                 let test = match &found.test_dir {

@@ -23,6 +23,11 @@ pub struct Scan {
     /// A `test/` folder beside `train/` and `val/`: never read for training, stalls or
     /// the best epoch.
     pub test_dir: Option<PathBuf>,
+    /// From a label file's group column: each file's group, which a drawn split keeps
+    /// on one side.
+    pub groups: Option<Vec<String>>,
+    /// Label-file rows of the `test` split: not read.
+    pub held_out: usize,
 }
 
 /// Names of the folders that fix the split (any other sub-folder makes them classes).
@@ -82,6 +87,8 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         skipped,
         fixed_val: Some(fixed_val),
         test_dir: has("test").then(|| dir.join("test")),
+        groups: None,
+        held_out: 0,
     })
 }
 
@@ -156,5 +163,7 @@ fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
         skipped,
         fixed_val: None,
         test_dir: None,
+        groups: None,
+        held_out: 0,
     })
 }

@@ -32,8 +32,64 @@ pub fn stratified_split(
     (train, val)
 }
 
+/// Splits item indices into (train, validation) by group: no group has items on both
+/// sides. Groups are shuffled with a generator seeded by `seed`, then each goes to
+/// validation while that keeps the validation items within `round(n * fraction)`
+/// (at least one group on each side when there are two or more). Not stratified by
+/// class. Both lists come back sorted.
+pub fn grouped_split(groups: &[String], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in groups.iter().enumerate() {
+        members.entry(g.as_str()).or_default().push(i);
+    }
+    let mut order: Vec<Vec<usize>> = members.into_values().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    order.shuffle(&mut rng);
+    let target = (groups.len() as f64 * fraction).round() as usize;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let last = order.len().saturating_sub(1);
+    for (k, items) in order.into_iter().enumerate() {
+        let room = val.len() + items.len() <= target;
+        // The first group validates and the last trains when there are two or more.
+        let validates = (k == 0 && last > 0) || (k < last && room);
+        if validates {
+            val.extend(items);
+        } else {
+            train.extend(items);
+        }
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_grouped_split_never_cuts_a_group() {
+        // 30 patients with 1-5 images each.
+        let groups: Vec<String> = (0..90)
+            .map(|i| format!("p{}", (i * 7) % 30 + i % 3))
+            .collect();
+        let (train, val) = grouped_split(&groups, 0.2, 3);
+        assert_eq!(train.len() + val.len(), 90);
+        for &v in &val {
+            assert!(
+                train.iter().all(|&t| groups[t] != groups[v]),
+                "{} on both sides",
+                groups[v]
+            );
+        }
+        let n = val.len() as f64 / 90.0;
+        assert!((0.1..=0.2).contains(&n), "{n}");
+        assert_eq!(grouped_split(&groups, 0.2, 3), (train, val.clone()));
+        assert_ne!(grouped_split(&groups, 0.2, 4).1, val);
+        // Two groups: one each side, whatever the fraction.
+        let two: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let (t, v) = grouped_split(&two, 0.01, 1);
+        assert!(!t.is_empty() && !v.is_empty());
+    }
+
     use super::*;
 
     #[test]

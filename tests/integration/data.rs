@@ -445,3 +445,127 @@ fn train_and_val_folders_are_used_as_given() {
     assert_eq!(ds.classes, vec!["extra", "test", "train", "val"]);
     assert!(ds.split.starts_with("drawn"), "{}", ds.split);
 }
+
+/// `data.labels`: a CSV of paths (relative to data.dir) and classes, as Keras's
+/// flow_from_dataframe takes. Columns named by data.columns; a split column fixes the
+/// split (test rows held out), a group column keeps each group on one side of a drawn
+/// split; every bad row is named with its line, and check lists them all.
+#[test]
+fn label_files_give_classes_splits_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut rows = String::from("file,finding,patient,subset\n");
+    for i in 0..40 {
+        let class = if i % 2 == 0 { "normal" } else { "nodule" };
+        let v = if i % 2 == 0 { 40 } else { 200 };
+        GrayImage::from_pixel(20, 20, Luma([v]))
+            .save(images.join(format!("x{i}.png")))
+            .unwrap();
+        let subset = match i % 10 {
+            0 | 1 => "val",
+            2 => "test",
+            _ => "train",
+        };
+        rows.push_str(&format!("x{i}.png,{class},patient{},{subset}\n", i / 4));
+    }
+    let csv = root.join("labels.csv");
+    std::fs::write(&csv, &rows).unwrap();
+    let exp = |columns: &str| {
+        let text = format!(
+            "data: {{ dir: images, labels: labels.csv, image_size: 32, \
+             columns: {{ path: file, label: finding{columns} }} }}\n\
+             model: {{ backbone: small_cnn }}\nseed: 3\n"
+        );
+        parse_str(&text, &root.join("e.yaml")).unwrap()
+    };
+    // The split column: as given, test rows not read.
+    let ds = Dataset::load(&exp(", split: subset"), &no_progress).unwrap();
+    assert_eq!(ds.classes, vec!["nodule", "normal"]);
+    assert_eq!((ds.train.len(), ds.val.len()), (28, 8));
+    assert!(ds.split.contains("4 test rows not read"), "{}", ds.split);
+    for &i in &ds.val {
+        let n: usize = ds.files[i].file_stem().unwrap().to_str().unwrap()[1..]
+            .parse()
+            .unwrap();
+        assert!(n % 10 < 2, "{:?} validates", ds.files[i]);
+        assert_eq!(
+            ds.classes[ds.labels[i]],
+            if n.is_multiple_of(2) { "normal" } else { "nodule" }
+        );
+    }
+    // The group column (and no split column): a drawn split that cuts no patient.
+    let ds = Dataset::load(&exp(", group: patient"), &no_progress).unwrap();
+    assert_eq!(ds.train.len() + ds.val.len(), 40);
+    let patient = |i: usize| {
+        let n: usize = ds.files[i].file_stem().unwrap().to_str().unwrap()[1..]
+            .parse()
+            .unwrap();
+        n / 4
+    };
+    for &v in &ds.val {
+        assert!(ds.train.iter().all(|&t| patient(t) != patient(v)));
+    }
+    assert!(
+        ds.split.contains("drawn by group (patient)"),
+        "{}",
+        ds.split
+    );
+
+    // Every kind of bad row, each named with its line.
+    let mut bad = rows.clone();
+    bad.push_str("x1.png,nodule,p,train\n"); // line 42: x1.png again
+    bad.push_str("missing.png,nodule,p,train\n"); // line 43
+    bad.push_str("x3.png,,p,train\n"); // 44: empty label (and x3 not repeated)
+    bad.push_str(",normal,p,train\n"); // 45: empty path
+    bad.push_str("x5.png,normal,p\n"); // 46: too few fields
+    bad.push_str("x6.png,normal,p,later\n"); // 47: unknown split
+    std::fs::write(&csv, &bad).unwrap();
+    let exp = exp(", split: subset");
+    let err = Dataset::load(&exp, &no_progress).err().unwrap().to_string();
+    for expected in [
+        "line 42: x1.png is also on line 3",
+        "line 43: ",
+        "missing.png not found",
+        "line 44: empty label",
+        "line 45: empty path",
+        "line 46: 3 fields where the header has 4",
+        "line 47: split `later`",
+    ] {
+        assert!(err.contains(expected), "{expected} missing: {err}");
+    }
+    let problems = tlcap::check::preflight(&exp, &root.join("e.yaml"));
+    let csv_problems: Vec<_> = problems
+        .iter()
+        .filter(|p| p.message.starts_with("data.labels:"))
+        .collect();
+    assert_eq!(csv_problems.len(), 6, "{problems:?}");
+
+    // A million rows of junk: the first problems named, the rest counted.
+    let mut junk = String::from("file,finding\n");
+    for i in 0..1_000_000 {
+        junk.push_str(&format!("junk{i}\n"));
+    }
+    std::fs::write(&csv, &junk).unwrap();
+    let start = std::time::Instant::now();
+    let err = Dataset::load(&exp, &no_progress).err().unwrap().to_string();
+    eprintln!("10^6 junk rows refused in {:?}", start.elapsed());
+    assert!(
+        err.contains("line 2: 1 fields where the header has 2"),
+        "{}",
+        &err[..200]
+    );
+    assert!(
+        err.contains("and 999900 more problems"),
+        "{}",
+        &err[err.len() - 200..]
+    );
+    // A header without the named columns.
+    std::fs::write(&csv, "a,b\nx0.png,normal\n").unwrap();
+    let err = Dataset::load(&exp, &no_progress).err().unwrap().to_string();
+    assert!(
+        err.contains("needs the columns `file` and `finding`"),
+        "{err}"
+    );
+}
