@@ -492,7 +492,11 @@ fn label_files_give_classes_splits_and_groups() {
         assert!(n % 10 < 2, "{:?} validates", ds.files[i]);
         assert_eq!(
             ds.classes[ds.labels[i]],
-            if n.is_multiple_of(2) { "normal" } else { "nodule" }
+            if n.is_multiple_of(2) {
+                "normal"
+            } else {
+                "nodule"
+            }
         );
     }
     // The group column (and no split column): a drawn split that cuts no patient.
