@@ -141,6 +141,24 @@ pub enum Command {
         #[arg(long, value_name = "P", value_parser = probability)]
         threshold: Option<f64>,
     },
+    /// Score a run's model once on held-out test images (never used in training):
+    /// accuracy, loss, the confusion matrix, per-class and (two classes) precision,
+    /// recall, F1 and AUC; written to RUN_DIR/test.json and shown by `report`.
+    Evaluate {
+        /// A run folder (runs/<experiment>/<timestamp>).
+        run_dir: PathBuf,
+        /// The test images: a folder of class folders, or a CSV of labels (its test
+        /// rows; paths relative to the run's data.dir). Default: the run's label file's
+        /// test rows, or the test/ folder beside train/ and val/.
+        #[arg(long, value_name = "DIR|CSV")]
+        test: Option<PathBuf>,
+        /// Which checkpoint.
+        #[arg(long, value_enum, default_value = "best")]
+        checkpoint: CheckpointArg,
+        /// The scores as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// A run's results: epoch table, confusion matrix with per-class scores, the worst
     /// validation images; printed, and written to RUN_DIR/report.md with SVG charts.
     Report {

@@ -38,6 +38,7 @@ pub mod config;
 pub mod dashboard;
 pub mod data;
 pub mod doctor;
+pub mod evaluate;
 pub mod export;
 pub mod fsutil;
 pub mod headless;

@@ -66,6 +66,20 @@ fn main() -> ExitCode {
             tlcap::predict::PredictOptions { json, threshold },
         ),
         Command::Report { run_dir } => tlcap::report::run(&run_dir),
+        Command::Evaluate {
+            run_dir,
+            test,
+            checkpoint,
+            json,
+        } => tlcap::evaluate::run(
+            &run_dir,
+            test.as_deref(),
+            Some(match checkpoint {
+                cli::CheckpointArg::Best => tlcap::export::Checkpoint::Best,
+                cli::CheckpointArg::Last => tlcap::export::Checkpoint::Last,
+            }),
+            json,
+        ),
         Command::Export {
             run_dir,
             checkpoint,

@@ -94,6 +94,10 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
                 .unwrap_or_default()
         )?;
     }
+    if let Some(t) = crate::evaluate::read(run) {
+        writeln!(md, "## Test set (`tlcap-tui evaluate`)\n")?;
+        writeln!(md, "```\n{}\n```\n", crate::evaluate::words(&t))?;
+    }
     writeln!(md, "## Epochs\n")?;
     writeln!(
         md,

@@ -17,9 +17,23 @@ use crate::config::Columns;
 /// The most problems kept (a file of junk is summed up, not listed line by line).
 pub const MAX_PROBLEMS: usize = 100;
 
+/// Which rows of a label file are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Training and validation rows (`test` rows are counted, not read).
+    Training,
+    /// Only the `test` rows (every row when there is no split column): `evaluate`.
+    Test,
+}
+
 /// Reads `csv` (paths relative to `dir`) into the files, classes, and the split and
 /// groups it fixes. Classes are the distinct labels, sorted.
-pub fn read(csv: &Path, dir: &Path, columns: &Columns) -> Result<Scan, DataError> {
+pub fn read(
+    csv: &Path,
+    dir: &Path,
+    columns: &Columns,
+    rows_wanted: Rows,
+) -> Result<Scan, DataError> {
     let fail = |problems: Vec<String>| DataError::Labels(csv.to_path_buf(), problems);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
@@ -76,8 +90,12 @@ pub fn read(csv: &Path, dir: &Path, columns: &Columns) -> Result<Scan, DataError
         }
         let validates = match split_col.map(field) {
             None => None,
+            Some("train" | "val" | "validation" | "valid") if rows_wanted == Rows::Test => {
+                continue;
+            }
             Some("train") => Some(false),
             Some("val" | "validation" | "valid") => Some(true),
+            Some("test") if rows_wanted == Rows::Test => None,
             Some("test") => {
                 held_out += 1;
                 continue;
@@ -121,7 +139,7 @@ pub fn read(csv: &Path, dir: &Path, columns: &Columns) -> Result<Scan, DataError
     let mut classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
     classes.sort();
     classes.dedup();
-    if classes.len() < 2 {
+    if classes.len() < 2 && rows_wanted == Rows::Training {
         return Err(DataError::TooFewClasses(csv.to_path_buf(), classes));
     }
     let label_of = |name: &str| {
@@ -130,7 +148,9 @@ pub fn read(csv: &Path, dir: &Path, columns: &Columns) -> Result<Scan, DataError
             .unwrap_or(0)
     };
     let files = rows.iter().map(|r| (r.0.clone(), label_of(&r.1))).collect();
-    let fixed_val = split_col.map(|_| rows.iter().map(|r| r.2 == Some(true)).collect());
+    let fixed_val = split_col
+        .filter(|_| rows_wanted == Rows::Training)
+        .map(|_| rows.iter().map(|r| r.2 == Some(true)).collect());
     let groups = group_col.map(|_| {
         rows.iter()
             .map(|r| r.3.clone().unwrap_or_default())

@@ -3,7 +3,7 @@
 
 mod augment;
 mod decode;
-mod labels;
+pub mod labels;
 mod scan;
 mod split;
 
@@ -12,7 +12,7 @@ pub use decode::{
     decode_all, decode_center_crop, decode_into, open_image, stretch, DecodeError, Decoded,
     Decoding, MAX_DECODE_BYTES, MAX_SIDE,
 };
-pub use scan::{scan, Scan, IMAGE_EXTENSIONS};
+pub use scan::{scan, scan_classes, Scan, IMAGE_EXTENSIONS};
 pub use split::{grouped_split, stratified_split};
 
 use std::fmt;
@@ -84,7 +84,7 @@ pub struct Dataset {
 /// one, else its folder (of class folders, or of `train/` and `val/`).
 pub fn find(data: &crate::config::DataConfig) -> Result<Scan, DataError> {
     match &data.labels {
-        Some(csv) => labels::read(csv, &data.dir, &data.columns),
+        Some(csv) => labels::read(csv, &data.dir, &data.columns, labels::Rows::Training),
         None => scan(&data.dir),
     }
 }

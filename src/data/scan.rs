@@ -94,7 +94,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
 
 /// Lists classes (sorted sub-folders, hidden ones ignored) and their image files,
 /// found recursively. Fewer than two classes, or a class without images, is an error.
-fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
+pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| DataError::Folder(dir.to_path_buf(), e.to_string()))?;
     let mut classes: Vec<String> = entries

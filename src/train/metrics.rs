@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One class's scores against the rest.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassScores {
     /// Of the images predicted as this class, the fraction that are.
     pub precision: f64,

@@ -317,3 +317,99 @@ fn predict_and_export_say_alike_that_no_epoch_finished() {
     assert_eq!(predicted, exported);
     assert!(!model.exists() && !dir.path().join("m.json").exists());
 }
+
+/// `evaluate`: a run trained on train/ and val/ folders scored once on the test/
+/// folder beside them: the figures equal a hand computation from `predict --json` on
+/// the same images, an unreadable test image is skipped and counted, test.json is
+/// written and `report` shows it; a CSV's test rows score the same way; without a
+/// test set the error says how to give one.
+#[test]
+fn evaluate_scores_the_held_out_test_set_as_predict_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data = root.join("data");
+    make_images(&data.join("train"), &["left", "right"], 16, 32);
+    make_images(&data.join("val"), &["left", "right"], 6, 32);
+    make_images(&data.join("test"), &["left", "right"], 10, 32);
+    std::fs::write(data.join("test/right/broken.png"), b"not a png").unwrap();
+    let run = train(
+        root,
+        "data: { dir: data, image_size: 32 }\nmodel: { backbone: small_cnn }\n\
+         frozen: { epochs: 2 }\nfinetune: { epochs: 0 }\ndevice: cpu\nseed: 4\n",
+    );
+    let run_s = run.to_str().unwrap();
+    let (ok, out, err) = tlcap(&["evaluate", run_s, "--json"]);
+    assert!(ok, "{err}");
+    let scores: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(scores["images"], 20);
+    assert_eq!(scores["skipped"].as_array().unwrap().len(), 1);
+
+    // By hand, from predict's answers on the same folder.
+    let (_, answers, _) = tlcap(&[
+        "predict",
+        run_s,
+        data.join("test").to_str().unwrap(),
+        "--json",
+    ]);
+    let (mut right, mut loss, mut n) = (0usize, 0.0f64, 0usize);
+    let mut confusion = [[0u64; 2]; 2];
+    for line in answers.lines() {
+        let a: serde_json::Value = serde_json::from_str(line).unwrap();
+        if a.get("error").is_some() {
+            continue;
+        }
+        let path = a["path"].as_str().unwrap();
+        let truth = if path.contains("/left/") {
+            "left"
+        } else {
+            "right"
+        };
+        let t = usize::from(truth == "right");
+        let p = usize::from(a["class"] == "right");
+        confusion[t][p] += 1;
+        right += usize::from(t == p);
+        loss -= a["probabilities"][truth].as_f64().unwrap().max(1e-12).ln();
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-9;
+    assert!(close(&scores["accuracy"], right as f64 / 20.0), "{scores}");
+    assert!(close(&scores["loss"], loss / 20.0), "{scores}");
+    let counts: Vec<u64> = scores["confusion"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, confusion.concat());
+    assert!(scores["auc"].as_f64().is_some());
+    assert!(run.join("test.json").is_file());
+    let (ok, report, err) = tlcap(&["report", run_s]);
+    assert!(ok, "{err}");
+    assert!(
+        report.contains("Test set") && report.contains("20 images, 1 skipped"),
+        "{report}"
+    );
+
+    // A CSV's test rows (paths relative to the run's data.dir).
+    let csv = root.join("test.csv");
+    let mut rows = String::from("path,label,split\n");
+    for i in 0..10 {
+        rows.push_str(&format!("test/left/{i}.png,left,test\n"));
+        rows.push_str(&format!("train/right/{i}.png,right,train\n"));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let (ok, out, err) = tlcap(&["evaluate", run_s, "--test", csv.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let scores: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(scores["images"], 10, "only the test rows");
+
+    // No test set.
+    std::fs::remove_dir_all(data.join("test")).unwrap();
+    let (ok, _, err) = tlcap(&["evaluate", run_s]);
+    assert!(!ok);
+    assert!(
+        err.contains("no test set") && err.contains("--test"),
+        "{err}"
+    );
+}
