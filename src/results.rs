@@ -104,6 +104,15 @@ pub struct FolderSnapshot {
     /// What could not be read: a heartbeat that does not parse, damaged metrics lines
     /// (skipped). The rest of the folder is read all the same.
     pub problems: Vec<String>,
+    /// The held-out test accuracy `tlcap-tui evaluate` wrote (`test.json`), if any.
+    pub test_accuracy: Option<f64>,
+}
+
+/// The accuracy in a run's `test.json` (written by `evaluate`), if there is one.
+pub fn test_accuracy(run_dir: &Path) -> Option<f64> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("test.json")).ok()?).ok()?;
+    v["accuracy"].as_f64()
 }
 
 /// Reads a run folder's state; `previous` saves re-reading an unchanged
@@ -139,6 +148,7 @@ pub fn snapshot(run_dir: &Path, previous: Option<&FolderSnapshot>) -> FolderSnap
         summary: crate::train::run_dir::read_summary(run_dir).ok(),
         metrics_bytes: metrics_len,
         problems,
+        test_accuracy: test_accuracy(run_dir),
     }
 }
 

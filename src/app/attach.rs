@@ -89,6 +89,7 @@ pub(super) fn on_control_failed(app: &mut App, run_dir: &std::path::Path, why: S
 pub(super) fn fill(run: &mut RunView, path: &std::path::Path, snap: &FolderSnapshot) {
     run.run_dir = Some(path.to_path_buf());
     run.epochs = snap.epochs.clone();
+    run.test_accuracy = snap.test_accuracy;
     run.phase_marks = phase_marks(&run.epochs);
     if let Some(s) = &snap.status {
         run.phase = s.phase;

@@ -91,6 +91,8 @@ pub struct RunView {
     /// Attached: what its run folder's files could not say (a heartbeat that does not
     /// parse, damaged metrics lines), shown over its table.
     pub file_problems: Vec<String>,
+    /// The held-out test accuracy from the run folder's `test.json`, if evaluated.
+    pub test_accuracy: Option<f64>,
 }
 
 /// Batch losses kept for the loss chart.
@@ -102,6 +104,7 @@ impl RunView {
             best_rule: BestRule::of(exp),
             started_with: Some(Box::new(exp.clone())),
             file_problems: Vec::new(),
+            test_accuracy: None,
             ..RunView::bare()
         }
     }
@@ -132,6 +135,7 @@ impl RunView {
             compute: None,
             started_with: None,
             file_problems: Vec::new(),
+            test_accuracy: None,
         }
     }
 

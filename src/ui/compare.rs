@@ -62,12 +62,14 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let [table_area, chart_area] =
         Layout::vertical([Constraint::Length(lines as u16 + 3), Constraint::Min(6)]).areas(area);
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    // A `test` column once some run has been scored on its test set (`evaluate`).
+    let with_test = runs.iter().any(|(_, r)| r.test_accuracy.is_some());
     let mut rows: Vec<Row> = runs
         .iter()
         .zip(&results)
         .enumerate()
-        .map(|(i, ((name, _), result))| {
-            let cells = match *result {
+        .map(|(i, ((name, run), result))| {
+            let mut cells = match *result {
                 Some(c) => vec![
                     format!("{} {name}", MARKERS[i % MARKERS.len()].1),
                     format!("{:.3} @{}", c.best_val_accuracy, c.best_epoch),
@@ -85,6 +87,10 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                     "-".into(),
                 ],
             };
+            if with_test {
+                cells.resize(6, String::new());
+                cells.push(fmt(run.test_accuracy));
+            }
             Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
         .collect();
@@ -94,32 +100,32 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
             .map(|(base, members)| seed_row(base, members, &all_results)),
     );
 
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Min(12),
-            Constraint::Length(10),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(6),
-            Constraint::Length(12),
-        ],
-    )
-    .header(
-        Row::new(["experiment", "best", "frozen", "tuned", "s/ep", "backbone"])
-            .style(Style::new().bold()),
-    )
-    .block({
-        let block = Block::bordered()
-            .title(" compare (c: back) — best val_acc @epoch, params trainable/total ");
-        match page.hidden {
-            0 => block,
-            n => block.title_bottom(format!(
-                " … {n} more run{} (best first) ",
-                if n == 1 { "" } else { "s" }
-            )),
-        }
-    });
+    let mut widths = vec![
+        Constraint::Min(12),
+        Constraint::Length(10),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(12),
+    ];
+    let mut header = vec!["experiment", "best", "frozen", "tuned", "s/ep", "backbone"];
+    if with_test {
+        widths.push(Constraint::Length(6));
+        header.push("test");
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().bold()))
+        .block({
+            let block = Block::bordered()
+                .title(" compare (c: back) — best val_acc @epoch, params trainable/total ");
+            match page.hidden {
+                0 => block,
+                n => block.title_bottom(format!(
+                    " … {n} more run{} (best first) ",
+                    if n == 1 { "" } else { "s" }
+                )),
+            }
+        });
     frame.render_widget(table, table_area);
     let series: Vec<Vec<(f64, f64)>> = runs
         .iter()

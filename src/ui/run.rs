@@ -175,6 +175,13 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
         if !errors.is_empty() {
             lines.push(Line::raw("Last good settings:"));
         }
+        if let Some(csv) = &exp.data.labels {
+            // The split may be the label file's (its split column) rather than drawn.
+            lines.push(Line::raw(format!(
+                "labels    {} (its split column, if any, decides)",
+                csv.display()
+            )));
+        }
         lines.extend([
             Line::raw(format!("data      {}", exp.data.dir.display())),
             Line::raw(format!(

@@ -335,7 +335,8 @@ fn bad_run_folders_are_shown_per_run_and_hurt_no_other() {
 }
 
 /// The compare view over more runs than fit: the best ones, best first, and how many
-/// more there are; at 80x24 as at 120x40.
+/// more there are; at 80x24 as at 120x40; a run scored by `evaluate` shows its test
+/// accuracy in a column of its own.
 #[test]
 fn compare_over_many_runs_shows_the_best_and_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,6 +346,10 @@ fn compare_over_many_runs_shows_the_best_and_counts_the_rest() {
         // Run i's best val_accuracy: 0.5 + i/200, so sweep59 is the best.
         let line = epoch_line(1).replace("0.61", &format!("{}", 0.5 + i as f64 / 200.0));
         std::fs::write(run.join("metrics.jsonl"), line).unwrap();
+        if i == 59 {
+            // Scored on its test set by `evaluate`: the table gets a test column.
+            std::fs::write(run.join("test.json"), r#"{"accuracy": 0.9125}"#).unwrap();
+        }
     }
     let mut app = App::attached(runs.clone());
     let (tx, rx) = flume::unbounded();
@@ -364,5 +369,11 @@ fn compare_over_many_runs_shows_the_best_and_counts_the_rest() {
             !screen.contains("sweep00 "),
             "the worst is left out:\n{screen}"
         );
+        if w >= 100 {
+            assert!(
+                screen.contains("test") && screen.contains("0.912"),
+                "{screen}"
+            );
+        }
     }
 }
