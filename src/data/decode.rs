@@ -84,6 +84,10 @@ pub enum DecodeError {
     /// Decoding failed.
     #[error("corrupt or truncated: {0}")]
     Corrupt(image::ImageError),
+    /// A DICOM file that cannot be decoded (an unsupported transfer syntax, missing or
+    /// broken pixel data), in the DICOM library's words.
+    #[error("DICOM: {0}")]
+    Dicom(String),
     /// After resizing, the image is smaller than the centre crop.
     #[error("image too small to crop {crop}x{crop}")]
     TooSmallToCrop { crop: u32 },
@@ -102,6 +106,10 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, DecodeError> {
         .map_err(DecodeError::Unreadable)?;
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
+    }
+    // DICOM Part 10: a 128-byte preamble, then "DICM".
+    if bytes.get(128..132) == Some(b"DICM") {
+        return decode_dicom(&bytes);
     }
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -127,6 +135,41 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, DecodeError> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(why)?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// Decodes a DICOM file's first frame with `dicom-pixeldata`: the modality rescale
+/// and the file's own VOI window (or VOI LUT) applied when it has one, else min-max
+/// normalised, as 8-bit grayscale (MONOCHROME1 inverted) or RGB. The declared size is
+/// checked against [`MAX_SIDE`] before any pixel is decoded.
+fn decode_dicom(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
+    use dicom_dictionary_std::tags;
+    use dicom_object::file::ReadPreamble;
+    use dicom_pixeldata::{BitDepthOption, ConvertOptions, PixelDecoder};
+    let dicom = |e: &dyn std::fmt::Display| DecodeError::Dicom(e.to_string());
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(std::io::Cursor::new(bytes))
+        .map_err(|e| dicom(&e))?;
+    let side = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, columns) = (side(tags::ROWS), side(tags::COLUMNS));
+    if rows == 0 || columns == 0 {
+        return Err(DecodeError::Dicom("no Rows/Columns: not an image".into()));
+    }
+    if rows > MAX_SIDE || columns > MAX_SIDE {
+        return Err(DecodeError::Dicom(format!(
+            "declares {columns}x{rows} pixels; the limit is {MAX_SIDE} a side"
+        )));
+    }
+    let pixels = obj.decode_pixel_data().map_err(|e| dicom(&e))?;
+    let options = ConvertOptions::new().with_bit_depth(BitDepthOption::Force8Bit);
+    pixels
+        .to_dynamic_image_with_options(0, &options)
+        .map_err(|e| dicom(&e))
 }
 
 /// Resizes `img` to `size` and writes it into `out` (3 x h x w bytes, channel-major).

@@ -40,7 +40,7 @@ pub enum DataError {
     Folder(PathBuf, String),
     #[error("{0} needs at least two class sub-folders, found {1:?}")]
     TooFewClasses(PathBuf, Vec<String>),
-    #[error("class folder {0} has no images (png, jpg, jpeg, bmp, gif, webp, tif, tiff)")]
+    #[error("class folder {0} has no images (png, jpg, jpeg, bmp, gif, webp, tif, tiff, dcm)")]
     EmptyClass(PathBuf),
     #[error("class `{0}` has no readable images (all were skipped)")]
     NoReadableImages(String),

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use super::{DataError, Skipped};
 
 /// Extensions recognised as images (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "dcm", "dicom",
+];
 
 /// What a scan of the data folder found.
 #[derive(Debug, Clone)]

@@ -573,3 +573,101 @@ fn label_files_give_classes_splits_and_groups() {
         "{err}"
     );
 }
+
+/// Writes a 16-bit MONOCHROME2 DICOM file (Explicit VR Little Endian) of `values` in
+/// one row, 12 bits stored, with a VOI window when given.
+fn write_dicom(path: &Path, values: &[u16], window: Option<(f64, f64)>, rows: u16) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let us = |v: u16| PrimitiveValue::from(v);
+    let mut obj = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+        ),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234567890"),
+        DataElement::new(tags::MODALITY, VR::CS, "DX"),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, us(1)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        DataElement::new(tags::ROWS, VR::US, us(rows)),
+        DataElement::new(tags::COLUMNS, VR::US, us(values.len() as u16)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, us(16)),
+        DataElement::new(tags::BITS_STORED, VR::US, us(12)),
+        DataElement::new(tags::HIGH_BIT, VR::US, us(11)),
+        DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, us(0)),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(values.iter().copied().collect()),
+        ),
+    ]);
+    if let Some((center, width)) = window {
+        obj.put(DataElement::new(
+            tags::WINDOW_CENTER,
+            VR::DS,
+            center.to_string(),
+        ));
+        obj.put(DataElement::new(
+            tags::WINDOW_WIDTH,
+            VR::DS,
+            width.to_string(),
+        ));
+    }
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+}
+
+/// DICOM X-rays (`.dcm`, generated here): decoded with dicom-pixeldata, the file's own
+/// VOI window applied where it has one (a narrow window saturates), min-max
+/// normalised where it has none; a declared size over the limit refused before any
+/// pixel is decoded; a truncated file a clear error.
+#[test]
+fn dicom_files_decode_with_their_own_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = [0u16, 1024, 2048, 4095];
+    let near = |got: &[u8], want: &[u8]| {
+        got.iter()
+            .zip(want)
+            .all(|(&g, &w)| (g as i32 - w as i32).abs() <= 1)
+    };
+    // No window: the values' own range.
+    let plain = dir.path().join("plain.dcm");
+    write_dicom(&plain, &values, None, 1);
+    let out = decode_whole(&plain, 4, 1);
+    assert!(near(&out[..4], &[0, 64, 128, 255]), "{out:?}");
+    assert_eq!(&out[..4], &out[4..8], "three equal channels");
+    // A window centred on 1024, 512 wide: 0 black, 1024 mid-grey, 2048 and up white.
+    let windowed = dir.path().join("windowed.dcm");
+    write_dicom(&windowed, &values, Some((1024.0, 512.0)), 1);
+    let out = decode_whole(&windowed, 4, 1);
+    eprintln!("windowed DICOM row: {:?}", &out[..4]);
+    assert!(near(&out[..4], &[0, 128, 255, 255]), "{out:?}");
+    // A header claiming 65535 rows (with four pixels of data): refused up front.
+    let huge = dir.path().join("huge.dcm");
+    write_dicom(&huge, &values, None, 65535);
+    let mut buf = vec![0u8; 3 * 4];
+    let decoding = tlcap::data::Decoding {
+        size: tlcap::config::ImageSize {
+            width: 4,
+            height: 1,
+        },
+        interpolation: tlcap::config::Interpolation::Bilinear,
+        intensity: tlcap::config::Intensity::Full,
+    };
+    let err = tlcap::data::decode_into(&huge, &decoding, &mut buf)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("declares 4x65535 pixels"), "{err}");
+    // Truncated: an error in words, not a panic.
+    let bytes = std::fs::read(&plain).unwrap();
+    let cut = dir.path().join("cut.dcm");
+    std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
+    let err = tlcap::data::decode_into(&cut, &decoding, &mut buf)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("DICOM: "), "{err}");
+}
