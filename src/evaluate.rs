@@ -75,10 +75,22 @@ fn test_images(exp: &crate::config::Experiment, test: Option<&Path>) -> anyhow::
             crate::data::labels::read(p, &exp.data.dir, &exp.data.columns, Rows::Test)?,
         ),
         None => match &exp.data.labels {
-            Some(csv) => (
-                csv.clone(),
-                crate::data::labels::read(csv, &exp.data.dir, &exp.data.columns, Rows::Test)?,
-            ),
+            // The run's own label file: only rows it marks `test`, never the rows the
+            // run trained and validated on.
+            Some(csv) => {
+                let found =
+                    crate::data::labels::read(csv, &exp.data.dir, &exp.data.columns, Rows::Test)?;
+                if !found.has_split_column {
+                    bail!(
+                        "no test set: the run's label file {} has no `{}` column marking test \
+                         rows (its rows trained and validated the model); give one with \
+                         --test DIR or --test FILE.csv",
+                        csv.display(),
+                        exp.data.columns.split
+                    );
+                }
+                (csv.clone(), found)
+            }
             None if exp.data.dir.join("test").is_dir() => {
                 let dir = exp.data.dir.join("test");
                 (dir.clone(), crate::data::scan_classes(&dir)?)

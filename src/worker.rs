@@ -52,6 +52,10 @@ pub fn experiment_list(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A heartbeat younger than this (seconds) means a live process writes the folder
+/// (the dashboard's "lost" threshold).
+const LIVE_HEARTBEAT_SECONDS: f64 = 10.0;
+
 /// What an earlier attempt of a task left in the runs folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Earlier {
@@ -85,11 +89,21 @@ pub fn earlier_attempt(runs: &Path, exp: &Experiment) -> Option<Earlier> {
     if !unfinished {
         return None;
     }
-    Some(if newest.join("last.safetensors").is_file() {
-        Earlier::Resume(newest)
-    } else {
-        Earlier::Restart(newest)
-    })
+    if newest.join("last.safetensors").is_file() {
+        return Some(Earlier::Resume(newest));
+    }
+    // Before its first epoch, with a heartbeat younger than the "lost" threshold on a
+    // running or paused run: another process may be writing this folder (two files of
+    // one experiment name, started together). Restarting would wipe it; this attempt
+    // starts a new run instead. (A resume keeps what is there, and a killed process's
+    // requeued task may come back within seconds, so resumes are not held back.)
+    let live = crate::train::status::read(&newest).is_some_and(|s| {
+        matches!(
+            s.state,
+            crate::train::status::RunState::Running | crate::train::status::RunState::Paused
+        ) && s.age_seconds().is_some_and(|a| a < LIVE_HEARTBEAT_SECONDS)
+    });
+    (!live).then_some(Earlier::Restart(newest))
 }
 
 /// Runs task `index` of the experiments under `paths` into `runs`: resumes its
@@ -190,6 +204,17 @@ mod tests {
         );
         // Stopped on purpose (a key, a control line): a new run.
         summary(Some("control.jsonl"));
+        assert_eq!(earlier_attempt(&runs, &exp), None);
+        // No summary, no epoch, but a fresh heartbeat: another process may write it;
+        // not wiped.
+        std::fs::remove_file(run.join("summary.json")).unwrap();
+        std::fs::remove_file(run.join("last.safetensors")).unwrap();
+        let status = serde_json::json!({
+            "experiment": "e", "pid": 1, "host": "h", "state": "running", "phase": "frozen",
+            "epoch": 1, "epochs": 2, "batch": [0, 0], "images_per_sec": 0.0,
+            "updated_at": chrono::Utc::now().to_rfc3339(),
+        });
+        std::fs::write(run.join("status.json"), status.to_string()).unwrap();
         assert_eq!(earlier_attempt(&runs, &exp), None);
     }
 

@@ -66,7 +66,7 @@ impl Folders {
     /// Every run folder (`<root>/<experiment>/<run>/` with a `config.yaml`), sorted.
     pub fn list(&mut self, root: &Path) -> Vec<PathBuf> {
         let stamp = modified(root);
-        if stamp.is_none() || stamp != self.root_stamp {
+        if stamp.is_none() || stamp != self.root_stamp || !settled(stamp) {
             self.root_stamp = stamp;
             self.names = std::fs::read_dir(root)
                 .map(|d| {
@@ -81,11 +81,16 @@ impl Folders {
         for exp in &self.names {
             let stamp = modified(exp);
             let entry = self.experiments.entry(exp.clone()).or_default();
-            if stamp.is_none() || stamp != entry.0 {
+            if stamp.is_none() || stamp != entry.0 || !settled(stamp) {
                 // A run folder gets its config.yaml just after it is made: until every
                 // folder has one, this experiment folder is listed again each pass.
                 let runs: Vec<PathBuf> = std::fs::read_dir(exp)
-                    .map(|d| d.flatten().map(|e| e.path()).collect())
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.is_dir())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let complete = runs.iter().all(|r| r.join("config.yaml").is_file());
                 *entry = (

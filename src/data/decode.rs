@@ -131,6 +131,13 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, DecodeError> {
     // turned upright, as a photo viewer shows it. A missing or unreadable tag leaves
     // it as stored.
     let mut decoder = reader.into_decoder().map_err(why)?;
+    // `ImageReader::decode` checks the decoded size against the allocation limit;
+    // going through the decoder (for its orientation), the check is made here.
+    if decoder.total_bytes() > MAX_DECODE_BYTES {
+        return Err(DecodeError::TooLargeToDecode(
+            image::error::LimitError::from_kind(image::error::LimitErrorKind::InsufficientMemory),
+        ));
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(why)?;
     img.apply_orientation(orientation);
@@ -165,7 +172,7 @@ fn decode_dicom(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
             "declares {columns}x{rows} pixels; the limit is {MAX_SIDE} a side"
         )));
     }
-    let pixels = obj.decode_pixel_data().map_err(|e| dicom(&e))?;
+    let pixels = obj.decode_pixel_data_frame(0).map_err(|e| dicom(&e))?;
     let options = ConvertOptions::new().with_bit_depth(BitDepthOption::Force8Bit);
     pixels
         .to_dynamic_image_with_options(0, &options)

@@ -88,6 +88,13 @@ pub fn read(
             ));
             continue;
         }
+        // A path twice is a problem whichever splits its rows name (an image in both
+        // train and test would be scored on what it trained on).
+        let file = dir.join(path);
+        if let Some(first) = seen.insert(file.clone(), line) {
+            problem(format!("line {line}: {path} is also on line {first}"));
+            continue;
+        }
         let validates = match split_col.map(field) {
             None => None,
             Some("train" | "val" | "validation" | "valid") if rows_wanted == Rows::Test => {
@@ -107,11 +114,6 @@ pub fn read(
                 continue;
             }
         };
-        let file = dir.join(path);
-        if let Some(first) = seen.insert(file.clone(), line) {
-            problem(format!("line {line}: {path} is also on line {first}"));
-            continue;
-        }
         if !file.is_file() {
             problem(format!("line {line}: {} not found", file.display()));
             continue;
@@ -140,7 +142,10 @@ pub fn read(
     classes.sort();
     classes.dedup();
     if classes.len() < 2 && rows_wanted == Rows::Training {
-        return Err(DataError::TooFewClasses(csv.to_path_buf(), classes));
+        return Err(fail(vec![format!(
+            "needs at least two classes in its `{}` column, found {classes:?}",
+            columns.label
+        )]));
     }
     let label_of = |name: &str| {
         classes
@@ -164,6 +169,7 @@ pub fn read(
         test_dir: None,
         groups,
         held_out,
+        has_split_column: split_col.is_some(),
     })
 }
 

@@ -49,8 +49,15 @@ pub enum DataError {
          every validation class must be a training class"
     )]
     UnknownValidationClass(PathBuf, Vec<String>),
-    #[error("{0} has both val/ and validation/: keep one")]
+    #[error("{0} has more than one of val/, validation/ and valid/: keep one")]
     TwoValidationFolders(PathBuf),
+    #[error(
+        "{0} holds train/ but no val/ (or validation/, valid/) beside it: add one, or put \
+         the class folders directly in the data folder to have the split drawn"
+    )]
+    NoValidationFolder(PathBuf),
+    #[error("the split leaves no {0} images: {1}")]
+    EmptySide(&'static str, String),
     #[error("{}: {}", .0.display(), .1.join("; "))]
     Labels(PathBuf, Vec<String>),
     #[error(
@@ -192,18 +199,25 @@ impl Dataset {
                     Some(t) => format!("; {} not read (held out)", t.display()),
                     None => String::new(),
                 };
+                let val_name = ["val", "validation", "valid"]
+                    .into_iter()
+                    .find(|v| exp.data.dir.join(v).is_dir())
+                    .unwrap_or("val");
                 let words = format!(
-                    "as the folders say: train/ trains, {} validates \
-                     (data.validation_split not used){test}",
-                    if exp.data.dir.join("val").is_dir() {
-                        "val/"
-                    } else {
-                        "validation/"
-                    }
+                    "as the folders say: train/ trains, {val_name}/ validates \
+                     (data.validation_split not used){test}"
                 );
                 (train, val, words)
             }
         };
+        // A split the user fixed (folders, a split column) or grouped can leave a side
+        // empty: training without validation measures nothing.
+        let chosen = found.fixed_val.is_some() || found.groups.is_some();
+        for (side, items) in [("training", &train), ("validation", &val)] {
+            if chosen && items.is_empty() {
+                return Err(DataError::EmptySide(side, split.clone()));
+            }
+        }
         let mut skipped = found.skipped;
         skipped.extend(decoded.skipped);
         Ok(Dataset {

@@ -30,10 +30,14 @@ pub struct Scan {
     pub groups: Option<Vec<String>>,
     /// Label-file rows of the `test` split: not read.
     pub held_out: usize,
+    /// A label file with a split column.
+    pub has_split_column: bool,
 }
 
 /// Names of the folders that fix the split (any other sub-folder makes them classes).
-const SPLIT_FOLDERS: [&str; 4] = ["train", "val", "validation", "test"];
+const SPLIT_FOLDERS: [&str; 5] = ["train", "val", "validation", "valid", "test"];
+/// The names a validation folder may have.
+const VALIDATION_FOLDERS: [&str; 3] = ["val", "validation", "valid"];
 
 /// The non-hidden sub-folders of `dir`, sorted.
 fn sub_folders(dir: &Path) -> Result<Vec<String>, DataError> {
@@ -56,16 +60,19 @@ fn sub_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 pub fn scan(dir: &Path) -> Result<Scan, DataError> {
     let subs = sub_folders(dir)?;
     let has = |n: &str| subs.iter().any(|s| s == n);
-    let fixed = has("train")
-        && (has("val") || has("validation"))
-        && subs.iter().all(|s| SPLIT_FOLDERS.contains(&s.as_str()));
-    if !fixed {
+    let only_split_names = subs.iter().all(|s| SPLIT_FOLDERS.contains(&s.as_str()));
+    let vals: Vec<&str> = VALIDATION_FOLDERS.into_iter().filter(|v| has(v)).collect();
+    if !(has("train") && only_split_names) {
         return scan_classes(dir);
     }
-    let val_dir = dir.join(if has("val") { "val" } else { "validation" });
-    if has("val") && has("validation") {
-        return Err(DataError::TwoValidationFolders(dir.to_path_buf()));
-    }
+    // train/ beside split names only: a split layout, which needs its validation folder
+    // (taking train/ and test/ as two classes would train a "which folder" model).
+    let val_name = match vals.as_slice() {
+        [one] => *one,
+        [] => return Err(DataError::NoValidationFolder(dir.to_path_buf())),
+        _ => return Err(DataError::TwoValidationFolders(dir.to_path_buf())),
+    };
+    let val_dir = dir.join(val_name);
     let train = scan_classes(&dir.join("train"))?;
     let val = scan_classes(&val_dir)?;
     let mut files = train.files;
@@ -91,6 +98,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         test_dir: has("test").then(|| dir.join("test")),
         groups: None,
         held_out: 0,
+        has_split_column: false,
     })
 }
 
@@ -167,5 +175,6 @@ pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
         test_dir: None,
         groups: None,
         held_out: 0,
+        has_split_column: false,
     })
 }

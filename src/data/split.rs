@@ -48,10 +48,22 @@ pub fn grouped_split(groups: &[String], fraction: f64, seed: u64) -> (Vec<usize>
     let target = (groups.len() as f64 * fraction).round() as usize;
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let last = order.len().saturating_sub(1);
+    // With two or more groups one must validate: the first that fits the target, else
+    // the smallest (never a group that holds most of the images by chance of order).
+    let forced = (last > 0).then(|| {
+        order[..last]
+            .iter()
+            .position(|g| g.len() <= target)
+            .unwrap_or_else(|| {
+                (0..last)
+                    .min_by_key(|&k| order[k].len())
+                    .expect("two or more groups")
+            })
+    });
     for (k, items) in order.into_iter().enumerate() {
         let room = val.len() + items.len() <= target;
-        // The first group validates and the last trains when there are two or more.
-        let validates = (k == 0 && last > 0) || (k < last && room);
+        // The last group trains when there are two or more.
+        let validates = Some(k) == forced || (k < last && room && forced.is_some());
         if validates {
             val.extend(items);
         } else {
@@ -88,6 +100,13 @@ mod tests {
         let two: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
         let (t, v) = grouped_split(&two, 0.01, 1);
         assert!(!t.is_empty() && !v.is_empty());
+        // One group of most images: it trains, whatever the shuffle puts first.
+        let mut big: Vec<String> = vec!["blank".to_string(); 60];
+        big.extend((0..40).map(|i| format!("p{i}")));
+        for seed in 0..20 {
+            let (_, v) = grouped_split(&big, 0.2, seed);
+            assert!(v.len() <= 20, "seed {seed}: {} validate", v.len());
+        }
     }
 
     use super::*;

@@ -436,13 +436,21 @@ fn train_and_val_folders_are_used_as_given() {
     // Both spellings.
     std::fs::create_dir_all(root.join("validation/a")).unwrap();
     let err = load("").err().expect("two validation folders").to_string();
-    assert!(err.contains("both val/ and validation/"), "{err}");
+    assert!(err.contains("more than one of val/, validation/"), "{err}");
     std::fs::remove_dir_all(root.join("validation")).unwrap();
+    // train/ and test/ without a validation folder: refused, not taken as classes.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(root.join("val"), elsewhere.path().join("val")).unwrap();
+    let err = load("").err().expect("no validation folder").to_string();
+    assert!(err.contains("holds train/ but no val/"), "{err}");
+    std::fs::rename(elsewhere.path().join("val"), root.join("valid")).unwrap();
+    let ds = load("").unwrap();
+    assert!(ds.split.contains("valid/ validates"), "{}", ds.split);
     // Another folder beside them: they are classes again, as before.
     std::fs::create_dir_all(root.join("extra")).unwrap();
     make_folder(&root.join("extra"), 1);
     let ds = load("").unwrap();
-    assert_eq!(ds.classes, vec!["extra", "test", "train", "val"]);
+    assert_eq!(ds.classes, vec!["extra", "test", "train", "valid"]);
     assert!(ds.split.starts_with("drawn"), "{}", ds.split);
 }
 
@@ -524,7 +532,8 @@ fn label_files_give_classes_splits_and_groups() {
     bad.push_str("x3.png,,p,train\n"); // 44: empty label (and x3 not repeated)
     bad.push_str(",normal,p,train\n"); // 45: empty path
     bad.push_str("x5.png,normal,p\n"); // 46: too few fields
-    bad.push_str("x6.png,normal,p,later\n"); // 47: unknown split
+    bad.push_str("new.png,normal,p,later\n"); // 47: unknown split
+    bad.push_str("x7.png,nodule,p,test\n"); // 48: x7.png trains (line 9) and tests
     std::fs::write(&csv, &bad).unwrap();
     let exp = exp(", split: subset");
     let err = Dataset::load(&exp, &no_progress).err().unwrap().to_string();
@@ -536,6 +545,7 @@ fn label_files_give_classes_splits_and_groups() {
         "line 45: empty path",
         "line 46: 3 fields where the header has 4",
         "line 47: split `later`",
+        "line 48: x7.png is also on line 9",
     ] {
         assert!(err.contains(expected), "{expected} missing: {err}");
     }
@@ -544,7 +554,7 @@ fn label_files_give_classes_splits_and_groups() {
         .iter()
         .filter(|p| p.message.starts_with("data.labels:"))
         .collect();
-    assert_eq!(csv_problems.len(), 6, "{problems:?}");
+    assert_eq!(csv_problems.len(), 7, "{problems:?}");
 
     // A million rows of junk: the first problems named, the rest counted.
     let mut junk = String::from("file,finding\n");
