@@ -55,6 +55,8 @@ fn counts_split_and_broken_files() {
     let jpg = std::fs::read(root.join("a/1.jpg")).unwrap();
     std::fs::write(bad.join("truncated.jpg"), &jpg[..jpg.len() / 2]).unwrap();
     std::fs::write(bad.join("bomb.bmp"), bmp_header(100_000, 100_000)).unwrap();
+    // Within the side limit, over the 512 MB a decode may allocate (768 MB).
+    std::fs::write(bad.join("wide.bmp"), bmp_header(16_000, 16_000)).unwrap();
     std::os::unix::fs::symlink(root.join("missing.png"), bad.join("dangling.png")).unwrap();
     // Hidden folders are not data: neither loaded nor reported.
     std::fs::create_dir_all(root.join("a/.ipynb_checkpoints")).unwrap();
@@ -100,6 +102,11 @@ fn counts_split_and_broken_files() {
         reason_of("truncated.jpg")
     );
     assert!(
+        reason_of("wide.bmp").contains("too large to decode safely"),
+        "{}",
+        reason_of("wide.bmp")
+    );
+    assert!(
         reason_of("bomb.bmp").contains("too large"),
         "{}",
         reason_of("bomb.bmp")
@@ -109,10 +116,10 @@ fn counts_split_and_broken_files() {
         "{}",
         reason_of("dangling.png")
     );
-    assert_eq!(ds.skipped.len(), 7, "{reasons:?}");
-    // Decoding saw every image-named file: 41 good + 5 broken (notes.txt and the dangling
+    assert_eq!(ds.skipped.len(), 8, "{reasons:?}");
+    // Decoding saw every image-named file: 41 good + 6 broken (notes.txt and the dangling
     // link were already skipped by the scan).
-    assert_eq!(progress.lock().unwrap().last(), Some(&(46, 46)));
+    assert_eq!(progress.lock().unwrap().last(), Some(&(47, 47)));
 
     // Stratified: a quarter of each class validates.
     assert_eq!(ds.split_counts(), vec![(16, 5), (15, 5)]);
@@ -125,7 +132,7 @@ fn counts_split_and_broken_files() {
     assert_ne!(other_seed.val, ds.val);
     let text = ds.to_string();
     assert!(
-        text.contains("skipped              7") && text.contains("40x30 (40)"),
+        text.contains("skipped              8") && text.contains("40x30 (40)"),
         "{text}"
     );
 }

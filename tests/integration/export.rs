@@ -412,4 +412,28 @@ fn evaluate_scores_the_held_out_test_set_as_predict_answers() {
         err.contains("no test set") && err.contains("--test"),
         "{err}"
     );
+
+    // A run from a label file without a split column: its rows trained the model, so
+    // they are no test set.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut rows = String::from("path,label\n");
+    for i in 0..16 {
+        rows.push_str(&format!(
+            "train/left/{i}.png,left\ntrain/right/{i}.png,right\n"
+        ));
+    }
+    std::fs::write(other.join("labels.csv"), rows).unwrap();
+    let run = train(
+        &other,
+        &format!(
+            "data: {{ dir: {}, labels: labels.csv, image_size: 32 }}\n\
+             model: {{ backbone: small_cnn }}\nfrozen: {{ epochs: 1 }}\nfinetune: {{ epochs: 0 }}\n\
+             device: cpu\n",
+            data.display()
+        ),
+    );
+    let (ok, _, err) = tlcap(&["evaluate", run.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("has no `split` column"), "{err}");
 }
