@@ -118,12 +118,20 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
         .block({
             let block = Block::bordered()
                 .title(" compare (c: back) — best val_acc @epoch, params trainable/total ");
-            match page.hidden {
-                0 => block,
-                n => block.title_bottom(format!(
-                    " … {n} more run{} (best first) ",
-                    if n == 1 { "" } else { "s" }
-                )),
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
+            let mut left_out = Vec::new();
+            if page.hidden > 0 {
+                left_out.push(plural(page.hidden, "more run", "more runs"));
+            }
+            if page.hidden_groups > 0 {
+                left_out.push(plural(page.hidden_groups, "seed summary", "seed summaries"));
+            }
+            if left_out.is_empty() {
+                block
+            } else {
+                block.title_bottom(format!(" … {} (best first) ", left_out.join(", ")))
             }
         });
     frame.render_widget(table, table_area);
@@ -172,7 +180,10 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
 struct Page {
     runs: Vec<usize>,
     groups: Vec<usize>,
+    /// Runs left out.
     hidden: usize,
+    /// Seed summaries left out.
+    hidden_groups: usize,
 }
 
 /// Picks the rows that fit in `capacity` lines: everything in its order when it all
@@ -184,6 +195,7 @@ fn fit(results: &[Option<ResultRow>], groups: &[(String, Vec<usize>)], capacity:
             runs: (0..results.len()).collect(),
             groups: (0..groups.len()).collect(),
             hidden: 0,
+            hidden_groups: 0,
         };
     }
     let best = |i: usize| {
@@ -197,12 +209,18 @@ fn fit(results: &[Option<ResultRow>], groups: &[(String, Vec<usize>)], capacity:
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     by_mean.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)));
-    by_mean.truncate(capacity / 2 / 2);
+    let mut shown_groups = groups.len().min(capacity / 2 / 2);
     let mut by_best: Vec<usize> = (0..results.len()).collect();
     by_best.sort_by(|&a, &b| best(b).total_cmp(&best(a)));
-    by_best.truncate(capacity - 2 * by_mean.len());
+    by_best.truncate(capacity - 2 * shown_groups);
+    // Every run fits: the lines left go to more seed summaries.
+    if by_best.len() == results.len() {
+        shown_groups = groups.len().min((capacity - by_best.len()) / 2);
+    }
+    by_mean.truncate(shown_groups);
     Page {
         hidden: results.len() - by_best.len(),
+        hidden_groups: groups.len() - by_mean.len(),
         runs: by_best,
         groups: by_mean,
     }
@@ -273,7 +291,8 @@ mod tests {
             Page {
                 runs: vec![0, 1, 2],
                 groups: vec![0],
-                hidden: 0
+                hidden: 0,
+                hidden_groups: 0
             }
         );
     }
@@ -290,6 +309,14 @@ mod tests {
         assert_eq!(page.groups, vec![9, 8, 7]);
         assert_eq!(page.runs, (93..100).rev().collect::<Vec<_>>());
         assert_eq!(page.hidden, 93);
+        assert_eq!(page.hidden_groups, 7);
+        // The runs fit but not every summary: the spare lines go to summaries, and the
+        // ones left out are counted.
+        let few: Vec<_> = (0..5).map(|i| result(i as f64 / 10.0)).collect();
+        let three: Vec<_> = (0..3).map(|g| (format!("g{g}"), vec![g])).collect();
+        let page = fit(&few, &three, 10);
+        assert_eq!((page.runs.len(), page.groups.len()), (5, 2));
+        assert_eq!((page.hidden, page.hidden_groups), (0, 1));
         // No room at all: nothing but the count.
         let page = fit(&results, &groups, 0);
         assert!(page.runs.is_empty() && page.groups.is_empty());
