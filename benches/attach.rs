@@ -9,6 +9,9 @@
 //!
 //! Run: `cargo bench --bench attach` (or `make bench`).
 
+mod common;
+use common::thread_cpu_seconds;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,17 +26,6 @@ use tlcap::dashboard::{RunsView, ATTACH_POLL};
 const FINISHED: usize = 990;
 const LIVE: usize = 10;
 const SECONDS: u64 = 12;
-
-/// CPU seconds used by the calling thread so far.
-fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

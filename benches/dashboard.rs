@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench --bench dashboard` (or `make bench`).
 
+mod common;
+use common::thread_cpu_seconds;
+
 use std::path::Path;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -20,17 +23,6 @@ use tlcap::train::{self, Event, Options};
 
 const EPOCHS: u32 = 4;
 const ROUNDS: u32 = 3;
-
-/// CPU seconds used by the calling thread so far.
-fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
 
 fn make_data(root: &Path) {
     for (c, name) in ["a", "b"].iter().enumerate() {

@@ -221,11 +221,20 @@ pub enum Command {
     },
 }
 
-/// `--checkpoint` of `export`.
+/// `--checkpoint` of `export` and `evaluate`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum CheckpointArg {
     Best,
     Last,
+}
+
+impl From<CheckpointArg> for tlcap::export::Checkpoint {
+    fn from(arg: CheckpointArg) -> Self {
+        match arg {
+            CheckpointArg::Best => tlcap::export::Checkpoint::Best,
+            CheckpointArg::Last => tlcap::export::Checkpoint::Last,
+        }
+    }
 }
 
 /// `--format` of `export`.

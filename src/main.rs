@@ -71,15 +71,7 @@ fn main() -> ExitCode {
             test,
             checkpoint,
             json,
-        } => tlcap::evaluate::run(
-            &run_dir,
-            test.as_deref(),
-            Some(match checkpoint {
-                cli::CheckpointArg::Best => tlcap::export::Checkpoint::Best,
-                cli::CheckpointArg::Last => tlcap::export::Checkpoint::Last,
-            }),
-            json,
-        ),
+        } => tlcap::evaluate::run(&run_dir, test.as_deref(), Some(checkpoint.into()), json),
         Command::Export {
             run_dir,
             checkpoint,
@@ -87,10 +79,7 @@ fn main() -> ExitCode {
             output,
         } => tlcap::export::run(
             &run_dir,
-            match checkpoint {
-                cli::CheckpointArg::Best => tlcap::export::Checkpoint::Best,
-                cli::CheckpointArg::Last => tlcap::export::Checkpoint::Last,
-            },
+            checkpoint.into(),
             match format {
                 cli::FormatArg::Torchscript => tlcap::export::Format::Torchscript,
                 cli::FormatArg::Safetensors => tlcap::export::Format::Safetensors,

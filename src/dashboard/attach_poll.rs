@@ -62,43 +62,43 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Whether a folder must be listed again: its time moved since `listed`, or is too
+/// recent to tell (or unknown).
+fn moved(stamp: Option<SystemTime>, listed: Option<SystemTime>) -> bool {
+    !settled(stamp) || stamp != listed
+}
+
+/// The sub-folders of `path` (none when it cannot be read).
+fn sub_dirs(path: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Folders {
     /// Every run folder (`<root>/<experiment>/<run>/` with a `config.yaml`), sorted.
     pub fn list(&mut self, root: &Path) -> Vec<PathBuf> {
         let stamp = modified(root);
-        if stamp.is_none() || stamp != self.root_stamp || !settled(stamp) {
+        if moved(stamp, self.root_stamp) {
             self.root_stamp = stamp;
-            self.names = std::fs::read_dir(root)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_default();
+            self.names = sub_dirs(root);
         }
         let mut out = Vec::new();
         for exp in &self.names {
             let stamp = modified(exp);
             let entry = self.experiments.entry(exp.clone()).or_default();
-            if stamp.is_none() || stamp != entry.0 || !settled(stamp) {
+            if moved(stamp, entry.0) {
                 // A run folder gets its config.yaml just after it is made: until every
                 // folder has one, this experiment folder is listed again each pass.
-                let runs: Vec<PathBuf> = std::fs::read_dir(exp)
-                    .map(|d| {
-                        d.flatten()
-                            .map(|e| e.path())
-                            .filter(|p| p.is_dir())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let complete = runs.iter().all(|r| r.join("config.yaml").is_file());
-                *entry = (
-                    if complete { stamp } else { None },
-                    runs.into_iter()
-                        .filter(|r| r.join("config.yaml").is_file())
-                        .collect(),
-                );
+                let (runs, unready): (Vec<PathBuf>, Vec<PathBuf>) = sub_dirs(exp)
+                    .into_iter()
+                    .partition(|r| r.join("config.yaml").is_file());
+                *entry = (if unready.is_empty() { stamp } else { None }, runs);
             }
             out.extend(entry.1.iter().cloned());
         }

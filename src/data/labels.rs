@@ -166,6 +166,7 @@ pub fn read(
         files,
         skipped,
         fixed_val,
+        val_dir: None,
         test_dir: None,
         groups,
         held_out,

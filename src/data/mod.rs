@@ -199,10 +199,11 @@ impl Dataset {
                     Some(t) => format!("; {} not read (held out)", t.display()),
                     None => String::new(),
                 };
-                let val_name = ["val", "validation", "valid"]
-                    .into_iter()
-                    .find(|v| exp.data.dir.join(v).is_dir())
-                    .unwrap_or("val");
+                let val_name = found
+                    .val_dir
+                    .as_deref()
+                    .and_then(|d| d.file_name())
+                    .map_or("val".into(), |n| n.to_string_lossy());
                 let words = format!(
                     "as the folders say: train/ trains, {val_name}/ validates \
                      (data.validation_split not used){test}"

@@ -22,6 +22,9 @@ pub struct Scan {
     /// With `train/` and `val/` folders: for each file, whether it validates. None
     /// when the split is drawn.
     pub fixed_val: Option<Vec<bool>>,
+    /// The validation folder (`val/`, `validation/` or `valid/`) when the folders fix
+    /// the split.
+    pub val_dir: Option<PathBuf>,
     /// A `test/` folder beside `train/` and `val/`: never read for training, stalls or
     /// the best epoch.
     pub test_dir: Option<PathBuf>,
@@ -95,6 +98,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         files,
         skipped,
         fixed_val: Some(fixed_val),
+        val_dir: Some(val_dir),
         test_dir: has("test").then(|| dir.join("test")),
         groups: None,
         held_out: 0,
@@ -105,15 +109,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
 /// Lists classes (sorted sub-folders, hidden ones ignored) and their image files,
 /// found recursively. Fewer than two classes, or a class without images, is an error.
 pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| DataError::Folder(dir.to_path_buf(), e.to_string()))?;
-    let mut classes: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    classes.sort();
+    let classes = sub_folders(dir)?;
     if classes.len() < 2 {
         return Err(DataError::TooFewClasses(dir.to_path_buf(), classes));
     }
@@ -172,6 +168,7 @@ pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
         files,
         skipped,
         fixed_val: None,
+        val_dir: None,
         test_dir: None,
         groups: None,
         held_out: 0,
