@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use tch::{nn, Kind, Tensor};
 
 use crate::config::{Backbone as BackboneKind, Experiment, Weights};
-use crate::model::classifier::{Classifier, CPU_PASS_PIXELS};
+use crate::model::classifier::{Classifier, TrainPath, CPU_PASS_PIXELS};
 use crate::model::Backbone;
 use crate::train::{self, EpochMetrics, Event, Options, Phases};
 
@@ -30,6 +30,39 @@ pub struct BenchOptions {
     pub batch_size: usize,
     /// The experiment's `device:` (cpu, cuda, cuda:N, mps, auto).
     pub device: String,
+    /// Which groups of rows to measure (all when empty).
+    pub parts: Vec<Part>,
+}
+
+/// A group of bench rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The frozen phase through the trainer: uncached, bf16, cached, augmented.
+    Frozen,
+    /// The fine-tune phase with the last block trainable, without and with the prefix
+    /// cache.
+    Finetune,
+    /// The frozen backbone's forward pass alone, one setting at a time.
+    Forward,
+    /// Whole-network fine-tuning: every layer trainable, BatchNorm in inference mode.
+    Whole,
+}
+
+impl BenchOptions {
+    fn wants(&self, part: Part) -> bool {
+        self.parts.is_empty() || self.parts.contains(&part)
+    }
+}
+
+/// The augmentation of the augmented rows.
+const AUGMENT: &str = "{ rotation_range: 20, width_shift_range: 0.1, height_shift_range: 0.1, horizontal_flip: true }";
+
+/// The ratios the speed targets are about, for the rows that were measured.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Ratios {
+    cached: Option<f64>,
+    bf16: Option<f64>,
+    prefix: Option<f64>,
 }
 
 /// One measured row.
@@ -53,8 +86,12 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     make_images(&data, images);
     eprintln!(" done");
     let device = crate::runtime::select_device(&options.device)?;
-    let fp32_peak = matmul_peak(Kind::Float, device);
-    let bf16_peak = matmul_peak(Kind::BFloat16, device);
+    // Emulated bf16 (no AVX512-BF16/AMX, or kernels limited to AVX2) has no peak worth
+    // comparing with: its rows say n/a instead of a meaningless percentage, and its
+    // peak is measured on a smaller matrix (a 2048 one takes a minute there).
+    let bf16_native = device.is_cuda() || crate::runtime::native_bf16_here();
+    let fp32_peak = matmul_peak(Kind::Float, device, 2048);
+    let bf16_peak = matmul_peak(Kind::BFloat16, device, if bf16_native { 2048 } else { 256 });
     say(format!(
         "tlcap bench: {images} generated 320x320 PNGs resized to {s}x{s}, batch {}, \
          {} libtorch threads, 1 input thread, on {}",
@@ -63,18 +100,16 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
         crate::runtime::device_name(device),
         s = options.size
     ));
+    say(format!("cpu: {}", crate::runtime::cpu_model()));
     if device.is_cuda() {
         for gpu in crate::runtime::gpu_descriptions() {
             say(format!("gpu: {gpu}"));
         }
     }
-    // Emulated bf16 (no AVX512-BF16/AMX, or kernels limited to AVX2) has no peak worth
-    // comparing with: its rows say n/a instead of a meaningless percentage.
-    let bf16_native = device.is_cuda() || crate::runtime::native_bf16_here();
     let bf16_words = if bf16_native {
         format!("bf16 {bf16_peak:.0} GFLOP/s")
     } else {
-        format!("bf16 {bf16_peak:.1} GFLOP/s (emulated: no native bf16 kernels here)")
+        format!("bf16 {bf16_peak:.1} GFLOP/s (256x256; emulated: no native bf16 kernels here)")
     };
     say(format!(
         "matmul peak (2048x2048, measured now): fp32 {fp32_peak:.0} GFLOP/s, {bf16_words}"
@@ -95,6 +130,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
     ));
     let mut ratios = Vec::new();
     for &kind in &options.backbones {
+        let mut ratio = Ratios::default();
         eprintln!("measuring {} ...", kind.name());
         let weights = random_weights(dir.path(), kind)?;
         // Forward work of the whole backbone, and training work when the last stage
@@ -124,47 +160,50 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 Phases::Frozen,
             )
         };
-        let fp32 = frozen("fp32")?;
-        let bf16 = frozen("bf16")?;
-        let augmented = {
-            let mut exp = experiment(dir.path(), options, kind, "frozen: { epochs: 1 }\n")?;
-            exp.model.weights = Weights::File(weights.clone());
-            exp.precision = crate::config::Precision::Fp32;
-            exp.data.augment = serde_yaml::from_str(
-                "{ rotation_range: 20, width_shift_range: 0.1, height_shift_range: 0.1, horizontal_flip: true }",
-            )?;
-            train_rows(exp, Phases::Frozen, &dir.path().join("runs"))?
-        };
-        for (label, rows_of, peak) in [("fp32", &fp32, fp32_peak), ("bf16", &bf16, bf16_peak)] {
+        if options.wants(Part::Frozen) {
+            let fp32 = frozen("fp32")?;
+            let bf16 = frozen("bf16")?;
+            let augmented = {
+                let mut exp = experiment(dir.path(), options, kind, "frozen: { epochs: 1 }\n")?;
+                exp.model.weights = Weights::File(weights.clone());
+                exp.precision = crate::config::Precision::Fp32;
+                exp.data.augment = serde_yaml::from_str(AUGMENT)?;
+                train_rows(exp, Phases::Frozen, &dir.path().join("runs"))?
+            };
+            for (label, rows_of, peak) in [("fp32", &fp32, fp32_peak), ("bf16", &bf16, bf16_peak)] {
+                rows.push(Row {
+                    what: format!("frozen {label}, no cache (epoch 1)"),
+                    images_per_sec: rows_of[0].images_per_sec,
+                    flops_per_image: Some(all),
+                    peak,
+                    note: String::new(),
+                });
+            }
             rows.push(Row {
-                what: format!("frozen {label}, no cache (epoch 1)"),
-                images_per_sec: rows_of[0].images_per_sec,
-                flops_per_image: Some(all),
-                peak,
-                note: String::new(),
+                what: "frozen fp32, features cached (epoch 2)".into(),
+                images_per_sec: fp32[1].images_per_sec,
+                flops_per_image: None,
+                peak: fp32_peak,
+                note: format!(
+                    "{:.0}x epoch 1",
+                    fp32[1].images_per_sec / fp32[0].images_per_sec
+                ),
             });
+            let wait = &augmented[0];
+            rows.push(Row {
+                what: "frozen fp32, augmented, input thread".into(),
+                images_per_sec: wait.images_per_sec,
+                flops_per_image: Some(all),
+                peak: fp32_peak,
+                note: format!(
+                    "input wait {:.1}% of training time",
+                    100.0 * wait.input_wait_seconds * wait.images_per_sec
+                        / train_images(images) as f64
+                ),
+            });
+            ratio.cached = Some(fp32[1].images_per_sec / fp32[0].images_per_sec);
+            ratio.bf16 = Some(bf16[0].images_per_sec / fp32[0].images_per_sec);
         }
-        rows.push(Row {
-            what: "frozen fp32, features cached (epoch 2)".into(),
-            images_per_sec: fp32[1].images_per_sec,
-            flops_per_image: None,
-            peak: fp32_peak,
-            note: format!(
-                "{:.0}x epoch 1",
-                fp32[1].images_per_sec / fp32[0].images_per_sec
-            ),
-        });
-        let wait = &augmented[0];
-        rows.push(Row {
-            what: "frozen fp32, augmented, input thread".into(),
-            images_per_sec: wait.images_per_sec,
-            flops_per_image: Some(all),
-            peak: fp32_peak,
-            note: format!(
-                "input wait {:.1}% of training time",
-                100.0 * wait.input_wait_seconds * wait.images_per_sec / train_images(images) as f64
-            ),
-        });
         let finetune = |cache: &str, epochs: u32| {
             run(
                 &format!(
@@ -173,33 +212,74 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 Phases::Finetune,
             )
         };
-        let uncached = finetune("off", 1)?;
-        let cached = finetune("auto", 2)?;
-        rows.push(Row {
-            what: format!("fine-tune last {unfreeze} layers fp32, no cache"),
-            images_per_sec: uncached[0].images_per_sec,
-            flops_per_image: Some(finetune_flops),
-            peak: fp32_peak,
-            note: String::new(),
-        });
-        rows.push(Row {
-            what: format!("fine-tune last {unfreeze} layers fp32, prefix cached"),
-            images_per_sec: cached[1].images_per_sec,
-            flops_per_image: Some(cached_flops),
-            peak: fp32_peak,
-            note: format!(
-                "{:.1}x no cache",
-                cached[1].images_per_sec / uncached[0].images_per_sec
-            ),
-        });
-        rows.extend(forward_rows(
-            dir.path(),
-            options,
-            kind,
-            &weights,
-            all,
-            fp32_peak,
-        )?);
+        if options.wants(Part::Finetune) {
+            let uncached = finetune("off", 1)?;
+            let cached = finetune("auto", 2)?;
+            rows.push(Row {
+                what: format!("fine-tune last {unfreeze} layers fp32, no cache"),
+                images_per_sec: uncached[0].images_per_sec,
+                flops_per_image: Some(finetune_flops),
+                peak: fp32_peak,
+                note: String::new(),
+            });
+            rows.push(Row {
+                what: format!("fine-tune last {unfreeze} layers fp32, prefix cached"),
+                images_per_sec: cached[1].images_per_sec,
+                flops_per_image: Some(cached_flops),
+                peak: fp32_peak,
+                note: format!(
+                    "{:.1}x no cache",
+                    cached[1].images_per_sec / uncached[0].images_per_sec
+                ),
+            });
+            ratio.prefix = Some(cached[1].images_per_sec / uncached[0].images_per_sec);
+        }
+        if options.wants(Part::Forward) {
+            rows.extend(forward_rows(
+                dir.path(),
+                options,
+                kind,
+                &weights,
+                all,
+                fp32_peak,
+            )?);
+        }
+        if options.wants(Part::Whole) {
+            let whole_flops = {
+                let vs = nn::VarStore::new(tch::Device::Cpu);
+                let mut b = Backbone::new(&vs.root(), kind, false);
+                let flops = b.layer_flops(options.size as i64, options.size as i64);
+                b.table_mut().unfreeze_all();
+                b.training_flops(&flops, 0) as f64
+            };
+            let (step_rows, best) =
+                whole_network_rows(dir.path(), options, kind, &weights, whole_flops, fp32_peak)?;
+            rows.extend(step_rows);
+            let trainer = {
+                let mut exp = experiment(
+                    dir.path(),
+                    options,
+                    kind,
+                    "frozen: { epochs: 0 }\nfinetune: { epochs: 1, unfreeze_last: 100000, lr: 1e-4 }\nprecision: fp32\n",
+                )?;
+                exp.model.weights = Weights::File(weights.clone());
+                exp.data.augment = serde_yaml::from_str(AUGMENT)?;
+                train_rows(exp, Phases::Finetune, &dir.path().join("runs"))?
+            };
+            let epoch = &trainer[0];
+            rows.push(Row {
+                what: "whole, trainer, augmented".into(),
+                images_per_sec: epoch.images_per_sec,
+                flops_per_image: Some(whole_flops),
+                peak: fp32_peak,
+                note: format!(
+                    "{:.2}x the bare step; input wait {:.1}% of training time",
+                    epoch.images_per_sec / best,
+                    100.0 * epoch.input_wait_seconds * epoch.images_per_sec
+                        / train_images(images) as f64
+                ),
+            });
+        }
         for (i, row) in rows.iter().enumerate() {
             let gflops = row.flops_per_image.map(|f| f * row.images_per_sec / 1e9);
             say(format!(
@@ -216,21 +296,27 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 row.note
             ));
         }
-        ratios.push((
-            kind.name(),
-            fp32[1].images_per_sec / fp32[0].images_per_sec,
-            bf16[0].images_per_sec / fp32[0].images_per_sec,
-            cached[1].images_per_sec / uncached[0].images_per_sec,
-        ));
+        ratios.push((kind.name(), ratio));
+    }
+    if ratios.iter().all(|(_, r)| *r == Ratios::default()) {
+        return Ok(());
     }
     say(String::new());
     say(format!(
         "{:<13} {:>22} {:>16} {:>22}",
         "ratios", "cached/uncached (>=20)", "bf16/fp32 (>=1.5)", "prefix/no cache (>=2)"
     ));
-    for (name, cache, bf16, prefix) in ratios {
+    let show = |v: Option<f64>, digits: usize, width: usize| {
+        v.map_or(format!("{:>width$}", "-"), |v| {
+            format!("{v:>w$.digits$}x", w = width - 1)
+        })
+    };
+    for (name, r) in ratios {
         say(format!(
-            "{name:<13} {cache:>21.0}x {bf16:>15.2}x {prefix:>21.2}x"
+            "{name:<13} {} {} {}",
+            show(r.cached, 0, 22),
+            show(r.bf16, 2, 16),
+            show(r.prefix, 2, 22)
         ));
     }
     Ok(())
@@ -337,6 +423,139 @@ fn forward_rows(
     ])
 }
 
+/// Whole-network fine-tuning, one training step on a fixed batch (no input thread, no
+/// augmentation, like `scripts/dev/finetune_step.py` does in PyTorch eager): every
+/// layer trainable, BatchNorm in inference mode, Adam, float32; first the plain path
+/// (BatchNorm as its own layer, contiguous layout, the batch in one pass), then each
+/// setting of [`TrainPath`] added in turn, then the pass sizes. Returns the rows and
+/// the best images/s.
+fn whole_network_rows(
+    root: &Path,
+    options: &BenchOptions,
+    kind: BackboneKind,
+    weights: &Path,
+    flops: f64,
+    peak: f64,
+) -> anyhow::Result<(Vec<Row>, f64)> {
+    let mut exp = experiment(root, options, kind, "")?;
+    exp.model.weights = Weights::File(weights.to_path_buf());
+    exp.model.dropout = 0.0;
+    let device = crate::runtime::select_device(&options.device)?;
+    let mut net = Classifier::new(&exp, 2, device)?;
+    let layers = net.table().len();
+    net.set_finetune_phase(layers, false);
+    net.set_precision(Some(Kind::Float));
+    let mut opt = nn::OptimizerConfig::build(nn::Adam::default(), &net.vs, 1e-4)?;
+    let batch = options.batch_size as i64;
+    let size = options.size as i64;
+    let pixels = Tensor::rand([batch, 3, size, size], (Kind::Float, tch::Device::Cpu)) * 255.0;
+    let labels = Tensor::arange(batch, (Kind::Int64, tch::Device::Cpu)).remainder(2);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    // Images per second of a whole training step, best of three timings of at least
+    // 3 s each after two warm-up steps.
+    let mut measure = |net: &Classifier| {
+        let mut step = |net: &Classifier| {
+            opt.zero_grad();
+            let prefix = net.run_prefix(&pixels, 0);
+            let _ = net.backward_train_from(&prefix, 0, &labels, &mut rng);
+            opt.step();
+        };
+        step(net);
+        step(net);
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let (start, mut done) = (Instant::now(), 0);
+            while start.elapsed().as_secs_f64() < 3.0 {
+                step(net);
+                done += batch;
+            }
+            best = best.max(done as f64 / start.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let defaults = net.train_path();
+    let plain = TrainPath {
+        fold_batchnorm: false,
+        channels_last: false,
+        pass_pixels: None,
+    };
+    net.set_train_path(plain);
+    let before = measure(&net);
+    let folded_path = TrainPath {
+        fold_batchnorm: true,
+        ..plain
+    };
+    net.set_train_path(folded_path);
+    let folded = measure(&net);
+    let last_path = TrainPath {
+        channels_last: defaults.channels_last,
+        ..folded_path
+    };
+    net.set_train_path(last_path);
+    let last = measure(&net);
+    let mut by_pass = Vec::new();
+    for pass in [1, 2, 4, 8, 16] {
+        if pass < batch {
+            net.set_train_path(TrainPath {
+                pass_pixels: Some(pass * size * size),
+                ..last_path
+            });
+            by_pass.push((pass, measure(&net)));
+        }
+    }
+    net.set_train_path(defaults);
+    let chosen = defaults
+        .pass_pixels
+        .map_or(batch, |p| (p / (size * size)).clamp(1, batch));
+    let best_default = by_pass
+        .iter()
+        .find(|(p, _)| *p == chosen)
+        .map_or(last, |(_, v)| *v);
+    let row = |what: String, images_per_sec: f64, note: String| Row {
+        what,
+        images_per_sec,
+        flops_per_image: Some(flops),
+        peak,
+        note,
+    };
+    let sweep: Vec<String> = by_pass
+        .iter()
+        .map(|(p, v)| format!("{p}: {v:.1}"))
+        .collect();
+    let layout = if defaults.channels_last {
+        "channels-last"
+    } else {
+        "contiguous"
+    };
+    let rows = vec![
+        row(
+            format!("whole, BN separate, NCHW, one pass, b{batch}"),
+            before,
+            "the plain path (as PyTorch eager runs it)".into(),
+        ),
+        row(
+            "whole, BN folded in the graph".into(),
+            folded,
+            format!("{:.2}x plain", folded / before),
+        ),
+        row(
+            format!("whole, folded, {layout}"),
+            last,
+            format!("{:.2}x plain", last / before),
+        ),
+        row(
+            format!("whole, folded, {layout}, passes of {chosen}"),
+            best_default,
+            format!(
+                "{:.2}x plain (img/s by pass size {})",
+                best_default / before,
+                sweep.join(", ")
+            ),
+        ),
+    ];
+    Ok((rows, best_default.max(last)))
+}
+
 /// The training images of `images` with a 0.2 validation split per class.
 fn train_images(images: usize) -> usize {
     let per_class = images / 2;
@@ -344,10 +563,9 @@ fn train_images(images: usize) -> usize {
     2 * (per_class - val)
 }
 
-/// GFLOP/s of a 2048x2048 matrix multiply in `kind` on `device`, best of repeated
+/// GFLOP/s of an `n` x `n` matrix multiply in `kind` on `device`, best of repeated
 /// timings (a GPU is synchronised before each timing ends).
-fn matmul_peak(kind: Kind, device: tch::Device) -> f64 {
-    let n = 2048;
+fn matmul_peak(kind: Kind, device: tch::Device, n: i64) -> f64 {
     let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
     let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
     let sync = || {

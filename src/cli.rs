@@ -213,6 +213,9 @@ pub enum Command {
         /// Where to measure: cpu, cuda, cuda:N, mps or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Only these groups of rows (comma-separated; all by default).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<tlcap::bench::Part>,
     },
     /// Read weight files safely (.pth zip or legacy, .ot, .safetensors): inspect, convert.
     Weights {

@@ -23,6 +23,8 @@ pub struct Report {
     pub inter_op_threads: i32,
     /// Threads decoding images when a dataset loads.
     pub decode_threads: usize,
+    /// The CPU's model, family and model numbers, and CPU count ([`runtime::cpu_model`]).
+    pub cpu_model: String,
     pub cpu: CpuFeatures,
     pub cuda_available: bool,
     pub cuda_devices: i64,
@@ -142,6 +144,7 @@ pub fn run() -> anyhow::Result<Report> {
         intra_op_threads: runtime::intra_op_threads(),
         inter_op_threads: tch::get_num_interop_threads(),
         decode_threads: rayon::current_num_threads(),
+        cpu_model: runtime::cpu_model(),
         cpu: CpuFeatures::detect(),
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
@@ -170,6 +173,7 @@ impl fmt::Display for Report {
              per run (augments the next batches, 1 libtorch thread); {} decoding",
             self.intra_op_threads, self.inter_op_threads, self.decode_threads
         )?;
+        writeln!(f, "cpu                {}", self.cpu_model)?;
         writeln!(
             f,
             "cpu features       avx2 {}, avx512 {}, avx512-bf16 {}, amx-bf16 {}",

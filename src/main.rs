@@ -96,7 +96,8 @@ fn main() -> ExitCode {
             size,
             batch_size,
             device,
-        } => bench(&backbones, images, size, batch_size, device),
+            only,
+        } => bench(&backbones, images, size, batch_size, device, only),
     };
     finish(result)
 }
@@ -190,6 +191,7 @@ fn bench(
     size: u32,
     batch_size: usize,
     device: String,
+    parts: Vec<tlcap::bench::Part>,
 ) -> anyhow::Result<()> {
     if size < 32 {
         bail!("--size must be at least 32");
@@ -205,6 +207,7 @@ fn bench(
         size,
         batch_size: batch_size.max(1),
         device,
+        parts,
     };
     tlcap::bench::run(&options)
 }

@@ -49,6 +49,44 @@ impl CpuFeatures {
     }
 }
 
+/// The CPU's model as `/proc/cpuinfo` names it, with its family and model numbers (a
+/// virtual machine may show only "AMD EPYC") and the logical CPU count, e.g. `AMD EPYC
+/// (family 25, model 1), 2 CPUs`; "unknown CPU" where nothing is readable.
+pub fn cpu_model() -> String {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpu_model_from(&text)
+}
+
+/// [`cpu_model`] from a `/proc/cpuinfo` text.
+pub fn cpu_model_from(cpuinfo: &str) -> String {
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| k.trim() == "processor")
+        })
+        .count();
+    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let numbers = match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!(" (family {family}, model {model})"),
+        _ => String::new(),
+    };
+    let count = if cpus > 0 {
+        format!(", {cpus} CPU{}", if cpus == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
+    format!("{name}{numbers}{count}")
+}
+
 /// Whether kernel limits set in the environment keep libtorch off its bfloat16
 /// instructions although the CPU has them: `ATEN_CPU_CAPABILITY` below `avx512` or
 /// `ONEDNN_MAX_CPU_ISA` below `AVX512_CORE_BF16` (how an AVX2-only CPU is measured
@@ -221,6 +259,17 @@ pub fn describe_build(variant: &str, cuda_devices: i64, mps: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_the_cpu_model() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n\
+                    model name\t: AMD EPYC\nflags\t: avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n";
+        assert_eq!(
+            cpu_model_from(text),
+            "AMD EPYC (family 25, model 1), 2 CPUs"
+        );
+        assert_eq!(cpu_model_from(""), "unknown CPU");
+    }
 
     #[test]
     fn parses_cpuinfo_flags() {

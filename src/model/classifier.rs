@@ -43,7 +43,49 @@ pub struct Classifier {
     /// Input pixels (height x width, summed over images) per forward pass of the
     /// frozen part in float32 (twice as many in bf16); None: the whole batch at once.
     pass_pixels: Option<i64>,
+    /// How the trainable part runs (see [`TrainPath`]).
+    train_path: TrainPath,
 }
+
+/// How the trainable part of a training step runs. Each setting changes speed and
+/// memory, not the result (up to float rounding); `tlcap-tui bench` turns them off one
+/// at a time to show what each is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainPath {
+    /// Inference-mode BatchNorm folded into the convolution's weight inside the graph
+    /// (see [`super::layers::conv_bn`]) instead of running as its own layer.
+    pub fold_batchnorm: bool,
+    /// Activations in channels-last layout, which oneDNN's convolutions (forward and
+    /// backward) take without reordering. CPU only.
+    pub channels_last: bool,
+    /// Input pixels (height x width, summed over images) per forward + backward pass:
+    /// a batch is split into passes whose gradients add up to the batch's (images are
+    /// independent when BatchNorm is in inference mode), so each layer's activations
+    /// stay nearer the caches and far fewer are held for the backward pass at once.
+    /// None: the whole batch in one pass (always so when BatchNorm layers train, since
+    /// their statistics are the batch's).
+    pub pass_pixels: Option<i64>,
+}
+
+impl TrainPath {
+    /// The defaults for a device: both on for a CPU, the plain path for a GPU.
+    pub fn for_device(device: Device) -> TrainPath {
+        let cpu = device == Device::Cpu;
+        TrainPath {
+            fold_batchnorm: true,
+            channels_last: cpu,
+            pass_pixels: cpu.then_some(CPU_TRAIN_PASS_PIXELS),
+        }
+    }
+}
+
+/// Input pixels per forward + backward pass of the trainable part on a CPU: 4 images at
+/// 224 px, more of smaller images or feature maps. `tlcap-tui bench --only whole`
+/// measured a whole-network MobileNetV2 step at 224 px (batch 32, 2 threads, AVX2 AMD
+/// EPYC) at 20.6 / 26.2 / 28.4 / 30.1 / 28.5 img/s in passes of 1 / 2 / 4 / 8 / 16
+/// images against 18.4 in one pass; 4 and 8 are within noise of each other in every
+/// run, and 4 holds half the activations.
+pub const CPU_TRAIN_PASS_PIXELS: i64 = 4 * 224 * 224;
 
 /// Input pixels per forward pass of the frozen part on a CPU in float32: 4 images at
 /// 224 px, more of smaller ones; a 2-byte precision (bf16) takes twice as many, so a
@@ -53,6 +95,15 @@ pub struct Classifier {
 /// against 95 img/s in one pass of 32; in bf16 (AVX512-BF16), 296 img/s in passes of 8
 /// against 257 in passes of 4 and 233 in one pass of 32.
 pub const CPU_PASS_PIXELS: i64 = 4 * 224 * 224;
+
+/// The random numbers of one training step, drawn for the whole batch before it runs
+/// in passes.
+struct StepNoise {
+    /// Per-block uniform values `[NOISE_ROWS, B]` (drop-connect).
+    blocks: Tensor,
+    /// The dropout keep mask `[B, F]` (1 keeps), when dropout is on.
+    dropout: Option<Tensor>,
+}
 
 /// The backbone again, frozen, with channels-last weights in the frozen precision and
 /// (by default) its BatchNorm layers folded into the convolutions before them.
@@ -120,6 +171,7 @@ impl Classifier {
             frozen_copy: RefCell::new(None),
             fold_batchnorm: true,
             pass_pixels: (device == Device::Cpu).then_some(CPU_PASS_PIXELS),
+            train_path: TrainPath::for_device(device),
         })
     }
 
@@ -268,8 +320,9 @@ impl Classifier {
 
     /// Training-step logits from the output of [`Classifier::run_prefix`] with the same
     /// `k`: the remaining segments (with a graph where layers train), pooling, dropout
-    /// and the head. It draws from `rng` exactly what [`Classifier::forward_train`]
-    /// draws, so a cached prefix gives the numbers an uncached run gives.
+    /// and the head, in one pass. It draws from `rng` exactly what
+    /// [`Classifier::forward_train`] and [`Classifier::backward_train_from`] draw, so a
+    /// cached prefix gives the numbers an uncached run gives.
     pub fn forward_train_from(
         &self,
         prefix: &Tensor,
@@ -277,9 +330,84 @@ impl Classifier {
         rng: &mut impl rand::Rng,
     ) -> Tensor {
         let prefix = prefix.to_device(self.device());
-        let noise = self.uniform(super::NOISE_ROWS, prefix.size()[0], rng);
-        let features = self.suffix(&prefix, k, true, Some(&noise));
-        self.head_train(&features, rng)
+        let draws = self.draw_step_noise(prefix.size()[0], rng);
+        self.logits_train(&prefix, k, &draws, 0, prefix.size()[0])
+    }
+
+    /// One training step's gradients (accumulated into the variables' `grad`; the
+    /// caller zeroes them before and steps the optimizer after) for the output of
+    /// [`Classifier::run_prefix`] with the same `k`. The batch runs forward and
+    /// backward in passes (see [`TrainPath::pass_pixels`]), each pass's loss weighted
+    /// by its share of the batch, so the gradients are the whole batch's mean loss's.
+    /// Returns the batch's logits and mean loss, detached.
+    pub fn backward_train_from(
+        &self,
+        prefix: &Tensor,
+        k: usize,
+        labels: &Tensor,
+        rng: &mut impl rand::Rng,
+    ) -> (Tensor, Tensor) {
+        let prefix = prefix.to_device(self.device());
+        let labels = labels.to_device(self.device());
+        let batch = prefix.size()[0];
+        let draws = self.draw_step_noise(batch, rng);
+        let per_pass = self.images_per_train_pass(&prefix).clamp(1, batch.max(1));
+        let mut logits = Vec::new();
+        let mut loss = Tensor::zeros([], (Kind::Float, self.device()));
+        let mut start = 0;
+        while start < batch {
+            let n = per_pass.min(batch - start);
+            let part = self.logits_train(&prefix.narrow(0, start, n), k, &draws, start, n);
+            let share = self.loss(&part, &labels.narrow(0, start, n)) * (n as f64 / batch as f64);
+            share.backward();
+            loss += share.detach();
+            logits.push(part.detach());
+            start += n;
+        }
+        (Tensor::cat(&logits, 0), loss)
+    }
+
+    /// Images per forward + backward pass of the trainable part for a prefix shaped
+    /// like `prefix`: the whole batch unless [`TrainPath::pass_pixels`] sets a budget
+    /// and no BatchNorm layer computes batch statistics.
+    pub fn images_per_train_pass(&self, prefix: &Tensor) -> i64 {
+        match (self.train_path.pass_pixels, prefix.size().as_slice()) {
+            (Some(budget), [_, _, h, w]) if !self.table().batch_statistics() => {
+                (budget / (h * w).max(1)).max(1)
+            }
+            _ => i64::MAX,
+        }
+    }
+
+    /// The random numbers a training step draws, in the order it has always drawn
+    /// them: per-block noise `[NOISE_ROWS, B]`, then the dropout mask `[B, F]`.
+    fn draw_step_noise(&self, batch: i64, rng: &mut impl rand::Rng) -> StepNoise {
+        let blocks = self.uniform(super::NOISE_ROWS, batch, rng);
+        let dropout = (self.dropout > 0.0).then(|| {
+            let keep = 1.0 - self.dropout;
+            self.uniform(batch, self.backbone.feature_dim(), rng)
+                .lt(keep)
+                .to_kind(Kind::Float)
+        });
+        StepNoise { blocks, dropout }
+    }
+
+    /// Training logits for images `start..start + n` of a batch whose draws are `draws`.
+    fn logits_train(
+        &self,
+        prefix: &Tensor,
+        k: usize,
+        draws: &StepNoise,
+        start: i64,
+        n: i64,
+    ) -> Tensor {
+        let noise = draws.blocks.narrow(1, start, n);
+        let features = self.suffix(prefix, k, true, Some(&noise));
+        let features = match &draws.dropout {
+            Some(mask) => features * mask.narrow(0, start, n) / (1.0 - self.dropout),
+            None => features,
+        };
+        self.head.forward(&features)
     }
 
     /// Inference logits from the output of [`Classifier::run_prefix`] with the same `k`.
@@ -295,7 +423,12 @@ impl Classifier {
         if k == n {
             return prefix.to_kind(Kind::Float);
         }
-        let x = prefix.to_kind(Kind::Float).contiguous();
+        let x = prefix.to_kind(Kind::Float);
+        let x = if self.train_path.channels_last {
+            channels_last(&x)
+        } else {
+            x.contiguous()
+        };
         super::pool(&self.backbone.forward_segments(&x, k..n, train, noise))
     }
 
@@ -319,6 +452,19 @@ impl Classifier {
     /// The output is the same either way, up to rounding.
     pub fn set_pass_pixels(&mut self, pixels: Option<i64>) {
         self.pass_pixels = pixels;
+    }
+
+    /// How the trainable part runs; the defaults are [`TrainPath::for_device`].
+    pub fn set_train_path(&mut self, path: TrainPath) {
+        self.train_path = path;
+        self.backbone
+            .table_mut()
+            .set_fold_in_graph(path.fold_batchnorm);
+    }
+
+    /// How the trainable part runs.
+    pub fn train_path(&self) -> TrainPath {
+        self.train_path
     }
 
     /// Input pixels per forward pass of the frozen part (None: the whole batch).
@@ -362,6 +508,9 @@ impl Classifier {
         });
         if self.fold_batchnorm {
             backbone.table_mut().fold_batchnorm(kind);
+        } else {
+            // Measuring BatchNorm as its own pass: not folded in the graph either.
+            backbone.table_mut().set_fold_in_graph(false);
         }
         if kind != Kind::Float {
             vs.set_kind(kind);
@@ -374,21 +523,6 @@ impl Classifier {
             }
         });
         FrozenCopy { _vs: vs, backbone }
-    }
-
-    /// Dropout (mask from `rng`) and the dense layer, in training mode.
-    fn head_train(&self, features: &Tensor, rng: &mut impl rand::Rng) -> Tensor {
-        let features = if self.dropout > 0.0 {
-            let keep = 1.0 - self.dropout;
-            let mask = self
-                .uniform(features.size()[0], self.backbone.feature_dim(), rng)
-                .lt(keep)
-                .to_kind(Kind::Float);
-            features * mask / keep
-        } else {
-            features.shallow_clone()
-        };
-        self.head.forward(&features)
     }
 
     /// Uniform [0, 1) values `[rows, cols]` from `rng`, on the model's device.

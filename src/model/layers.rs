@@ -73,6 +73,9 @@ pub struct LayerTable {
     /// Per layer index: for a BatchNorm folded into the convolution before it, the
     /// convolution's new bias (see [`LayerTable::fold_batchnorm`]).
     folded: Vec<Option<Tensor>>,
+    /// Whether an inference-mode BatchNorm runs as a per-channel scale of the
+    /// convolution's weight inside the graph (see [`conv_bn`]); on by default.
+    fold_in_graph: bool,
 }
 
 impl LayerTable {
@@ -136,6 +139,23 @@ impl LayerTable {
     /// Whether a BatchNorm at `index` runs in training mode for a forward pass.
     fn bn_updates(&self, index: usize, train: bool) -> bool {
         train && self.train_bn && self.entries[index].info.trainable
+    }
+
+    /// Whether a training step computes BatchNorm statistics over its batch (a
+    /// trainable BatchNorm with `train_bn`): then the batch must run in one pass.
+    pub fn batch_statistics(&self) -> bool {
+        self.train_bn
+            && self
+                .entries
+                .iter()
+                .any(|e| e.info.trainable && e.info.kind == LayerKind::BatchNorm)
+    }
+
+    /// Sets whether inference-mode BatchNorm is folded into the convolution's weight
+    /// inside the graph (the default) or runs as its own pass (only to measure the
+    /// difference: `tlcap-tui bench`).
+    pub fn set_fold_in_graph(&mut self, fold: bool) {
+        self.fold_in_graph = fold;
     }
 
     /// The device of the parameters (CPU for an empty table).
@@ -310,11 +330,16 @@ impl Conv {
 
     /// The convolution with `bias` in place of its own (a folded BatchNorm's).
     fn forward_with_bias(&self, x: &Tensor, bias: &Tensor) -> Tensor {
+        self.forward_with(x, &self.conv.ws, bias)
+    }
+
+    /// The convolution with `weight` and `bias` in place of its own.
+    fn forward_with(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
         let s = &self.spec;
         let padding = if s.same { 0 } else { s.padding };
         let run = |x: &Tensor| {
             x.conv2d(
-                &self.conv.ws,
+                weight,
                 Some(bias),
                 [s.stride, s.stride],
                 [padding, padding],
@@ -360,6 +385,14 @@ impl Conv {
 /// A convolution and the BatchNorm after it: convolution, then normalisation — or
 /// one convolution with a bias where the BatchNorm was folded into it. Every
 /// BatchNorm runs through here, so a folded one is never applied twice or skipped.
+///
+/// A BatchNorm in inference mode that was not folded ahead of time (the trainable
+/// part, where weights change every step) is folded inside the graph: one
+/// convolution with the weight scaled per output channel by `gamma / sqrt(var + eps)`
+/// and the bias `beta - mean * gamma / sqrt(var + eps)`. Autograd then gives the
+/// convolution's weight, gamma and beta exactly the gradients the two separate
+/// layers would get, and the activations take one pass (and one saved tensor) fewer
+/// forward and backward.
 pub fn conv_bn((conv, bn): &(Conv, Bn), x: &Tensor, ctx: Ctx) -> Tensor {
     match ctx.table.folded_bias(bn.index) {
         Some(bias) => {
@@ -370,19 +403,27 @@ pub fn conv_bn((conv, bn): &(Conv, Bn), x: &Tensor, ctx: Ctx) -> Tensor {
             );
             conv.forward_with_bias(x, bias)
         }
+        None if ctx.table.fold_in_graph && !ctx.table.bn_updates(bn.index, ctx.train) => {
+            let (weight, bias) = bn.fold_into(conv);
+            conv.forward_with(x, &weight, &bias)
+        }
         None => bn.forward(&conv.forward(x), ctx),
     }
 }
 
-/// ReLU6 (MobileNetV2, EfficientNet-Lite); in place where no gradient flows through.
+/// ReLU6 (MobileNetV2, EfficientNet-Lite), in place: its gradient needs only its
+/// output, and the convolution or BatchNorm before it never keeps its own output.
 pub fn relu6(x: Tensor) -> Tensor {
-    if x.requires_grad() {
-        x.clamp(0.0, 6.0)
-    } else {
-        let mut x = x;
-        let _ = x.clamp_(0.0, 6.0);
-        x
-    }
+    let mut x = x;
+    let _ = x.relu6_();
+    x
+}
+
+/// ReLU (ResNet), in place for the same reason as [`relu6`].
+pub fn relu(x: Tensor) -> Tensor {
+    let mut x = x;
+    let _ = x.relu_();
+    x
 }
 
 /// A BatchNorm layer that knows its place in the table.
@@ -390,9 +431,24 @@ pub fn relu6(x: Tensor) -> Tensor {
 pub struct Bn {
     bn: nn::BatchNorm,
     index: usize,
+    eps: f64,
 }
 
 impl Bn {
+    /// `conv`'s weight and bias with this inference-mode BatchNorm folded in, as graph
+    /// operations on the variables (see [`conv_bn`]).
+    fn fold_into(&self, conv: &Conv) -> (Tensor, Tensor) {
+        let gamma = self.bn.ws.as_ref().expect("BatchNorm has a weight");
+        let beta = self.bn.bs.as_ref().expect("BatchNorm has a bias");
+        let scale = gamma * (&self.bn.running_var + self.eps).rsqrt();
+        let weight = &conv.conv.ws * scale.view([-1, 1, 1, 1]);
+        let shift = match &conv.conv.bs {
+            Some(b) => b - &self.bn.running_mean,
+            None => -&self.bn.running_mean,
+        };
+        (weight, beta + shift * scale)
+    }
+
     /// Normalises; training mode only if the layer is trainable and `train_bn` is set.
     /// Only [`conv_bn`] calls it, which knows whether it was folded.
     fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
@@ -483,7 +539,7 @@ impl<'a> Builder<'a> {
             eps,
         };
         let index = self.push(name, LayerKind::BatchNorm, params, Some(stats));
-        Bn { bn, index }
+        Bn { bn, index, eps }
     }
 
     /// A linear layer named `name`, outside the table (original classifiers, heads).
@@ -497,6 +553,7 @@ impl<'a> Builder<'a> {
             entries: self.entries,
             train_bn: false,
             folded: Vec::new(),
+            fold_in_graph: true,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::layers::{conv_bn, Bn, Builder, Conv, ConvSpec, Ctx};
+use super::layers::{conv_bn, relu, Bn, Builder, Conv, ConvSpec, Ctx};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -31,14 +31,14 @@ impl Block {
         for (i, pair) in self.convs.iter().enumerate() {
             y = conv_bn(pair, &y, ctx);
             if i < last {
-                y = y.relu();
+                y = relu(y);
             }
         }
         let shortcut = match &self.downsample {
             Some(pair) => conv_bn(pair, x, ctx),
             None => x.shallow_clone(),
         };
-        (y + shortcut).relu()
+        relu(y + shortcut)
     }
 }
 
@@ -111,9 +111,7 @@ impl Resnet {
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
         match i {
             0 => {
-                conv_bn(&self.stem, x, ctx)
-                    .relu()
-                    .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+                relu(conv_bn(&self.stem, x, ctx)).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
             }
             i => self.blocks[i - 1].forward(x, ctx),
         }

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::layers::{conv_bn, Bn, Builder, Conv, ConvSpec, Ctx};
+use super::layers::{conv_bn, relu, Bn, Builder, Conv, ConvSpec, Ctx};
 
 /// Channels per stage; the last is the pooled feature size.
 const CHANNELS: [i64; 4] = [16, 32, 64, 128];
@@ -40,7 +40,7 @@ impl SmallCnn {
 
     /// Stage `i`: conv, BatchNorm, ReLU, and max-pooling except after the last.
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
-        let x = conv_bn(&self.stages[i], x, ctx).relu();
+        let x = relu(conv_bn(&self.stages[i], x, ctx));
         if i + 1 < self.stages.len() {
             x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
         } else {

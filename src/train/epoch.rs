@@ -296,10 +296,10 @@ fn train_batches(
                 out
             }
         };
-        let logits = s.net.forward_train_from(&prefix, k, &mut rng);
         let y = data.label_tensor(images);
-        let loss = s.net.loss(&logits, &y);
-        s.opt.backward_step(&loss);
+        s.opt.zero_grad();
+        let (logits, loss) = s.net.backward_train_from(&prefix, k, &y, &mut rng);
+        s.opt.step();
         let n = images.len();
         let batch_loss = loss.double_value(&[]);
         loss_sum += batch_loss * n as f64;

@@ -771,6 +771,129 @@ fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
     assert_eq!(net.images_per_pass(&pixels), 6);
 }
 
+/// How the trainable part runs on a CPU (BatchNorm folded into the convolution's weight
+/// inside the graph, channels-last activations, the batch in passes) changes the speed,
+/// not the step: the same logits, loss and gradient for every trainable variable as
+/// BatchNorm on its own over the whole batch in one contiguous pass, with the same
+/// random draws (dropout and drop-connect masks), for the whole network and for its
+/// last layers; a BatchNorm that computes batch statistics keeps the batch whole.
+#[test]
+fn the_trainable_part_in_passes_with_folded_batchnorm_gives_the_same_gradients() {
+    use rand::{Rng, SeedableRng};
+    use tlcap::model::classifier::{Classifier, TrainPath};
+    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
+        .expect("run `make setup` first");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_images(&data, &["left", "right"], 2, 64);
+    let exp = mobilenet_exp(&data, "{}", "precision: fp32\n");
+    assert!(exp.model.dropout > 0.0, "the masks must matter");
+    let mut net = Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
+    tch::manual_seed(3);
+    let pixels = Tensor::rand([7, 3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)) * 255.0;
+    let labels = Tensor::from_slice(&[0i64, 1, 1, 0, 1, 0, 0]);
+    let plain = TrainPath {
+        fold_batchnorm: false,
+        channels_last: false,
+        pass_pixels: None,
+    };
+    let fast = TrainPath {
+        fold_batchnorm: true,
+        channels_last: true,
+        pass_pixels: Some(3 * 64 * 64),
+    };
+    let cpu = TrainPath::for_device(tch::Device::Cpu);
+    assert!(cpu.fold_batchnorm && cpu.channels_last && cpu.pass_pixels.is_some());
+    let layers = net.table().len();
+    for (phase, n) in [("whole network", layers), ("last 14 layers", 14)] {
+        net.set_finetune_phase(n, false);
+        let k = net.frozen_segments();
+        let prefix = net.run_prefix(&pixels, k);
+        let mut step = |path: TrainPath| {
+            net.set_train_path(path);
+            for (_, mut v) in net.vs.variables() {
+                v.zero_grad();
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+            let (logits, loss) = net.backward_train_from(&prefix, k, &labels, &mut rng);
+            let mut grads: Vec<(String, Tensor)> = net
+                .vs
+                .variables()
+                .into_iter()
+                .filter(|(_, v)| v.requires_grad())
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (
+                logits,
+                loss,
+                grads,
+                rng.gen::<u64>(),
+                net.images_per_train_pass(&prefix),
+            )
+        };
+        let (l1, loss1, g1, draw1, pass1) = step(plain);
+        let (l2, loss2, g2, draw2, pass2) = step(fast);
+        assert_eq!(pass1, i64::MAX, "{phase}");
+        let map = prefix.size()[2] * prefix.size()[3];
+        assert_eq!(
+            pass2,
+            3 * 64 * 64 / map,
+            "{phase}: passes of {pass2} images"
+        );
+        assert_eq!(draw1, draw2, "{phase}: the same draws");
+        let close = |what: &str, a: &Tensor, b: &Tensor| {
+            let err = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]);
+            assert!(
+                err <= 1e-4 * scale.max(1e-3),
+                "{phase}, {what}: max difference {err:.2e} of {scale:.2e}"
+            );
+        };
+        close("logits", &l1, &l2);
+        close("loss", &loss1, &loss2);
+        assert!(!g1.is_empty() && g1.len() == g2.len());
+        // A weight's gradient sums thousands of terms (the stem's: every position of
+        // every image), in another order in passes and in another layout, so it is
+        // compared as a whole: the norm of the difference against the gradient's norm.
+        // libtorch alone moves the stem's by 2.5e-3 of its norm between 1 and 2
+        // threads (the plain path against itself, measured); a wrong step (a pass's
+        // loss weighted wrongly, a fold missing its bias) is off by the order of the
+        // gradient itself.
+        let (mut nonzero, mut worst) = (0, 0.0f64);
+        for ((name, a), (_, b)) in g1.iter().zip(&g2) {
+            assert!(
+                a.defined() && b.defined(),
+                "{phase}: gradient of variable {name}"
+            );
+            let norm = a.norm().double_value(&[]);
+            let rel = (a - b).norm().double_value(&[]) / norm.max(1e-12);
+            assert!(
+                rel <= 1e-2 || norm < 1e-9,
+                "{phase}, gradient of variable {name}: relative difference {rel:.2e}"
+            );
+            worst = worst.max(rel);
+            nonzero += usize::from(norm > 0.0);
+        }
+        eprintln!("{phase}: worst relative gradient difference {worst:.2e}");
+        assert!(
+            nonzero > g1.len() / 2,
+            "{phase}: {nonzero} of {} gradients",
+            g1.len()
+        );
+        let stem = g1.iter().any(|(name, _)| name == "features.0.0.weight");
+        assert_eq!(
+            stem,
+            n == layers,
+            "{phase}: the stem trains only with the whole network"
+        );
+    }
+    // BatchNorm layers that update their statistics see the whole batch at once.
+    net.set_finetune_phase(layers, true);
+    assert!(net.table().batch_statistics());
+    assert_eq!(net.images_per_train_pass(&pixels), i64::MAX);
+}
+
 /// bfloat16 for the frozen part: the run still learns, says `bf16`, and lands close to
 /// float32.
 #[test]
