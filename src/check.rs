@@ -28,7 +28,14 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
             }
         }
         Err(e) => problems.push(problem("data.dir", format!("data.dir: {e}"))),
-        Ok(_) => {}
+        Ok(scan) => {
+            if let Some(rule) = &exp.data.class_weight {
+                let counts = vec![1; scan.classes.len()];
+                if let Err(e) = rule.resolve(&scan.classes, &counts) {
+                    problems.push(problem("data.class_weight", e));
+                }
+            }
+        }
     }
     let backbone = exp.model.backbone;
     match &exp.model.weights {

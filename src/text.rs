@@ -30,6 +30,7 @@ pub fn lr_lowered(from: f64, to: f64, epoch: u32, batch: Option<usize>, by: &str
 pub fn monitor(m: Monitor) -> &'static str {
     match m {
         Monitor::ValAccuracy => "val_accuracy",
+        Monitor::ValBalancedAccuracy => "val_balanced_accuracy",
         Monitor::ValLoss => "val_loss",
         Monitor::Accuracy => "accuracy",
         Monitor::Loss => "loss",

@@ -60,6 +60,9 @@ const RESTART: &[(&str, Keep)] = &[
     ("data.intensity", |to, from| {
         to.data.intensity = from.data.intensity
     }),
+    ("data.class_weight", |to, from| {
+        to.data.class_weight = from.data.class_weight.clone()
+    }),
     ("model.backbone", |to, from| {
         to.model.backbone = from.model.backbone
     }),
@@ -211,7 +214,7 @@ mod tests {
         let edited = parse_str(
             "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
              interpolation: bicubic, intensity: stretch, labels: l.csv, \
-             columns: { path: file } }\nmodel: { backbone: resnet18, weights: none }\n\
+             columns: { path: file }, class_weight: balanced }\nmodel: { backbone: resnet18, weights: none }\n\
              device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
             Path::new("e.yaml"),
         )

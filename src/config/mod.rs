@@ -105,6 +105,72 @@ pub struct DataConfig {
     /// Random augmentation of training images (never of validation images).
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// How much each class's images weigh in the training loss (Keras `class_weight`):
+    /// `balanced` (images / (classes x images of the class), counted on the training
+    /// side) or `{class name: weight > 0}` (classes left out weigh 1). Each image's
+    /// loss is multiplied by its class's weight and the batch's sum divided by the
+    /// batch size, as Keras does. The validation loss stays unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weight: Option<ClassWeight>,
+}
+
+/// `data.class_weight:` — `balanced`, or a weight per class name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ClassWeight {
+    /// `balanced`: inversely proportional to each class's training images.
+    Rule(ClassWeightRule),
+    /// A weight > 0 per class name; classes not named weigh 1.
+    #[schemars(with = "std::collections::BTreeMap<String, ClassWeightValue>")]
+    Weights(std::collections::BTreeMap<String, f64>),
+}
+
+/// One class's weight in the schema: > 0, at most 1e6 (what `check` accepts).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct ClassWeightValue(#[schemars(extend("exclusiveMinimum" = 0.0), range(max = 1e6))] f64);
+
+/// The named class-weight rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeightRule {
+    /// images / (classes x images of the class), as scikit-learn's `balanced`.
+    Balanced,
+}
+
+impl ClassWeight {
+    /// The weight of each class in `classes` order, from the training images per
+    /// class; an error names a class that is not in the data.
+    pub fn resolve(&self, classes: &[String], train_counts: &[usize]) -> Result<Vec<f64>, String> {
+        match self {
+            ClassWeight::Rule(ClassWeightRule::Balanced) => {
+                let total: usize = train_counts.iter().sum();
+                Ok(train_counts
+                    .iter()
+                    .map(|&n| {
+                        if n == 0 {
+                            1.0
+                        } else {
+                            total as f64 / (classes.len() as f64 * n as f64)
+                        }
+                    })
+                    .collect())
+            }
+            ClassWeight::Weights(map) => {
+                if let Some(unknown) = map.keys().find(|k| !classes.contains(k)) {
+                    return Err(format!(
+                        "data.class_weight names `{unknown}`, which is not a class of the data \
+                         (classes: {})",
+                        classes.join(", ")
+                    ));
+                }
+                Ok(classes
+                    .iter()
+                    .map(|c| map.get(c).copied().unwrap_or(1.0))
+                    .collect())
+            }
+        }
+    }
 }
 
 /// `data.augment:` — Keras `ImageDataGenerator` arguments, applied per batch.
@@ -437,6 +503,8 @@ pub enum Optimizer {
 pub enum Monitor {
     #[default]
     ValAccuracy,
+    /// Mean recall over the classes: for imbalanced data.
+    ValBalancedAccuracy,
     ValLoss,
     Accuracy,
     Loss,
@@ -667,5 +735,31 @@ mod weights_serde {
                 _ => Weights::File(s.into()),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod class_weight_tests {
+    use super::*;
+
+    #[test]
+    fn balanced_weights_follow_scikit_learn_and_names_must_be_classes() {
+        let classes = ["defective".to_string(), "functional".to_string()];
+        let balanced = ClassWeight::Rule(ClassWeightRule::Balanced);
+        // 40 images, 2 classes: 40 / (2 x 10) and 40 / (2 x 30).
+        let w = balanced.resolve(&classes, &[10, 30]).unwrap();
+        assert_eq!(w, [2.0, 40.0 / 60.0]);
+        let named: ClassWeight = serde_yaml::from_str("{ defective: 3.5 }").unwrap();
+        assert_eq!(named.resolve(&classes, &[10, 30]).unwrap(), [3.5, 1.0]);
+        let typo: ClassWeight = serde_yaml::from_str("{ defectve: 2 }").unwrap();
+        let err = typo.resolve(&classes, &[10, 30]).unwrap_err();
+        assert!(
+            err.contains("`defectve`") && err.contains("defective, functional"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_yaml::from_str::<ClassWeight>("balanced").unwrap(),
+            balanced
+        );
     }
 }

@@ -40,6 +40,20 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         "data.batch_size",
         format!("batch_size must be at least 1, got {}", exp.data.batch_size),
     );
+    if let Some(super::ClassWeight::Weights(weights)) = &exp.data.class_weight {
+        check(
+            !weights.is_empty(),
+            "data.class_weight",
+            "class_weight needs `balanced` or at least one `class: weight`".into(),
+        );
+        for (class, w) in weights {
+            check(
+                w.is_finite() && *w > 0.0 && *w <= 1e6,
+                "data.class_weight",
+                format!("class_weight of `{class}` must be > 0 and at most 1e6, got {w}"),
+            );
+        }
+    }
     let aug = &exp.data.augment;
     if let Some(r) = aug.rescale {
         check(

@@ -45,6 +45,8 @@ pub struct Classifier {
     pass_pixels: Option<i64>,
     /// How the trainable part runs (see [`TrainPath`]).
     train_path: TrainPath,
+    /// Each class's weight in the training loss (`data.class_weight`), on the device.
+    class_weights: Option<Tensor>,
 }
 
 /// How the trainable part of a training step runs. Each setting changes speed and
@@ -172,6 +174,7 @@ impl Classifier {
             fold_batchnorm: true,
             pass_pixels: (device == Device::Cpu).then_some(CPU_PASS_PIXELS),
             train_path: TrainPath::for_device(device),
+            class_weights: None,
         })
     }
 
@@ -358,7 +361,8 @@ impl Classifier {
         while start < batch {
             let n = per_pass.min(batch - start);
             let part = self.logits_train(&prefix.narrow(0, start, n), k, &draws, start, n);
-            let share = self.loss(&part, &labels.narrow(0, start, n)) * (n as f64 / batch as f64);
+            let share =
+                self.train_loss(&part, &labels.narrow(0, start, n)) * (n as f64 / batch as f64);
             share.backward();
             loss += share.detach();
             logits.push(part.detach());
@@ -548,6 +552,43 @@ impl Classifier {
         } else {
             logits.cross_entropy_for_logits(&labels)
         }
+    }
+
+    /// Sets each class's weight in the training loss (`data.class_weight`, in class
+    /// order); None weighs every image alike.
+    pub fn set_class_weights(&mut self, weights: Option<&[f64]>) {
+        self.class_weights = weights.map(|w| {
+            Tensor::from_slice(w)
+                .to_kind(Kind::Float)
+                .to_device(self.device())
+        });
+    }
+
+    /// The training loss: [`Classifier::loss`], or with class weights each image's
+    /// loss times its class's weight, summed over the batch and divided by the batch
+    /// size (Keras `class_weight`; PyTorch's `weight=` would divide by the weights'
+    /// sum instead).
+    pub fn train_loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        let Some(weights) = &self.class_weights else {
+            return self.loss(logits, labels);
+        };
+        let labels = labels.to_device(logits.device());
+        let per_image = if self.classes == 2 {
+            logits
+                .view([-1])
+                .binary_cross_entropy_with_logits::<Tensor>(
+                    &labels.to_kind(Kind::Float),
+                    None,
+                    None,
+                    Reduction::None,
+                )
+        } else {
+            -logits
+                .log_softmax(-1, Kind::Float)
+                .gather(1, &labels.view([-1, 1]), false)
+                .view([-1])
+        };
+        (per_image * weights.index_select(0, &labels)).mean(Kind::Float)
     }
 
     /// Class probabilities `[B, classes]` (for two classes: `[1 - p, p]`).

@@ -192,6 +192,8 @@ mod tests {
             val_recall: None,
             val_f1: None,
             val_auc: None,
+            val_balanced_accuracy: None,
+            val_class_recall: Vec::new(),
             confusion: Confusion::new(2, &[], &[]),
             lr: 1e-3,
             seconds: epoch as f64,

@@ -198,6 +198,23 @@ impl Trainer {
         prepare_device(device);
         let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;
         net.set_precision(Some(resolve_precision(self.exp.precision, device)));
+        if let Some(rule) = &self.exp.data.class_weight {
+            let train: Vec<usize> = data.split_counts().iter().map(|c| c.0).collect();
+            let weights = rule
+                .resolve(&data.classes, &train)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            net.set_class_weights(Some(&weights));
+            let shown: Vec<String> = data
+                .classes
+                .iter()
+                .zip(&weights)
+                .map(|(c, w)| format!("{c} {w:.3}"))
+                .collect();
+            let _ = self.events.send(Event::Note(format!(
+                "class weights in the training loss: {}",
+                shown.join(", ")
+            )));
+        }
         let weights = match &self.exp.model.weights {
             Weights::None => "none (trained from scratch)".to_string(),
             Weights::Imagenet => format!("ImageNet ({})", self.exp.model.backbone.name()),

@@ -197,6 +197,8 @@ pub(super) fn run(
         val_recall: v.binary.map(|b| b.recall),
         val_f1: v.binary.map(|b| b.f1),
         val_auc: v.binary.and_then(|b| b.auc),
+        val_balanced_accuracy: Some(v.confusion.balanced_accuracy()),
+        val_class_recall: v.confusion.recalls(),
         confusion: v.confusion,
         lr: s.lr,
         seconds: active_seconds(start, paused),

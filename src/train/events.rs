@@ -125,6 +125,13 @@ pub struct EpochMetrics {
     pub val_f1: Option<f64>,
     /// Two classes: ROC AUC on validation.
     pub val_auc: Option<f64>,
+    /// Mean recall over the classes (see [`Confusion::balanced_accuracy`]); absent in
+    /// runs written before it was recorded.
+    #[serde(default)]
+    pub val_balanced_accuracy: Option<f64>,
+    /// Each class's recall on validation, in class order.
+    #[serde(default)]
+    pub val_class_recall: Vec<f64>,
     /// Validation confusion matrix (rows: true class, columns: predicted).
     pub confusion: Confusion,
     /// Learning rate in force.
@@ -484,6 +491,8 @@ mod tests {
             val_loss: f64::INFINITY,
             val_accuracy: 0.5,
             val_precision: None,
+            val_balanced_accuracy: None,
+            val_class_recall: Vec::new(),
             val_recall: None,
             val_f1: None,
             val_auc: None,
@@ -518,6 +527,8 @@ mod tests {
             val_loss: 0.5,
             val_accuracy: 0.5,
             val_precision: None,
+            val_balanced_accuracy: None,
+            val_class_recall: Vec::new(),
             val_recall: None,
             val_f1: None,
             val_auc: None,

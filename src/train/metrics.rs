@@ -77,6 +77,28 @@ impl Confusion {
             .collect()
     }
 
+    /// Balanced accuracy: the mean recall over the classes that have images (0 when
+    /// empty), as scikit-learn's `balanced_accuracy_score`: always answering the
+    /// larger class scores 1 / classes whatever the imbalance.
+    pub fn balanced_accuracy(&self) -> f64 {
+        let recalls: Vec<f64> = self
+            .class_scores()
+            .iter()
+            .filter(|c| c.support > 0)
+            .map(|c| c.recall)
+            .collect();
+        if recalls.is_empty() {
+            0.0
+        } else {
+            recalls.iter().sum::<f64>() / recalls.len() as f64
+        }
+    }
+
+    /// Each class's recall (0 for a class without images), in class order.
+    pub fn recalls(&self) -> Vec<f64> {
+        self.class_scores().iter().map(|c| c.recall).collect()
+    }
+
     /// Fraction predicted correctly (0 when empty).
     pub fn accuracy(&self) -> f64 {
         let total: u64 = self.counts.iter().sum();
@@ -155,6 +177,21 @@ pub fn roc_auc(truth: &[usize], score: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_accuracy_is_the_mean_recall_of_classes_with_images() {
+        // class 0: 8 of 10 right; class 1: 1 of 2; class 2 has no images.
+        let truth = [vec![0; 10], vec![1; 2]].concat();
+        let predicted = [vec![0; 8], vec![1; 2], vec![1, 0]].concat();
+        let c = Confusion::new(3, &truth, &predicted);
+        assert_eq!(c.recalls(), [0.8, 0.5, 0.0]);
+        assert!((c.balanced_accuracy() - 0.65).abs() < 1e-12);
+        // Always answering the larger class: accuracy 10/12, balanced 0.5.
+        let lazy = Confusion::new(2, &truth, &[0; 12]);
+        assert!((lazy.accuracy() - 10.0 / 12.0).abs() < 1e-12);
+        assert_eq!(lazy.balanced_accuracy(), 0.5);
+        assert_eq!(Confusion::new(2, &[], &[]).balanced_accuracy(), 0.0);
+    }
 
     #[test]
     fn class_scores_one_against_the_rest() {

@@ -21,7 +21,9 @@ pub fn direction(monitor: Monitor, mode: StallMode) -> Direction {
         StallMode::Max => Direction::Max,
         StallMode::Min => Direction::Min,
         StallMode::Auto => match monitor {
-            Monitor::ValAccuracy | Monitor::Accuracy => Direction::Max,
+            Monitor::ValAccuracy | Monitor::ValBalancedAccuracy | Monitor::Accuracy => {
+                Direction::Max
+            }
             Monitor::ValLoss | Monitor::Loss => Direction::Min,
         },
     }
@@ -114,6 +116,7 @@ impl StallDetector {
 pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     match monitor {
         Monitor::ValAccuracy => m.val_accuracy,
+        Monitor::ValBalancedAccuracy => m.confusion.balanced_accuracy(),
         Monitor::ValLoss => m.val_loss,
         Monitor::Accuracy => m.accuracy,
         Monitor::Loss => m.loss,

@@ -110,6 +110,26 @@ fn the_schema_and_check_agree_on_range_boundaries() {
             "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { momentum: 0 }",
             true,
         ),
+        (
+            "data: { dir: x, class_weight: { a: 0 } }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, class_weight: { a: -1 } }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
+        (
+            "data: { dir: x, class_weight: { a: 2.5, b: 1.0e6 } }\nmodel: { backbone: resnet18 }",
+            true,
+        ),
+        (
+            "data: { dir: x, class_weight: balanced }\nmodel: { backbone: resnet18 }",
+            true,
+        ),
+        (
+            "data: { dir: x, class_weight: balance }\nmodel: { backbone: resnet18 }",
+            false,
+        ),
     ];
     for (text, valid) in cases {
         let yaml: serde_json::Value = serde_yaml::from_str(text).unwrap();

@@ -46,6 +46,8 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         val_recall: Some(0.9),
         val_f1: Some(0.85),
         val_auc: Some(0.88),
+        val_balanced_accuracy: None,
+        val_class_recall: Vec::new(),
         confusion: Confusion::new(2, &[0, 1], &[0, 1]),
         lr: if phase == Phase::Frozen { 1e-3 } else { 1e-5 },
         seconds: 12.0,

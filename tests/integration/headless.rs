@@ -396,3 +396,70 @@ fn a_run_is_steered_through_its_control_file() {
     );
     assert!(latency < Duration::from_secs(3), "{latency:?}");
 }
+
+/// `data.class_weight: balanced` on imbalanced data: the run says the weights it uses
+/// (images / (classes x images of the class), counted on the training side), trains,
+/// and every epoch records the balanced accuracy (the mean of the per-class recalls it
+/// also records), which the stall detector can watch; `check` names a class weight for
+/// a class that is not in the data, at its line and column.
+#[test]
+fn class_weights_are_announced_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    util::make_images(&data, &["left", "right"], 16, 32);
+    // 16 left, 4 right: 12 + 3 train after a 0.25 split per class.
+    for i in 4..16 {
+        let _ = std::fs::remove_file(data.join("right").join(format!("{i}.png")));
+    }
+    assert_eq!(std::fs::read_dir(data.join("right")).unwrap().count(), 4);
+    let file = dir.path().join("weighted.yaml");
+    std::fs::write(
+        &file,
+        "data: { dir: data, image_size: 32, batch_size: 8, validation_split: 0.25,\n\
+         \x20 class_weight: balanced }\n\
+         model: { backbone: small_cnn }\n\
+         frozen: { epochs: 2, lr: 1.0e-3 }\nfinetune: { epochs: 0 }\n\
+         stall: { monitor: val_balanced_accuracy }\ndevice: cpu\nseed: 3\n",
+    )
+    .unwrap();
+    let out = tlcap()
+        .args(["run", "--runs"])
+        .arg(dir.path().join("runs"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    util::stdout_of_success(&out);
+    // 15 training images: 15 / (2 x 12) and 15 / (2 x 3). Notes go to stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("class weights in the training loss: left 0.625, right 2.500"),
+        "{text}"
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("runs").join("weighted"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let metrics = tlcap::train::run_dir::read_metrics(&runs[0]).unwrap();
+    assert_eq!(metrics.len(), 2);
+    for m in &metrics {
+        let recalls = &m.val_class_recall;
+        assert_eq!(recalls.len(), 2);
+        let mean = (recalls[0] + recalls[1]) / 2.0;
+        assert_eq!(m.val_balanced_accuracy, Some(mean));
+        assert_eq!(m.confusion.recalls(), *recalls);
+    }
+    // A weight for a class the data does not have: `check` says which, and where.
+    std::fs::write(
+        &file,
+        "data: { dir: data, image_size: 32,\n  class_weight: { left: 1.0, rihgt: 4.0 } }\n\
+         model: { backbone: small_cnn }\n",
+    )
+    .unwrap();
+    let out = tlcap().arg("check").arg(&file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("weighted.yaml:2:17: data.class_weight names `rihgt`"),
+        "{said}"
+    );
+}

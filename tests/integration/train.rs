@@ -1142,3 +1142,68 @@ fn reduce_lr_on_stall_and_lower_lr_now() {
     assert!((rows[1].lr - 1e-5).abs() < 1e-12);
     assert!(rows[1].lr_lowered.is_none(), "{:?}", rows[1].lr_lowered);
 }
+
+/// `data.class_weight` weighs each image's training loss by its class's weight and
+/// divides the batch's sum by the batch size, as Keras's `class_weight` does (not by
+/// the weights' sum, as PyTorch's `weight=` would): checked by hand on a fixed batch,
+/// for one sigmoid unit and for softmax. The validation loss stays unweighted.
+#[test]
+fn class_weights_change_the_training_loss_as_keras_does() {
+    use tlcap::model::classifier::Classifier;
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(
+        dir.path(),
+        "model: { backbone: small_cnn, weights: none }\n",
+    );
+    let softplus = |z: f64| (1.0 + z.exp()).ln();
+    // Two classes: one logit per image; binary cross-entropy ln(1 + e^z) - y z.
+    let mut net = Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
+    let z = [0.5, -1.0, 2.0, 0.0];
+    let y = [0i64, 1, 1, 0];
+    let logits = Tensor::from_slice(&z.map(|v| v as f32)).view([4, 1]);
+    let labels = Tensor::from_slice(&y);
+    let bce: Vec<f64> = z
+        .iter()
+        .zip(&y)
+        .map(|(&z, &y)| softplus(z) - y as f64 * z)
+        .collect();
+    let w = [2.0, 0.5];
+    let weighted: f64 = bce
+        .iter()
+        .zip(&y)
+        .map(|(l, &y)| w[y as usize] * l)
+        .sum::<f64>()
+        / 4.0;
+    let plain: f64 = bce.iter().sum::<f64>() / 4.0;
+    let value = |t: Tensor| t.double_value(&[]);
+    assert!((value(net.train_loss(&logits, &labels)) - plain).abs() < 1e-6);
+    net.set_class_weights(Some(&w));
+    assert!((value(net.train_loss(&logits, &labels)) - weighted).abs() < 1e-6);
+    assert!((value(net.loss(&logits, &labels)) - plain).abs() < 1e-6);
+    assert!((weighted - plain).abs() > 0.1, "the weights matter here");
+    // Three classes: softmax cross-entropy, -ln softmax(z)[y].
+    let mut net = Classifier::new(&exp, 3, tch::Device::Cpu).unwrap();
+    let z = [[1.0, 0.0, -1.0], [0.2, 0.3, 0.1], [-2.0, 1.0, 0.5]];
+    let y = [2i64, 1, 0];
+    let ce: Vec<f64> = z
+        .iter()
+        .zip(&y)
+        .map(|(row, &y)| {
+            let sum: f64 = row.iter().map(|v: &f64| v.exp()).sum();
+            sum.ln() - row[y as usize]
+        })
+        .collect();
+    let w = [1.0, 3.0, 0.25];
+    let weighted: f64 = ce
+        .iter()
+        .zip(&y)
+        .map(|(l, &y)| w[y as usize] * l)
+        .sum::<f64>()
+        / 3.0;
+    let flat: Vec<f32> = z.iter().flatten().map(|&v| v as f32).collect();
+    let logits = Tensor::from_slice(&flat).view([3, 3]);
+    let labels = Tensor::from_slice(&y);
+    net.set_class_weights(Some(&w));
+    assert!((value(net.train_loss(&logits, &labels)) - weighted).abs() < 1e-5);
+    assert!((value(net.loss(&logits, &labels)) - ce.iter().sum::<f64>() / 3.0).abs() < 1e-5);
+}
