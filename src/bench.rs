@@ -384,17 +384,8 @@ fn forward_rows(
     tch::set_num_threads(1);
     let one_thread = measure(&net);
     tch::set_num_threads(threads);
-    let row = |what: String, images_per_sec: f64, note: String| Row {
-        what,
-        images_per_sec,
-        flops_per_image: Some(flops),
-        peak,
-        note,
-    };
-    let sweep: Vec<String> = by_chunk
-        .iter()
-        .map(|(c, v)| format!("{c}: {v:.0}"))
-        .collect();
+    let row = flops_row(flops, peak);
+    let sweep = sweep(&by_chunk, 0);
     Ok(vec![
         row(
             format!("forward only fp32, BatchNorm separate, b{batch}"),
@@ -412,7 +403,7 @@ fn forward_rows(
             format!(
                 "{:.2}x b{batch} (img/s by pass size {})",
                 chunked / folded,
-                sweep.join(", ")
+                sweep
             ),
         ),
         row(
@@ -511,17 +502,8 @@ fn whole_network_rows(
         .iter()
         .find(|(p, _)| *p == chosen)
         .map_or(last, |(_, v)| *v);
-    let row = |what: String, images_per_sec: f64, note: String| Row {
-        what,
-        images_per_sec,
-        flops_per_image: Some(flops),
-        peak,
-        note,
-    };
-    let sweep: Vec<String> = by_pass
-        .iter()
-        .map(|(p, v)| format!("{p}: {v:.1}"))
-        .collect();
+    let row = flops_row(flops, peak);
+    let sweep = sweep(&by_pass, 1);
     let layout = if defaults.channels_last {
         "channels-last"
     } else {
@@ -549,11 +531,31 @@ fn whole_network_rows(
             format!(
                 "{:.2}x plain (img/s by pass size {})",
                 best_default / before,
-                sweep.join(", ")
+                sweep
             ),
         ),
     ];
     Ok((rows, best_default.max(last)))
+}
+
+/// A row maker for rows that all compute `flops` per image against `peak`.
+fn flops_row(flops: f64, peak: f64) -> impl Fn(String, f64, String) -> Row {
+    move |what, images_per_sec, note| Row {
+        what,
+        images_per_sec,
+        flops_per_image: Some(flops),
+        peak,
+        note,
+    }
+}
+
+/// A sweep's points as `size: img/s, ...` with `digits` decimals.
+fn sweep(points: &[(i64, f64)], digits: usize) -> String {
+    let shown: Vec<String> = points
+        .iter()
+        .map(|(size, v)| format!("{size}: {v:.digits$}"))
+        .collect();
+    shown.join(", ")
 }
 
 /// The training images of `images` with a 0.2 validation split per class.

@@ -98,6 +98,18 @@ pub const CPU_TRAIN_PASS_PIXELS: i64 = 4 * 224 * 224;
 /// against 257 in passes of 4 and 233 in one pass of 32.
 pub const CPU_PASS_PIXELS: i64 = 4 * 224 * 224;
 
+/// Binary cross-entropy of one logit per image `[B, 1]` against labels 0/1.
+fn binary_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Tensor {
+    logits
+        .view([-1])
+        .binary_cross_entropy_with_logits::<Tensor>(
+            &labels.to_kind(Kind::Float),
+            None,
+            None,
+            reduction,
+        )
+}
+
 /// The random numbers of one training step, drawn for the whole batch before it runs
 /// in passes.
 struct StepNoise {
@@ -541,16 +553,22 @@ impl Classifier {
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let labels = labels.to_device(logits.device());
         if self.classes == 2 {
-            logits
-                .view([-1])
-                .binary_cross_entropy_with_logits::<Tensor>(
-                    &labels.to_kind(Kind::Float),
-                    None,
-                    None,
-                    Reduction::Mean,
-                )
+            binary_cross_entropy(logits, &labels, Reduction::Mean)
         } else {
             logits.cross_entropy_for_logits(&labels)
+        }
+    }
+
+    /// Each image's loss `[B]`: [`Classifier::loss`] before the mean.
+    fn image_losses(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        let labels = labels.to_device(logits.device());
+        if self.classes == 2 {
+            binary_cross_entropy(logits, &labels, Reduction::None)
+        } else {
+            -logits
+                .log_softmax(-1, Kind::Float)
+                .gather(1, &labels.view([-1, 1]), false)
+                .view([-1])
         }
     }
 
@@ -573,21 +591,7 @@ impl Classifier {
             return self.loss(logits, labels);
         };
         let labels = labels.to_device(logits.device());
-        let per_image = if self.classes == 2 {
-            logits
-                .view([-1])
-                .binary_cross_entropy_with_logits::<Tensor>(
-                    &labels.to_kind(Kind::Float),
-                    None,
-                    None,
-                    Reduction::None,
-                )
-        } else {
-            -logits
-                .log_softmax(-1, Kind::Float)
-                .gather(1, &labels.view([-1, 1]), false)
-                .view([-1])
-        };
+        let per_image = self.image_losses(logits, &labels);
         (per_image * weights.index_select(0, &labels)).mean(Kind::Float)
     }
 
