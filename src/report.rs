@@ -101,7 +101,8 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
     writeln!(md, "## Epochs\n")?;
     writeln!(
         md,
-        "| epoch | phase | loss | acc | val_loss | val_acc | val_auc | lr | s |\n|---|---|---|---|---|---|---|---|---|"
+        "| epoch | phase | loss | acc | val_loss | val_acc | val_bal_acc | val_auc | lr | s |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     )?;
     for m in &epochs {
         let phase = if m.mixed.is_some() {
@@ -116,12 +117,14 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
         };
         writeln!(
             md,
-            "| {}{mark} | {phase} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {:.1} |",
+            "| {}{mark} | {phase} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {:.1} |",
             m.epoch,
             m.loss,
             m.accuracy,
             m.val_loss,
             m.val_accuracy,
+            // From the confusion matrix: runs written before the field have it too.
+            m.confusion.balanced_accuracy(),
             m.val_auc.map_or("-".into(), |a| format!("{a:.4}")),
             crate::text::short_float(m.lr),
             m.seconds

@@ -185,11 +185,12 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
         lines.extend([
             Line::raw(format!("data      {}", exp.data.dir.display())),
             Line::raw(format!(
-                "images    {}x{}, batch {}, validation {:.0}%",
+                "images    {}x{}, batch {}, validation {:.0}%{}",
                 exp.data.image_size.height,
                 exp.data.image_size.width,
                 exp.data.batch_size,
-                exp.data.validation_split * 100.0
+                exp.data.validation_split * 100.0,
+                class_weight_words(exp.data.class_weight.as_ref())
             )),
             Line::raw(format!(
                 "backbone  {}, weights: {}, dropout {}",
@@ -418,5 +419,40 @@ fn ago(seconds: u64) -> String {
         s if s < 120 => format!("{s} s ago"),
         s if s < 7200 => format!("{} min ago", s / 60),
         s => format!("{} h ago", s / 3600),
+    }
+}
+
+/// `, class_weight balanced` or `, class_weight defective 2, functional 1` for the
+/// settings pane; nothing when every image weighs alike.
+fn class_weight_words(weight: Option<&crate::config::ClassWeight>) -> String {
+    use crate::config::{ClassWeight, ClassWeightRule};
+    match weight {
+        None => String::new(),
+        Some(ClassWeight::Rule(ClassWeightRule::Balanced)) => ", class_weight balanced".into(),
+        Some(ClassWeight::Weights(map)) => {
+            let shown: Vec<String> = map.iter().map(|(c, w)| format!("{c} {w}")).collect();
+            format!(", class_weight {}", shown.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod class_weight_words_tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_pane_names_the_class_weights() {
+        assert_eq!(class_weight_words(None), "");
+        let balanced: crate::config::ClassWeight = serde_yaml::from_str("balanced").unwrap();
+        assert_eq!(
+            class_weight_words(Some(&balanced)),
+            ", class_weight balanced"
+        );
+        let map: crate::config::ClassWeight =
+            serde_yaml::from_str("{ defective: 2.5, functional: 1 }").unwrap();
+        assert_eq!(
+            class_weight_words(Some(&map)),
+            ", class_weight defective 2.5, functional 1"
+        );
     }
 }

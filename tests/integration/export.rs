@@ -148,6 +148,18 @@ fn small_cnn_exports_that_serve_like_predict() {
         );
     }
     assert_eq!(md.matches("| frozen |").count(), 2, "{md}");
+    // Each epoch row shows the balanced accuracy of its confusion matrix.
+    assert!(md.contains("| val_acc | val_bal_acc | val_auc |"), "{md}");
+    let metrics = tlcap::train::run_dir::read_metrics(&run).unwrap();
+    let first = &metrics[0];
+    assert!(
+        md.contains(&format!(
+            "| {:.4} | {:.4} |",
+            first.val_accuracy,
+            first.confusion.balanced_accuracy()
+        )),
+        "{md}"
+    );
     for chart in ["accuracy.svg", "loss.svg", "confusion.svg"] {
         let svg = std::fs::read_to_string(run.join(chart)).unwrap();
         assert!(
