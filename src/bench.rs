@@ -133,19 +133,25 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
         let mut ratio = Ratios::default();
         eprintln!("measuring {} ...", kind.name());
         let weights = random_weights(dir.path(), kind)?;
-        // Forward work of the whole backbone, and training work when the last stage
-        // trains (without and with the frozen prefix cached).
+        // Forward work of the whole backbone, training work when the last stage
+        // trains (without and with the frozen prefix cached), and when every layer does.
         let unfreeze = last_stage_layers(kind);
-        let (all, finetune_flops, cached_flops) = {
+        let (all, finetune_flops, cached_flops, whole_flops) = {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let mut b = Backbone::new(&vs.root(), kind, false);
             let flops = b.layer_flops(options.size as i64, options.size as i64);
             b.table_mut().unfreeze_last(unfreeze);
             let split = b.frozen_segments();
-            (
-                flops.iter().sum::<u64>() as f64,
+            let last_stage = (
                 b.training_flops(&flops, 0) as f64,
                 b.training_flops(&flops, split) as f64,
+            );
+            b.table_mut().unfreeze_all();
+            (
+                flops.iter().sum::<u64>() as f64,
+                last_stage.0,
+                last_stage.1,
+                b.training_flops(&flops, 0) as f64,
             )
         };
         let run = |extra: &str, phases: Phases| -> anyhow::Result<Vec<EpochMetrics>> {
@@ -245,13 +251,6 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
             )?);
         }
         if options.wants(Part::Whole) {
-            let whole_flops = {
-                let vs = nn::VarStore::new(tch::Device::Cpu);
-                let mut b = Backbone::new(&vs.root(), kind, false);
-                let flops = b.layer_flops(options.size as i64, options.size as i64);
-                b.table_mut().unfreeze_all();
-                b.training_flops(&flops, 0) as f64
-            };
             let (step_rows, best) =
                 whole_network_rows(dir.path(), options, kind, &weights, whole_flops, fp32_peak)?;
             rows.extend(step_rows);

@@ -29,11 +29,13 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
         }
         Err(e) => problems.push(problem("data.dir", format!("data.dir: {e}"))),
         Ok(scan) => {
-            if let Some(rule) = &exp.data.class_weight {
-                let counts = vec![1; scan.classes.len()];
-                if let Err(e) = rule.resolve(&scan.classes, &counts) {
-                    problems.push(problem("data.class_weight", e));
-                }
+            if let Some(Err(e)) = exp
+                .data
+                .class_weight
+                .as_ref()
+                .map(|w| w.check_classes(&scan.classes))
+            {
+                problems.push(problem("data.class_weight", e));
             }
         }
     }

@@ -157,18 +157,27 @@ impl ClassWeight {
                     .collect())
             }
             ClassWeight::Weights(map) => {
-                if let Some(unknown) = map.keys().find(|k| !classes.contains(k)) {
-                    return Err(format!(
-                        "data.class_weight names `{unknown}`, which is not a class of the data \
-                         (classes: {})",
-                        classes.join(", ")
-                    ));
-                }
+                self.check_classes(classes)?;
                 Ok(classes
                     .iter()
                     .map(|c| map.get(c).copied().unwrap_or(1.0))
                     .collect())
             }
+        }
+    }
+
+    /// An error naming a class weight for a class not in `classes`.
+    pub fn check_classes(&self, classes: &[String]) -> Result<(), String> {
+        let ClassWeight::Weights(map) = self else {
+            return Ok(());
+        };
+        match map.keys().find(|k| !classes.contains(k)) {
+            None => Ok(()),
+            Some(unknown) => Err(format!(
+                "data.class_weight names `{unknown}`, which is not a class of the data \
+                 (classes: {})",
+                classes.join(", ")
+            )),
         }
     }
 }

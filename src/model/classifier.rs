@@ -98,6 +98,15 @@ pub const CPU_TRAIN_PASS_PIXELS: i64 = 4 * 224 * 224;
 /// against 257 in passes of 4 and 233 in one pass of 32.
 pub const CPU_PASS_PIXELS: i64 = 4 * 224 * 224;
 
+/// How many images of a batch shaped like `x` (`[B, C, H, W]`) fit a pass of `budget`
+/// pixels (at least one); unbounded without a budget or for pooled features `[B, C]`.
+fn images_within(budget: Option<i64>, x: &Tensor) -> i64 {
+    match (budget, x.size().as_slice()) {
+        (Some(budget), [_, _, h, w]) => (budget / (h * w).max(1)).max(1),
+        _ => i64::MAX,
+    }
+}
+
 /// Binary cross-entropy of one logit per image `[B, 1]` against labels 0/1.
 fn binary_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Tensor {
     logits
@@ -387,12 +396,10 @@ impl Classifier {
     /// like `prefix`: the whole batch unless [`TrainPath::pass_pixels`] sets a budget
     /// and no BatchNorm layer computes batch statistics.
     pub fn images_per_train_pass(&self, prefix: &Tensor) -> i64 {
-        match (self.train_path.pass_pixels, prefix.size().as_slice()) {
-            (Some(budget), [_, _, h, w]) if !self.table().batch_statistics() => {
-                (budget / (h * w).max(1)).max(1)
-            }
-            _ => i64::MAX,
+        if self.table().batch_statistics() {
+            return i64::MAX;
         }
+        images_within(self.train_path.pass_pixels, prefix)
     }
 
     /// The random numbers a training step draws, in the order it has always drawn
@@ -492,10 +499,7 @@ impl Classifier {
     /// pixel budget, scaled up for a precision narrower than float32.
     pub fn images_per_pass(&self, x: &Tensor) -> i64 {
         let narrower = (4 / self.precision().elt_size_in_bytes().max(1)).max(1) as i64;
-        match (self.pass_pixels, x.size().as_slice()) {
-            (Some(budget), [_, _, h, w]) => (budget * narrower / (h * w).max(1)).max(1),
-            _ => i64::MAX,
-        }
+        images_within(self.pass_pixels.map(|budget| budget * narrower), x)
     }
 
     /// The precision the frozen part runs in.

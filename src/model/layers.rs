@@ -192,15 +192,14 @@ impl LayerTable {
                 if !matches!(conv.info.kind, LayerKind::Conv | LayerKind::DepthwiseConv) {
                     continue;
                 }
-                let scale = bn.params[0].shallow_clone() / (&stats.var + stats.eps).sqrt();
                 let weight = &conv.params[0];
-                let scaled = weight * scale.view([-1, 1, 1, 1]);
+                let (scaled, bias) = fold(
+                    weight,
+                    conv.params.get(1),
+                    (&bn.params[0], &bn.params[1]),
+                    stats,
+                );
                 weight.shallow_clone().copy_(&scaled);
-                let conv_bias = conv
-                    .params
-                    .get(1)
-                    .map_or_else(|| stats.mean.zeros_like(), |b| b.shallow_clone());
-                let bias = &bn.params[1] + (conv_bias - &stats.mean) * &scale;
                 self.folded[i] = Some(bias.to_kind(bias_kind));
                 count += 1;
             }
@@ -426,6 +425,25 @@ pub fn relu(x: Tensor) -> Tensor {
     x
 }
 
+/// A convolution's weight and bias with an inference-mode BatchNorm folded in: the
+/// weight scaled per output channel by `gamma / sqrt(var + eps)`, the bias `beta +
+/// (conv_bias - mean) * gamma / sqrt(var + eps)`. The one formula for a frozen copy
+/// folded ahead of time and for the trainable part folded inside the graph.
+fn fold(
+    weight: &Tensor,
+    conv_bias: Option<&Tensor>,
+    (gamma, beta): (&Tensor, &Tensor),
+    stats: &RunningStats,
+) -> (Tensor, Tensor) {
+    let scale = gamma / (&stats.var + stats.eps).sqrt();
+    let scaled = weight * scale.view([-1, 1, 1, 1]);
+    let shift = match conv_bias {
+        Some(b) => b - &stats.mean,
+        None => -&stats.mean,
+    };
+    (scaled, beta + shift * scale)
+}
+
 /// A BatchNorm layer that knows its place in the table.
 #[derive(Debug)]
 pub struct Bn {
@@ -440,13 +458,12 @@ impl Bn {
     fn fold_into(&self, conv: &Conv) -> (Tensor, Tensor) {
         let gamma = self.bn.ws.as_ref().expect("BatchNorm has a weight");
         let beta = self.bn.bs.as_ref().expect("BatchNorm has a bias");
-        let scale = gamma * (&self.bn.running_var + self.eps).rsqrt();
-        let weight = &conv.conv.ws * scale.view([-1, 1, 1, 1]);
-        let shift = match &conv.conv.bs {
-            Some(b) => b - &self.bn.running_mean,
-            None => -&self.bn.running_mean,
+        let stats = RunningStats {
+            mean: self.bn.running_mean.shallow_clone(),
+            var: self.bn.running_var.shallow_clone(),
+            eps: self.eps,
         };
-        (weight, beta + shift * scale)
+        fold(&conv.conv.ws, conv.conv.bs.as_ref(), (gamma, beta), &stats)
     }
 
     /// Normalises; training mode only if the layer is trainable and `train_bn` is set.

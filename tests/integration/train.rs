@@ -726,21 +726,33 @@ fn feature_and_prefix_caches_give_the_same_metrics() {
     assert_same_figures(&cached, &plain);
 }
 
-/// How the frozen part runs on a CPU (BatchNorm folded into the convolutions, the
-/// batch in passes of a few images) changes the speed, not the output: the same
-/// prefix outputs as BatchNorm applied on its own over the whole batch at once, for the
-/// whole frozen backbone and for the prefix the fine-tune phase keeps frozen.
-#[test]
-fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
+/// MobileNetV2 with its ImageNet weights in fp32 for two classes (an experiment on
+/// generated 64 px images), and seven random 64 px images to run through it.
+fn mobilenet_on_seven_images() -> (
+    tempfile::TempDir,
+    Experiment,
+    tlcap::model::classifier::Classifier,
+    Tensor,
+) {
     tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
         .expect("run `make setup` first");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_images(&data, &["left", "right"], 2, 64);
     let exp = mobilenet_exp(&data, "{}", "precision: fp32\n");
-    let mut net = tlcap::model::classifier::Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
+    let net = tlcap::model::classifier::Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
     tch::manual_seed(3);
     let pixels = Tensor::rand([7, 3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)) * 255.0;
+    (dir, exp, net, pixels)
+}
+
+/// How the frozen part runs on a CPU (BatchNorm folded into the convolutions, the
+/// batch in passes of a few images) changes the speed, not the output: the same
+/// prefix outputs as BatchNorm applied on its own over the whole batch at once, for the
+/// whole frozen backbone and for the prefix the fine-tune phase keeps frozen.
+#[test]
+fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
+    let (_dir, _exp, mut net, pixels) = mobilenet_on_seven_images();
     for phase in ["frozen", "finetune"] {
         if phase == "frozen" {
             net.set_frozen_phase();
@@ -780,17 +792,9 @@ fn the_frozen_part_in_passes_with_folded_batchnorm_gives_the_same_output() {
 #[test]
 fn the_trainable_part_in_passes_with_folded_batchnorm_gives_the_same_gradients() {
     use rand::{Rng, SeedableRng};
-    use tlcap::model::classifier::{Classifier, TrainPath};
-    tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
-        .expect("run `make setup` first");
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    make_images(&data, &["left", "right"], 2, 64);
-    let exp = mobilenet_exp(&data, "{}", "precision: fp32\n");
+    use tlcap::model::classifier::TrainPath;
+    let (_dir, exp, mut net, pixels) = mobilenet_on_seven_images();
     assert!(exp.model.dropout > 0.0, "the masks must matter");
-    let mut net = Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
-    tch::manual_seed(3);
-    let pixels = Tensor::rand([7, 3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)) * 255.0;
     let labels = Tensor::from_slice(&[0i64, 1, 1, 0, 1, 0, 0]);
     let plain = TrainPath {
         fold_batchnorm: false,
