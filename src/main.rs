@@ -219,6 +219,6 @@ fn layers(backbone: &str, unfreeze_last: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = unfreeze_last {
         net.table_mut().unfreeze_last(n);
     }
-    tlcap::stdout::line(tlcap::model::describe_layers(net.table()).trim_end())?;
+    tlcap::stdout::line(tlcap::model::describe_layers(&net).trim_end())?;
     Ok(())
 }

@@ -105,11 +105,7 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
          |---|---|---|---|---|---|---|---|---|---|"
     )?;
     for m in &epochs {
-        let phase = if m.mixed.is_some() {
-            "mixed"
-        } else {
-            m.phase.name()
-        };
+        let phase = crate::text::phase_label(m);
         let mark = if Some(m.epoch) == best.map(|b| b.epoch) {
             " *"
         } else {

@@ -4,6 +4,7 @@
 use crate::config::{Monitor, Precision};
 use crate::train::cache::human_bytes;
 use crate::train::events::{CacheUse, Compute, FrozenPart, StallAction, Suggestion};
+use crate::train::{EpochMetrics, Phase};
 
 /// `bf16` or `fp32`.
 pub fn precision(p: Precision) -> &'static str {
@@ -141,6 +142,14 @@ pub fn suggestion_parts(s: &Suggestion) -> (String, String) {
         StallAction::Unfreeze { layers, lr, .. } => {
             format!("unfreeze the last {layers} layers at lr {lr:e}")
         }
+        StallAction::UnfreezeMore {
+            ref group,
+            layers,
+            automatic: true,
+        } => format!("unfreezing {group} from the next epoch (the last {layers} layers train)"),
+        StallAction::UnfreezeMore {
+            ref group, layers, ..
+        } => format!("unfreeze {group} too (the last {layers} layers)"),
         StallAction::LowerLr { from, to } => format!(
             "lowering the learning rate {} -> {} from the next epoch",
             short_float(from),
@@ -152,6 +161,17 @@ pub fn suggestion_parts(s: &Suggestion) -> (String, String) {
         ),
     };
     (seen, action)
+}
+
+/// An epoch's phase in tables: `frozen`, `finetune`, `mixed` (an unfreeze part-way),
+/// or `ft+N` for a fine-tune epoch N block groups deeper than the phase began
+/// (progressive unfreezing).
+pub fn phase_label(m: &EpochMetrics) -> String {
+    match (m.phase, &m.mixed) {
+        (_, Some(_)) => "mixed".into(),
+        (Phase::Finetune, None) if m.deepened > 0 => format!("ft+{}", m.deepened),
+        (phase, None) => phase.name().into(),
+    }
 }
 
 #[cfg(test)]

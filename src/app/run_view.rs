@@ -73,6 +73,8 @@ pub struct RunView {
     pub stall_outlived: bool,
     /// The backbone's layers (trainable marks as of the last phase change).
     pub layers: Vec<LayerInfo>,
+    /// The deepest block group progressive unfreezing reached in this phase, if any.
+    pub deepest_group: Option<String>,
     /// `cpu` or `cuda:N`.
     pub device: String,
     /// Where the backbone weights came from.
@@ -125,6 +127,7 @@ impl RunView {
             images_per_sec: 0.0,
             epochs: Vec::new(),
             phase_marks: Vec::new(),
+            deepest_group: None,
             stall: None,
             stall_outlived: false,
             layers: Vec::new(),

@@ -91,9 +91,11 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             layers,
             trainable_layers,
             epochs,
+            deepened,
             ..
         } => {
-            // A phase that begins mid-run gets a marker on the charts.
+            // A phase that begins mid-run, and each step of progressive unfreezing,
+            // gets a marker on the charts.
             if epoch > 1 {
                 run.phase_marks.push((epoch, phase));
             }
@@ -111,15 +113,30 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
                         StallAction::Unfreeze {
                             automatic: true,
                             ..
+                        } | StallAction::UnfreezeMore {
+                            automatic: true,
+                            ..
                         }
                     )
                 };
-                let mut text = format!("fine-tuning {trainable_layers} layers from epoch {epoch}");
+                let mut text = match &deepened {
+                    Some(d) => format!(
+                        "unfroze {} from epoch {epoch}: {trainable_layers} layers train \
+                         ({} of {} block groups; {})",
+                        d.group, d.groups, d.of, d.by
+                    ),
+                    None => format!("fine-tuning {trainable_layers} layers from epoch {epoch}"),
+                };
                 // An automatic unfreeze says why in the same line: on a short terminal
                 // the stall's own message may already be out of sight.
                 if let Some(s) = run.stall.as_ref().filter(|s| automatic(s)) {
+                    let by = if deepened.is_some() {
+                        ""
+                    } else {
+                        " (on_stall: unfreeze)"
+                    };
                     text = format!(
-                        "stalled at {} {:.4}, so {text} (on_stall: unfreeze)",
+                        "stalled at {} {:.4}, so {text}{by}",
                         crate::text::word(&s.monitor),
                         s.value
                     );
@@ -137,7 +154,10 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
                     );
                 }
                 note = Some((false, format!("{name}: {text}")));
-                if run.stall.as_ref().is_some_and(|s| !automatic(s)) && !mid_epoch {
+                if deepened.is_some() {
+                    // The suggestion (if any) is answered.
+                    run.stall = None;
+                } else if run.stall.as_ref().is_some_and(|s| !automatic(s)) && !mid_epoch {
                     // Not acted on: it stays up, saying the phase moved on.
                     run.stall_outlived = true;
                 } else {
@@ -151,6 +171,7 @@ pub(super) fn on_trainer(app: &mut App, id: u64, event: Event) {
             }
             run.phase = phase;
             run.layers = layers;
+            run.deepest_group = deepened.map(|d| d.group);
         }
         Event::Paused => {
             run.status = RunStatus::Paused;

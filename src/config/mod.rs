@@ -253,6 +253,22 @@ pub struct FrozenPhase {
     #[serde(default)]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub momentum: f64,
+    /// How the learning rate moves over the phase's steps: `constant` (the default),
+    /// `cosine` (warm-up, then down to 0 along a half cosine) or `one_cycle` (fastai's
+    /// and PyTorch's OneCycle: up from lr/25 to lr, then down to lr/25e4, with Adam's
+    /// beta1 going 0.95 -> 0.85 -> 0.95). `lr` is the peak; a live edit of `lr` or
+    /// `epochs` recomputes the rest from the current step.
+    #[serde(default, skip_serializing_if = "Schedule::is_constant")]
+    pub schedule: Schedule,
+    /// Warm-up length in epochs (fractions allowed, e.g. 0.5): the rate climbs linearly
+    /// from 0 (from lr/25 for one_cycle) to `lr`. Default 0 (one_cycle: a quarter of
+    /// the phase). Give this or `warmup_steps`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub warmup_epochs: Option<f64>,
+    /// Warm-up length in training steps (batches) instead of epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
     /// `auto`: with augmentation off and pretrained weights, the frozen backbone's
     /// features are computed once and later epochs train the head on them (the same
     /// numbers, much faster); `off`: the backbone runs every epoch.
@@ -265,6 +281,31 @@ pub struct FrozenPhase {
     #[serde(default)]
     #[schemars(range(max = 100))]
     pub augment_views: u32,
+}
+
+/// How a phase's learning rate moves over its steps (see `train::schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// `lr` at every step (after the warm-up, if any).
+    #[default]
+    Constant,
+    /// Warm-up, then a half cosine from `lr` down to 0.
+    Cosine,
+    /// fastai's one-cycle: a cosine up from lr/25 to lr, then down to lr/25e4.
+    OneCycle,
+}
+
+impl Schedule {
+    /// The default, which run folders' `config.yaml` leave out.
+    pub fn is_constant(&self) -> bool {
+        *self == Schedule::Constant
+    }
+}
+
+/// Whether a factor is 1 (the default layer decay, left out of saved settings).
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 /// Whether a phase keeps outputs of the frozen part of the backbone between epochs.
@@ -296,6 +337,34 @@ pub struct FinetunePhase {
     #[serde(default)]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub momentum: f64,
+    /// How the learning rate moves over the phase's steps: `constant` (the default),
+    /// `cosine` (warm-up, then down to 0 along a half cosine) or `one_cycle` (fastai's
+    /// and PyTorch's OneCycle: up from lr/25 to lr, then down to lr/25e4, with Adam's
+    /// beta1 going 0.95 -> 0.85 -> 0.95). `lr` is the peak; a live edit of `lr` or
+    /// `epochs` recomputes the rest from the current step.
+    #[serde(default, skip_serializing_if = "Schedule::is_constant")]
+    pub schedule: Schedule,
+    /// Warm-up length in epochs (fractions allowed, e.g. 0.5): the rate climbs linearly
+    /// from 0 (from lr/25 for one_cycle) to `lr`. Default 0 (one_cycle: a quarter of
+    /// the phase). Give this or `warmup_steps`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub warmup_epochs: Option<f64>,
+    /// Warm-up length in training steps (batches) instead of epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    /// Discriminative learning rates, in (0, 1]: the new head trains at `lr`, the
+    /// backbone's last block group (see `tlcap-tui layers`) at lr x decay, the group
+    /// below at lr x decay^2, and so on (fastai's `slice(lo, hi)`, timm's layer-wise
+    /// decay). 1 (the default): one rate for everything.
+    #[serde(default = "defaults::layer_decay", skip_serializing_if = "is_one")]
+    #[schemars(extend("exclusiveMinimum" = 0.0), range(max = 1.0))]
+    pub layer_decay: f64,
+    /// The most block groups progressive unfreezing (`on_stall: unfreeze_more`, `u`
+    /// while fine-tuning) may reach, >= 1; absent: down to the whole network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_groups: Option<usize>,
     /// How many of the backbone's last layers to unfreeze, >= 1 (see the README for how
     /// layers are counted).
     #[serde(default = "defaults::unfreeze_last")]
@@ -340,9 +409,10 @@ pub struct StallConfig {
     /// Epochs to wait before watching at all.
     #[serde(default)]
     pub start_from_epoch: u32,
-    /// `suggest` (banner only), `unfreeze` (start fine-tuning), `reduce_lr` (multiply
-    /// the current phase's learning rate by `factor`, as Keras `ReduceLROnPlateau`)
-    /// or `stop`.
+    /// `suggest` (banner only), `unfreeze` (start fine-tuning), `unfreeze_more` (start
+    /// fine-tuning, then unfreeze the next block group down at each stall while
+    /// fine-tuning, up to `finetune.max_groups`), `reduce_lr` (multiply the current
+    /// phase's learning rate by `factor`, as Keras `ReduceLROnPlateau`) or `stop`.
     #[serde(default)]
     pub on_stall: OnStall,
     /// What `reduce_lr` (and the `r` key) multiply the learning rate by, 0 < factor < 1.
@@ -536,6 +606,7 @@ pub enum OnStall {
     #[default]
     Suggest,
     Unfreeze,
+    UnfreezeMore,
     ReduceLr,
     Stop,
 }
@@ -564,6 +635,9 @@ impl Default for FrozenPhase {
             optimizer: Optimizer::Adam,
             lr: defaults::frozen_lr(),
             momentum: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: None,
+            warmup_steps: None,
             feature_cache: FeatureCache::Auto,
             augment_views: 0,
         }
@@ -577,6 +651,11 @@ impl Default for FinetunePhase {
             optimizer: Optimizer::Adam,
             lr: defaults::finetune_lr(),
             momentum: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: None,
+            warmup_steps: None,
+            layer_decay: defaults::layer_decay(),
+            max_groups: None,
             unfreeze_last: defaults::unfreeze_last(),
             train_bn: false,
             prefix_cache: FeatureCache::Auto,
@@ -665,6 +744,9 @@ mod defaults {
     }
     pub fn factor() -> f64 {
         0.1
+    }
+    pub fn layer_decay() -> f64 {
+        1.0
     }
 }
 

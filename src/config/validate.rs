@@ -123,6 +123,47 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
             format!("momentum must be in [0, 1), got {momentum}"),
         );
     }
+    for (epochs_path, epochs, steps_path, steps) in [
+        (
+            "frozen.warmup_epochs",
+            exp.frozen.warmup_epochs,
+            "frozen.warmup_steps",
+            exp.frozen.warmup_steps,
+        ),
+        (
+            "finetune.warmup_epochs",
+            exp.finetune.warmup_epochs,
+            "finetune.warmup_steps",
+            exp.finetune.warmup_steps,
+        ),
+    ] {
+        if let Some(w) = epochs {
+            check(
+                w >= 0.0 && w.is_finite(),
+                epochs_path,
+                format!("warmup_epochs must be >= 0 (fractions allowed), got {w}"),
+            );
+        }
+        check(
+            epochs.is_none() || steps.is_none(),
+            steps_path,
+            format!(
+                "give the warm-up in epochs or in steps, not both ({} is set too)",
+                leaf(epochs_path)
+            ),
+        );
+    }
+    let decay = exp.finetune.layer_decay;
+    check(
+        decay > 0.0 && decay <= 1.0,
+        "finetune.layer_decay",
+        format!("layer_decay must be in (0, 1] (1: one rate for every group), got {decay}"),
+    );
+    check(
+        exp.finetune.max_groups != Some(0),
+        "finetune.max_groups",
+        "max_groups must be at least 1 (leave it out to allow the whole network)".into(),
+    );
     check(
         exp.finetune.unfreeze_last >= 1,
         "finetune.unfreeze_last",

@@ -40,6 +40,9 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
         "compute": crate::text::compute(&m.compute),
         "input_wait_seconds": m.input_wait_seconds,
         "lr_lowered": m.lr_lowered,
+        "val_balanced_accuracy": m.confusion.balanced_accuracy(),
+        "val_class_recall": m.confusion.recalls(),
+        "deepened": m.deepened,
     })
 }
 
@@ -48,7 +51,7 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
     let mut line = format!(
         "epoch {:>3}/{total} {:<8} loss {:.4} acc {:.4} val_loss {:.4} val_acc {:.4}",
         m.epoch,
-        m.phase.name(),
+        crate::text::phase_label(m),
         m.loss,
         m.accuracy,
         m.val_loss,
@@ -57,6 +60,10 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
     if let Some(auc) = m.val_auc {
         line.push_str(&format!(" val_auc {auc:.4}"));
     }
+    line.push_str(&format!(
+        " val_bal_acc {:.4}",
+        m.confusion.balanced_accuracy()
+    ));
     line.push_str(&format!(
         " lr {:.0e} {:.1}s {:.0} img/s",
         m.lr, m.seconds, m.images_per_sec
@@ -269,6 +276,7 @@ pub fn run(
                 trainable_layers,
                 trainable_params,
                 epochs,
+                deepened,
                 ..
             } => {
                 total = epochs;
@@ -279,8 +287,21 @@ pub fn run(
                         "fine-tuning {trainable_layers} backbone layers ({trainable_params} parameters)"
                     ),
                 };
-                eprintln!("{cr}phase {} from epoch {epoch}: {what}", phase.name());
-                out.event(|| stream::phase(phase, epoch, trainable_layers, trainable_params));
+                match &deepened {
+                    Some(d) => eprintln!(
+                        "{cr}unfroze {} from epoch {epoch} ({} of {} block groups; {}): {what}",
+                        d.group, d.groups, d.of, d.by
+                    ),
+                    None => eprintln!("{cr}phase {} from epoch {epoch}: {what}", phase.name()),
+                }
+                out.event(|| {
+                    stream::phase(
+                        phase,
+                        epoch,
+                        (trainable_layers, trainable_params),
+                        deepened.as_ref(),
+                    )
+                });
             }
             Event::Batch {
                 epoch,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::config::{Change, ChangeKind, Precision};
-use crate::train::events::{StallAction, Suggestion};
+use crate::train::events::{Deepened, StallAction, Suggestion};
 use crate::train::stall::{monitored, BestRule};
 use crate::train::{EndReason, EpochMetrics, Phase};
 
@@ -77,14 +77,28 @@ pub fn started(s: &Started) -> Value {
 }
 
 /// `phase`.
-pub fn phase(phase: Phase, epoch: u32, trainable_layers: usize, trainable_params: usize) -> Value {
-    json!({
+pub fn phase(
+    phase: Phase,
+    epoch: u32,
+    (trainable_layers, trainable_params): (usize, usize),
+    deepened: Option<&Deepened>,
+) -> Value {
+    let mut v = json!({
         "event": "phase",
         "phase": phase,
         "epoch": epoch,
         "trainable_layers": trainable_layers,
         "trainable_params": trainable_params,
-    })
+    });
+    if let Some(d) = deepened {
+        v["deepened"] = json!({
+            "group": d.group,
+            "groups": d.groups,
+            "of": d.of,
+            "by": d.by,
+        });
+    }
+    v
 }
 
 /// `epoch`: the epoch object with its tag.
@@ -102,6 +116,10 @@ pub fn stall(epoch: u32, s: &Suggestion) -> Value {
             automatic: true, ..
         } => "unfreezing",
         StallAction::Unfreeze { .. } => "suggest_unfreeze",
+        StallAction::UnfreezeMore {
+            automatic: true, ..
+        } => "unfreezing_more",
+        StallAction::UnfreezeMore { .. } => "suggest_unfreeze_more",
         StallAction::LowerLr { .. } => "lowering_lr",
         StallAction::StopOrLowerLr { .. } => "suggest_lower_lr",
     };

@@ -220,6 +220,43 @@ impl Classifier {
         self.head.ws.numel() + self.head.bs.as_ref().map_or(0, Tensor::numel)
     }
 
+    /// Puts every trainable variable in an optimizer parameter group by its depth from
+    /// the top: 0 for the new head, 1 for the backbone's last block group (see
+    /// [`super::Backbone::groups`]), 2 for the group below, and so on. Returns the
+    /// number of groups. An optimizer built afterwards takes the groups with the
+    /// variables, so discriminative learning rates can be set per group.
+    pub fn assign_lr_groups(&self) -> usize {
+        let groups = self.backbone.groups().len();
+        let index: std::collections::HashMap<&str, usize> = self
+            .table()
+            .layers()
+            .enumerate()
+            .map(|(i, l)| (l.name.as_str(), i))
+            .collect();
+        let depth_of = |name: &str| -> usize {
+            if name.starts_with(HEAD_PREFIX) {
+                return 0;
+            }
+            let layer = name.rsplit_once('.').map_or(name, |(layer, _)| layer);
+            index
+                .get(layer)
+                .map_or(groups, |&i| groups - self.backbone.group_of(i))
+        };
+        let mut vars = self.vs.variables_.lock().unwrap_or_else(|e| e.into_inner());
+        let depths: std::collections::HashMap<usize, usize> = vars
+            .named_variables
+            .iter()
+            .map(|(name, t)| (t.data_ptr() as usize, depth_of(name)))
+            .collect();
+        for var in vars.trainable_variables.iter_mut() {
+            var.group = depths
+                .get(&(var.tensor.data_ptr() as usize))
+                .copied()
+                .unwrap_or(groups);
+        }
+        groups + 1
+    }
+
     /// The backbone's layer table.
     pub fn table(&self) -> &LayerTable {
         self.backbone.table()

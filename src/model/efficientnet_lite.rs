@@ -88,6 +88,9 @@ pub struct EfficientnetLite {
     head: (Conv, Bn),
     /// First layer index of each segment (stem, blocks, head conv).
     pub starts: Vec<usize>,
+    /// Block groups (the stem, one per stage, the head conv): name and first layer
+    /// index, in forward order.
+    pub groups: Vec<(String, usize)>,
 }
 
 impl EfficientnetLite {
@@ -99,6 +102,8 @@ impl EfficientnetLite {
             b.bn("_bn0", 32, EPS, MOMENTUM),
         );
         let mut specs = Vec::new();
+        // The first block of each stage.
+        let mut stage_starts = Vec::new();
         for (i, &(repeats, k, s, e, cin, cout)) in BLOCKS.iter().enumerate() {
             let fixed = i == 0 || i == BLOCKS.len() - 1;
             let repeats = if fixed {
@@ -112,6 +117,7 @@ impl EfficientnetLite {
                 round_filters(cin, width)
             };
             let cout = round_filters(cout, width);
+            stage_starts.push(specs.len());
             for r in 0..repeats {
                 let (cin, s) = if r == 0 { (cin, s) } else { (cout, 1) };
                 specs.push((k, s, e, cin, cout));
@@ -119,9 +125,19 @@ impl EfficientnetLite {
         }
         let total = specs.len();
         let mut blocks = Vec::new();
+        let mut groups = vec![("_conv_stem".to_string(), 0)];
         for (n, &(k, s, e, cin, cout)) in specs.iter().enumerate() {
             let p = format!("_blocks.{n}");
             let first = b.next_index();
+            if let Some(stage) = stage_starts.iter().position(|&f| f == n) {
+                let last = stage_starts.get(stage + 1).copied().unwrap_or(total) - 1;
+                let name = if last == n {
+                    p.clone()
+                } else {
+                    format!("{p}-{last}")
+                };
+                groups.push((name, first));
+            }
             let hidden = cin * e;
             let expand = (e != 1).then(|| {
                 (
@@ -159,6 +175,7 @@ impl EfficientnetLite {
         starts.extend(blocks.iter().map(|b| b.layers.start));
         starts.push(b.next_index());
         let cin = specs.last().map_or(32, |s| s.4);
+        groups.push(("_conv_head".to_string(), b.next_index()));
         let head = (
             b.conv("_conv_head", ConvSpec::new(cin, FEATURES, 1, 1).same()),
             b.bn("_bn1", FEATURES, EPS, MOMENTUM),
@@ -168,6 +185,7 @@ impl EfficientnetLite {
             blocks,
             head,
             starts,
+            groups,
         }
     }
 

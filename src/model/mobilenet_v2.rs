@@ -52,6 +52,9 @@ pub struct MobilenetV2 {
     last: (Conv, Bn),
     /// First layer index of each segment (stem, blocks, last conv).
     pub starts: Vec<usize>,
+    /// Block groups (the stem, one per stage of equal width, the last conv): name and
+    /// first layer index, in forward order.
+    pub groups: Vec<(String, usize)>,
 }
 
 impl MobilenetV2 {
@@ -64,8 +67,16 @@ impl MobilenetV2 {
         let mut cin = 32;
         let mut blocks = Vec::new();
         let mut starts = vec![0];
+        let mut groups = vec![("features.0".to_string(), 0)];
         let mut index = 1;
         for (t, c, n, s) in SETTING {
+            groups.push((
+                match n {
+                    1 => format!("features.{index}"),
+                    _ => format!("features.{index}-{}", index + n - 1),
+                },
+                b.next_index(),
+            ));
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
                 let hidden = cin * t;
@@ -101,6 +112,7 @@ impl MobilenetV2 {
             }
         }
         starts.push(b.next_index());
+        groups.push((format!("features.{index}"), b.next_index()));
         let last = (
             b.conv(
                 &format!("features.{index}.0"),
@@ -113,6 +125,7 @@ impl MobilenetV2 {
             blocks,
             last,
             starts,
+            groups,
         }
     }
 

@@ -43,6 +43,19 @@ pub struct Backbone {
     features: i64,
     /// First layer index of each segment, in forward order.
     starts: Vec<usize>,
+    /// The block groups, in forward order (see [`LayerGroup`]).
+    groups: Vec<LayerGroup>,
+}
+
+/// A run of layers people name together (ResNet's `layer3`, a MobileNetV2 stage such
+/// as `features.14-16`, an EfficientNet-Lite stage): what progressive unfreezing
+/// unfreezes in one step and what discriminative learning rates give one rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerGroup {
+    /// Its name, from the reference layer names.
+    pub name: String,
+    /// Its layer indices.
+    pub layers: std::ops::Range<usize>,
 }
 
 impl Backbone {
@@ -93,20 +106,72 @@ impl Backbone {
             Some(name) if with_top => Some(b.linear_untracked(name, features, 1000)),
             _ => None,
         };
-        let starts = match &body {
-            Body::Resnet(n) => n.starts.clone(),
-            Body::MobilenetV2(n) => n.starts.clone(),
-            Body::EfficientnetLite(n) => n.starts.clone(),
-            Body::SmallCnn(n) => n.starts(),
+        let (starts, groups) = match &body {
+            Body::Resnet(n) => (n.starts.clone(), n.groups.clone()),
+            Body::MobilenetV2(n) => (n.starts.clone(), n.groups.clone()),
+            Body::EfficientnetLite(n) => (n.starts.clone(), n.groups.clone()),
+            Body::SmallCnn(n) => (n.starts(), n.groups()),
         };
+        let table = b.finish();
+        let ends = groups.iter().skip(1).map(|g| g.1).chain([table.len()]);
+        let groups = groups
+            .iter()
+            .zip(ends)
+            .map(|((name, start), end)| LayerGroup {
+                name: name.clone(),
+                layers: *start..end,
+            })
+            .collect();
         Backbone {
             kind,
             body,
-            table: b.finish(),
+            table,
             top,
             features,
             starts,
+            groups,
         }
+    }
+
+    /// The block groups, in forward order; together they hold every layer once.
+    pub fn groups(&self) -> &[LayerGroup] {
+        &self.groups
+    }
+
+    /// The group holding layer `index`.
+    pub fn group_of(&self, index: usize) -> usize {
+        self.groups
+            .iter()
+            .position(|g| g.layers.contains(&index))
+            .unwrap_or(self.groups.len().saturating_sub(1))
+    }
+
+    /// How many groups the last `unfrozen` layers reach into (a group partly
+    /// unfrozen counts).
+    pub fn groups_reached(&self, unfrozen: usize) -> usize {
+        match self.table.len().checked_sub(unfrozen) {
+            _ if unfrozen == 0 => 0,
+            Some(first) => self.groups.len() - self.group_of(first),
+            None => self.groups.len(),
+        }
+    }
+
+    /// One step of progressive unfreezing from the last `unfrozen` layers trainable:
+    /// the rest of a group already partly unfrozen, else the whole next group down.
+    /// Returns the group and the new count of last layers, or None when every layer
+    /// is trainable already.
+    pub fn next_group(&self, unfrozen: usize) -> Option<(&LayerGroup, usize)> {
+        let first = self.table.len().checked_sub(unfrozen)?;
+        if first == 0 {
+            return None;
+        }
+        let g = &self.groups[self.group_of(first)];
+        let g = if g.layers.start < first {
+            g
+        } else {
+            &self.groups[self.group_of(first - 1)]
+        };
+        Some((g, self.table.len() - g.layers.start))
     }
 
     /// Which backbone this is.
@@ -330,30 +395,57 @@ pub fn imagenet_weights_in(cache: &Path, kind: Kind) -> Result<PathBuf, ModelErr
     }
 }
 
-/// The layer table as text: index, name, kind, parameters, and whether the layer
-/// would be trainable after `unfreeze_last(n)` (for `tlcap-tui layers`).
-pub fn describe_layers(table: &LayerTable) -> String {
+/// The layer table as text: index, name, kind, parameters, whether the layer is
+/// trainable now, and the block group it belongs to; then the groups, last first, with
+/// the `unfreeze_last` value that reaches down to each (for `tlcap-tui layers`).
+pub fn describe_layers(net: &Backbone) -> String {
+    let table = net.table();
     let mut out = format!(
-        "{:>4}  {:<36} {:<10} {:>10}  trainable\n",
-        "#", "layer", "kind", "params"
+        "{:>4}  {:<36} {:<10} {:>10}  {:<9}  group\n",
+        "#", "layer", "kind", "params", "trainable"
     );
     for (i, l) in table.layers().enumerate() {
         out.push_str(&format!(
-            "{:>4}  {:<36} {:<10} {:>10}  {}\n",
+            "{:>4}  {:<36} {:<10} {:>10}  {:<9}  {}\n",
             i,
             l.name,
             l.kind.name(),
             l.params,
-            if l.trainable { "yes" } else { "-" }
+            if l.trainable { "yes" } else { "-" },
+            net.groups()[net.group_of(i)].name
         ));
     }
     let total: usize = table.layers().map(|l| l.params).sum();
     out.push_str(&format!(
-        "{} layers, {} parameters, {} trainable\n",
+        "{} layers, {} parameters, {} trainable\n\n",
         table.len(),
         total,
         table.trainable_params()
     ));
+    out.push_str(&format!(
+        "{} block groups, last first (progressive unfreezing adds one at a time):\n",
+        net.groups().len()
+    ));
+    out.push_str(&format!(
+        "{:>5}  {:<16} {:>7} {:>12}  unfreeze_last\n",
+        "depth", "group", "layers", "params"
+    ));
+    for (depth, g) in net.groups().iter().rev().enumerate() {
+        let params: usize = table
+            .layers()
+            .skip(g.layers.start)
+            .take(g.layers.len())
+            .map(|l| l.params)
+            .sum();
+        out.push_str(&format!(
+            "{:>5}  {:<16} {:>7} {:>12}  {}\n",
+            depth + 1,
+            g.name,
+            g.layers.len(),
+            params,
+            table.len() - g.layers.start
+        ));
+    }
     out
 }
 

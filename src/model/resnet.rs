@@ -52,6 +52,8 @@ pub struct Resnet {
     pub features: i64,
     /// First layer index of each segment (the stem, then one per block).
     pub starts: Vec<usize>,
+    /// Block groups (`conv1`, `layer1` .. `layer4`): name and first layer index.
+    pub groups: Vec<(String, usize)>,
 }
 
 impl Resnet {
@@ -62,9 +64,11 @@ impl Resnet {
         let bn1 = b.bn("bn1", 64, EPS, MOMENTUM);
         let mut blocks = Vec::new();
         let mut starts = vec![0];
+        let mut groups = vec![("conv1".to_string(), 0)];
         let mut cin = 64;
         for (stage, &depth) in depths.iter().enumerate() {
             let planes = 64 << stage;
+            groups.push((format!("layer{}", stage + 1), b.next_index()));
             for i in 0..depth {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
@@ -104,6 +108,7 @@ impl Resnet {
             blocks,
             features: cin,
             starts,
+            groups,
         }
     }
 

@@ -38,6 +38,13 @@ impl SmallCnn {
         (0..self.stages.len()).map(|i| 2 * i).collect()
     }
 
+    /// Block groups: one per stage (`conv1` with `bn1`, ...), name and first layer.
+    pub fn groups(&self) -> Vec<(String, usize)> {
+        (0..self.stages.len())
+            .map(|i| (format!("conv{}", i + 1), 2 * i))
+            .collect()
+    }
+
     /// Stage `i`: conv, BatchNorm, ReLU, and max-pooling except after the last.
     pub fn segment(&self, i: usize, x: &Tensor, ctx: Ctx) -> Tensor {
         let x = relu(conv_bn(&self.stages[i], x, ctx));

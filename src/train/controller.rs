@@ -107,6 +107,9 @@ struct Trainer {
     flow: Flow,
     /// Set when the user asked to unfreeze (or a stall did) during the frozen phase.
     unfreeze_requested: bool,
+    /// Set when the user (or a stall) asked for the next block group while
+    /// fine-tuning: who asked. Taken at the next epoch boundary.
+    deepen_requested: Option<String>,
     /// Why the run was stopped, when a stop said so.
     stopped_by: Option<String>,
     /// Where the epoch in progress stands.
@@ -143,6 +146,7 @@ impl Trainer {
             events,
             flow,
             unfreeze_requested: false,
+            deepen_requested: None,
             stopped_by: None,
             progress: Progress {
                 batches: (0, 0),
@@ -229,6 +233,7 @@ impl Trainer {
         let Opened {
             mut state,
             unfreeze_requested,
+            deepen_requested,
         } = super::resume::open(
             &self.exp,
             &mut self.options,
@@ -237,6 +242,7 @@ impl Trainer {
             self.events.clone(),
         )?;
         self.unfreeze_requested = unfreeze_requested;
+        self.deepen_requested = deepen_requested.then(|| "on_stall: unfreeze_more".to_string());
         self.inbox.listen_to_control_file(&state.run.path)?;
         self.heartbeat = Some(Heartbeat::new(&state.run.path));
         self.phase_event(&mut state);
@@ -330,11 +336,28 @@ impl Trainer {
                     Source::Handle => by,
                 };
             }
-            (Command::Unfreeze, _) => {
-                if let Some(s) = s.filter(|s| s.phase == Phase::Frozen) {
+            (Command::Unfreeze, _) => match s {
+                Some(s) if s.phase == Phase::Frozen => {
                     self.enter_finetune(s, self.exp.finetune.unfreeze_last)?;
                 }
-            }
+                // While fine-tuning: the next block group, from the next epoch.
+                Some(s) => match self.next_group(s) {
+                    Some((group, layers)) => {
+                        let by = match source {
+                            Source::Handle => "u".to_string(),
+                            Source::ControlFile(_) => super::control::FILE.to_string(),
+                        };
+                        self.deepen_requested = Some(by);
+                        let epoch = s.epoch + if self.in_epoch { 2 } else { 1 };
+                        s.emit(Event::Note(format!(
+                            "unfreezing {group} from epoch {epoch}: the last {layers} layers \
+                             will train"
+                        )));
+                    }
+                    None => s.emit(Event::Note(self.nothing_to_unfreeze(s))),
+                },
+                None => {}
+            },
             (Command::LowerLr, _) => {
                 if let Some(s) = s {
                     let next_batch = self.progress.batches.0 + 1;
@@ -414,8 +437,69 @@ impl Trainer {
         Ok(())
     }
 
+    /// The next block group progressive unfreezing would add while fine-tuning, and
+    /// the layers trainable after it; None when the whole network trains already or
+    /// `finetune.max_groups` is reached.
+    fn next_group(&self, s: &State) -> Option<(String, usize)> {
+        if s.phase != Phase::Finetune {
+            return None;
+        }
+        let backbone = &s.net.backbone;
+        let (group, layers) = backbone.next_group(s.unfrozen)?;
+        let allowed = self
+            .exp
+            .finetune
+            .max_groups
+            .is_none_or(|max| backbone.groups_reached(layers) <= max);
+        allowed.then(|| (group.name.clone(), layers))
+    }
+
+    /// Why there is no next block group to unfreeze.
+    fn nothing_to_unfreeze(&self, s: &State) -> String {
+        let backbone = &s.net.backbone;
+        match self.exp.finetune.max_groups {
+            Some(max) if backbone.next_group(s.unfrozen).is_some() => format!(
+                "not unfreezing more: finetune.max_groups is {max} and {} groups train",
+                backbone.groups_reached(s.unfrozen)
+            ),
+            _ => "nothing more to unfreeze: the whole network trains".to_string(),
+        }
+    }
+
+    /// One step of progressive unfreezing: the next block group trains from the next
+    /// epoch, recorded like an edit of `finetune.unfreeze_last` (so the run folder's
+    /// settings and a resume keep the depth).
+    fn deepen(&mut self, s: &mut State, by: String) -> anyhow::Result<()> {
+        let Some((group, layers)) = self.next_group(s) else {
+            let why = self.nothing_to_unfreeze(s);
+            s.emit(Event::Note(why));
+            return Ok(());
+        };
+        let mut next = self.exp.clone();
+        next.finetune.unfreeze_last = layers;
+        let changes = crate::config::diff(&self.exp, &next);
+        self.exp = next;
+        s.set_finetune_layers(&self.exp.finetune, layers)?;
+        s.deepened += 1;
+        s.run.record_config(s.epoch + 1, &self.exp, &changes)?;
+        let backbone = &s.net.backbone;
+        let deepened = super::events::Deepened {
+            group,
+            groups: backbone.groups_reached(s.unfrozen),
+            of: backbone.groups().len(),
+            by,
+        };
+        self.emit_phase(s, Some(deepened));
+        Ok(())
+    }
+
     /// Says the phase and trainable layers now in force.
     fn phase_event(&mut self, s: &mut State) {
+        self.emit_phase(s, None);
+    }
+
+    /// [`Trainer::phase_event`], saying whether progressive unfreezing caused it.
+    fn emit_phase(&mut self, s: &mut State, deepened: Option<super::events::Deepened>) {
         let event = Event::PhaseChanged {
             phase: s.phase,
             epoch: s.epoch + 1,
@@ -423,6 +507,7 @@ impl Trainer {
             trainable_params: s.net.table().trainable_params(),
             layers: s.net.table().layers().cloned().collect(),
             epochs: self.planned_epochs(s),
+            deepened,
         };
         s.emit(event);
         self.beat(s, true);
@@ -483,6 +568,9 @@ impl Trainer {
             if self.unfreeze_requested && s.phase == Phase::Frozen {
                 self.enter_finetune(s, self.exp.finetune.unfreeze_last)?;
             }
+            if let Some(by) = self.deepen_requested.take() {
+                self.deepen(s, by)?;
+            }
             let phase_len = match s.phase {
                 Phase::Frozen => self.exp.frozen.epochs,
                 Phase::Finetune => self.exp.finetune.epochs,
@@ -518,6 +606,9 @@ impl Trainer {
                 match action {
                     OnStall::Stop => stop = true,
                     OnStall::Unfreeze => self.unfreeze_requested = true,
+                    OnStall::UnfreezeMore => {
+                        self.deepen_requested = Some("on_stall: unfreeze_more".to_string())
+                    }
                     OnStall::ReduceLr => reduce = true,
                     OnStall::Suggest => {}
                 }
@@ -576,7 +667,7 @@ impl Trainer {
                 (StallAction::LowerLr { from: s.lr, to }, OnStall::ReduceLr)
             }
             (action, true, _) => {
-                let automatic = action == OnStall::Unfreeze;
+                let automatic = matches!(action, OnStall::Unfreeze | OnStall::UnfreezeMore);
                 (
                     StallAction::Unfreeze {
                         layers: ft.unfreeze_last,
@@ -585,6 +676,22 @@ impl Trainer {
                     },
                     if automatic {
                         OnStall::Unfreeze
+                    } else {
+                        OnStall::Suggest
+                    },
+                )
+            }
+            (action, false, _) if self.next_group(s).is_some() => {
+                let (group, layers) = self.next_group(s).unwrap_or_default();
+                let automatic = action == OnStall::UnfreezeMore;
+                (
+                    StallAction::UnfreezeMore {
+                        group,
+                        layers,
+                        automatic,
+                    },
+                    if automatic {
+                        OnStall::UnfreezeMore
                     } else {
                         OnStall::Suggest
                     },

@@ -200,7 +200,8 @@ pub(super) fn run(
         val_balanced_accuracy: Some(v.confusion.balanced_accuracy()),
         val_class_recall: v.confusion.recalls(),
         confusion: v.confusion,
-        lr: s.lr,
+        lr: s.lr_used,
+        deepened: s.deepened,
         seconds: active_seconds(start, paused),
         images_per_sec: seen as f64 / train_seconds,
         val_images_per_sec: data.val.len() as f64 / val_seconds,
@@ -299,6 +300,8 @@ fn train_batches(
             }
         };
         let y = data.label_tensor(images);
+        let step = u64::from(s.phase_epochs) * batches.len() as u64 + b as u64;
+        s.set_step_rates(exp, step, batches.len());
         s.opt.zero_grad();
         let (logits, loss) = s.net.backward_train_from(&prefix, k, &y, &mut rng);
         s.opt.step();

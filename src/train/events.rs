@@ -134,9 +134,14 @@ pub struct EpochMetrics {
     pub val_class_recall: Vec<f64>,
     /// Validation confusion matrix (rows: true class, columns: predicted).
     pub confusion: Confusion,
-    /// Learning rate in force.
+    /// The learning rate the new head trained at in the epoch's last step (the
+    /// phase's `lr` with the schedule applied).
     #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
+    /// Block groups progressive unfreezing had added in this phase by this epoch
+    /// (`on_stall: unfreeze_more`, `u` while fine-tuning).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deepened: u32,
     /// Wall seconds for the epoch (training and validation).
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
@@ -259,6 +264,17 @@ pub enum StallAction {
         /// Done by the trainer (`on_stall: unfreeze`).
         automatic: bool,
     },
+    /// While fine-tuning: unfreeze the next block group down, `group`, so that the last
+    /// `layers` layers train; by itself from the next epoch (`automatic`, `on_stall:
+    /// unfreeze_more`), or when the user presses `u`.
+    UnfreezeMore {
+        /// The group to unfreeze.
+        group: String,
+        /// Layers trainable after it.
+        layers: usize,
+        /// Done by the trainer (`on_stall: unfreeze_more`).
+        automatic: bool,
+    },
     /// `on_stall: reduce_lr`: the learning rate goes from `from` to `to` from the next
     /// epoch.
     LowerLr {
@@ -272,6 +288,19 @@ pub enum StallAction {
         /// A suggested lower rate.
         to: f64,
     },
+}
+
+/// One step of progressive unfreezing: the block group unfrozen and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deepened {
+    /// The block group unfrozen (see `tlcap-tui layers`).
+    pub group: String,
+    /// Block groups now reached, of `of` in the backbone.
+    pub groups: usize,
+    /// The backbone's block groups.
+    pub of: usize,
+    /// Who asked: `on_stall: unfreeze_more`, `u`, or the control file.
+    pub by: String,
 }
 
 /// A stall and what to do about it.
@@ -291,6 +320,10 @@ pub struct Suggestion {
 
 /// JSON has no NaN: serde_json writes a NaN metric (a diverged epoch) as `null`;
 /// read it back as NaN instead of failing on the whole file.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
@@ -432,6 +465,9 @@ pub enum Event {
         /// Epochs the run now plans in all (the trainer's count: its options, the
         /// phases it runs, `--max-epochs`).
         epochs: u32,
+        /// Set when progressive unfreezing made the fine-tune phase go deeper (the
+        /// phase itself goes on).
+        deepened: Option<Deepened>,
     },
     /// Holding after a Pause.
     Paused,
@@ -507,6 +543,7 @@ mod tests {
             suggestion: None,
             mixed: None,
             lr_lowered: None,
+            deepened: 0,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(line.contains("\"loss\":null"), "{line}");
@@ -543,6 +580,7 @@ mod tests {
             suggestion: None,
             mixed: None,
             lr_lowered: None,
+            deepened: 0,
         };
         let mut v = serde_json::to_value(&m).unwrap();
         v["compute"] = "fp32 frozen part, no cache".into();

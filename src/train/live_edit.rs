@@ -54,7 +54,7 @@ pub(super) fn apply(
     match s.phase {
         Phase::Frozen => {
             if optimizer_of(&old.frozen) != optimizer_of(&next.frozen) {
-                s.opt = build_optimizer(
+                (s.opt, s.lr_groups) = build_optimizer(
                     &s.net,
                     next.frozen.optimizer,
                     next.frozen.lr,
@@ -71,12 +71,13 @@ pub(super) fn apply(
                 s.set_finetune_layers(ft, ft.unfreeze_last)?;
                 layers_changed = true;
             } else if ft_optimizer_of(&old.finetune) != ft_optimizer_of(ft) {
-                s.opt = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
+                (s.opt, s.lr_groups) = build_optimizer(&s.net, ft.optimizer, ft.lr, ft.momentum)?;
             }
             s.lr = next.finetune.lr;
         }
     }
     s.opt.set_lr(s.lr);
+    s.lr_used = s.lr;
     Ok(Applied {
         next,
         changes,

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod predictions;
 mod resume;
 pub mod run_dir;
+pub mod schedule;
 pub mod stall;
 mod state;
 pub mod status;

@@ -20,6 +20,9 @@ pub(super) struct Opened {
     /// The last epoch before the process died stalled with `on_stall: unfreeze`: the
     /// run unfreezes before its next epoch.
     pub(super) unfreeze_requested: bool,
+    /// The last epoch stalled while fine-tuning with `on_stall: unfreeze_more`: the
+    /// next block group unfreezes before the next epoch.
+    pub(super) deepen_requested: bool,
 }
 
 /// Creates the run folder, or reopens the one `options.resume` names and restores its
@@ -33,6 +36,7 @@ pub(super) fn open(
     events: flume::Sender<Event>,
 ) -> anyhow::Result<Opened> {
     let mut unfreeze_requested = false;
+    let mut deepen_requested = false;
     let state = match options.resume.clone() {
         None => {
             let run = match &options.fresh_in {
@@ -117,9 +121,19 @@ pub(super) fn open(
             // A stall with `on_stall: unfreeze` on the last epoch before the process
             // died still unfreezes.
             if let Some(last) = metrics.last() {
-                unfreeze_requested = last.stalled
-                    && last.phase == Phase::Frozen
-                    && exp.stall.on_stall == OnStall::Unfreeze;
+                let unfreezing = matches!(
+                    exp.stall.on_stall,
+                    OnStall::Unfreeze | OnStall::UnfreezeMore
+                );
+                unfreeze_requested = last.stalled && last.phase == Phase::Frozen && unfreezing;
+                // The depth the checkpoint holds is the one its epoch trained at; a
+                // stall on it asks for the next group again.
+                deepen_requested = last.stalled
+                    && last.phase == Phase::Finetune
+                    && exp.stall.on_stall == OnStall::UnfreezeMore;
+                if last.phase == Phase::Finetune {
+                    state.deepened = last.deepened;
+                }
             }
             state.best = metrics
                 .iter()
@@ -141,5 +155,6 @@ pub(super) fn open(
     Ok(Opened {
         state,
         unfreeze_requested,
+        deepen_requested,
     })
 }

@@ -10,6 +10,7 @@ use tch::nn::{self, OptimizerConfig};
 use super::cache::Cache;
 use super::events::{EpochMetrics, Event, Phase, Phases};
 use super::run_dir::{CheckpointInfo, RunDir};
+use super::schedule::{PhaseSchedule, ScheduleSettings};
 use super::stall::StallDetector;
 use crate::config::{Experiment, FinetunePhase, Optimizer};
 use crate::model::classifier::Classifier;
@@ -45,7 +46,15 @@ pub(super) struct State {
     /// Epochs finished in the current phase.
     pub(super) phase_epochs: u32,
     pub(super) opt: nn::Optimizer,
+    /// The optimizer's parameter groups (see [`Classifier::assign_lr_groups`]).
+    pub(super) lr_groups: usize,
+    /// The phase's learning rate: its `lr`, or lower after a stall or `r`; the
+    /// schedule's peak.
     pub(super) lr: f64,
+    /// The rate the new head trained at in the last step (the schedule applied).
+    pub(super) lr_used: f64,
+    /// Block groups unfrozen by progressive unfreezing in this phase.
+    pub(super) deepened: u32,
     pub(super) stall: StallDetector,
     pub(super) best: Option<EpochMetrics>,
     /// Backbone layers trainable in the current phase.
@@ -70,14 +79,18 @@ impl State {
         run: RunDir,
         events: flume::Sender<Event>,
     ) -> anyhow::Result<State> {
+        let (opt, lr_groups) = build_optimizer(
+            &net,
+            exp.frozen.optimizer,
+            exp.frozen.lr,
+            exp.frozen.momentum,
+        )?;
         Ok(State {
             lr: exp.frozen.lr,
-            opt: build_optimizer(
-                &net,
-                exp.frozen.optimizer,
-                exp.frozen.lr,
-                exp.frozen.momentum,
-            )?,
+            lr_used: exp.frozen.lr,
+            opt,
+            lr_groups,
+            deepened: 0,
             net,
             phase: Phase::Frozen,
             epoch: 0,
@@ -116,8 +129,10 @@ impl State {
         self.phase = Phase::Frozen;
         self.phase_epochs = 0;
         self.unfrozen = 0;
+        self.deepened = 0;
         self.lr = exp.frozen.lr;
-        self.opt = build_optimizer(
+        self.lr_used = self.lr;
+        (self.opt, self.lr_groups) = build_optimizer(
             &self.net,
             exp.frozen.optimizer,
             self.lr,
@@ -132,6 +147,7 @@ impl State {
         self.set_finetune_layers(ft, n)?;
         self.phase = Phase::Finetune;
         self.phase_epochs = 0;
+        self.deepened = 0;
         self.stall.reset();
         Ok(())
     }
@@ -148,8 +164,46 @@ impl State {
         self.cache_refused = false;
         self.unfrozen = self.net.set_finetune_phase(n, ft.train_bn);
         self.lr = ft.lr;
-        self.opt = build_optimizer(&self.net, ft.optimizer, ft.lr, ft.momentum)?;
+        self.lr_used = ft.lr;
+        (self.opt, self.lr_groups) = build_optimizer(&self.net, ft.optimizer, ft.lr, ft.momentum)?;
         Ok(())
+    }
+
+    /// Sets the rates of training step `t` of the phase (0-based; `steps_per_epoch`
+    /// steps an epoch): the schedule's factor of [`State::lr`], times
+    /// `finetune.layer_decay` per block group below the head, and Adam's beta1 for
+    /// one_cycle. A constant schedule with one rate for every group leaves the
+    /// optimizer as it is.
+    pub(super) fn set_step_rates(&mut self, exp: &Experiment, t: u64, steps_per_epoch: usize) {
+        let (settings, decay, optimizer) = match self.phase {
+            Phase::Frozen => (
+                ScheduleSettings::from(&exp.frozen),
+                1.0,
+                exp.frozen.optimizer,
+            ),
+            Phase::Finetune => (
+                ScheduleSettings::from(&exp.finetune),
+                exp.finetune.layer_decay,
+                exp.finetune.optimizer,
+            ),
+        };
+        let schedule = PhaseSchedule::new(settings, steps_per_epoch);
+        self.lr_used = self.lr * schedule.factor(t);
+        if schedule.is_flat() && decay == 1.0 {
+            return;
+        }
+        if decay == 1.0 {
+            self.opt.set_lr(self.lr_used);
+        } else {
+            let mut rate = self.lr_used;
+            for group in 0..self.lr_groups {
+                self.opt.set_lr_group(group, rate);
+                rate *= decay;
+            }
+        }
+        if let (Some(beta1), Optimizer::Adam) = (schedule.beta1(t), optimizer) {
+            self.opt.set_momentum(beta1);
+        }
     }
 
     /// What a checkpoint written now records: the last finished epoch and its phase.
@@ -164,13 +218,15 @@ impl State {
     }
 }
 
-/// A fresh optimizer over the trainable variables.
+/// A fresh optimizer over the trainable variables, in parameter groups by depth (see
+/// [`Classifier::assign_lr_groups`]), and the number of groups.
 pub(super) fn build_optimizer(
     net: &Classifier,
     kind: Optimizer,
     lr: f64,
     momentum: f64,
-) -> anyhow::Result<nn::Optimizer> {
+) -> anyhow::Result<(nn::Optimizer, usize)> {
+    let groups = net.assign_lr_groups();
     let opt = match kind {
         Optimizer::Adam => nn::Adam::default().build(&net.vs, lr),
         Optimizer::Sgd => nn::Sgd {
@@ -179,7 +235,10 @@ pub(super) fn build_optimizer(
         }
         .build(&net.vs, lr),
     };
-    opt.map_err(|e| anyhow!("cannot build the optimizer: {e}"))
+    let mut opt = opt.map_err(|e| anyhow!("cannot build the optimizer: {e}"))?;
+    // The groups exist once the variables are in: an empty step adds them.
+    opt.zero_grad();
+    Ok((opt, groups))
 }
 
 /// The message of a caught panic.

@@ -59,7 +59,16 @@ pub(super) fn draw_entry(
             "press r to lower the rate, or x to stop"
         } else if matches!(s.action, StallAction::LowerLr { .. }) {
             "lowered by on_stall: reduce_lr (Esc dismisses)"
-        } else if run.phase == Phase::Frozen {
+        } else if matches!(
+            s.action,
+            StallAction::UnfreezeMore {
+                automatic: true,
+                ..
+            }
+        ) {
+            "on_stall: unfreeze_more"
+        } else if run.phase == Phase::Frozen || matches!(s.action, StallAction::UnfreezeMore { .. })
+        {
             "press u"
         } else {
             "press x to stop"
@@ -340,10 +349,15 @@ pub(super) fn draw_header(frame: &mut Frame, entry: &Entry, run: &RunView, area:
     };
     // What to drop first where the line is short: the device, then images/s, then the
     // word `phase`; the state, the epoch and the ETA stay.
+    // After progressive unfreezing, how deep: `finetune to layer3`.
+    let phase = match &run.deepest_group {
+        Some(group) => format!("{} to {group}", run.phase.name()),
+        None => run.phase.name().to_string(),
+    };
     let parts = header_parts(
         top.width as usize,
         &status,
-        run.phase.name(),
+        &phase,
         &format!("epoch {}{total}", run.epoch),
         rate.as_deref(),
         eta.as_deref(),

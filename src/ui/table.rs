@@ -6,7 +6,6 @@ use ratatui::widgets::{Block, Cell, Row, Table};
 use ratatui::Frame;
 
 use crate::app::{App, RunView};
-use crate::train::Phase;
 
 pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect) {
     let best = run.best();
@@ -33,11 +32,7 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
             }
             let mut cells = vec![
                 Cell::from(format!("{}{}", m.epoch, mark)),
-                Cell::from(match (m.phase, m.mixed) {
-                    (_, Some(_)) => "mixed",
-                    (Phase::Frozen, None) => "frozen",
-                    (Phase::Finetune, None) => "finetune",
-                }),
+                Cell::from(crate::text::phase_label(m)),
                 Cell::from(format!("{:.4}", m.loss)),
                 Cell::from(format!("{:.3}", m.accuracy)),
                 Cell::from(format!("{:.4}", m.val_loss)),

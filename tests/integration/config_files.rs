@@ -130,6 +130,34 @@ fn the_schema_and_check_agree_on_range_boundaries() {
             "data: { dir: x, class_weight: balance }\nmodel: { backbone: resnet18 }",
             false,
         ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { layer_decay: 1 }",
+            true,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { layer_decay: 0 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { layer_decay: 1.5 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { max_groups: 0 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfrozen: { schedule: one_cycle, warmup_epochs: 0.5 }",
+            true,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfrozen: { warmup_epochs: -1 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { schedule: linear }",
+            false,
+        ),
     ];
     for (text, valid) in cases {
         let yaml: serde_json::Value = serde_yaml::from_str(text).unwrap();
@@ -251,4 +279,32 @@ fn check_reports_every_problem_and_what_training_would_hit() {
             "{pos} {needle}:\n{out}"
         );
     }
+}
+
+/// The schedule settings' bad values: `check` names each at its line:column with the
+/// valid range or names, and a warm-up given both ways.
+#[test]
+fn check_names_bad_schedule_settings_with_their_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    std::fs::write(
+        &a,
+        "data: { dir: x }\nmodel: { backbone: resnet18 }\n\
+         frozen: { warmup_epochs: 1, warmup_steps: 10 }\n\
+         finetune: { layer_decay: 1.5, max_groups: 0 }\n\
+         stall: { on_stall: unfreeze_mor }\n",
+    )
+    .unwrap();
+    let (code, out, _) = tlcap(&["check", a.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let at = |line_col: &str, text: &str| {
+        assert!(
+            out.contains(&format!("{}:{line_col}: {text}", a.display())),
+            "{line_col} {text}\n{out}"
+        );
+    };
+    at("3:43", "give the warm-up in epochs or in steps, not both");
+    at("4:26", "layer_decay must be in (0, 1]");
+    at("4:43", "max_groups must be at least 1");
+    assert!(out.contains("unfreeze_more"), "{out}");
 }

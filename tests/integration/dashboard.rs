@@ -59,6 +59,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         suggestion: None,
         mixed: None,
         lr_lowered: None,
+        deepened: 0,
     }
 }
 
@@ -81,6 +82,7 @@ fn finetune_from(epoch: u32, trainable_params: usize) -> Event {
         trainable_params,
         layers: layers(),
         epochs: epoch - 1 + 4,
+        deepened: None,
     }
 }
 
@@ -93,6 +95,7 @@ fn frozen_phase(epochs: u32) -> Event {
         trainable_params: 0,
         layers: layers(),
         epochs,
+        deepened: None,
     }
 }
 
@@ -1523,4 +1526,80 @@ fn words_and_marks_agree() {
     trainer(&mut app, Event::EpochEnd(m));
     let screen = render(&app, 100, 30);
     assert!(screen.contains("3*!"), "{screen}");
+}
+
+/// Progressive unfreezing on screen: the stall's banner says to press u for the next
+/// block group; the step's phase event answers it, marks the chart, names the group
+/// and its depth in the messages and the header, and the epoch table marks the epochs
+/// run deeper `ft+N`.
+#[test]
+fn progressive_unfreezing_shows_the_group_in_banner_header_table_and_messages() {
+    let mut app = finetuning();
+    app.entries[0].run.as_mut().unwrap().epoch = 6;
+    trainer(
+        &mut app,
+        Event::Stalled {
+            epoch: 6,
+            suggestion: Suggestion {
+                monitor: tlcap::config::Monitor::ValAccuracy,
+                value: 0.95,
+                min_delta: 0.0,
+                patience: 2,
+                action: StallAction::UnfreezeMore {
+                    group: "layer3".into(),
+                    layers: 58,
+                    automatic: false,
+                },
+            },
+        },
+    );
+    let screen = render(&app, 80, 24);
+    assert!(
+        screen.contains("stalled — press u: unfreeze layer3 too"),
+        "{screen}"
+    );
+    let Event::PhaseChanged {
+        trainable_params,
+        layers,
+        ..
+    } = finetune_from(7, 2_000_000)
+    else {
+        unreachable!()
+    };
+    trainer(
+        &mut app,
+        Event::PhaseChanged {
+            phase: Phase::Finetune,
+            epoch: 7,
+            trainable_layers: 58,
+            trainable_params,
+            layers,
+            epochs: 10,
+            deepened: Some(tlcap::train::events::Deepened {
+                group: "layer3".into(),
+                groups: 2,
+                of: 5,
+                by: "u".into(),
+            }),
+        },
+    );
+    let mut deeper = metrics(7, Phase::Finetune, 0.97);
+    deeper.deepened = 1;
+    trainer(&mut app, Event::EpochEnd(deeper));
+    let run = app.entries[0].run.as_ref().unwrap();
+    assert!(run.stall.is_none(), "the suggestion is answered");
+    assert_eq!(run.phase_marks.last(), Some(&(7, Phase::Finetune)));
+    assert!(app.messages.iter().any(|m| m
+        .text
+        .contains("unfroze layer3 from epoch 7: 58 layers train (2 of 5 block groups; u)")));
+    for (w, h) in [(80, 24), (120, 40)] {
+        let screen = render(&app, w, h);
+        assert!(screen.contains("finetune to layer3"), "{w}x{h}\n{screen}");
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains("│7* ") && l.contains(" ft+1 ")),
+            "{w}x{h}\n{screen}"
+        );
+    }
 }

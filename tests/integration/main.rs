@@ -15,6 +15,7 @@ mod dashboard;
 mod dashboard_pty;
 mod data;
 mod export;
+mod finetune_schedule;
 mod headless;
 mod setup_script;
 mod slurm;
