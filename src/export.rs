@@ -86,6 +86,18 @@ pub fn export(
         unfrozen: predictor.phase.1,
         run_dir: run.to_path_buf(),
         metrics,
+        tta: (exp.tta > 1).then(|| match format {
+            Format::Torchscript => format!(
+                "not included: the run averaged {} views (tta) in validation; this graph \
+                 answers for the image alone",
+                exp.tta
+            ),
+            Format::Safetensors => format!(
+                "included: `tlcap-tui predict` on this model averages {} views (tta), as \
+                 the run's validation did",
+                exp.tta
+            ),
+        }),
         experiment: exp,
     };
     let card_json = serde_json::to_string_pretty(&card)?;

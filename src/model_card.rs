@@ -168,6 +168,9 @@ pub struct ModelCard {
     pub metrics: Option<EpochMetrics>,
     /// The settings it was trained with (rebuilds the network for safetensors).
     pub experiment: Experiment,
+    /// Test-time augmentation (`tta` over 1): whether this model includes it, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<String>,
 }
 
 impl ModelCard {
@@ -297,10 +300,21 @@ impl Predictor {
         precision_of(self.net.precision())
     }
 
-    /// Probabilities `[N, classes]` for uint8 pixels `[N, 3, H, W]`.
+    /// Probabilities `[N, classes]` for uint8 pixels `[N, 3, H, W]`, averaged over the
+    /// run's test-time augmentation views (`tta`), as its validation did.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let x = pixels.to_kind(Kind::Float).to_device(self.net.device());
-        tch::no_grad(|| self.net.probabilities(&self.net.forward(&x))).to_device(tch::Device::Cpu)
+        let x = pixels.to_kind(Kind::Float);
+        let exp = &self.experiment;
+        let size = exp.data.image_size;
+        let views = crate::data::augment::tta_views(
+            &exp.data.augment,
+            exp.tta,
+            size.width as i64,
+            size.height as i64,
+        );
+        let fill = (exp.data.augment.fill_mode, exp.data.augment.cval);
+        tch::no_grad(|| self.net.probabilities_over_views(&x, &views, fill, None))
+            .to_device(tch::Device::Cpu)
     }
 
     /// The network traced into TorchScript: uint8 `[N, 3, H, W]` in, probabilities out.

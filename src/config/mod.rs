@@ -51,6 +51,22 @@ pub struct Experiment {
     /// The trainable layers, the head and the loss are always float32.
     #[serde(default)]
     pub precision: Precision,
+    /// Test-time augmentation: validation, `predict` and `evaluate` average the class
+    /// probabilities of this many fixed views of each image (the image, its mirror
+    /// when `augment.horizontal_flip` is on, then small shifts), 1..=8; 1 (the
+    /// default) is the image alone. The stall detector and the best epoch see the
+    /// averaged figures.
+    #[serde(default = "defaults::tta", skip_serializing_if = "is_one_view")]
+    #[schemars(range(min = 1, max = 8))]
+    pub tta: u32,
+}
+
+/// The most views test-time augmentation averages (`tta`).
+pub const MAX_TTA_VIEWS: u32 = 8;
+
+/// Whether `tta` is the default, one view (left out of saved settings).
+fn is_one_view(n: &u32) -> bool {
+    *n == 1
 }
 
 /// `precision:` — the number format of the frozen part of the backbone.
@@ -747,6 +763,9 @@ mod defaults {
     }
     pub fn layer_decay() -> f64 {
         1.0
+    }
+    pub fn tta() -> u32 {
+        1
     }
 }
 

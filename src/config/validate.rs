@@ -195,6 +195,15 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         "stall.min_lr",
         format!("min_lr must be >= 0, got {}", exp.stall.min_lr),
     );
+    check(
+        (1..=super::MAX_TTA_VIEWS).contains(&exp.tta),
+        "tta",
+        format!(
+            "tta is the number of views averaged, 1..={} (1: the image alone), got {}",
+            super::MAX_TTA_VIEWS,
+            exp.tta
+        ),
+    );
     let dev = exp.device.as_str();
     check(
         matches!(dev, "auto" | "cpu" | "cuda" | "mps")

@@ -89,6 +89,46 @@ impl Transform {
     }
 }
 
+/// The fixed views test-time augmentation averages for `tta: n` on `width` x `height`
+/// images: the image itself first, then its mirror (only when `horizontal_flip` is on:
+/// the user said mirrors keep the label), then shifts by half the configured shift
+/// ranges (4% of the side where a range is 0), mirrored ones too.
+pub fn tta_views(cfg: &AugmentConfig, n: u32, width: i64, height: i64) -> Vec<Transform> {
+    let half = |range: f64| if range > 0.0 { range / 2.0 } else { 0.04 };
+    let dx = half(cfg.width_shift_range) * width as f64;
+    let dy = half(cfg.height_shift_range) * height as f64;
+    let view = |shift_x: f64, shift_y: f64, flip: bool| Transform {
+        shift_x,
+        shift_y,
+        flip,
+        ..Transform::IDENTITY
+    };
+    let candidates = if cfg.horizontal_flip {
+        vec![
+            view(0.0, 0.0, false),
+            view(0.0, 0.0, true),
+            view(dx, 0.0, false),
+            view(-dx, 0.0, false),
+            view(dx, 0.0, true),
+            view(-dx, 0.0, true),
+            view(0.0, dy, false),
+            view(0.0, -dy, false),
+        ]
+    } else {
+        vec![
+            view(0.0, 0.0, false),
+            view(dx, 0.0, false),
+            view(-dx, 0.0, false),
+            view(0.0, dy, false),
+            view(0.0, -dy, false),
+            view(dx, dy, false),
+            view(-dx, -dy, false),
+            view(dx, -dy, false),
+        ]
+    };
+    candidates.into_iter().take(n.max(1) as usize).collect()
+}
+
 /// Applies one transform per image to a batch `[B, 3, H, W]` (uint8 or float, 0..255)
 /// and returns float32 on the 0..255 scale.
 pub fn apply(batch: &Tensor, transforms: &[Transform], fill: FillMode, cval: f64) -> Tensor {
@@ -126,6 +166,25 @@ pub fn apply(batch: &Tensor, transforms: &[Transform], fill: FillMode, cval: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tta_views_start_with_the_image_and_mirror_only_when_allowed() {
+        let mut cfg = AugmentConfig {
+            width_shift_range: 0.1,
+            ..Default::default()
+        };
+        let plain = tta_views(&cfg, 3, 200, 100);
+        assert_eq!(plain[0], Transform::IDENTITY);
+        assert!(plain.iter().all(|v| !v.flip));
+        assert_eq!((plain[1].shift_x, plain[2].shift_x), (10.0, -10.0));
+        cfg.horizontal_flip = true;
+        let mirrored = tta_views(&cfg, 8, 200, 100);
+        assert_eq!(mirrored.len(), 8);
+        assert!(mirrored[1].flip && !mirrored[1].is_geometric());
+        // No height range: 4% of the side.
+        assert_eq!(mirrored[6].shift_y, 4.0);
+        assert_eq!(tta_views(&cfg, 1, 200, 100), [Transform::IDENTITY]);
+    }
 
     fn ramp(h: i64, w: i64) -> Tensor {
         Tensor::arange(3 * h * w, (Kind::Float, tch::Device::Cpu))

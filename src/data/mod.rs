@@ -1,7 +1,7 @@
 //! Image data: `flow_from_directory` folders, the seeded stratified split, decoding once
 //! into memory, batched augmentation, and the input normalisation of each backbone.
 
-mod augment;
+pub mod augment;
 mod decode;
 pub mod labels;
 mod scan;

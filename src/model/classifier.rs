@@ -646,6 +646,53 @@ impl Classifier {
         }
     }
 
+    /// Class probabilities `[N, classes]` of float pixels (0..255) averaged over
+    /// test-time augmentation `views` (see [`crate::data::augment::tta_views`]),
+    /// drawn with the augmentation's fill; one view is a plain forward pass.
+    /// `first`: the logits of the first view when the caller has them already.
+    pub fn probabilities_over_views(
+        &self,
+        pixels: &Tensor,
+        views: &[crate::data::augment::Transform],
+        fill: (crate::config::FillMode, f64),
+        first: Option<&Tensor>,
+    ) -> Tensor {
+        let n = pixels.size()[0] as usize;
+        let mut sum: Option<Tensor> = None;
+        for (i, view) in views.iter().enumerate() {
+            let logits = match first {
+                Some(l) if i == 0 => l.shallow_clone(),
+                _ => {
+                    let x = crate::data::augment::apply(pixels, &vec![*view; n], fill.0, fill.1);
+                    self.forward(&x)
+                }
+            };
+            let p = self.probabilities(&logits);
+            sum = Some(match sum {
+                Some(s) => s + p,
+                None => p,
+            });
+        }
+        let sum = sum.expect("at least one view");
+        if views.len() > 1 {
+            sum / views.len() as f64
+        } else {
+            sum
+        }
+    }
+
+    /// The mean negative log-likelihood of `labels` under class probabilities
+    /// `[N, classes]` (the validation loss of averaged test-time views), each
+    /// probability kept above 1e-7.
+    pub fn loss_of_probabilities(&self, probabilities: &Tensor, labels: &Tensor) -> Tensor {
+        let y = labels.to_device(probabilities.device()).view([-1, 1]);
+        -probabilities
+            .gather(1, &y, false)
+            .clamp_min(1e-7)
+            .log()
+            .mean(Kind::Float)
+    }
+
     /// Every variable (backbone and head, running statistics included), detached, on
     /// the CPU, sorted by name: a standalone copy of the whole network.
     pub fn all_variables(&self) -> Vec<(String, Tensor)> {

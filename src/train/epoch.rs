@@ -166,7 +166,7 @@ pub(super) fn run(
         .filter(|c| c.split == k)
         .map(|c| &mut c.plain);
     let events = &s.events;
-    let mut v = validate(&s.net, data, exp.data.batch_size, plain, |done, total| {
+    let mut v = validate(&s.net, data, exp, plain, |done, total| {
         let _ = events.send(Event::Validating {
             epoch: number,
             done,

@@ -5,6 +5,8 @@ use tch::{Kind, Tensor};
 
 use super::cache::FeatureTable;
 use super::metrics::{binary_scores, BinaryScores, Confusion};
+use crate::config::Experiment;
+use crate::data::augment::tta_views;
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
 
@@ -26,21 +28,27 @@ pub(super) struct Validation {
 }
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
-/// inference mode. The frozen part's outputs come from `stored` when it has them and
-/// are stored there otherwise. `progress(done, total)` is told after each batch.
+/// inference mode, averaged over test-time augmentation views (`exp.tta`; the first
+/// view is the image itself). The frozen part's outputs of the image itself come from
+/// `stored` when it has them and are stored there otherwise; other views run whole.
+/// `progress(done, total)` is told after each batch.
 pub(super) fn validate(
     net: &Classifier,
     data: &Dataset,
-    batch_size: usize,
+    exp: &Experiment,
     mut stored: Option<&mut FeatureTable>,
     mut progress: impl FnMut(usize, usize),
 ) -> Validation {
+    let size = exp.data.image_size;
+    let augment = &exp.data.augment;
+    let views = tta_views(augment, exp.tta, size.width as i64, size.height as i64);
+    let fill = (augment.fill_mode, augment.cval);
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
     let mut probabilities = Vec::with_capacity(data.val.len() * net.classes);
     let k = net.frozen_segments();
     tch::no_grad(|| {
-        for images in data.val_batches(batch_size) {
+        for images in data.val_batches(exp.data.batch_size) {
             let prefix = match stored.as_ref().and_then(|t| t.get(&images)) {
                 Some(p) => p,
                 None => {
@@ -54,8 +62,17 @@ pub(super) fn validate(
             };
             let logits = net.forward_from(&prefix, k);
             let y = data.label_tensor(&images);
-            loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
-            let probs = net.probabilities(&logits).to_device(tch::Device::Cpu);
+            let probs = if views.len() > 1 {
+                let (x, _) = data.val_batch(&images);
+                let p = net.probabilities_over_views(&x, &views, fill, Some(&logits));
+                loss_sum +=
+                    net.loss_of_probabilities(&p, &y).double_value(&[]) * images.len() as f64;
+                p
+            } else {
+                loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
+                net.probabilities(&logits)
+            };
+            let probs = probs.to_device(tch::Device::Cpu);
             let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
             probabilities.extend_from_slice(&p);
             let classes = net.classes;

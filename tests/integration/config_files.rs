@@ -158,6 +158,9 @@ fn the_schema_and_check_agree_on_range_boundaries() {
             "data: { dir: x }\nmodel: { backbone: resnet18 }\nfinetune: { schedule: linear }",
             false,
         ),
+        ("data: { dir: x }\nmodel: { backbone: resnet18 }\ntta: 0", false),
+        ("data: { dir: x }\nmodel: { backbone: resnet18 }\ntta: 8", true),
+        ("data: { dir: x }\nmodel: { backbone: resnet18 }\ntta: 9", false),
     ];
     for (text, valid) in cases {
         let yaml: serde_json::Value = serde_yaml::from_str(text).unwrap();

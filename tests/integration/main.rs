@@ -20,6 +20,7 @@ mod headless;
 mod setup_script;
 mod slurm;
 mod train;
+mod tta;
 mod watch;
 mod weights;
 mod workers;

@@ -27,7 +27,10 @@ device: cpu
 ";
 
 /// Runs to the end; returns every epoch row and how it ended.
-fn run_all(exp: Experiment, options: Options) -> (Vec<EpochMetrics>, EndReason, PathBuf) {
+pub(crate) fn run_all(
+    exp: Experiment,
+    options: Options,
+) -> (Vec<EpochMetrics>, EndReason, PathBuf) {
     let handle = train::spawn(
         exp,
         Options {
@@ -50,7 +53,7 @@ fn run_all(exp: Experiment, options: Options) -> (Vec<EpochMetrics>, EndReason, 
 }
 
 /// `data.dir` needs to be nested in the YAML above; merge the two `data:` maps.
-fn small(root: &Path, extra: &str) -> Experiment {
+pub(crate) fn small(root: &Path, extra: &str) -> Experiment {
     let body = SMALL.replace(
         "data: { image_size: 32,",
         &format!("data: {{ dir: {}, image_size: 32,", root.display()),
@@ -116,7 +119,7 @@ fn small_cnn_learns_two_classes_deterministically_and_predict_agrees() {
 
 /// `predict` with best.safetensors on the validation files gives the best epoch's
 /// validation accuracy.
-fn predict_agrees_with_the_best_epoch(run: &Path, rows: &[EpochMetrics]) {
+pub(crate) fn predict_agrees_with_the_best_epoch(run: &Path, rows: &[EpochMetrics]) {
     let split: Split =
         serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
     let predictor = tlcap::predict::Predictor::load(run).unwrap();
