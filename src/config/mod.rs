@@ -52,8 +52,8 @@ pub struct Experiment {
     #[serde(default)]
     pub precision: Precision,
     /// Test-time augmentation: validation, `predict` and `evaluate` average the class
-    /// probabilities of this many fixed views of each image (the image, its mirror
-    /// when `augment.horizontal_flip` is on, then small shifts), 1..=8; 1 (the
+    /// probabilities of this many fixed views of each image (the image, its mirrors
+    /// where `augment` flips, then small shifts), 1..=8; 1 (the
     /// default) is the image alone. The stall detector and the best epoch see the
     /// averaged figures.
     #[serde(default = "defaults::tta", skip_serializing_if = "is_one_view")]
@@ -128,6 +128,29 @@ pub struct DataConfig {
     /// batch size, as Keras does. The validation loss stays unweighted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weight: Option<ClassWeight>,
+    /// How each epoch's training images are chosen: `shuffle` (every image once, in a
+    /// new order) or `balanced` (as many draws, every class equally likely, images
+    /// drawn with replacement: PyTorch's class-balanced `WeightedRandomSampler`).
+    #[serde(default, skip_serializing_if = "Sampling::is_shuffle")]
+    pub sampling: Sampling,
+}
+
+/// `data.sampling:` — how an epoch's training images are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Every training image once an epoch, shuffled.
+    #[default]
+    Shuffle,
+    /// Classes equally likely, images with replacement.
+    Balanced,
+}
+
+impl Sampling {
+    /// The default, which run folders' `config.yaml` leave out.
+    pub fn is_shuffle(&self) -> bool {
+        *self == Sampling::Shuffle
+    }
 }
 
 /// `data.class_weight:` — `balanced`, or a weight per class name.
@@ -223,6 +246,10 @@ pub struct AugmentConfig {
     /// Mirror left-right with probability 0.5.
     #[serde(default)]
     pub horizontal_flip: bool,
+    /// Mirror top-bottom with probability 0.5 (for images with no up and down:
+    /// solar cells, wafers, slides, aerial views).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vertical_flip: bool,
     /// Random zoom: `z` means a scale in [1-z, 1+z] for each axis; 0..1.
     #[serde(default)]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
@@ -471,6 +498,7 @@ impl AugmentConfig {
             || self.height_shift_range > 0.0
             || self.zoom_range > 0.0
             || self.horizontal_flip
+            || self.vertical_flip
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Transform {
     pub zoom_x: f64,
     pub zoom_y: f64,
     pub flip: bool,
+    /// Mirrored top-bottom (Keras `vertical_flip`).
+    pub vflip: bool,
 }
 
 impl Transform {
@@ -36,6 +38,7 @@ impl Transform {
         zoom_x: 1.0,
         zoom_y: 1.0,
         flip: false,
+        vflip: false,
     };
 
     /// Draws a transform for an image of `width` x `height` pixels.
@@ -50,6 +53,8 @@ impl Transform {
             (1.0, 1.0)
         };
         let flip = cfg.horizontal_flip && rng.gen_bool(0.5);
+        // Drawn only when on, so runs without it draw exactly as before.
+        let vflip = cfg.vertical_flip && rng.gen_bool(0.5);
         Transform {
             rotation_deg,
             shift_x,
@@ -57,6 +62,7 @@ impl Transform {
             zoom_x,
             zoom_y,
             flip,
+            vflip,
         }
     }
 
@@ -90,43 +96,47 @@ impl Transform {
 }
 
 /// The fixed views test-time augmentation averages for `tta: n` on `width` x `height`
-/// images: the image itself first, then its mirror (only when `horizontal_flip` is on:
-/// the user said mirrors keep the label), then shifts by half the configured shift
-/// ranges (4% of the side where a range is 0), mirrored ones too.
+/// images: the image itself first, then its mirrors (left-right with
+/// `horizontal_flip`, top-bottom with `vertical_flip`, both with both: the user said
+/// those keep the label), then shifts by half the configured shift ranges (4% of the
+/// side where a range is 0), each with the mirrors too.
 pub fn tta_views(cfg: &AugmentConfig, n: u32, width: i64, height: i64) -> Vec<Transform> {
     let half = |range: f64| if range > 0.0 { range / 2.0 } else { 0.04 };
     let dx = half(cfg.width_shift_range) * width as f64;
     let dy = half(cfg.height_shift_range) * height as f64;
-    let view = |shift_x: f64, shift_y: f64, flip: bool| Transform {
-        shift_x,
-        shift_y,
-        flip,
-        ..Transform::IDENTITY
-    };
-    let candidates = if cfg.horizontal_flip {
-        vec![
-            view(0.0, 0.0, false),
-            view(0.0, 0.0, true),
-            view(dx, 0.0, false),
-            view(-dx, 0.0, false),
-            view(dx, 0.0, true),
-            view(-dx, 0.0, true),
-            view(0.0, dy, false),
-            view(0.0, -dy, false),
-        ]
-    } else {
-        vec![
-            view(0.0, 0.0, false),
-            view(dx, 0.0, false),
-            view(-dx, 0.0, false),
-            view(0.0, dy, false),
-            view(0.0, -dy, false),
-            view(dx, dy, false),
-            view(-dx, -dy, false),
-            view(dx, -dy, false),
-        ]
-    };
-    candidates.into_iter().take(n.max(1) as usize).collect()
+    let mut mirrors = vec![(false, false)];
+    if cfg.horizontal_flip {
+        mirrors.push((true, false));
+    }
+    if cfg.vertical_flip {
+        mirrors.push((false, true));
+    }
+    if cfg.horizontal_flip && cfg.vertical_flip {
+        mirrors.push((true, true));
+    }
+    let shifts = [
+        (0.0, 0.0),
+        (dx, 0.0),
+        (-dx, 0.0),
+        (0.0, dy),
+        (0.0, -dy),
+        (dx, dy),
+        (-dx, -dy),
+        (dx, -dy),
+    ];
+    shifts
+        .iter()
+        .flat_map(|&(shift_x, shift_y)| {
+            mirrors.iter().map(move |&(flip, vflip)| Transform {
+                shift_x,
+                shift_y,
+                flip,
+                vflip,
+                ..Transform::IDENTITY
+            })
+        })
+        .take(n.max(1) as usize)
+        .collect()
 }
 
 /// Applies one transform per image to a batch `[B, 3, H, W]` (uint8 or float, 0..255)
@@ -153,12 +163,15 @@ pub fn apply(batch: &Tensor, transforms: &[Transform], fill: FillMode, cval: f64
             x.grid_sampler(&grid, 0, padding, false)
         };
     }
-    if transforms.iter().any(|t| t.flip) {
-        let mask: Vec<bool> = transforms.iter().map(|t| t.flip).collect();
-        let mask = Tensor::from_slice(&mask)
-            .view([b, 1, 1, 1])
-            .to_device(x.device());
-        x = x.flip([3]).where_self(&mask, &x);
+    let mirrors: [(i64, fn(&Transform) -> bool); 2] = [(3, |t| t.flip), (2, |t| t.vflip)];
+    for (dim, flipped) in mirrors {
+        if transforms.iter().any(flipped) {
+            let mask: Vec<bool> = transforms.iter().map(flipped).collect();
+            let mask = Tensor::from_slice(&mask)
+                .view([b, 1, 1, 1])
+                .to_device(x.device());
+            x = x.flip([dim]).where_self(&mask, &x);
+        }
     }
     x
 }
@@ -184,6 +197,21 @@ mod tests {
         // No height range: 4% of the side.
         assert_eq!(mirrored[6].shift_y, 4.0);
         assert_eq!(tta_views(&cfg, 1, 200, 100), [Transform::IDENTITY]);
+        cfg.vertical_flip = true;
+        let four: Vec<(bool, bool)> = tta_views(&cfg, 5, 200, 100)
+            .iter()
+            .map(|v| (v.flip, v.vflip))
+            .collect();
+        assert_eq!(
+            four,
+            [
+                (false, false),
+                (true, false),
+                (false, true),
+                (true, true),
+                (false, false)
+            ]
+        );
     }
 
     fn ramp(h: i64, w: i64) -> Tensor {
@@ -227,6 +255,13 @@ mod tests {
         let out = apply(&x, &[t], FillMode::Nearest, 0.0);
         assert!(out.equal(&x.flip([3])));
         assert!(apply(&out, &[t], FillMode::Nearest, 0.0).equal(&x));
+        let v = Transform {
+            vflip: true,
+            ..Transform::IDENTITY
+        };
+        assert!(apply(&x, &[v], FillMode::Nearest, 0.0).equal(&x.flip([2])));
+        let both = Transform { flip: true, ..v };
+        assert!(apply(&x, &[both], FillMode::Nearest, 0.0).equal(&x.flip([2, 3])));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::config::{AugmentConfig, Backbone, Experiment, ImageSize};
+use crate::config::{AugmentConfig, Backbone, Experiment, ImageSize, Sampling};
 
 /// A file left out of the dataset, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,32 @@ pub fn find(data: &crate::config::DataConfig) -> Result<Scan, DataError> {
         Some(csv) => labels::read(csv, &data.dir, &data.columns, labels::Rows::Training),
         None => scan(&data.dir),
     }
+}
+
+/// An epoch of balanced sampling (PyTorch's `WeightedRandomSampler` with class-balanced
+/// weights, with replacement): `train.len()` draws, each a class chosen uniformly among
+/// those with training images, then one of its images uniformly. Rare classes' images
+/// come up several times an epoch, common ones' not every epoch.
+pub fn balanced_order(
+    train: &[usize],
+    labels: &[usize],
+    classes: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<usize> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &i in train {
+        by_class[labels[i]].push(i);
+    }
+    by_class.retain(|c| !c.is_empty());
+    if by_class.is_empty() {
+        return Vec::new();
+    }
+    (0..train.len())
+        .map(|_| {
+            let class = &by_class[rng.gen_range(0..by_class.len())];
+            class[rng.gen_range(0..class.len())]
+        })
+        .collect()
 }
 
 fn held_out_words(n: usize) -> String {
@@ -272,12 +298,27 @@ impl Dataset {
         Tensor::from_slice(&labels)
     }
 
-    /// The training set in batches, shuffled differently (and reproducibly) each epoch.
-    pub fn train_batches(&self, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
-        let mut order = self.train.clone();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407),
-        ));
+    /// The training set in batches, shuffled differently (and reproducibly) each epoch;
+    /// with [`Sampling::Balanced`], as many images drawn with every class equally
+    /// likely (see [`balanced_order`]).
+    pub fn train_batches(
+        &self,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+        sampling: Sampling,
+    ) -> Vec<Vec<usize>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+        let order = match sampling {
+            Sampling::Shuffle => {
+                let mut order = self.train.clone();
+                order.shuffle(&mut rng);
+                order
+            }
+            Sampling::Balanced => {
+                balanced_order(&self.train, &self.labels, self.classes.len(), &mut rng)
+            }
+        };
         order
             .chunks(batch_size.max(1))
             .map(<[usize]>::to_vec)
@@ -465,4 +506,28 @@ pub fn report(file: &std::path::Path) -> anyhow::Result<()> {
     crate::stdout::line(format!("data folder          {}", exp.data.dir.display()))?;
     crate::stdout::line(&dataset)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use super::*;
+
+    #[test]
+    fn balanced_sampling_draws_every_class_about_equally() {
+        // 90 images of class 0, 10 of class 1, 0 of class 2.
+        let labels: Vec<usize> = (0..100).map(|i| usize::from(i >= 90)).collect();
+        let train: Vec<usize> = (0..100).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut ones = 0;
+        for _ in 0..100 {
+            let order = balanced_order(&train, &labels, 3, &mut rng);
+            assert_eq!(order.len(), 100);
+            ones += order.iter().filter(|&&i| labels[i] == 1).count();
+        }
+        let share = ones as f64 / 10_000.0;
+        assert!((share - 0.5).abs() < 0.02, "{share}");
+        let again = |seed| balanced_order(&train, &labels, 3, &mut ChaCha8Rng::seed_from_u64(seed));
+        assert_eq!(again(7), again(7));
+        assert!(balanced_order(&[], &labels, 3, &mut rng).is_empty());
+    }
 }

@@ -97,7 +97,7 @@ pub(super) fn run(
         .map_or(TrainSource::Images, |c| c.train_source(number));
     let mut compute = describe_compute(exp, s, data, source);
     s.emit(Event::Compute(compute.clone()));
-    let batches = data.train_batches(exp.data.batch_size, seed, number as u64);
+    let batches = data.train_batches(exp.data.batch_size, seed, number as u64, exp.data.sampling);
     let need_pixels: Vec<bool> = {
         let table = s.cache.as_mut().and_then(|c| c.train_table(source));
         batches

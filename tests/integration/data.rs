@@ -179,8 +179,17 @@ fn validation_batches_are_never_augmented_and_training_batches_are() {
     let (plain, _) = ds.train_batch(&ds.train, &exp.data.augment, &mut rng);
     assert!(plain.equal(&ds.pixels(&ds.train).to_kind(tch::Kind::Float)));
     // Epoch order differs per epoch and repeats per seed.
-    assert_ne!(ds.train_batches(4, 42, 0), ds.train_batches(4, 42, 1));
-    assert_eq!(ds.train_batches(4, 42, 1), ds.train_batches(4, 42, 1));
+    use tlcap::config::Sampling;
+    let order = |epoch, sampling| ds.train_batches(4, 42, epoch, sampling);
+    assert_ne!(order(0, Sampling::Shuffle), order(1, Sampling::Shuffle));
+    assert_eq!(order(1, Sampling::Shuffle), order(1, Sampling::Shuffle));
+    // Balanced: as many images, drawn again the same way for the same seed and epoch.
+    let flat = |b: Vec<Vec<usize>>| b.concat();
+    assert_eq!(flat(order(1, Sampling::Balanced)).len(), ds.train.len());
+    assert_eq!(order(1, Sampling::Balanced), order(1, Sampling::Balanced));
+    assert!(flat(order(1, Sampling::Balanced))
+        .iter()
+        .all(|i| ds.train.contains(i)));
 }
 
 #[test]

@@ -288,3 +288,50 @@ fn without_schedule_settings_every_row_runs_at_the_phase_rate() {
     );
     assert!(seen.rows.iter().all(|m| m.deepened == 0));
 }
+
+/// Progressive unfreezing with the caches on (no augmentation here, so the fine-tune
+/// phase keeps the frozen prefix's outputs of training and validation images) gives
+/// the figures of the same run with them off: each step drops the cache for a shorter
+/// prefix, and no epoch reads a stale one.
+#[test]
+fn progressive_unfreezing_with_the_prefix_cache_matches_a_run_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = mobilenet(&dir.path().join("data"), PROGRESSIVE);
+    let mut plain = cached.clone();
+    plain.frozen.feature_cache = tlcap::config::FeatureCache::Off;
+    plain.finetune.prefix_cache = tlcap::config::FeatureCache::Off;
+    let a = run(
+        cached,
+        Options {
+            runs_root: dir.path().join("runs-cached"),
+            ..Default::default()
+        },
+    );
+    let b = run(
+        plain,
+        Options {
+            runs_root: dir.path().join("runs-plain"),
+            ..Default::default()
+        },
+    );
+    let words = |m: &EpochMetrics| tlcap::text::compute(&m.compute);
+    assert!(
+        a.rows
+            .iter()
+            .any(|m| words(m).contains("prefix up to") && words(m).contains(" cached")),
+        "the cached run read a prefix cache: {:?}",
+        a.rows.iter().map(words).collect::<Vec<_>>()
+    );
+    assert!(b
+        .rows
+        .iter()
+        .all(|m| words(m).contains("no cache") || m.compute.precision.is_none()));
+    assert_eq!(a.rows.len(), b.rows.len());
+    for (x, y) in a.rows.iter().zip(&b.rows) {
+        assert_eq!((x.epoch, x.deepened), (y.epoch, y.deepened));
+        assert_eq!(x.val_accuracy, y.val_accuracy, "epoch {}", x.epoch);
+        for (p, q) in [(x.loss, y.loss), (x.val_loss, y.val_loss)] {
+            assert!((p - q).abs() < 1e-4, "epoch {}: {p} vs {q}", x.epoch);
+        }
+    }
+}
