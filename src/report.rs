@@ -42,7 +42,7 @@ pub fn run(run: &Path) -> anyhow::Result<()> {
     let text = write(run)?;
     crate::stdout::line(text.trim_end())?;
     crate::stdout::line(format!(
-        "\nwritten: {} (with accuracy.svg, loss.svg, confusion.svg)",
+        "\nwritten: {} (with accuracy.svg, loss.svg, lr.svg, confusion.svg)",
         run.join("report.md").display()
     ))
 }
@@ -126,7 +126,10 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
             m.seconds
         )?;
     }
-    writeln!(md, "\n![accuracy](accuracy.svg) ![loss](loss.svg)\n")?;
+    writeln!(
+        md,
+        "\n![accuracy](accuracy.svg) ![loss](loss.svg) ![learning rate](lr.svg)\n"
+    )?;
     if let Some(b) = best {
         writeln!(
             md,
@@ -177,6 +180,7 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
     curve_chart(&run.join("loss.svg"), "loss", &epochs, |m| {
         (m.loss, m.val_loss)
     })?;
+    lr_chart(&run.join("lr.svg"), &epochs)?;
     crate::fsutil::write_atomic(&run.join("report.md"), md.as_bytes())?;
     Ok(md)
 }
@@ -254,6 +258,55 @@ fn curve_chart(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
+        .map_err(chart_error)?;
+    root.present().map_err(chart_error)?;
+    Ok(())
+}
+
+/// The learning rate each epoch ended at (the schedule applied, lowerings and phase
+/// changes included), on a log scale, as SVG.
+fn lr_chart(path: &Path, epochs: &[EpochMetrics]) -> Result<(), ReportError> {
+    let points: Vec<(f64, f64)> = epochs
+        .iter()
+        .filter(|m| m.lr > 0.0 && m.lr.is_finite())
+        .map(|m| (m.epoch as f64, m.lr.log10()))
+        .collect();
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, v)| {
+        (a.min(*v), b.max(*v))
+    });
+    let (lo, hi) = if lo > hi {
+        (-6.0, -2.0)
+    } else {
+        (lo.floor() - 0.1, hi.ceil() + 0.1)
+    };
+    let last = epochs.last().map_or(1, |m| m.epoch).max(2) as f64;
+    let root = SVGBackend::new(path, (640, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "learning rate (the head's, at each epoch's end)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(1f64..last, lo..hi)
+        .map_err(chart_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("lr")
+        .y_label_formatter(&|v| format!("{:.0e}", 10f64.powf(*v)))
+        .draw()
+        .map_err(chart_error)?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            BLUE.stroke_width(2),
+        ))
+        .map_err(chart_error)?;
+    chart
+        .draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
         .map_err(chart_error)?;
     root.present().map_err(chart_error)?;
     Ok(())

@@ -661,12 +661,13 @@ impl Trainer {
         let st = &self.exp.stall;
         let ft = &self.exp.finetune;
         let lower = st.lowered(s.lr);
-        let (action, on_stall) = match (st.on_stall, self.can_unfreeze(s), lower) {
-            (OnStall::Stop, _, _) => (StallAction::Stopping, OnStall::Stop),
-            (OnStall::ReduceLr, _, Some(to)) => {
+        let deeper = self.next_group(s);
+        let (action, on_stall) = match (st.on_stall, self.can_unfreeze(s), lower, deeper) {
+            (OnStall::Stop, ..) => (StallAction::Stopping, OnStall::Stop),
+            (OnStall::ReduceLr, _, Some(to), _) => {
                 (StallAction::LowerLr { from: s.lr, to }, OnStall::ReduceLr)
             }
-            (action, true, _) => {
+            (action, true, ..) => {
                 let automatic = matches!(action, OnStall::Unfreeze | OnStall::UnfreezeMore);
                 (
                     StallAction::Unfreeze {
@@ -681,8 +682,7 @@ impl Trainer {
                     },
                 )
             }
-            (action, false, _) if self.next_group(s).is_some() => {
-                let (group, layers) = self.next_group(s).unwrap_or_default();
+            (action, false, _, Some((group, layers))) => {
                 let automatic = action == OnStall::UnfreezeMore;
                 (
                     StallAction::UnfreezeMore {
@@ -697,7 +697,7 @@ impl Trainer {
                     },
                 )
             }
-            (_, false, lower) => (
+            (_, false, lower, None) => (
                 StallAction::StopOrLowerLr {
                     to: lower.unwrap_or(s.lr),
                 },

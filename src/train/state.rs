@@ -55,6 +55,8 @@ pub(super) struct State {
     pub(super) lr_used: f64,
     /// Block groups unfrozen by progressive unfreezing in this phase.
     pub(super) deepened: u32,
+    /// A schedule (one_cycle) moved Adam's beta1 away from its 0.9.
+    beta1_moved: bool,
     pub(super) stall: StallDetector,
     pub(super) best: Option<EpochMetrics>,
     /// Backbone layers trainable in the current phase.
@@ -91,6 +93,7 @@ impl State {
             opt,
             lr_groups,
             deepened: 0,
+            beta1_moved: false,
             net,
             phase: Phase::Frozen,
             epoch: 0,
@@ -189,6 +192,16 @@ impl State {
         };
         let schedule = PhaseSchedule::new(settings, steps_per_epoch);
         self.lr_used = self.lr * schedule.factor(t);
+        let beta1 = match (schedule.beta1(t), optimizer) {
+            (Some(beta1), Optimizer::Adam) => Some(beta1),
+            // Edited away from one_cycle: Adam's own beta1 again.
+            (None, Optimizer::Adam) if self.beta1_moved => Some(ADAM_BETA1),
+            _ => None,
+        };
+        if let Some(beta1) = beta1 {
+            self.opt.set_momentum(beta1);
+            self.beta1_moved = beta1 != ADAM_BETA1;
+        }
         if schedule.is_flat() && decay == 1.0 {
             return;
         }
@@ -200,9 +213,6 @@ impl State {
                 self.opt.set_lr_group(group, rate);
                 rate *= decay;
             }
-        }
-        if let (Some(beta1), Optimizer::Adam) = (schedule.beta1(t), optimizer) {
-            self.opt.set_momentum(beta1);
         }
     }
 
@@ -217,6 +227,9 @@ impl State {
         }
     }
 }
+
+/// Adam's beta1 as tch builds it (PyTorch's default).
+const ADAM_BETA1: f64 = 0.9;
 
 /// A fresh optimizer over the trainable variables, in parameter groups by depth (see
 /// [`Classifier::assign_lr_groups`]), and the number of groups.
@@ -236,7 +249,8 @@ pub(super) fn build_optimizer(
         .build(&net.vs, lr),
     };
     let mut opt = opt.map_err(|e| anyhow!("cannot build the optimizer: {e}"))?;
-    // The groups exist once the variables are in: an empty step adds them.
+    // zero_grad hands the variables to libtorch's optimizer, and with them the
+    // groups, so rates can be set per group before the first step.
     opt.zero_grad();
     Ok((opt, groups))
 }

@@ -199,7 +199,7 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 exp.data.image_size.width,
                 exp.data.batch_size,
                 exp.data.validation_split * 100.0,
-                class_weight_words(exp.data.class_weight.as_ref())
+                class_weight_words(exp.data.class_weight.as_ref()) + &tta_words(exp.tta)
             )),
             Line::raw(format!(
                 "backbone  {}, weights: {}, dropout {}",
@@ -208,17 +208,20 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 exp.model.dropout
             )),
             Line::raw(format!(
-                "frozen    {}, {}, lr {}",
+                "frozen    {}, {}, lr {}{}",
                 epochs(exp.frozen.epochs),
                 word(&exp.frozen.optimizer),
-                short_float(exp.frozen.lr)
+                short_float(exp.frozen.lr),
+                schedule_words((&exp.frozen).into())
             )),
             Line::raw(format!(
-                "finetune  {}, {}, lr {}, last {} layers, train_bn {}",
+                "finetune  {}, {}, lr {}{}, last {} layers{}, train_bn {}",
                 epochs(exp.finetune.epochs),
                 word(&exp.finetune.optimizer),
                 short_float(exp.finetune.lr),
+                schedule_words((&exp.finetune).into()),
                 exp.finetune.unfreeze_last,
+                decay_words(exp.finetune.layer_decay, exp.finetune.max_groups),
                 exp.finetune.train_bn
             )),
             Line::raw(format!(
@@ -438,6 +441,42 @@ fn ago(seconds: u64) -> String {
 
 /// `, class_weight balanced` or `, class_weight defective 2, functional 1` for the
 /// settings pane; nothing when every image weighs alike.
+/// ` cosine, warm-up 1 epoch` after a phase's rate; nothing for a constant rate.
+fn schedule_words(s: crate::train::schedule::ScheduleSettings) -> String {
+    let warmup = match (s.warmup_epochs, s.warmup_steps) {
+        (Some(e), _) if e > 0.0 => {
+            format!(", warm-up {e} epoch{}", if e == 1.0 { "" } else { "s" })
+        }
+        (_, Some(n)) if n > 0 => format!(", warm-up {n} steps"),
+        _ => String::new(),
+    };
+    match s.kind {
+        crate::config::Schedule::Constant if warmup.is_empty() => String::new(),
+        kind => format!(" {}{warmup}", word(&kind)),
+    }
+}
+
+/// `, layer_decay 0.7, up to 4 groups` where either is set.
+fn decay_words(decay: f64, max_groups: Option<usize>) -> String {
+    let mut out = String::new();
+    if decay != 1.0 {
+        out += &format!(", layer_decay {decay}");
+    }
+    if let Some(max) = max_groups {
+        out += &format!(", up to {max} groups");
+    }
+    out
+}
+
+/// `, tta 4` for test-time augmentation; nothing for one view.
+fn tta_words(tta: u32) -> String {
+    if tta > 1 {
+        format!(", tta {tta}")
+    } else {
+        String::new()
+    }
+}
+
 fn class_weight_words(weight: Option<&crate::config::ClassWeight>) -> String {
     use crate::config::{ClassWeight, ClassWeightRule};
     match weight {
@@ -453,6 +492,27 @@ fn class_weight_words(weight: Option<&crate::config::ClassWeight>) -> String {
 #[cfg(test)]
 mod class_weight_words_tests {
     use super::*;
+
+    #[test]
+    fn schedule_decay_and_tta_words() {
+        let exp: crate::config::Experiment = crate::config::parse_str(
+            "data: { dir: x }\nmodel: { backbone: resnet18 }\n\
+             finetune: { schedule: one_cycle, warmup_epochs: 1, layer_decay: 0.7, max_groups: 3 }",
+            std::path::Path::new("/tmp/e.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            schedule_words((&exp.finetune).into()),
+            " one_cycle, warm-up 1 epoch"
+        );
+        assert_eq!(schedule_words((&exp.frozen).into()), "");
+        assert_eq!(
+            decay_words(exp.finetune.layer_decay, exp.finetune.max_groups),
+            ", layer_decay 0.7, up to 3 groups"
+        );
+        assert_eq!(tta_words(1), "");
+        assert_eq!(tta_words(4), ", tta 4");
+    }
 
     #[test]
     fn the_settings_pane_names_the_class_weights() {

@@ -160,7 +160,7 @@ fn small_cnn_exports_that_serve_like_predict() {
         )),
         "{md}"
     );
-    for chart in ["accuracy.svg", "loss.svg", "confusion.svg"] {
+    for chart in ["accuracy.svg", "loss.svg", "lr.svg", "confusion.svg"] {
         let svg = std::fs::read_to_string(run.join(chart)).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
