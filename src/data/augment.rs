@@ -163,17 +163,26 @@ pub fn apply(batch: &Tensor, transforms: &[Transform], fill: FillMode, cval: f64
             x.grid_sampler(&grid, 0, padding, false)
         };
     }
-    let mirrors: [(i64, fn(&Transform) -> bool); 2] = [(3, |t| t.flip), (2, |t| t.vflip)];
-    for (dim, flipped) in mirrors {
-        if transforms.iter().any(flipped) {
-            let mask: Vec<bool> = transforms.iter().map(flipped).collect();
-            let mask = Tensor::from_slice(&mask)
-                .view([b, 1, 1, 1])
-                .to_device(x.device());
-            x = x.flip([dim]).where_self(&mask, &x);
-        }
+    let x = mirror(x, transforms, 3, |t| t.flip);
+    mirror(x, transforms, 2, |t| t.vflip)
+}
+
+/// `x` with the images for which `flipped` holds mirrored along `dim` (3: left-right,
+/// 2: top-bottom).
+fn mirror(
+    x: Tensor,
+    transforms: &[Transform],
+    dim: i64,
+    flipped: fn(&Transform) -> bool,
+) -> Tensor {
+    if !transforms.iter().any(flipped) {
+        return x;
     }
-    x
+    let mask: Vec<bool> = transforms.iter().map(flipped).collect();
+    let mask = Tensor::from_slice(&mask)
+        .view([transforms.len() as i64, 1, 1, 1])
+        .to_device(x.device());
+    x.flip([dim]).where_self(&mask, &x)
 }
 
 #[cfg(test)]

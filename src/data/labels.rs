@@ -69,6 +69,8 @@ pub fn read(
     let mut seen: HashMap<PathBuf, u64> = HashMap::new();
     let mut held_out = 0usize;
     let mut skipped = Vec::new();
+    let mut outside = Vec::new();
+    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
@@ -129,6 +131,14 @@ pub fn read(
             });
             continue;
         }
+        // Allowed (a shared image store), but said: a `..`, an absolute path or a
+        // link may not be what the user meant.
+        if !file
+            .canonicalize()
+            .is_ok_and(|real| real.starts_with(&root))
+        {
+            outside.push(file.clone());
+        }
         let group = group_col.map(|i| field(i).to_string());
         rows.push((file, label.to_string(), validates, group));
     }
@@ -171,6 +181,7 @@ pub fn read(
         groups,
         held_out,
         has_split_column: split_col.is_some(),
+        outside,
     })
 }
 

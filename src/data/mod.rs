@@ -81,6 +81,8 @@ pub struct Dataset {
     pub train: Vec<usize>,
     pub val: Vec<usize>,
     pub skipped: Vec<Skipped>,
+    /// Label-file rows whose file lies outside `data.dir` (read as given).
+    pub outside_dir: Vec<PathBuf>,
     pub sizes_seen: Vec<((u32, u32), usize)>,
     pub load_seconds: f64,
     /// How the split was made, in words (drawn, or as `train/` and `val/` say).
@@ -256,10 +258,24 @@ impl Dataset {
             train,
             val,
             skipped,
+            outside_dir: found.outside,
             sizes_seen: decoded.sizes_seen,
             load_seconds: start.elapsed().as_secs_f64(),
             split,
         })
+    }
+
+    /// `3 label rows (e.g. ../shared/x.png): read as given`, when the label file
+    /// points outside `data.dir`.
+    pub fn outside_words(&self) -> Option<String> {
+        let first = self.outside_dir.first()?;
+        let n = self.outside_dir.len();
+        Some(format!(
+            "{n} label row{} point{} outside data.dir (e.g. {}): read as given",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" },
+            first.display()
+        ))
     }
 
     /// Number of decoded images.
@@ -453,6 +469,9 @@ impl fmt::Display for Dataset {
         let (t, v): (usize, usize) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
         writeln!(f, "{:<20} {t:>7} {v:>7} {:>7}", "all", t + v)?;
         writeln!(f, "split                {}", self.split)?;
+        if let Some(words) = self.outside_words() {
+            writeln!(f, "outside data.dir     {words}")?;
+        }
         let sizes: Vec<String> = self
             .sizes_seen
             .iter()

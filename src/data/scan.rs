@@ -35,6 +35,9 @@ pub struct Scan {
     pub held_out: usize,
     /// A label file with a split column.
     pub has_split_column: bool,
+    /// Label-file rows whose file lies outside `data.dir` (a `..`, an absolute path,
+    /// or a symbolic link out): read as given, and reported.
+    pub outside: Vec<PathBuf>,
 }
 
 /// Names of the folders that fix the split (any other sub-folder makes them classes).
@@ -103,6 +106,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         groups: None,
         held_out: 0,
         has_split_column: false,
+        outside: Vec::new(),
     })
 }
 
@@ -173,5 +177,6 @@ pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
         groups: None,
         held_out: 0,
         has_split_column: false,
+        outside: Vec::new(),
     })
 }

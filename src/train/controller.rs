@@ -198,6 +198,9 @@ impl Trainer {
             val: data.val.len(),
             skipped: data.skipped.len(),
         });
+        if let Some(words) = data.outside_words() {
+            let _ = self.events.send(Event::Note(words));
+        }
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
         let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;

@@ -540,6 +540,37 @@ fn label_files_give_classes_splits_and_groups() {
         "{}",
         ds.split
     );
+    assert!(ds.outside_dir.is_empty() && ds.outside_words().is_none());
+
+    // Rows that leave data.dir (a `..`, a symbolic link out) are read and reported.
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    GrayImage::from_pixel(20, 20, Luma([200]))
+        .save(shared.join("far.png"))
+        .unwrap();
+    std::os::unix::fs::symlink(shared.join("far.png"), images.join("link.png")).unwrap();
+    let mut out = rows.clone();
+    out.push_str(
+        "../shared/far.png,nodule,patient90,train
+",
+    );
+    out.push_str(
+        "link.png,nodule,patient91,train
+",
+    );
+    std::fs::write(&csv, &out).unwrap();
+    let ds = Dataset::load(&exp(", split: subset"), &no_progress).unwrap();
+    assert_eq!(ds.train.len(), 30, "both rows read");
+    assert_eq!(ds.outside_dir.len(), 2, "{:?}", ds.outside_dir);
+    let words = ds.outside_words().unwrap();
+    assert!(
+        words.starts_with("2 label rows point outside data.dir (e.g. ")
+            && words.contains("far.png")
+            && words.ends_with("read as given"),
+        "{words}"
+    );
+    assert!(ds.to_string().contains("outside data.dir     2 label rows"));
+    std::fs::remove_file(images.join("link.png")).unwrap();
 
     // Every kind of bad row, each named with its line.
     let mut bad = rows.clone();
