@@ -41,7 +41,7 @@ pub const KEYS: &[KeyHelp] = &[
     shown("p", "pause / resume", 1, "pause"),
     shown(
         "u",
-        "unfreeze now (fine-tune from the next batch); while fine-tuning, the next block group from the next epoch",
+        "unfreeze now (fine-tune from the next batch); while fine-tuning, one more block group",
         2,
         "unfreeze",
     ),
