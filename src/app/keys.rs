@@ -270,7 +270,22 @@ pub(super) fn on_key(app: &mut App, key: KeyEvent) -> Vec<Action> {
                     say_asked(app, "unfreezing at the next batch…");
                     return vec![Action::Send(id, Command::Unfreeze)];
                 }
-                Some(r) if r.is_active() => app.say(false, "already fine-tuning"),
+                // While fine-tuning: the next block group, from the next epoch (the
+                // trainer says which, or why there is none).
+                Some(r) if r.is_active() => {
+                    if let Some(r) = app.entries[selected].run.as_mut() {
+                        if r.stall.as_ref().is_some_and(|s| {
+                            matches!(
+                                s.action,
+                                crate::train::events::StallAction::UnfreezeMore { .. }
+                            )
+                        }) {
+                            r.stall = None;
+                        }
+                    }
+                    say_asked(app, "unfreezing the next block group from the next epoch…");
+                    return vec![Action::Send(id, Command::Unfreeze)];
+                }
                 _ => app.say(false, nothing_going(app, "unfreeze")),
             }
         }

@@ -1535,6 +1535,17 @@ fn words_and_marks_agree() {
 #[test]
 fn progressive_unfreezing_shows_the_group_in_banner_header_table_and_messages() {
     let mut app = finetuning();
+    // u while fine-tuning asks the trainer for the next block group.
+    let id = app.current().unwrap().id;
+    let mut asked = app.clone();
+    let actions = update(&mut asked, key(KeyCode::Char('u')));
+    assert_eq!(actions, vec![Action::Send(id, Command::Unfreeze)]);
+    assert!(asked
+        .messages
+        .last()
+        .unwrap()
+        .text
+        .contains("next block group"));
     app.entries[0].run.as_mut().unwrap().epoch = 6;
     trainer(
         &mut app,

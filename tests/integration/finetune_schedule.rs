@@ -335,3 +335,50 @@ fn progressive_unfreezing_with_the_prefix_cache_matches_a_run_without_it() {
         }
     }
 }
+
+/// `u` while fine-tuning (the Unfreeze command) queues the next block group for the
+/// next epoch, says so, and the step names `u` as who asked.
+#[test]
+fn unfreeze_while_fine_tuning_adds_the_next_group_at_the_next_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = mobilenet(
+        &dir.path().join("data"),
+        "frozen: { epochs: 1 }\nfinetune: { epochs: 2, unfreeze_last: 2 }\n",
+    );
+    let handle = train::spawn(
+        exp,
+        Options {
+            runs_root: dir.path().join("runs"),
+            autostart: true,
+            ..Default::default()
+        },
+    );
+    let (mut notes, mut steps, mut rows, mut asked) = (Vec::new(), Vec::new(), Vec::new(), false);
+    for e in handle.events.iter() {
+        match e {
+            Event::Batch { epoch: 2, .. } if !asked => {
+                handle.commands.send(train::Command::Unfreeze).unwrap();
+                asked = true;
+            }
+            Event::Note(n) => notes.push(n),
+            Event::PhaseChanged {
+                epoch,
+                trainable_layers,
+                deepened: Some(d),
+                ..
+            } => steps.push((epoch, trainable_layers, d.group, d.by)),
+            Event::EpochEnd(m) => rows.push((m.epoch, m.deepened)),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    handle.join();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n == "unfreezing features.17 from epoch 3: the last 8 layers will train"),
+        "{notes:?}"
+    );
+    assert_eq!(steps, [(3, 8, "features.17".to_string(), "u".to_string())]);
+    assert_eq!(rows, [(1, 0), (2, 0), (3, 1)]);
+}
