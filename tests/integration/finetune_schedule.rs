@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{experiment, make_images, stdout_of_success};
+use crate::train::mobilenet_exp;
+use crate::util::{make_images, stdout_of_success};
 use tlcap::config::Experiment;
 use tlcap::train::events::{Deepened, StallAction};
 use tlcap::train::run_dir::read_checkpoint;
@@ -18,15 +19,7 @@ fn mobilenet(data: &Path, settings: &str) -> Experiment {
     tlcap::model::imagenet_weights(tlcap::config::Backbone::MobilenetV2)
         .expect("run `make setup` first");
     make_images(data, &["left", "right"], 4, 64);
-    let mut exp = experiment(
-        data,
-        &format!("model: {{ backbone: mobilenet_v2 }}\ndevice: cpu\nprecision: fp32\n{settings}"),
-    );
-    exp.data.image_size = tlcap::config::ImageSize {
-        height: 64,
-        width: 64,
-    };
-    exp.data.batch_size = 8;
+    let mut exp = mobilenet_exp(data, "{}", &format!("precision: fp32\n{settings}"));
     exp.data.validation_split = 0.25;
     exp
 }

@@ -612,7 +612,7 @@ fn shootout_command_runs_each_experiment_and_exports_results() {
 
 /// MobileNetV2 (ImageNet weights) on 64 px generated images with `augment` and
 /// `settings` (YAML lines after `data:`/`model:`).
-fn mobilenet_exp(data: &Path, augment: &str, settings: &str) -> Experiment {
+pub(crate) fn mobilenet_exp(data: &Path, augment: &str, settings: &str) -> Experiment {
     let mut exp = experiment(
         data,
         &format!("model: {{ backbone: mobilenet_v2 }}\ndevice: cpu\n{settings}"),
