@@ -149,8 +149,10 @@ impl Backbone {
     /// How many groups the last `unfrozen` layers reach into (a group partly
     /// unfrozen counts).
     pub fn groups_reached(&self, unfrozen: usize) -> usize {
+        if unfrozen == 0 {
+            return 0;
+        }
         match self.table.len().checked_sub(unfrozen) {
-            _ if unfrozen == 0 => 0,
             Some(first) => self.groups.len() - self.group_of(first),
             None => self.groups.len(),
         }
