@@ -16,8 +16,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The suite's decoded-image cache is its own, emptied first (not the user's).
 test: setup lint
-	$(CARGO) test --release
+	rm -rf target/test-image-cache
+	TLCAP_IMAGE_CACHE=$(CURDIR)/target/test-image-cache $(CARGO) test --release
 
 doctor: setup
 	$(CARGO) run --release -- doctor
@@ -28,5 +30,6 @@ bench: setup
 	$(CARGO) bench --bench dashboard
 	$(CARGO) bench --bench watch
 	$(CARGO) bench --bench attach
+	$(CARGO) bench --bench image_cache
 	$(CARGO) build --release
 	./target/release/tlcap-tui bench

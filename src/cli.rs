@@ -222,6 +222,24 @@ pub enum Command {
         #[command(subcommand)]
         action: WeightsCommand,
     },
+    /// The on-disk decoded-image cache ($TLCAP_IMAGE_CACHE, else
+    /// ~/.cache/tlcap/images): list its stores with their sizes, or clean them.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheCommand>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List the stores (one per image size and resampling) with images and sizes.
+    List,
+    /// Delete stores: all of them, or those no run used for DAYS days.
+    Clean {
+        /// Only stores unused for at least this many days.
+        #[arg(long, value_name = "DAYS")]
+        unused_days: Option<u64>,
+    },
 }
 
 /// `--checkpoint` of `export` and `evaluate`.

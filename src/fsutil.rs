@@ -1,4 +1,5 @@
-//! Crash-safe file writes: what is on disk is either the old file or the new one.
+//! Crash-safe file writes (what is on disk is either the old file or the new one),
+//! the user's cache folder, and byte counts for people.
 
 use std::io::Write;
 use std::path::Path;
@@ -61,6 +62,28 @@ pub fn create_unique_dir(parent: &Path, name: &str) -> anyhow::Result<std::path:
             }
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
         }
+    }
+}
+
+/// The user's cache folder: `${XDG_CACHE_HOME:-~/.cache}`.
+pub fn cache_base() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+}
+
+/// Bytes for people: `640 kB`, `82 MB`, `3.1 GB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb < 1.0 {
+        format!("{:.0} kB", bytes as f64 / 1e3)
+    } else if mb >= 1000.0 {
+        format!("{:.1} GB", mb / 1000.0)
+    } else {
+        format!("{mb:.0} MB")
     }
 }
 

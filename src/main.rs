@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Parser;
-use cli::{Cli, Command, PhaseArg, WeightsCommand};
+use cli::{CacheCommand, Cli, Command, PhaseArg, WeightsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         Command::Schema => tlcap::stdout::line(tlcap::config::json_schema()),
         Command::Check { files } => tlcap::check::run(&files),
         Command::Data { file } => tlcap::data::report(&file),
+        Command::Cache { action } => match action {
+            None | Some(CacheCommand::List) => tlcap::data::cache::print_list(),
+            Some(CacheCommand::Clean { unused_days }) => {
+                tlcap::data::cache::print_clean(unused_days)
+            }
+        },
         Command::Weights { action } => tlcap::weights::run_cli(match action {
             WeightsCommand::Import { input, output } => {
                 tlcap::weights::WeightsAction::Import { input, output }

@@ -60,6 +60,9 @@ const RESTART: &[(&str, Keep)] = &[
     ("data.intensity", |to, from| {
         to.data.intensity = from.data.intensity
     }),
+    ("data.image_cache", |to, from| {
+        to.data.image_cache = from.data.image_cache
+    }),
     ("data.class_weight", |to, from| {
         to.data.class_weight = from.data.class_weight.clone()
     }),
@@ -214,7 +217,7 @@ mod tests {
         let edited = parse_str(
             "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
              interpolation: bicubic, intensity: stretch, labels: l.csv, \
-             columns: { path: file }, class_weight: balanced }\nmodel: { backbone: resnet18, weights: none }\n\
+             columns: { path: file }, class_weight: balanced, image_cache: disk }\nmodel: { backbone: resnet18, weights: none }\n\
              device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
             Path::new("e.yaml"),
         )

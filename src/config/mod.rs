@@ -133,6 +133,33 @@ pub struct DataConfig {
     /// drawn with replacement: PyTorch's class-balanced `WeightedRandomSampler`).
     #[serde(default, skip_serializing_if = "Sampling::is_shuffle")]
     pub sampling: Sampling,
+    /// Where decoded images are kept: `auto` (decoded once into the on-disk cache,
+    /// reused by later runs; held in memory when they fit in half of the available
+    /// memory, read from the cache per batch when they don't), `disk` (always read
+    /// from the cache per batch: memory stays small) or `off` (no cache on disk:
+    /// decoded into memory at every start, refused when they don't fit).
+    #[serde(default, skip_serializing_if = "ImageCache::is_auto")]
+    pub image_cache: ImageCache,
+}
+
+/// `data.image_cache:` — where decoded images are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageCache {
+    /// The on-disk cache; in memory when they fit.
+    #[default]
+    Auto,
+    /// The on-disk cache, read per batch.
+    Disk,
+    /// No on-disk cache: decoded into memory at every start.
+    Off,
+}
+
+impl ImageCache {
+    /// The default, which run folders' `config.yaml` leave out.
+    pub fn is_auto(&self) -> bool {
+        *self == ImageCache::Auto
+    }
 }
 
 /// `data.sampling:` — how an epoch's training images are chosen.

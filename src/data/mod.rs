@@ -2,6 +2,7 @@
 //! into memory, batched augmentation, and the input normalisation of each backbone.
 
 pub mod augment;
+pub mod cache;
 mod decode;
 pub mod labels;
 mod scan;
@@ -24,7 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::config::{AugmentConfig, Backbone, Experiment, ImageSize, Sampling};
+use crate::config::{AugmentConfig, Backbone, Experiment, ImageCache, ImageSize, Sampling};
 
 /// A file left out of the dataset, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,14 +66,38 @@ pub enum DataError {
          (half of the available memory); lower data.image_size or use fewer images"
     )]
     TooBig { needed_mb: u64, budget_mb: u64 },
+    #[error(
+        "{0}; the decoded images ({needed_mb} MB) do not fit in memory either (budget \
+         {budget_mb} MB)",
+        needed_mb = .1 >> 20,
+        budget_mb = .2 >> 20
+    )]
+    CacheAndMemory(cache::CacheError, u64, u64),
+}
+
+/// Where a dataset's decoded pixels are.
+enum Pixels {
+    /// In memory, uint8 `[N, 3, H, W]`.
+    Memory(Vec<u8>),
+    /// In the image cache's files, read per batch.
+    Cached(cache::CachedPixels),
+}
+
+/// How a load used the on-disk image cache (see [`cache`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUse {
+    /// What the cache held and what was decoded now.
+    pub report: cache::CacheReport,
+    /// Whether the images were read into memory (else read per batch).
+    pub in_memory: bool,
 }
 
 /// The images of one experiment, decoded and resized once, with their split.
 pub struct Dataset {
     pub classes: Vec<String>,
     pub size: ImageSize,
-    /// uint8, `[N, 3, H, W]` in memory order.
-    pixels: Vec<u8>,
+    /// uint8 `[N, 3, H, W]` records, in memory or in the image cache.
+    pixels: Pixels,
     /// Class index of each image.
     pub labels: Vec<usize>,
     /// The file each image came from.
@@ -85,6 +110,11 @@ pub struct Dataset {
     pub outside_dir: Vec<PathBuf>,
     pub sizes_seen: Vec<((u32, u32), usize)>,
     pub load_seconds: f64,
+    /// How the on-disk image cache served this load (None with `image_cache: off`).
+    pub image_cache: Option<CacheUse>,
+    /// Why the image cache was not used although it was asked for (the images were
+    /// decoded into memory instead), in words.
+    pub cache_fallback: Option<String>,
     /// How the split was made, in words (drawn, or as `train/` and `val/` say).
     pub split: String,
 }
@@ -143,27 +173,98 @@ pub fn memory_budget_bytes() -> u64 {
     kb * 1024 / 2
 }
 
-impl Dataset {
-    /// Scans, splits and decodes the experiment's data. `progress(done, total)` reports
-    /// decoding progress.
-    pub fn load(
-        exp: &Experiment,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Dataset, DataError> {
-        let start = Instant::now();
-        let found = find(&exp.data)?;
-        let size = exp.data.image_size;
-        let per_image = 3 * size.height as u64 * size.width as u64;
-        let needed = per_image * found.files.len() as u64;
-        let budget = memory_budget_bytes();
+/// Decoded pixels of a file list, wherever they are kept.
+struct Loaded {
+    pixels: Pixels,
+    index: Vec<Option<usize>>,
+    skipped: Vec<Skipped>,
+    sizes_seen: Vec<((u32, u32), usize)>,
+    cache_use: Option<CacheUse>,
+    fallback: Option<String>,
+}
+
+/// Decodes `paths` as `data.image_cache` says: through the on-disk cache (into memory
+/// when the images fit in the memory budget and the setting is `auto`, else read per
+/// batch), or straight into memory. When the cache cannot be used (a full disk, a
+/// folder that cannot be written) the images are decoded into memory if they fit,
+/// with the reason kept for the report; else the error says both.
+fn decode_or_reuse(
+    paths: &[PathBuf],
+    data: &crate::config::DataConfig,
+    cache_root: &std::path::Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Loaded, DataError> {
+    let decoding = Decoding::of(data);
+    let per_image = 3 * data.image_size.height as u64 * data.image_size.width as u64;
+    let needed = per_image * paths.len() as u64;
+    let budget = memory_budget_bytes();
+    let into_memory = |fallback: Option<String>| {
+        let d = decode_all(paths, &decoding, progress);
+        Loaded {
+            pixels: Pixels::Memory(d.pixels),
+            index: d.index,
+            skipped: d.skipped,
+            sizes_seen: d.sizes_seen,
+            cache_use: None,
+            fallback,
+        }
+    };
+    if data.image_cache == ImageCache::Off {
         if needed > budget {
             return Err(DataError::TooBig {
                 needed_mb: needed >> 20,
                 budget_mb: budget >> 20,
             });
         }
+        return Ok(into_memory(None));
+    }
+    match cache::load(cache_root, paths, &decoding, progress) {
+        Ok(c) => {
+            let kept = c.pixels.len() as u64 * per_image;
+            let in_memory = data.image_cache == ImageCache::Auto && kept <= budget;
+            let pixels = if in_memory {
+                Pixels::Memory(c.pixels.read_all())
+            } else {
+                Pixels::Cached(c.pixels)
+            };
+            Ok(Loaded {
+                pixels,
+                index: c.index,
+                skipped: c.skipped,
+                sizes_seen: c.sizes_seen,
+                cache_use: Some(CacheUse {
+                    report: c.report,
+                    in_memory,
+                }),
+                fallback: None,
+            })
+        }
+        Err(e) if needed <= budget => Ok(into_memory(Some(e.to_string()))),
+        Err(e) => Err(DataError::CacheAndMemory(e, needed, budget)),
+    }
+}
+
+impl Dataset {
+    /// Scans, splits and decodes the experiment's data, through the image cache in
+    /// [`cache::cache_root`]. `progress(done, total)` reports decoding progress.
+    pub fn load(
+        exp: &Experiment,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Dataset, DataError> {
+        Self::load_cached_in(exp, &cache::cache_root(), progress)
+    }
+
+    /// As [`Dataset::load`], with the image cache under `cache_root`.
+    pub fn load_cached_in(
+        exp: &Experiment,
+        cache_root: &std::path::Path,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Dataset, DataError> {
+        let start = Instant::now();
+        let found = find(&exp.data)?;
+        let size = exp.data.image_size;
         let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
-        let decoded = decode_all(&paths, &Decoding::of(&exp.data), progress);
+        let decoded = decode_or_reuse(&paths, &exp.data, cache_root, progress)?;
         let kept: Vec<usize> = (0..found.files.len())
             .filter(|&i| decoded.index[i].is_some())
             .collect();
@@ -253,6 +354,8 @@ impl Dataset {
             classes: found.classes,
             size,
             pixels: decoded.pixels,
+            image_cache: decoded.cache_use,
+            cache_fallback: decoded.fallback,
             labels,
             files,
             train,
@@ -278,6 +381,27 @@ impl Dataset {
         ))
     }
 
+    /// `2,600 images reused, 24 decoded now, in ~/.cache/tlcap/images/224x224-...`:
+    /// what the on-disk image cache did, or why it was not used; None with
+    /// `image_cache: off`.
+    pub fn cache_words(&self) -> Option<String> {
+        if let Some(why) = &self.cache_fallback {
+            return Some(format!("not used ({why}); decoded into memory"));
+        }
+        let c = self.image_cache.as_ref()?;
+        let r = &c.report;
+        let damaged = match r.damaged_parts {
+            0 => String::new(),
+            n => format!(", {n} damaged part(s) deleted and decoded again"),
+        };
+        Some(format!(
+            "{} files reused, {} decoded now{damaged}, in {}",
+            r.reused,
+            r.decoded,
+            r.store.display()
+        ))
+    }
+
     /// Number of decoded images.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -288,17 +412,28 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Bytes held by the decoded images.
+    /// Bytes the decoded images take in memory (0 when read from the image cache).
     pub fn memory_bytes(&self) -> usize {
-        self.pixels.len()
+        match &self.pixels {
+            Pixels::Memory(p) => p.len(),
+            Pixels::Cached(_) => 0,
+        }
+    }
+
+    /// Bytes of the decoded images, wherever they are.
+    pub fn decoded_bytes(&self) -> usize {
+        3 * (self.size.height * self.size.width) as usize * self.len()
     }
 
     /// The raw pixels of the given images: uint8 `[B, 3, H, W]`.
     pub fn pixels(&self, images: &[usize]) -> Tensor {
         let per = 3 * (self.size.height * self.size.width) as usize;
-        let mut buf = Vec::with_capacity(per * images.len());
-        for &i in images {
-            buf.extend_from_slice(&self.pixels[i * per..(i + 1) * per]);
+        let mut buf = vec![0u8; per * images.len()];
+        for (&i, out) in images.iter().zip(buf.chunks_mut(per.max(1))) {
+            match &self.pixels {
+                Pixels::Memory(p) => out.copy_from_slice(&p[i * per..(i + 1) * per]),
+                Pixels::Cached(c) => c.read_into(i, out),
+            }
         }
         Tensor::from_slice(&buf).view([
             images.len() as i64,
@@ -478,13 +613,20 @@ impl fmt::Display for Dataset {
             .map(|((w, h), n)| format!("{w}x{h} ({n})"))
             .collect();
         writeln!(f, "image sizes seen     {}", sizes.join(", "))?;
+        let held = match self.memory_bytes() {
+            0 => "read from the image cache per batch".to_string(),
+            n => format!("in memory ({} MB)", n >> 20),
+        };
         writeln!(
             f,
-            "resized to           {}x{} (width x height), {} MB in memory as uint8",
+            "resized to           {}x{} (width x height), {} MB as uint8, {held}",
             self.size.width,
             self.size.height,
-            self.memory_bytes() >> 20
+            self.decoded_bytes() >> 20,
         )?;
+        if let Some(words) = self.cache_words() {
+            writeln!(f, "image cache          {words}")?;
+        }
         writeln!(
             f,
             "load time            {:.2} s ({:.0} images/s)",

@@ -342,12 +342,7 @@ pub fn imagenet_file_name(kind: Kind) -> Option<&'static str> {
 
 /// The folder where `make setup` puts weights: `${XDG_CACHE_HOME:-~/.cache}/tlcap/weights`.
 pub fn weights_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("tlcap").join("weights")
+    crate::fsutil::cache_base().join("tlcap").join("weights")
 }
 
 /// Why `weights: imagenet` gives no file for a backbone; each message says how to get

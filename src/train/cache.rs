@@ -165,17 +165,7 @@ impl Cache {
     }
 }
 
-/// Bytes for people: `640 kB`, `82 MB`, `3.1 GB`.
-pub fn human_bytes(bytes: u64) -> String {
-    let mb = bytes as f64 / 1e6;
-    if mb < 1.0 {
-        format!("{:.0} kB", bytes as f64 / 1e3)
-    } else if mb >= 1000.0 {
-        format!("{:.1} GB", mb / 1000.0)
-    } else {
-        format!("{mb:.0} MB")
-    }
-}
+pub use crate::fsutil::human_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -198,9 +198,6 @@ impl Trainer {
             val: data.val.len(),
             skipped: data.skipped.len(),
         });
-        if let Some(words) = data.outside_words() {
-            let _ = self.events.send(Event::Note(words));
-        }
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
         let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;
@@ -244,6 +241,15 @@ impl Trainer {
             &data,
             self.events.clone(),
         )?;
+        // Said once the run has its folder (JSON readers get `started` first).
+        if let Some(words) = data.outside_words() {
+            let _ = self.events.send(Event::Note(words));
+        }
+        if let Some(words) = data.cache_words() {
+            let _ = self
+                .events
+                .send(Event::Note(format!("image cache: {words}")));
+        }
         self.unfreeze_requested = unfreeze_requested;
         self.deepen_requested = deepen_requested.then(|| "on_stall: unfreeze_more".to_string());
         self.inbox.listen_to_control_file(&state.run.path)?;

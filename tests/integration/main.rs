@@ -17,6 +17,7 @@ mod data;
 mod export;
 mod finetune_schedule;
 mod headless;
+mod image_cache;
 mod setup_script;
 mod slurm;
 mod train;

@@ -647,6 +647,8 @@ fn mobilenet_run(
     for e in handle.events.iter() {
         match e {
             Event::EpochEnd(m) => rows.push(m),
+            // Said at every start (tests/integration/image_cache.rs checks it).
+            Event::Note(n) if n.starts_with("image cache: ") => {}
             Event::Note(n) => notes.push(n),
             Event::RunDir(d) => run = Some(d),
             Event::Error(e) => panic!("{e}"),
