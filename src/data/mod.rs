@@ -278,7 +278,13 @@ impl Dataset {
         let (train, val, split) = match (&found.fixed_val, &found.groups) {
             (None, Some(groups)) => {
                 let kept_groups: Vec<String> = kept.iter().map(|&i| groups[i].clone()).collect();
-                let (train, val) = grouped_split(&kept_groups, exp.data.validation_split, exp.seed);
+                let (train, val) = grouped_split(
+                    &kept_groups,
+                    &labels,
+                    found.classes.len(),
+                    exp.data.validation_split,
+                    exp.seed,
+                );
                 let count = |side: &[usize]| {
                     let mut g: Vec<&str> = side.iter().map(|&j| kept_groups[j].as_str()).collect();
                     g.sort_unstable();
@@ -286,11 +292,12 @@ impl Dataset {
                     g.len()
                 };
                 let words = format!(
-                    "drawn by group ({}): {} groups train, {} validate, none on both sides \
-                     (seed {}){}",
+                    "drawn by group ({}): {} groups train, {} validate, none on both sides, \
+                     each class's share near {:.0}% (seed {}){}",
                     exp.data.columns.group,
                     count(&train),
                     count(&val),
+                    exp.data.validation_split * 100.0,
                     exp.seed,
                     held_out_words(found.held_out)
                 );

@@ -33,11 +33,19 @@ pub fn stratified_split(
 }
 
 /// Splits item indices into (train, validation) by group: no group has items on both
-/// sides. Groups are shuffled with a generator seeded by `seed`, then each goes to
-/// validation while that keeps the validation items within `round(n * fraction)`
-/// (at least one group on each side when there are two or more). Not stratified by
-/// class. Both lists come back sorted.
-pub fn grouped_split(groups: &[String], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+/// sides, and each class's share of validation images is kept as near `fraction` as
+/// the groups allow (sklearn's `StratifiedGroupKFold`, for one split). Groups are
+/// shuffled with a generator seeded by `seed` and taken largest first (ties in the
+/// shuffled order); each goes to validation when that brings the classes' validation
+/// shares nearer to `fraction` (the sum of squared differences), else it trains. With
+/// two or more groups, at least one is on each side. Both lists come back sorted.
+pub fn grouped_split(
+    groups: &[String],
+    labels: &[usize],
+    n_classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, g) in groups.iter().enumerate() {
         members.entry(g.as_str()).or_default().push(i);
@@ -45,25 +53,58 @@ pub fn grouped_split(groups: &[String], fraction: f64, seed: u64) -> (Vec<usize>
     let mut order: Vec<Vec<usize>> = members.into_values().collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     order.shuffle(&mut rng);
-    let target = (groups.len() as f64 * fraction).round() as usize;
+    order.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let mut per_class = vec![0usize; n_classes];
+    for &l in labels {
+        per_class[l] += 1;
+    }
+    // How far the classes' validation shares are from the fraction.
+    let distance = |val: &[usize]| -> f64 {
+        val.iter()
+            .zip(&per_class)
+            .filter(|(_, &n)| n > 0)
+            .map(|(&v, &n)| (v as f64 / n as f64 - fraction).powi(2))
+            .sum()
+    };
+    let counts = |items: &[usize]| {
+        let mut c = vec![0usize; n_classes];
+        for &i in items {
+            c[labels[i]] += 1;
+        }
+        c
+    };
+    let added = |val: &[usize], group: &[usize]| -> Vec<usize> {
+        val.iter().zip(counts(group)).map(|(a, b)| a + b).collect()
+    };
+    let mut val_counts = vec![0usize; n_classes];
+    let mut sides: Vec<bool> = Vec::with_capacity(order.len());
+    for items in &order {
+        let with = added(&val_counts, items);
+        // Strictly nearer (a tie, up to rounding, trains).
+        let validates = distance(&with) < distance(&val_counts) - 1e-12;
+        if validates {
+            val_counts = with;
+        }
+        sides.push(validates);
+    }
+    if order.len() >= 2 {
+        // Nothing validates: the group that brings the shares nearest does (the
+        // smallest of equals). Nothing trains: the largest validating group trains.
+        if sides.iter().all(|&v| !v) {
+            let k = (0..order.len())
+                .min_by(|&a, &b| {
+                    let da = distance(&added(&val_counts, &order[a]));
+                    let db = distance(&added(&val_counts, &order[b]));
+                    da.total_cmp(&db).then(order[a].len().cmp(&order[b].len()))
+                })
+                .expect("two or more groups");
+            sides[k] = true;
+        } else if sides.iter().all(|&v| v) {
+            sides[0] = false;
+        }
+    }
     let (mut train, mut val) = (Vec::new(), Vec::new());
-    let last = order.len().saturating_sub(1);
-    // With two or more groups one must validate: the first that fits the target, else
-    // the smallest (never a group that holds most of the images by chance of order).
-    let forced = (last > 0).then(|| {
-        order[..last]
-            .iter()
-            .position(|g| g.len() <= target)
-            .unwrap_or_else(|| {
-                (0..last)
-                    .min_by_key(|&k| order[k].len())
-                    .expect("two or more groups")
-            })
-    });
-    for (k, items) in order.into_iter().enumerate() {
-        let room = val.len() + items.len() <= target;
-        // The last group trains when there are two or more.
-        let validates = Some(k) == forced || (k < last && room && forced.is_some());
+    for (items, validates) in order.into_iter().zip(sides) {
         if validates {
             val.extend(items);
         } else {
@@ -78,34 +119,87 @@ pub fn grouped_split(groups: &[String], fraction: f64, seed: u64) -> (Vec<usize>
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_grouped_split_never_cuts_a_group() {
-        // 30 patients with 1-5 images each.
-        let groups: Vec<String> = (0..90)
-            .map(|i| format!("p{}", (i * 7) % 30 + i % 3))
-            .collect();
-        let (train, val) = grouped_split(&groups, 0.2, 3);
-        assert_eq!(train.len() + val.len(), 90);
-        for &v in &val {
-            assert!(
-                train.iter().all(|&t| groups[t] != groups[v]),
-                "{} on both sides",
-                groups[v]
-            );
+    fn a_grouped_split_never_cuts_a_group_and_keeps_classes_in_proportion() {
+        // 60 patients with 1-5 images each; a third of the patients are ill (class 1),
+        // all their images with it.
+        let mut groups = Vec::new();
+        let mut labels = Vec::new();
+        for p in 0..60usize {
+            for _ in 0..(p * 7 % 5 + 1) {
+                groups.push(format!("p{p}"));
+                labels.push(usize::from(p % 3 == 0));
+            }
         }
-        let n = val.len() as f64 / 90.0;
-        assert!((0.1..=0.2).contains(&n), "{n}");
-        assert_eq!(grouped_split(&groups, 0.2, 3), (train, val.clone()));
-        assert_ne!(grouped_split(&groups, 0.2, 4).1, val);
+        let n = groups.len();
+        let mut shares = [0.0f64; 2];
+        for seed in 0..10 {
+            let (train, val) = grouped_split(&groups, &labels, 2, 0.2, seed);
+            assert_eq!(train.len() + val.len(), n);
+            for &v in &val {
+                assert!(
+                    train.iter().all(|&t| groups[t] != groups[v]),
+                    "{} on both sides",
+                    groups[v]
+                );
+            }
+            for (class, mean) in shares.iter_mut().enumerate() {
+                let all = labels.iter().filter(|&&l| l == class).count() as f64;
+                let in_val = val.iter().filter(|&&i| labels[i] == class).count() as f64;
+                let share = in_val / all;
+                // A patient is up to 5 of a class's ~60 images (0.08 of it).
+                assert!(
+                    (0.15..=0.25).contains(&share),
+                    "seed {seed} class {class}: {share}"
+                );
+                *mean += share / 10.0;
+            }
+            assert_eq!(grouped_split(&groups, &labels, 2, 0.2, seed), (train, val));
+        }
+        for share in shares {
+            assert!((share - 0.2).abs() < 0.02, "mean share over seeds {share}");
+        }
+        assert_ne!(
+            grouped_split(&groups, &labels, 2, 0.2, 3).1,
+            grouped_split(&groups, &labels, 2, 0.2, 4).1
+        );
         // Two groups: one each side, whatever the fraction.
         let two: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
-        let (t, v) = grouped_split(&two, 0.01, 1);
+        let (t, v) = grouped_split(&two, &[0, 0, 1], 2, 0.01, 1);
+        assert!(!t.is_empty() && !v.is_empty());
+        let (t, v) = grouped_split(&two, &[0, 0, 1], 2, 0.99, 1);
         assert!(!t.is_empty() && !v.is_empty());
         // One group of most images: it trains, whatever the shuffle puts first.
         let mut big: Vec<String> = vec!["blank".to_string(); 60];
         big.extend((0..40).map(|i| format!("p{i}")));
+        let big_labels: Vec<usize> = (0..100).map(|i| i % 2).collect();
         for seed in 0..20 {
-            let (_, v) = grouped_split(&big, 0.2, seed);
-            assert!(v.len() <= 20, "seed {seed}: {} validate", v.len());
+            let (_, v) = grouped_split(&big, &big_labels, 2, 0.2, seed);
+            assert!(v.len() <= 25, "seed {seed}: {} validate", v.len());
+        }
+    }
+
+    #[test]
+    fn stratifying_groups_beats_filling_by_count() {
+        // Class 1 lives in few, large groups: filling validation by count alone can
+        // miss it; the stratified split gives it its share.
+        let mut groups = Vec::new();
+        let mut labels = Vec::new();
+        for p in 0..40usize {
+            let (size, class) = if p < 5 { (8, 1) } else { (2, 0) };
+            for _ in 0..size {
+                groups.push(format!("p{p}"));
+                labels.push(class);
+            }
+        }
+        for seed in 0..10 {
+            let (_, val) = grouped_split(&groups, &labels, 2, 0.2, seed);
+            let ill = val.iter().filter(|&&i| labels[i] == 1).count();
+            assert_eq!(
+                ill, 8,
+                "seed {seed}: one of the five ill patients validates"
+            );
+            let well = val.len() - ill;
+            assert!((12..=16).contains(&well), "seed {seed}: {well}");
         }
     }
 
