@@ -67,6 +67,9 @@ pub struct Entry {
     /// Before a run: the layers its settings would build (the model pane, `m`), with
     /// the ones fine-tuning trains marked; or why they could not be built.
     pub model_preview: Option<Result<Vec<crate::model::LayerInfo>, String>>,
+    /// Before a run: the validation folder (`val`) when `data.dir` holds `train/` and
+    /// one, so the folders fix the split (not `validation_split`).
+    pub fixed_validation: Option<String>,
 }
 
 impl Entry {
@@ -81,6 +84,7 @@ impl Entry {
             deleted: false,
             marked: false,
             model_preview: None,
+            fixed_validation: None,
             title: None,
         }
     }

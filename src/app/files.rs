@@ -8,6 +8,15 @@ use crate::config::{Experiment, LiveEdit};
 use crate::train::stall::BestRule;
 use crate::train::Command;
 
+/// The look at a file's data folder its idle pane needs (whether `train/` and `val/`
+/// fix the split); none for label files, whose split column decides.
+pub(super) fn describe_data(path: &std::path::Path, exp: &Experiment) -> Option<Action> {
+    exp.data
+        .labels
+        .is_none()
+        .then(|| Action::DescribeData(path.to_path_buf(), exp.data.dir.clone()))
+}
+
 pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Action> {
     let Some(i) = app.entries.iter().position(|e| e.path == path) else {
         let selected_path = app.current().map(|e| e.path.clone());
@@ -19,7 +28,11 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
             app.selected = app.entries.iter().position(|e| e.path == p).unwrap_or(0);
         }
         app.say(false, format!("new experiment file {}", path.display()));
-        return Vec::new();
+        let entry = app.entries.iter().find(|e| e.path == path);
+        return entry
+            .and_then(|e| describe_data(&path, e.settings()?))
+            .into_iter()
+            .collect();
     };
     let old = app.entries[i].settings().cloned();
     let active = app.entries[i].run.as_ref().is_some_and(RunView::is_active);
@@ -55,17 +68,18 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
             if was_invalid {
                 app.say(false, format!("{name}: the file is valid again"));
             }
+            let mut actions: Vec<Action> = describe_data(&path, &new).into_iter().collect();
             let Some(old) = old.filter(|_| active) else {
-                return Vec::new();
+                return actions;
             };
             restart_only_edits(app, i, &new);
             let edit = LiveEdit::new(&old, &new);
             let live: Vec<String> = edit.live().map(|c| c.to_string()).collect();
             if live.is_empty() {
-                return Vec::new();
+                return actions;
             }
             let Some(run) = app.entries[i].run.as_mut() else {
-                return Vec::new();
+                return actions;
             };
             run.best_rule = BestRule::of(&new);
             // Said at once; the trainer says from which epoch it applies (it is the
@@ -74,7 +88,8 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
                 false,
                 format!("{name}: seen: {}; sent to the run", live.join(", ")),
             );
-            vec![Action::Send(app.entries[i].id, Command::Apply(new))]
+            actions.push(Action::Send(app.entries[i].id, Command::Apply(new)));
+            actions
         }
     }
 }

@@ -122,6 +122,9 @@ pub enum Action {
     DescribeModel(PathBuf, Box<Experiment>),
     /// Keep this file as the selection for the next launch on the same folder.
     RememberSelection(PathBuf),
+    /// Look at the data folder of the experiment file at this path: does it fix the
+    /// split with `train/` and `val/` folders?
+    DescribeData(PathBuf, PathBuf),
 }
 
 /// Everything that can happen to the dashboard.
@@ -162,6 +165,9 @@ pub enum AppEvent {
     /// The layers an experiment file's settings build (or why not), for its model
     /// pane before it runs.
     ModelPreview(PathBuf, Result<Vec<crate::model::LayerInfo>, String>),
+    /// The validation folder of an experiment file's data folder, when its `train/`
+    /// and `val/` folders fix the split (see [`Action::DescribeData`]).
+    DataLayout(PathBuf, Option<String>),
 }
 
 impl App {
@@ -191,6 +197,14 @@ impl App {
             overlay_scroll: 0,
             quit: false,
         }
+    }
+
+    /// What the loop does once at launch: look at each valid file's data folder.
+    pub fn startup_actions(&self) -> Vec<Action> {
+        self.entries
+            .iter()
+            .filter_map(|e| files::describe_data(&e.path, e.settings()?))
+            .collect()
     }
 
     /// The selected entry.
@@ -294,6 +308,12 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
         AppEvent::ModelPreview(path, layers) => {
             if let Some(e) = app.entries.iter_mut().find(|e| e.path == path) {
                 e.model_preview = Some(layers);
+            }
+            Vec::new()
+        }
+        AppEvent::DataLayout(path, folder) => {
+            if let Some(e) = app.entries.iter_mut().find(|e| e.path == path) {
+                e.fixed_validation = folder;
             }
             Vec::new()
         }

@@ -97,6 +97,11 @@ impl Effects {
                         AppEvent::ModelPreview(path, built)
                     })
                 }
+                Action::DescribeData(path, dir) => {
+                    self.jobs.spawn("looking at a data folder", move || {
+                        AppEvent::DataLayout(path, crate::data::fixed_validation_folder(&dir))
+                    })
+                }
                 Action::RememberSelection(path) => {
                     if let Err(e) = super::selection::write(&self.runs_root, &self.target, &path) {
                         let _ = self.events.send(AppEvent::Info(format!(

@@ -86,6 +86,7 @@ pub async fn event_loop<B: CloneBackend>(
     // The terminal is lost while runs go on: they finish without the screen (steered
     // and watched through their run folders: `tlcap-tui attach`).
     let mut detached = false;
+    effects.perform(app.startup_actions());
     for event in options.script {
         let actions = update(&mut app, event);
         effects.perform(actions);

@@ -13,7 +13,7 @@ pub use decode::{
     decode_all, decode_center_crop, decode_into, open_image, stretch, DecodeError, Decoded,
     Decoding, MAX_DECODE_BYTES, MAX_SIDE,
 };
-pub use scan::{scan, scan_classes, Scan, IMAGE_EXTENSIONS};
+pub use scan::{fixed_validation_folder, scan, scan_classes, Scan, IMAGE_EXTENSIONS};
 pub use split::{grouped_split, stratified_split};
 
 use std::fmt;

@@ -45,6 +45,25 @@ const SPLIT_FOLDERS: [&str; 5] = ["train", "val", "validation", "valid", "test"]
 /// The names a validation folder may have.
 const VALIDATION_FOLDERS: [&str; 3] = ["val", "validation", "valid"];
 
+/// The validation folder's name (`val`, `validation` or `valid`) when `dir` is a split
+/// layout (`train/` and one validation folder, `test/` optional, nothing else), so
+/// the folders fix the split; None otherwise (or when it cannot be read).
+pub fn fixed_validation_folder(dir: &Path) -> Option<String> {
+    let subs = sub_folders(dir).ok()?;
+    let has = |n: &str| subs.iter().any(|s| s == n);
+    if !(has("train") && subs.iter().all(|s| SPLIT_FOLDERS.contains(&s.as_str()))) {
+        return None;
+    }
+    match VALIDATION_FOLDERS
+        .into_iter()
+        .filter(|v| has(v))
+        .collect::<Vec<_>>()[..]
+    {
+        [one] => Some(one.to_string()),
+        _ => None,
+    }
+}
+
 /// The non-hidden sub-folders of `dir`, sorted.
 fn sub_folders(dir: &Path) -> Result<Vec<String>, DataError> {
     let entries =

@@ -191,14 +191,17 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 csv.display()
             )));
         }
+        let validation = match &entry.fixed_validation {
+            Some(folder) => format!("validation: its {folder}/ folder"),
+            None => format!("validation {:.0}%", exp.data.validation_split * 100.0),
+        };
         lines.extend([
             Line::raw(format!("data      {}", exp.data.dir.display())),
             Line::raw(format!(
-                "images    {}x{}, batch {}, validation {:.0}%{}",
+                "images    {}x{}, batch {}, {validation}{}",
                 exp.data.image_size.height,
                 exp.data.image_size.width,
                 exp.data.batch_size,
-                exp.data.validation_split * 100.0,
                 class_weight_words(exp.data.class_weight.as_ref()) + &tta_words(exp.tta)
             )),
             Line::raw(format!(

@@ -483,7 +483,9 @@ fn edits_apply_live_keep_last_good_settings_and_flag_restarts() {
         &mut app,
         AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(edited))),
     );
-    assert!(matches!(&actions[..], [Action::Send(0, Command::Apply(e))] if e.frozen.epochs == 6));
+    assert!(matches!(&actions[..],
+        [Action::DescribeData(p, _), Action::Send(0, Command::Apply(e))]
+            if e.frozen.epochs == 6 && p == &path));
     let entry = app.current().unwrap();
     assert_eq!(entry.pending_restart, vec!["seed 42 -> 7".to_string()]);
     // ... and the run header says so, next to the run it concerns.
@@ -505,6 +507,46 @@ fn edits_apply_live_keep_last_good_settings_and_flag_restarts() {
     // Deleting a running experiment's file keeps the run.
     update(&mut app, AppEvent::FileRemoved(path.clone()));
     assert!(app.current().unwrap().deleted);
+}
+
+#[test]
+fn the_idle_pane_says_when_train_and_val_folders_fix_the_split() {
+    let mut app = app();
+    // At launch the loop looks at every valid file's data folder (not a label file's).
+    let startup = app.startup_actions();
+    assert_eq!(startup.len(), 2, "{startup:?}");
+    assert!(startup
+        .iter()
+        .all(|a| matches!(a, Action::DescribeData(_, dir) if dir.ends_with("elpv"))));
+    assert!(render(&app, 100, 30).contains("batch 32, validation 20%"));
+    // The effect answers from the real folder: train/ and val/ there.
+    let data = tempfile::tempdir().unwrap();
+    for side in ["train", "val"] {
+        std::fs::create_dir_all(data.path().join(side).join("a")).unwrap();
+    }
+    let folder = tlcap::data::fixed_validation_folder(data.path());
+    assert_eq!(folder.as_deref(), Some("val"));
+    let path = app.current().unwrap().path.clone();
+    update(&mut app, AppEvent::DataLayout(path.clone(), folder));
+    let screen = render(&app, 100, 30);
+    assert!(
+        screen.contains("batch 32, validation: its val/ folder"),
+        "{screen}"
+    );
+    assert!(!screen.contains("validation 20%"));
+    // A saved file is looked at again; a plain folder of classes draws the split.
+    let actions = update(
+        &mut app,
+        AppEvent::FileLoaded(
+            path.clone(),
+            FileState::Valid(Box::new(experiment("quickstart"))),
+        ),
+    );
+    assert!(matches!(&actions[..], [Action::DescribeData(p, _)] if p == &path));
+    std::fs::create_dir_all(data.path().join("extra")).unwrap();
+    assert_eq!(tlcap::data::fixed_validation_folder(data.path()), None);
+    update(&mut app, AppEvent::DataLayout(path, None));
+    assert!(render(&app, 100, 30).contains("validation 20%"));
 }
 
 fn render(app: &App, width: u16, height: u16) -> String {
@@ -874,7 +916,10 @@ fn edits_are_acknowledged_and_undoing_a_restart_edit_clears_it() {
         &mut app,
         AppEvent::FileLoaded(path.clone(), FileState::Valid(Box::new(lr.clone()))),
     );
-    assert_eq!(actions.len(), 1);
+    assert!(matches!(
+        &actions[..],
+        [Action::DescribeData(..), Action::Send(..)]
+    ));
     let last = &app.messages.last().unwrap().text;
     assert_eq!(
         last, "quickstart: seen: frozen.lr 1e-3 -> 5e-4; sent to the run",
