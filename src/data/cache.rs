@@ -4,15 +4,16 @@
 //!
 //! One *store* per decoding (size, interpolation, intensity) under the cache root.
 //! A store holds *parts*, each written once and never changed: `ID.pixels` (the
-//! records, back to back) and `ID.index` (JSON: for each file its path, byte size and
-//! modification time, and its record or why it could not be decoded). A load looks
-//! every file up by (path, size, modification time); the misses (new or changed
+//! records, back to back) and `ID.index` (JSON: for each file its canonical path, byte
+//! size and modification time, and its record or why its content could not be
+//! decoded). A load looks every file up by (path, size, modification time); the misses (new or changed
 //! files) are decoded, alone, into a new part. The index is written last, atomically,
 //! after the pixels are on disk, so a part that was cut short (a crash, a full disk)
 //! has no index and is never read; a part whose pixel file is shorter than its index
-//! says is ignored, deleted and its images decoded again. Parts are never rewritten,
-//! so runs sharing a store need no lock: two runs decoding the same new files both
-//! write a part, and either one serves later loads.
+//! says (or whose index is not JSON) is deleted and its images decoded again; a part
+//! of another format (another tlcap version) is left alone. Parts are never
+//! rewritten, so runs sharing a store need no lock: two runs decoding the same new
+//! files both write a part, and either one serves later loads.
 //!
 //! Records are read with positioned reads, not mapped: the pages stay in the
 //! kernel's page cache (shared, evictable) and out of the process's resident memory,
@@ -29,12 +30,16 @@ use std::time::UNIX_EPOCH;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::decode::{decode_into, Decoding};
+use super::decode::{decode_into, DecodeError, Decoding};
 use super::Skipped;
 use crate::config::{Intensity, Interpolation};
 
-/// Version of the part format; parts of another version are ignored.
+/// Version of the part format, and of what decoding makes of a file: bump it when
+/// either changes (parts of another version are ignored, not deleted).
 const FORMAT: u32 = 1;
+/// A pixel file without its index (a load that was killed) or a temp file is
+/// deleted once it is this old: no load takes a day to write its part.
+const LEFTOVER_SECONDS: u64 = 24 * 3600;
 /// Images decoded (in parallel) and written per step while filling a part: bounds
 /// the memory a cold load takes whatever the dataset's size.
 const CHUNK: usize = 256;
@@ -64,6 +69,22 @@ pub fn store_name(decoding: &Decoding) -> String {
     )
 }
 
+/// Whether a folder name is one [`store_name`] makes (`224x224-bilinear-full`): only
+/// such folders are listed and cleaned, whatever else the cache root holds.
+pub fn is_store_name(name: &str) -> bool {
+    let mut parts = name.splitn(3, '-');
+    let (Some(size), Some(interp), Some(intensity)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let size_ok = size
+        .split_once('x')
+        .is_some_and(|(w, h)| w.parse::<u32>().is_ok() && h.parse::<u32>().is_ok());
+    size_ok
+        && ["nearest", "bilinear", "bicubic"].contains(&interp)
+        && ["full", "stretch"].contains(&intensity)
+}
+
 /// Why the cache could not be used (the caller decodes into memory instead, or says so).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -84,6 +105,8 @@ pub enum CacheError {
     },
     #[error("cannot write the image cache part {0}: {1}")]
     Write(PathBuf, std::io::Error),
+    #[error("cannot read the image cache part {0}: {1}")]
+    Read(PathBuf, std::io::Error),
 }
 
 /// A file as the cache knows it: a changed size or modification time is a new file.
@@ -94,21 +117,42 @@ struct FileKey {
     mtime_ns: u64,
 }
 
-impl FileKey {
-    /// The key of `path` now; None when it cannot be stat'ed (decoding will say why).
-    fn of(path: &Path) -> Option<FileKey> {
-        let meta = std::fs::metadata(path).ok()?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        Some(FileKey {
-            path: std::path::absolute(path).ok()?,
-            len: meta.len(),
-            mtime_ns,
-        })
+/// A file's (byte size, modification time in ns) now; None when it cannot be stat'ed.
+fn stamp(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Some((meta.len(), mtime_ns))
+}
+
+/// The keys of `files` now (None for a file that cannot be stat'ed: decoding will say
+/// why). Paths are made canonical by folder (one `realpath` per folder, not per file),
+/// so `data/x` and `exp/../data/x` share their records.
+fn keys_of(files: &[PathBuf]) -> Vec<Option<FileKey>> {
+    let mut folders: HashMap<&Path, PathBuf> = HashMap::new();
+    for f in files {
+        let parent = f.parent().unwrap_or(Path::new("."));
+        folders.entry(parent).or_insert_with(|| {
+            std::fs::canonicalize(parent)
+                .or_else(|_| std::path::absolute(parent))
+                .unwrap_or_else(|_| parent.to_path_buf())
+        });
     }
+    files
+        .par_iter()
+        .map(|f| {
+            let (len, mtime_ns) = stamp(f)?;
+            let folder = &folders[f.parent().unwrap_or(Path::new("."))];
+            Some(FileKey {
+                path: folder.join(f.file_name()?),
+                len,
+                mtime_ns,
+            })
+        })
+        .collect()
 }
 
 /// One file of a part's index.
@@ -204,45 +248,89 @@ pub struct CachedLoad {
     pub report: CacheReport,
 }
 
-/// A part read back from disk: its pixel file and index.
+/// A part read back from disk: its pixel file's path and its index.
 struct Part {
-    pixels: File,
+    pixels: PathBuf,
     index: Index,
 }
 
-/// Reads the parts of a store. A part whose index cannot be parsed, is of another
-/// format or record size, or whose pixel file is shorter than the index says is
-/// deleted (its images are decoded again); returns the good parts and the number
-/// deleted.
+/// Seconds since `path` was last modified (0 when unknown).
+fn age_seconds(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads the parts of a store. A part is deleted (its images are decoded again) when
+/// its index is not JSON (cut short or garbled), or is of this format but its pixel
+/// file is missing or shorter than the index says, or the index names a record the
+/// file cannot hold. A part of another format, or one that cannot be read now (open
+/// files, permissions), is skipped and left alone. Pixel and temp files left by a
+/// load that was killed are deleted once a day old. Returns the good parts and the
+/// number deleted.
 fn read_parts(store: &Path, record_bytes: u64) -> (Vec<Part>, usize) {
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(store) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "index"))
-            .collect(),
+    let paths: Vec<PathBuf> = match std::fs::read_dir(store) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(_) => return (Vec::new(), 0),
     };
+    let ext = |p: &Path, x: &str| p.extension().is_some_and(|e| e == x);
+    for p in &paths {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let temp = name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(".tlcap-tmp-"));
+        let orphan = ext(p, "pixels") && !p.with_extension("index").exists();
+        if (temp || orphan) && age_seconds(p) >= LEFTOVER_SECONDS {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let mut names: Vec<&PathBuf> = paths.iter().filter(|p| ext(p, "index")).collect();
     names.sort();
     let mut parts = Vec::new();
     let mut damaged = 0;
     for index_path in names {
         let pixels_path = index_path.with_extension("pixels");
-        let good = std::fs::read(&index_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-            .filter(|ix| ix.format == FORMAT && ix.record_bytes == record_bytes)
-            .and_then(|index| {
-                let pixels = File::open(&pixels_path).ok()?;
-                let len = pixels.metadata().ok()?.len();
-                (len >= index.records * index.record_bytes).then_some(Part { pixels, index })
-            });
-        match good {
-            Some(part) => parts.push(part),
-            None => {
-                damaged += 1;
-                let _ = std::fs::remove_file(&index_path);
-                let _ = std::fs::remove_file(&pixels_path);
+        let Ok(bytes) = std::fs::read(index_path) else {
+            continue;
+        };
+        let index = match serde_json::from_slice::<Index>(&bytes) {
+            Ok(index) if index.format == FORMAT => index,
+            Ok(_) => continue,
+            Err(_) => {
+                let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                let other_format = json
+                    .as_ref()
+                    .and_then(|v| v.get("format"))
+                    .is_some_and(|f| f.as_u64() != Some(FORMAT as u64));
+                if !other_format {
+                    damaged += 1;
+                    let _ = std::fs::remove_file(index_path);
+                    let _ = std::fs::remove_file(&pixels_path);
+                }
+                continue;
             }
+        };
+        let consistent = index.record_bytes == record_bytes
+            && index
+                .entries
+                .iter()
+                .all(|e| e.record.is_none_or(|r| r < index.records));
+        let whole = match std::fs::metadata(&pixels_path) {
+            Ok(m) => m.len() >= index.records * index.record_bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => continue,
+        };
+        if consistent && whole {
+            parts.push(Part {
+                pixels: pixels_path,
+                index,
+            });
+        } else {
+            damaged += 1;
+            let _ = std::fs::remove_file(index_path);
+            let _ = std::fs::remove_file(&pixels_path);
         }
     }
     (parts, damaged)
@@ -299,12 +387,24 @@ fn write_part(
                 .map(|(rec, &i)| {
                     let r = decode_into(&files[i], decoding, rec);
                     tick();
-                    r
+                    // A file changed while it was decoded is not remembered under
+                    // the key it had before.
+                    let unchanged = keys[i]
+                        .as_ref()
+                        .is_some_and(|k| stamp(&files[i]) == Some((k.len, k.mtime_ns)));
+                    (r, unchanged)
                 })
                 .collect();
-            for (j, (&i, r)) in chunk.iter().zip(results).enumerate() {
-                // Files that could not be stat'ed are not remembered: no key.
-                let Some(key) = keys[i].clone() else { continue };
+            for (j, (&i, (r, unchanged))) in chunk.iter().zip(results).enumerate() {
+                // Not remembered: files that could not be stat'ed (no key), that
+                // changed meanwhile, or that could not be read now (permissions, I/O:
+                // not a property of the file's content).
+                let Some(key) = keys[i].clone().filter(|_| unchanged) else {
+                    continue;
+                };
+                if matches!(r, Err(DecodeError::Unreadable(_))) {
+                    continue;
+                }
                 match r {
                     Ok(original) => {
                         out.write_all(&buf[j * record_bytes..(j + 1) * record_bytes])?;
@@ -334,11 +434,15 @@ fn write_part(
             entries,
         };
         let json = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&index_path, &json).map_err(std::io::Error::other)?;
+        crate::fsutil::write_atomic(&index_path, &json)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         Ok(index)
     })();
-    match result.and_then(|index| Ok((File::open(&pixels_path)?, index))) {
-        Ok((pixels, index)) => Ok(Part { pixels, index }),
+    match result {
+        Ok(index) => Ok(Part {
+            pixels: pixels_path,
+            index,
+        }),
         Err(e) => {
             let _ = std::fs::remove_file(&index_path);
             let _ = std::fs::remove_file(&pixels_path);
@@ -349,8 +453,9 @@ fn write_part(
 
 /// Loads `files` through the store for `decoding` under `root`: reused records are
 /// looked up, new or changed files decoded (on all cores) into a new part.
-/// `progress(done, total)` counts found and decoded files. Unreadable files are
-/// skipped with their reason, as [`super::decode_all`] does, and remembered.
+/// `progress(done, total)` counts found and decoded files. Files that cannot be used
+/// are skipped with their reason, as [`super::decode_all`] does; broken content is
+/// remembered, a file that could not be read now (permissions, I/O) is not.
 pub fn load(
     root: &Path,
     files: &[PathBuf],
@@ -359,6 +464,9 @@ pub fn load(
 ) -> Result<CachedLoad, CacheError> {
     let store = root.join(store_name(decoding));
     std::fs::create_dir_all(&store).map_err(|e| CacheError::Folder(store.clone(), e))?;
+    // Marked used before anything else, so `clean --unused-days` leaves a store being
+    // filled alone.
+    touch_last_used(&store);
     let record_bytes = 3 * (decoding.size.width * decoding.size.height) as usize;
     let (mut parts, damaged_parts) = read_parts(&store, record_bytes as u64);
     // The newest part wins when two know a file (two runs decoded it at once).
@@ -368,7 +476,7 @@ pub fn load(
             known.insert(&e.key, (p as u32, e));
         }
     }
-    let keys: Vec<Option<FileKey>> = files.par_iter().map(|f| FileKey::of(f)).collect();
+    let keys = keys_of(files);
     let found: Vec<Option<(u32, Entry)>> = keys
         .iter()
         .map(|k| {
@@ -414,11 +522,6 @@ pub fn load(
         drop(by_key);
         parts.push(part);
     }
-    // Mark the store used now (for `tlcap-tui cache` and `clean --unused-days`).
-    let _ = std::fs::write(
-        store.join("last-used"),
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    );
 
     let mut index = Vec::with_capacity(total);
     let mut at = Vec::new();
@@ -464,9 +567,25 @@ pub fn load(
             }
         }
     }
+    // Only the parts this dataset uses stay open, renumbered in order.
+    let mut opened: Vec<File> = Vec::new();
+    let mut number: HashMap<u32, u32> = HashMap::new();
+    for a in &mut at {
+        let n = match number.get(&a.part) {
+            Some(&n) => n,
+            None => {
+                let path = &parts[a.part as usize].pixels;
+                let file = File::open(path).map_err(|e| CacheError::Read(path.clone(), e))?;
+                opened.push(file);
+                number.insert(a.part, opened.len() as u32 - 1);
+                opened.len() as u32 - 1
+            }
+        };
+        a.part = n;
+    }
     Ok(CachedLoad {
         pixels: CachedPixels {
-            parts: parts.into_iter().map(|p| p.pixels).collect(),
+            parts: opened,
             at,
             record_bytes,
         },
@@ -482,6 +601,12 @@ pub fn load(
     })
 }
 
+/// Writes the time now into the store's `last-used` file (atomically).
+fn touch_last_used(store: &Path) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let _ = crate::fsutil::write_atomic(&store.join("last-used"), now.as_bytes());
+}
+
 /// One store, as `tlcap-tui cache` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreInfo {
@@ -493,11 +618,16 @@ pub struct StoreInfo {
     pub images: u64,
     /// Bytes of every file in the folder (leftovers of cut-short parts included).
     pub bytes: u64,
+    /// Bytes of pixel files without an index (a load cut short, or one writing now).
+    pub leftover: u64,
     /// When a load last used it (RFC 3339), if known.
     pub last_used: Option<String>,
+    /// Days since then (from `last-used`, else the newest file in the store).
+    pub unused_days: i64,
 }
 
-/// The stores under `root`, by name.
+/// The stores under `root` (folders named as [`store_name`] names them; anything
+/// else there is not the cache's), by name.
 pub fn list(root: &Path) -> std::io::Result<Vec<StoreInfo>> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(root) {
@@ -505,24 +635,33 @@ pub fn list(root: &Path) -> std::io::Result<Vec<StoreInfo>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
+    let now = chrono::Utc::now();
     for e in rd.filter_map(Result::ok) {
         let dir = e.path();
-        if !dir.is_dir() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !dir.is_dir() || !is_store_name(&name) {
             continue;
         }
+        let last_used = std::fs::read_to_string(dir.join("last-used"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok());
         let mut info = StoreInfo {
-            name: e.file_name().to_string_lossy().into_owned(),
+            name,
             dir: dir.clone(),
             parts: 0,
             images: 0,
             bytes: 0,
-            last_used: std::fs::read_to_string(dir.join("last-used"))
-                .ok()
-                .map(|s| s.trim().to_string()),
+            leftover: 0,
+            unused_days: 0,
+            last_used: last_used.clone(),
         };
+        let mut newest = u64::MAX;
         for f in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
             let path = f.path();
-            info.bytes += f.metadata().map_or(0, |m| m.len());
+            let len = f.metadata().map_or(0, |m| m.len());
+            info.bytes += len;
+            newest = newest.min(age_seconds(&path));
             if path.extension().is_some_and(|x| x == "index") {
                 if let Some(ix) = std::fs::read(&path)
                     .ok()
@@ -531,8 +670,20 @@ pub fn list(root: &Path) -> std::io::Result<Vec<StoreInfo>> {
                     info.parts += 1;
                     info.images += ix.records;
                 }
+            } else if path.extension().is_some_and(|x| x == "pixels")
+                && !path.with_extension("index").exists()
+            {
+                info.leftover += len;
             }
         }
+        info.unused_days = match last_used
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            Some(t) => (now - t.with_timezone(&chrono::Utc)).num_days(),
+            None if newest == u64::MAX => i64::MAX,
+            None => (newest / 86_400) as i64,
+        };
         out.push(info);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -540,25 +691,33 @@ pub fn list(root: &Path) -> std::io::Result<Vec<StoreInfo>> {
 }
 
 /// Deletes the stores under `root` (those not used for `unused_days` days, when
-/// given); returns the stores deleted and the bytes freed.
+/// given): their parts, `last-used` and temp files, then the folder if that leaves it
+/// empty (a file the cache did not make stays, with its folder). Returns the stores
+/// deleted and the bytes freed.
 pub fn clean(root: &Path, unused_days: Option<u64>) -> std::io::Result<(Vec<StoreInfo>, u64)> {
-    let now = chrono::Utc::now();
     let mut removed = Vec::new();
     let mut freed = 0;
     for store in list(root)? {
-        let old_enough = match unused_days {
-            None => true,
-            Some(days) => store
-                .last_used
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_none_or(|t| (now - t.with_timezone(&chrono::Utc)).num_days() >= days as i64),
-        };
-        if old_enough {
-            std::fs::remove_dir_all(&store.dir)?;
-            freed += store.bytes;
-            removed.push(store);
+        if unused_days.is_some_and(|days| store.unused_days < days as i64) {
+            continue;
         }
+        let mut bytes = 0;
+        for f in std::fs::read_dir(&store.dir)?.filter_map(Result::ok) {
+            let path = f.path();
+            let name = f.file_name().to_string_lossy().into_owned();
+            let ours = name == "last-used"
+                || name.starts_with(".tlcap-tmp-")
+                || path
+                    .extension()
+                    .is_some_and(|x| x == "index" || x == "pixels");
+            if ours && f.file_type().is_ok_and(|t| t.is_file()) {
+                bytes += f.metadata().map_or(0, |m| m.len());
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let _ = std::fs::remove_dir(&store.dir);
+        freed += bytes;
+        removed.push(StoreInfo { bytes, ..store });
     }
     Ok((removed, freed))
 }
@@ -576,8 +735,15 @@ pub fn print_list() -> anyhow::Result<()> {
         "store", "parts", "images", "size"
     ))?;
     for s in &stores {
+        let leftover = match s.leftover {
+            0 => String::new(),
+            n => format!(
+                " ({} in pixel files without an index: a load cut short, or writing now)",
+                crate::fsutil::human_bytes(n)
+            ),
+        };
         crate::stdout::line(format!(
-            "{:<28} {:>6} {:>9} {:>10}  {}",
+            "{:<28} {:>6} {:>9} {:>10}  {}{leftover}",
             s.name,
             s.parts,
             s.images,
@@ -630,6 +796,16 @@ mod tests {
     #[test]
     fn store_names_say_the_decoding() {
         assert_eq!(store_name(&decoding()), "8x6-bilinear-full");
+        assert!(is_store_name(&store_name(&decoding())));
+        for other in [
+            "photos",
+            "8x6-bilinear",
+            "8x-bilinear-full",
+            "8x6-lanczos-full",
+            "8x6-nearest-full-x",
+        ] {
+            assert!(!is_store_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -145,6 +145,36 @@ fn a_changed_or_new_file_is_decoded_alone() {
     // A third load finds both in the second part.
     let again = Dataset::load_cached_in(&exp, cache.path(), &no_progress).unwrap();
     assert_eq!(again.image_cache.unwrap().report.decoded, 0);
+
+    // Only the modification time changes (same size, same bytes, as a restore from a
+    // backup would leave it): decoded again, as the key says.
+    let len = std::fs::metadata(&changed).unwrap().len();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&changed)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&changed).unwrap().len(), len);
+    let touched = Dataset::load_cached_in(&exp, cache.path(), &no_progress).unwrap();
+    let c = touched.image_cache.as_ref().unwrap();
+    assert_eq!((c.report.reused, c.report.decoded), (10, 1));
+    assert!(all_pixels(&touched).equal(&all_pixels(&uncached(data.path()))));
+}
+
+#[test]
+fn the_same_folder_by_two_spellings_shares_its_records() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let images = data.path().join("images");
+    make_data(&images, 3);
+    std::fs::create_dir_all(data.path().join("exp")).unwrap();
+    Dataset::load_cached_in(&experiment(&images, "auto"), cache.path(), &no_progress).unwrap();
+    let roundabout = data.path().join("exp/../images");
+    let ds = Dataset::load_cached_in(&experiment(&roundabout, "auto"), cache.path(), &no_progress)
+        .unwrap();
+    assert_eq!(ds.image_cache.unwrap().report.decoded, 0);
 }
 
 #[test]
@@ -269,9 +299,31 @@ fn cache_command_lists_and_cleans_stores() {
     assert!(listed.contains("1 store(s)"), "{listed}");
     // Used just now: not unused for a day.
     assert!(tlcap(&["cache", "clean", "--unused-days", "1"]).contains("0 store(s) deleted"));
+    // A store last used 40 days ago goes with --unused-days 30; a folder that is not
+    // a store (someone's files beside the cache) is neither listed nor touched.
+    let old = cache.path().join("64x64-bicubic-stretch");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("last-used"), "2026-01-01T00:00:00Z").unwrap();
+    std::fs::write(old.join("1-2-3.pixels"), vec![0u8; 100]).unwrap();
+    let mine = cache.path().join("my-photos");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("keep.png"), b"mine").unwrap();
+    let listed = tlcap(&["cache"]);
+    assert!(
+        listed.contains("64x64-bicubic-stretch") && !listed.contains("my-photos"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("in pixel files without an index"),
+        "{listed}"
+    );
+    let cleaned = tlcap(&["cache", "clean", "--unused-days", "30"]);
+    assert!(cleaned.contains("1 store(s) deleted"), "{cleaned}");
+    assert!(!old.exists() && cache.path().join("32x32-nearest-full").exists());
     let cleaned = tlcap(&["cache", "clean"]);
     assert!(cleaned.contains("1 store(s) deleted"), "{cleaned}");
     assert!(tlcap(&["cache"]).contains("empty"));
+    assert!(mine.join("keep.png").exists());
 }
 
 #[test]
@@ -373,13 +425,13 @@ fn a_full_disk_leaves_no_part_and_the_images_are_decoded_into_memory() {
         "{words}"
     );
     assert!(all_pixels(&ds).equal(&all_pixels(&uncached(data.path()))));
-    // Nothing was written: no part, no index, no leftovers.
+    // Nothing was written but the store's `last-used` stamp: no part, no leftovers.
     let store = disk.dir.path().join("40x32-nearest-full");
     let left: Vec<_> = std::fs::read_dir(&store)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left, ["last-used"]);
     // `disk` cannot read per batch from a cache it could not write: memory too.
     let ds = Dataset::load_cached_in(
         &experiment(data.path(), "disk"),
