@@ -63,8 +63,13 @@ pub(super) fn on_file(app: &mut App, path: PathBuf, file: FileState) -> Vec<Acti
         FileState::Valid(new) => {
             let was_invalid = matches!(app.entries[i].file, FileState::Invalid { .. });
             app.entries[i].file = FileState::Valid(new.clone());
-            // The model it would build may differ now.
+            // The model it would build may differ now, and its data folder (a label
+            // file's split column decides instead).
             app.entries[i].model_preview = None;
+            if new.data.labels.is_some() || old.as_ref().is_some_and(|o| o.data.dir != new.data.dir)
+            {
+                app.entries[i].fixed_validation = None;
+            }
             if was_invalid {
                 app.say(false, format!("{name}: the file is valid again"));
             }

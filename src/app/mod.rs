@@ -165,9 +165,10 @@ pub enum AppEvent {
     /// The layers an experiment file's settings build (or why not), for its model
     /// pane before it runs.
     ModelPreview(PathBuf, Result<Vec<crate::model::LayerInfo>, String>),
-    /// The validation folder of an experiment file's data folder, when its `train/`
-    /// and `val/` folders fix the split (see [`Action::DescribeData`]).
-    DataLayout(PathBuf, Option<String>),
+    /// The validation folder of an experiment file's data folder (the file, the data
+    /// folder looked at, the answer), when its `train/` and `val/` folders fix the
+    /// split (see [`Action::DescribeData`]).
+    DataLayout(PathBuf, PathBuf, Option<String>),
 }
 
 impl App {
@@ -311,8 +312,14 @@ pub fn update(app: &mut App, event: AppEvent) -> Vec<Action> {
             }
             Vec::new()
         }
-        AppEvent::DataLayout(path, folder) => {
-            if let Some(e) = app.entries.iter_mut().find(|e| e.path == path) {
+        AppEvent::DataLayout(path, dir, folder) => {
+            // An answer about a folder the file no longer names (a quick second edit)
+            // is old news.
+            let entry = app.entries.iter_mut().find(|e| e.path == path);
+            if let Some(e) = entry.filter(|e| {
+                e.settings()
+                    .is_some_and(|s| s.data.labels.is_none() && s.data.dir == dir)
+            }) {
                 e.fixed_validation = folder;
             }
             Vec::new()

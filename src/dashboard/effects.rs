@@ -99,7 +99,8 @@ impl Effects {
                 }
                 Action::DescribeData(path, dir) => {
                     self.jobs.spawn("looking at a data folder", move || {
-                        AppEvent::DataLayout(path, crate::data::fixed_validation_folder(&dir))
+                        let folder = crate::data::fixed_validation_folder(&dir);
+                        AppEvent::DataLayout(path, dir, folder)
                     })
                 }
                 Action::RememberSelection(path) => {

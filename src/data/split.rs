@@ -34,11 +34,13 @@ pub fn stratified_split(
 
 /// Splits item indices into (train, validation) by group: no group has items on both
 /// sides, and each class's share of validation images is kept as near `fraction` as
-/// the groups allow (sklearn's `StratifiedGroupKFold`, for one split). Groups are
-/// shuffled with a generator seeded by `seed` and taken largest first (ties in the
-/// shuffled order); each goes to validation when that brings the classes' validation
-/// shares nearer to `fraction` (the sum of squared differences), else it trains. With
-/// two or more groups, at least one is on each side. Both lists come back sorted.
+/// the groups allow (in the spirit of sklearn's `StratifiedGroupKFold`, for one
+/// split). Groups are shuffled with a generator seeded by `seed` and taken largest
+/// first (ties in the shuffled order); each goes to validation when that brings the
+/// classes' validation shares nearer to `fraction` (the sum of squared differences),
+/// else it trains. With two or more groups, at least one is on each side, and a
+/// class found in two or more groups has images on both sides. Both lists come back
+/// sorted.
 pub fn grouped_split(
     groups: &[String],
     labels: &[usize],
@@ -101,6 +103,29 @@ pub fn grouped_split(
             sides[k] = true;
         } else if sides.iter().all(|&v| v) {
             sides[0] = false;
+        }
+    }
+    // A class in two or more groups keeps images on both sides, as the stratified
+    // split's classes do: its smallest group crosses over when one side has none
+    // (if that leaves the other side a group).
+    for class in 0..n_classes {
+        let with: Vec<usize> = (0..order.len())
+            .filter(|&k| order[k].iter().any(|&i| labels[i] == class))
+            .collect();
+        if with.len() < 2 {
+            continue;
+        }
+        for from_val in [true, false] {
+            if with.iter().any(|&k| sides[k] != from_val) {
+                continue; // the class has images on the other side already
+            }
+            let left_on_side = sides.iter().filter(|&&v| v == from_val).count();
+            if left_on_side < 2 {
+                continue;
+            }
+            if let Some(&k) = with.iter().min_by_key(|&&k| order[k].len()) {
+                sides[k] = !from_val;
+            }
         }
     }
     let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -175,6 +200,29 @@ mod tests {
         for seed in 0..20 {
             let (_, v) = grouped_split(&big, &big_labels, 2, 0.2, seed);
             assert!(v.len() <= 25, "seed {seed}: {} validate", v.len());
+        }
+    }
+
+    #[test]
+    fn a_class_in_two_groups_has_images_on_both_sides() {
+        // Class 1 is in two groups of one image each; class 0 in eight of two. With a
+        // tiny fraction nothing of class 1 would validate; with a large one, nothing
+        // would train.
+        let mut groups: Vec<String> = (0..16).map(|i| format!("w{}", i / 2)).collect();
+        let mut labels = vec![0usize; 16];
+        groups.extend(["ill1".to_string(), "ill2".to_string()]);
+        labels.extend([1, 1]);
+        for fraction in [0.05, 0.2, 0.5, 0.95] {
+            for seed in 0..5 {
+                let (train, val) = grouped_split(&groups, &labels, 2, fraction, seed);
+                for class in 0..2 {
+                    assert!(
+                        train.iter().any(|&i| labels[i] == class)
+                            && val.iter().any(|&i| labels[i] == class),
+                        "fraction {fraction} seed {seed}: class {class} on one side"
+                    );
+                }
+            }
         }
     }
 

@@ -527,7 +527,17 @@ fn the_idle_pane_says_when_train_and_val_folders_fix_the_split() {
     let folder = tlcap::data::fixed_validation_folder(data.path());
     assert_eq!(folder.as_deref(), Some("val"));
     let path = app.current().unwrap().path.clone();
-    update(&mut app, AppEvent::DataLayout(path.clone(), folder));
+    let dir = app.current().unwrap().settings().unwrap().data.dir.clone();
+    // An answer about another folder (the file was edited meanwhile) changes nothing.
+    update(
+        &mut app,
+        AppEvent::DataLayout(path.clone(), "/elsewhere".into(), folder.clone()),
+    );
+    assert!(render(&app, 100, 30).contains("validation 20%"));
+    update(
+        &mut app,
+        AppEvent::DataLayout(path.clone(), dir.clone(), folder.clone()),
+    );
     let screen = render(&app, 100, 30);
     assert!(
         screen.contains("batch 32, validation: its val/ folder"),
@@ -545,8 +555,25 @@ fn the_idle_pane_says_when_train_and_val_folders_fix_the_split() {
     assert!(matches!(&actions[..], [Action::DescribeData(p, _)] if p == &path));
     std::fs::create_dir_all(data.path().join("extra")).unwrap();
     assert_eq!(tlcap::data::fixed_validation_folder(data.path()), None);
-    update(&mut app, AppEvent::DataLayout(path, None));
+    update(
+        &mut app,
+        AppEvent::DataLayout(path.clone(), dir.clone(), None),
+    );
     assert!(render(&app, 100, 30).contains("validation 20%"));
+    // Switching the file to a label file forgets the folder's answer at once.
+    update(&mut app, AppEvent::DataLayout(path.clone(), dir, folder));
+    let mut labelled = experiment("quickstart");
+    labelled.data.labels = Some("/data/labels.csv".into());
+    let actions = update(
+        &mut app,
+        AppEvent::FileLoaded(path, FileState::Valid(Box::new(labelled))),
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    let screen = render(&app, 100, 30);
+    assert!(
+        screen.contains("validation 20%") && !screen.contains("val/ folder"),
+        "{screen}"
+    );
 }
 
 fn render(app: &App, width: u16, height: u16) -> String {
