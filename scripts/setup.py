@@ -397,7 +397,8 @@ def setup_assets():
     stamp = root / "assets.stamp"
     data = root / "data"
     expected = [root / "weights" / WEIGHT_FILES[0], root / "weights" / WEIGHT_FILES[1],
-                data / "elpv" / "functional", data / "elpv" / "defective", data / "elpv-raw" / "labels.csv"]
+                data / "elpv" / "functional", data / "elpv" / "defective", data / "elpv-raw" / "labels.csv",
+                data / "elpv-raw" / "findings.csv"]
     if stamp.exists() and stamp.read_text() == stamp_text(entries) and all(p.exists() for p in expected):
         say(f"ELPV data and ImageNet weights are ready under {root}")
         link("data", data)
@@ -437,8 +438,34 @@ def setup_assets():
         dst.symlink_to(Path("..") / ".." / "elpv-raw" / parts[0])
         counts[cls] += 1
     say(f"ELPV: {counts['functional']} functional, {counts['defective']} defective images in {elpv}")
+    write_findings(raw)
     stamp.write_text(stamp_text(entries))
     link("data", data)
+
+
+def write_findings(raw):
+    """ELPV's two annotations as a multi-label file (experiments/elpv-findings.yaml):
+    `defective` (defect probability >= 0.5), `polycrystalline` (the cell type) and
+    `uncertain` (the experts graded it 1/3 or 2/3 rather than sure)."""
+    rows = ["path,findings"]
+    counts = {"defective": 0, "polycrystalline": 0, "uncertain": 0}
+    for line in (raw / "labels.csv").read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        p = float(parts[1])
+        found = []
+        if p >= 0.5:
+            found.append("defective")
+        if parts[2] == "poly":
+            found.append("polycrystalline")
+        if 0.0 < p < 1.0:
+            found.append("uncertain")
+        for f in found:
+            counts[f] += 1
+        rows.append(f"{parts[0]},{'|'.join(found)}")
+    (raw / "findings.csv").write_text("\n".join(rows) + "\n")
+    say(f"ELPV findings (multi-label): {counts} of {len(rows) - 1} images in {raw / 'findings.csv'}")
 
 
 def main(argv):

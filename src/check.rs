@@ -17,7 +17,7 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
         message,
     };
     let mut problems = Vec::new();
-    match crate::data::find(&exp.data) {
+    match crate::data::find(exp) {
         // A label file's problems, one each, with their CSV lines.
         Err(crate::data::DataError::Labels(csv, list)) => {
             for p in list {

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::labels::Rows;
 use crate::data::Skipped;
 use crate::model_card::{run_checkpoint, Checkpoint, Predictor};
-use crate::train::metrics::{binary_scores, ClassScores, Confusion};
+use crate::train::metrics::{
+    binary_scores, multilabel_scores, ClassScores, Confusion, MultiLabelScores,
+};
 use crate::train::Phase;
 
 /// The file `evaluate` writes in the run folder.
@@ -51,6 +53,11 @@ pub struct TestScores {
     pub recall: Option<f64>,
     pub f1: Option<f64>,
     pub auc: Option<f64>,
+    /// Multi-label: every label's scores at the run's thresholds and their summaries
+    /// (then `accuracy` is the share of right (image, label) decisions, `loss` the
+    /// mean binary cross-entropy, and the confusion matrix is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilabel: Option<MultiLabelScores>,
 }
 
 /// Reads a run's `test.json`, if `evaluate` wrote one.
@@ -58,11 +65,11 @@ pub fn read(run: &Path) -> Option<TestScores> {
     serde_json::from_slice(&std::fs::read(run.join(FILE)).ok()?).ok()
 }
 
-/// Test images found: where from, each image with its class name, and the files
-/// left out.
+/// Test images found: where from, each image with its class name (multi-label: its
+/// label names), and the files left out.
 struct TestSet {
     source: PathBuf,
-    files: Vec<(PathBuf, String)>,
+    files: Vec<(PathBuf, Vec<String>)>,
     skipped: Vec<Skipped>,
 }
 
@@ -72,14 +79,13 @@ fn test_images(exp: &crate::config::Experiment, test: Option<&Path>) -> anyhow::
         Some(p) if p.is_dir() => (p.to_path_buf(), crate::data::scan_classes(p)?),
         Some(p) => (
             p.to_path_buf(),
-            crate::data::labels::read(p, &exp.data.dir, &exp.data.columns, Rows::Test)?,
+            crate::data::labels::read(p, exp, Rows::Test)?,
         ),
         None => match &exp.data.labels {
             // The run's own label file: only rows it marks `test`, never the rows the
             // run trained and validated on.
             Some(csv) => {
-                let found =
-                    crate::data::labels::read(csv, &exp.data.dir, &exp.data.columns, Rows::Test)?;
+                let found = crate::data::labels::read(csv, exp, Rows::Test)?;
                 if !found.has_split_column {
                     bail!(
                         "no test set: the run's label file {} has no `{}` column marking test \
@@ -103,11 +109,25 @@ fn test_images(exp: &crate::config::Experiment, test: Option<&Path>) -> anyhow::
         },
     };
     let (source, found) = scan;
-    let files = found
-        .files
-        .into_iter()
-        .map(|(path, label)| (path, found.classes[label].clone()))
-        .collect::<Vec<_>>();
+    let files = match &found.multi_hot {
+        None => found
+            .files
+            .into_iter()
+            .map(|(path, label)| (path, vec![found.classes[label].clone()]))
+            .collect::<Vec<_>>(),
+        Some(hot) => found
+            .files
+            .into_iter()
+            .zip(hot)
+            .map(|((path, _), h)| {
+                let names = (0..found.classes.len())
+                    .filter(|&l| h[l])
+                    .map(|l| found.classes[l].clone())
+                    .collect();
+                (path, names)
+            })
+            .collect(),
+    };
     if files.is_empty() {
         bail!("{}: no test images", source.display());
     }
@@ -133,8 +153,12 @@ pub fn evaluate(
         files,
         mut skipped,
     } = test_images(&exp, test)?;
+    if let Some(thresholds) = predictor.thresholds.clone() {
+        return evaluate_multilabel(&predictor, thresholds, (checkpoint, source, files), skipped);
+    }
     let mut truth = Vec::with_capacity(files.len());
-    for (path, class) in &files {
+    for (path, names) in &files {
+        let class = names.first().map_or("", String::as_str);
         let Some(i) = classes.iter().position(|c| c == class) else {
             bail!(
                 "{}: class `{class}` is not one the model knows ({classes:?})",
@@ -189,7 +213,115 @@ pub fn evaluate(
         recall: binary.as_ref().map(|b| b.recall),
         f1: binary.as_ref().map(|b| b.f1),
         auc: binary.and_then(|b| b.auc),
+        multilabel: None,
     })
+}
+
+/// [`evaluate`] for a multi-label model: every label scored at the run's thresholds.
+/// A label the model does not know is an error; a label the test set never names is
+/// absent from every image.
+fn evaluate_multilabel(
+    predictor: &Predictor,
+    thresholds: Vec<f64>,
+    (checkpoint, source, files): (PathBuf, PathBuf, Vec<(PathBuf, Vec<String>)>),
+    mut skipped: Vec<Skipped>,
+) -> anyhow::Result<TestScores> {
+    let labels = &predictor.classes;
+    let n = labels.len();
+    let mut truth: Vec<Vec<u8>> = Vec::with_capacity(files.len());
+    for (path, names) in &files {
+        let mut hot = vec![0u8; n];
+        for name in names {
+            let Some(l) = labels.iter().position(|c| c == name) else {
+                bail!(
+                    "{}: label `{name}` is not one the model knows ({labels:?})",
+                    path.display()
+                );
+            };
+            hot[l] = 1;
+        }
+        truth.push(hot);
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+    let (mut hot, mut probs) = (Vec::new(), Vec::new());
+    for ((path, t), answer) in paths.iter().zip(&truth).zip(predictor.predict(&paths)) {
+        match answer {
+            Ok(p) => {
+                hot.extend_from_slice(t);
+                probs.extend(p.probabilities.iter().map(|&v| v as f32));
+            }
+            Err(e) => skipped.push(Skipped {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    if hot.is_empty() {
+        bail!("{}: no test image could be read", source.display());
+    }
+    let images = hot.len() / n;
+    let loss = hot
+        .iter()
+        .zip(&probs)
+        .map(|(&y, &p)| {
+            let p = f64::from(p).clamp(1e-7, 1.0 - 1e-7);
+            if y == 1 {
+                -p.ln()
+            } else {
+                -(1.0 - p).ln()
+            }
+        })
+        .sum::<f64>()
+        / hot.len() as f64;
+    let scores = multilabel_scores(&hot, &probs, &thresholds);
+    Ok(TestScores {
+        source,
+        checkpoint,
+        epoch: predictor.epoch,
+        phase: predictor.phase.0,
+        classes: labels.clone(),
+        images,
+        skipped: skipped.into_iter().map(|s| (s.path, s.reason)).collect(),
+        accuracy: scores.label_accuracy,
+        loss,
+        confusion: Confusion::new(0, &[], &[]),
+        per_class: Vec::new(),
+        precision: None,
+        recall: None,
+        f1: Some(scores.macro_f1),
+        auc: scores.mean_auc,
+        multilabel: Some(scores),
+    })
+}
+
+/// A multi-label task's table in text: one row per label, then the summaries.
+pub fn label_table(labels: &[String], s: &MultiLabelScores) -> String {
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{a:.4}"));
+    let mut out = format!(
+        "  {:<16}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}",
+        "label", "support", "auc", "ap", "thresh", "prec", "recall", "f1"
+    );
+    for (name, l) in labels.iter().zip(&s.labels) {
+        out += &format!(
+            "\n  {name:<16}{:>8}{:>8}{:>8}{:>8.3}{:>8.4}{:>8.4}{:>8.4}",
+            l.support,
+            opt(l.auc),
+            opt(l.average_precision),
+            l.threshold,
+            l.precision,
+            l.recall,
+            l.f1
+        );
+    }
+    out += &format!(
+        "\n  mean auc {}  mAP {}  macro f1 {:.4}  label accuracy {:.4}  exact match {:.4}",
+        opt(s.mean_auc),
+        opt(s.map),
+        s.macro_f1,
+        s.label_accuracy,
+        s.exact_match
+    );
+    out
 }
 
 /// The scores in a few lines of text.
@@ -211,6 +343,15 @@ pub fn words(s: &TestScores) -> String {
         s.accuracy,
         s.loss
     );
+    if let Some(ml) = &s.multilabel {
+        out = out.replacen("accuracy", "label accuracy", 1);
+        out += "\n";
+        out += &label_table(&s.classes, ml);
+        for (path, why) in s.skipped.iter().take(10) {
+            out += &format!("\n  skipped {}: {why}", path.display());
+        }
+        return out;
+    }
     if let (Some(p), Some(r), Some(f)) = (s.precision, s.recall, s.f1) {
         out += &format!(
             "  precision {p:.4}  recall {r:.4}  f1 {f:.4}  auc {}",

@@ -75,8 +75,16 @@ pub fn export(
             exp.model.backbone,
             exp.data.augment.rescale,
         )),
-        output: format!("probabilities [N, {}]", predictor.classes.len()),
-        threshold: (predictor.classes.len() == 2).then_some(0.5),
+        output: match &predictor.thresholds {
+            None => format!("probabilities [N, {}]", predictor.classes.len()),
+            Some(_) => format!(
+                "probabilities [N, {}]: each label's own (sigmoid), not summing to 1",
+                predictor.classes.len()
+            ),
+        },
+        threshold: (predictor.classes.len() == 2 && predictor.thresholds.is_none()).then_some(0.5),
+        multilabel: predictor.thresholds.is_some(),
+        thresholds: predictor.thresholds.clone().unwrap_or_default(),
         classes: predictor.classes.clone(),
         backbone: exp.model.backbone.name().to_string(),
         precision: crate::text::precision(predictor.precision()).to_string(),

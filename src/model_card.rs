@@ -171,6 +171,13 @@ pub struct ModelCard {
     /// Test-time augmentation (`tta` over 1): whether this model includes it, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tta: Option<String>,
+    /// Multi-label: `classes` are labels, each output its own sigmoid probability, and
+    /// a label is predicted at or over its threshold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multilabel: bool,
+    /// Multi-label: each label's threshold, in output order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<f64>,
 }
 
 impl ModelCard {
@@ -204,12 +211,42 @@ impl ModelCard {
     }
 }
 
+/// What a network's outputs mean: one class per image, or labels with thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Class (or label) names in output order.
+    pub classes: Vec<String>,
+    /// Multi-label: each label's threshold; None for one class per image.
+    pub thresholds: Option<Vec<f64>>,
+}
+
+impl Head {
+    /// From a checkpoint's metadata: multi-label ones without thresholds (written
+    /// before an epoch finished) take the settings'.
+    fn of(info: &crate::train::run_dir::CheckpointInfo, exp: &Experiment) -> Head {
+        Head {
+            classes: info.classes.clone(),
+            thresholds: info.multilabel.then(|| {
+                if info.thresholds.len() == info.classes.len() {
+                    info.thresholds.clone()
+                } else {
+                    exp.multilabel
+                        .thresholds_of(&info.classes)
+                        .unwrap_or_else(|_| vec![exp.multilabel.threshold; info.classes.len()])
+                }
+            }),
+        }
+    }
+}
+
 /// A trained network ready to answer (`predict` adds `Predictor::predict`: answers for
 /// image files).
 pub struct Predictor {
     net: Classifier,
-    /// Class names in label order.
+    /// Class names in label order (multi-label: label names).
     pub classes: Vec<String>,
+    /// Multi-label: each label's threshold; None for one class per image.
+    pub thresholds: Option<Vec<f64>>,
     /// The settings it was trained with.
     pub experiment: Experiment,
     /// The epoch of the checkpoint (1-based).
@@ -228,9 +265,13 @@ impl Predictor {
             let card = ModelCard::read_for(target)?;
             let tensors = crate::weights::read_file(target)?.tensors;
             let precision = card.precision_kind();
+            let head = Head {
+                thresholds: card.multilabel.then_some(card.thresholds),
+                classes: card.classes,
+            };
             return Predictor::build(
                 card.experiment,
-                card.classes,
+                head,
                 (card.epoch, card.phase, card.unfrozen),
                 precision,
                 &tensors,
@@ -255,9 +296,10 @@ impl Predictor {
         let (tensors, info) = read_checkpoint(&checkpoint)
             .with_context(|| format!("cannot use {}", checkpoint.display()))?;
         let precision = info.precision.unwrap_or(exp.precision);
+        let head = Head::of(&info, &exp);
         Predictor::build(
             exp,
-            info.classes,
+            head,
             (info.epoch, info.phase, info.unfrozen),
             precision,
             &tensors,
@@ -267,13 +309,17 @@ impl Predictor {
     /// The network of `exp` with these tensors, its layers as in that epoch's phase.
     fn build(
         exp: Experiment,
-        classes: Vec<String>,
+        head: Head,
         (epoch, phase, unfrozen): (u32, Phase, usize),
         precision: Precision,
         tensors: &[(String, Tensor)],
     ) -> anyhow::Result<Predictor> {
         let device = select_device(&exp.device)?;
-        let mut net = Classifier::new(&exp, classes.len(), device)?;
+        let Head {
+            classes,
+            thresholds,
+        } = head;
+        let mut net = Classifier::build(&exp, classes.len(), thresholds.is_some(), device)?;
         // The layer states and precision of the checkpoint's epoch, so that the frozen
         // part computes as it did in validation.
         match phase {
@@ -289,6 +335,7 @@ impl Predictor {
         Ok(Predictor {
             net,
             classes,
+            thresholds,
             experiment: exp,
             epoch,
             phase: (phase, unfrozen),

@@ -135,6 +135,14 @@ impl Model {
         }
     }
 
+    /// Multi-label: each label's threshold; None for one class per image.
+    pub fn thresholds(&self) -> Option<Vec<f64>> {
+        match self {
+            Model::Native(p) => p.thresholds.clone(),
+            Model::Script(e) => e.card.multilabel.then(|| e.card.thresholds.clone()),
+        }
+    }
+
     /// Class and probabilities for each image.
     pub fn predict(&self, images: &[PathBuf]) -> Vec<Result<Prediction, PredictError>> {
         match self {
@@ -184,8 +192,50 @@ pub struct PredictOptions {
     /// One JSON object per line instead of tab-separated text.
     pub json: bool,
     /// Two classes: predict the second class when its probability is at least this
-    /// (default: the most probable class, i.e. 0.5).
+    /// (default: the most probable class, i.e. 0.5). Multi-label: every label's
+    /// threshold (default: each label's own, from the run).
     pub threshold: Option<f64>,
+}
+
+/// A multi-label answer's line: the labels at or over their thresholds (`-` for
+/// none), then every label's probability; or the JSON object with the labels, every
+/// probability and the thresholds.
+fn multilabel_line(p: &Prediction, labels: &[String], thresholds: &[f64], json: bool) -> String {
+    let on: Vec<&str> = (0..labels.len())
+        .filter(|&l| p.probabilities[l] >= thresholds[l])
+        .map(|l| labels[l].as_str())
+        .collect();
+    let by_label = |values: &[f64]| {
+        labels
+            .iter()
+            .zip(values)
+            .map(|(c, v)| (c.clone(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    if json {
+        return serde_json::json!({
+            "path": p.path,
+            "labels": on,
+            "probabilities": by_label(&p.probabilities),
+            "thresholds": by_label(thresholds),
+        })
+        .to_string();
+    }
+    let all: Vec<String> = labels
+        .iter()
+        .zip(&p.probabilities)
+        .map(|(c, v)| format!("{c}={v:.4}"))
+        .collect();
+    format!(
+        "{}\t{}\t{}",
+        p.path.display(),
+        if on.is_empty() {
+            "-".to_string()
+        } else {
+            on.join(",")
+        },
+        all.join(" ")
+    )
 }
 
 /// Prints one line per image: `path  class  probability` (or JSON with every
@@ -193,9 +243,14 @@ pub struct PredictOptions {
 pub fn run(target: &Path, paths: &[PathBuf], options: PredictOptions) -> anyhow::Result<()> {
     let model = Model::load(target)?;
     let classes = model.classes().to_vec();
-    if options.threshold.is_some() && classes.len() != 2 {
+    let thresholds = model.thresholds().map(|own| match options.threshold {
+        Some(t) => vec![t; own.len()],
+        None => own,
+    });
+    if options.threshold.is_some() && classes.len() != 2 && thresholds.is_none() {
         bail!(
-            "--threshold applies to two classes; this model has {}",
+            "--threshold applies to two classes or a multi-label model; this model has {} \
+             classes",
             classes.len()
         );
     }
@@ -203,6 +258,10 @@ pub fn run(target: &Path, paths: &[PathBuf], options: PredictOptions) -> anyhow:
     let mut failed = 0;
     for (path, result) in images.iter().zip(model.predict(&images)) {
         match result {
+            Ok(p) if thresholds.is_some() => {
+                let at = thresholds.as_deref().unwrap_or_default();
+                crate::stdout::line(multilabel_line(&p, &classes, at, options.json))?;
+            }
             Ok(mut p) => {
                 if let Some(t) = options.threshold {
                     p.class = usize::from(p.probabilities[1] >= t);

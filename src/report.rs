@@ -89,9 +89,19 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
             b.phase.name(),
             b.val_accuracy,
             b.val_loss,
-            b.val_auc
-                .map(|a| format!(", AUC {a:.4}"))
-                .unwrap_or_default()
+            match &b.multilabel {
+                Some(ml) => format!(
+                    " (multi-label: right (image, label) decisions), mean AUC {}, mAP {}, \
+                     macro F1 {:.4}",
+                    ml.mean_auc.map_or("-".into(), |a| format!("**{a:.4}**")),
+                    ml.map.map_or("-".into(), |a| format!("{a:.4}")),
+                    ml.macro_f1
+                ),
+                None => b
+                    .val_auc
+                    .map(|a| format!(", AUC {a:.4}"))
+                    .unwrap_or_default(),
+            }
         )?;
     }
     if let Some(t) = crate::evaluate::read(run) {
@@ -119,8 +129,9 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
             m.accuracy,
             m.val_loss,
             m.val_accuracy,
-            // From the confusion matrix: runs written before the field have it too.
-            m.confusion.balanced_accuracy(),
+            // From the confusion matrix for runs written before the field.
+            m.val_balanced_accuracy
+                .unwrap_or_else(|| m.confusion.balanced_accuracy()),
             m.val_auc.map_or("-".into(), |a| format!("{a:.4}")),
             crate::text::short_float(m.lr),
             m.seconds
@@ -130,7 +141,22 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
         md,
         "\n![accuracy](accuracy.svg) ![loss](loss.svg) ![learning rate](lr.svg)\n"
     )?;
-    if let Some(b) = best {
+    if let Some((b, ml)) = best.and_then(|b| b.multilabel.as_ref().map(|ml| (b, ml))) {
+        writeln!(
+            md,
+            "## Labels, epoch {} (multi-label: each label at its threshold)\n",
+            b.epoch
+        )?;
+        let labels: Vec<String> = match &predictions {
+            Some(p) => p.classes.clone(),
+            None => (0..ml.labels.len()).map(|l| format!("label {l}")).collect(),
+        };
+        writeln!(
+            md,
+            "```\n{}\n```\n",
+            crate::evaluate::label_table(&labels, ml)
+        )?;
+    } else if let Some(b) = best {
         writeln!(
             md,
             "## Confusion matrix, epoch {} (rows: true class)\n",
@@ -148,6 +174,51 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
         confusion_chart(&run.join("confusion.svg"), &b.confusion, &classes)?;
     }
     match &predictions {
+        Some(p) if p.is_multilabel() => {
+            let names = |ls: &[usize]| match ls {
+                [] => "-".to_string(),
+                ls => ls
+                    .iter()
+                    .map(|&l| classes[l].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            writeln!(
+                md,
+                "## Most badly predicted validation images (epoch {}: {} of {} with a wrong \
+                 label)\n",
+                p.epoch,
+                p.wrong(),
+                p.images.len()
+            )?;
+            writeln!(
+                md,
+                "| labels | predicted | wrong (probability) | image |\n|---|---|---|---|"
+            )?;
+            for v in p.worst_first().into_iter().take(WORST) {
+                let wrong: Vec<String> = v
+                    .label_errors()
+                    .iter()
+                    .map(|&(l, fp)| {
+                        format!(
+                            "{} {} ({:.3})",
+                            if fp { "false" } else { "missed" },
+                            classes[l],
+                            v.probabilities[l]
+                        )
+                    })
+                    .collect();
+                writeln!(
+                    md,
+                    "| {} | {} | {} | [{}]({}) |",
+                    names(v.labels.as_deref().unwrap_or_default()),
+                    names(v.predicted_labels.as_deref().unwrap_or_default()),
+                    if wrong.is_empty() { "-".to_string() } else { wrong.join(", ") },
+                    v.path.file_name().unwrap_or_default().to_string_lossy(),
+                    v.path.display()
+                )?;
+            }
+        }
         Some(p) => {
             writeln!(
                 md,

@@ -35,6 +35,7 @@ pub fn monitor(m: Monitor) -> &'static str {
         Monitor::ValLoss => "val_loss",
         Monitor::Accuracy => "accuracy",
         Monitor::Loss => "loss",
+        Monitor::ValMeanAuc => "val_mean_auc",
     }
 }
 

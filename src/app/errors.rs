@@ -19,6 +19,9 @@ pub struct ErrorsView {
     pub epoch: Option<u32>,
     /// Index into the images, worst first.
     pub selected: usize,
+    /// Multi-label: the label the images are ordered by (`f` steps through them);
+    /// None: each image by its worst label.
+    pub label: Option<usize>,
     /// The best epoch's predictions, once read (or why they could not be).
     pub predictions: Option<Result<Box<ValPredictions>, String>>,
     /// The selected image, once decoded (or why it could not be).
@@ -29,7 +32,7 @@ impl ErrorsView {
     /// The images, worst first, when read.
     pub fn worst_first(&self) -> Vec<&crate::train::predictions::ValPrediction> {
         match &self.predictions {
-            Some(Ok(p)) => p.worst_first(),
+            Some(Ok(p)) => p.worst_first_for(self.label),
             _ => Vec::new(),
         }
     }
@@ -65,6 +68,7 @@ pub(super) fn toggle(app: &mut App) -> Vec<Action> {
         run_dir: dir.clone(),
         epoch: None,
         selected: 0,
+        label: None,
         predictions: None,
         preview: None,
     });
@@ -87,6 +91,20 @@ pub(super) fn on_key(app: &mut App, code: KeyCode) -> Option<Vec<Action>> {
         KeyCode::PageUp => -10,
         KeyCode::Home => -(count as isize),
         KeyCode::End => count as isize,
+        // Multi-label: the images by one label after another, then by their worst.
+        KeyCode::Char('f') => {
+            let labels = match &view.predictions {
+                Some(Ok(p)) if p.is_multilabel() => p.classes.len(),
+                _ => return None,
+            };
+            view.label = match view.label {
+                None if labels > 0 => Some(0),
+                Some(l) if l + 1 < labels => Some(l + 1),
+                _ => None,
+            };
+            view.selected = 0;
+            return Some(preview_action(view));
+        }
         // ←/→: the matrix of an earlier or later epoch; past the last, the best again.
         KeyCode::Left | KeyCode::Right => {
             let at = view.epoch.and_then(|e| epochs.iter().position(|x| *x == e));

@@ -67,7 +67,7 @@ pub const KEYS: &[KeyHelp] = &[
     shown("m", "model pane: layers, trainable marks", 6, "model"),
     shown(
         "v",
-        "error analysis: confusion matrix, per-class scores, worst images with a picture (↑/↓ pick, ←/→ epoch)",
+        "error analysis: confusion matrix, per-class scores, worst images with a picture (↑/↓ pick, ←/→ epoch; multi-label: per-label scores, f orders by one label after another)",
         5,
         "errors",
     ),

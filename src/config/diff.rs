@@ -66,6 +66,13 @@ const RESTART: &[(&str, Keep)] = &[
     ("data.class_weight", |to, from| {
         to.data.class_weight = from.data.class_weight.clone()
     }),
+    ("data.label_delimiter", |to, from| {
+        to.data.label_delimiter = from.data.label_delimiter.clone()
+    }),
+    ("task", |to, from| to.task = from.task),
+    ("multilabel.pos_weight", |to, from| {
+        to.multilabel.pos_weight = from.multilabel.pos_weight.clone()
+    }),
     ("model.backbone", |to, from| {
         to.model.backbone = from.model.backbone
     }),
@@ -217,8 +224,10 @@ mod tests {
         let edited = parse_str(
             "data: { dir: elsewhere, image_size: 96, validation_split: 0.3, batch_size: 8, \
              interpolation: bicubic, intensity: stretch, labels: l.csv, \
-             columns: { path: file }, class_weight: balanced, image_cache: disk }\nmodel: { backbone: resnet18, weights: none }\n\
-             device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\n",
+             columns: { path: file }, class_weight: balanced, image_cache: disk, \
+             label_delimiter: ';' }\nmodel: { backbone: resnet18, weights: none }\n\
+             device: cpu\nseed: 9\nfrozen: { lr: 5.0e-4 }\ntask: single_label\n\
+             multilabel: { pos_weight: none }\n",
             Path::new("e.yaml"),
         )
         .unwrap();

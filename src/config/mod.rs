@@ -59,6 +59,172 @@ pub struct Experiment {
     #[serde(default = "defaults::tta", skip_serializing_if = "is_one_view")]
     #[schemars(range(min = 1, max = 8))]
     pub tta: u32,
+    /// `single_label` (each image is one class: sigmoid for two, softmax for more),
+    /// `multilabel` (each image has any number of labels, findings: one sigmoid per
+    /// label) or `auto` (the default): multilabel when the label file names one 0/1
+    /// column per label (`data.columns.labels`) or its label column joins several
+    /// labels with `data.label_delimiter`, single label otherwise.
+    #[serde(default, skip_serializing_if = "Task::is_auto")]
+    pub task: Task,
+    /// Multi-label settings: the loss's weight of positives, the thresholds.
+    #[serde(default, skip_serializing_if = "MultilabelConfig::is_default")]
+    pub multilabel: MultilabelConfig,
+}
+
+/// `task:` — one class per image, or any number of labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Multi-label when the label file says so, else single label.
+    #[default]
+    Auto,
+    /// One class per image.
+    SingleLabel,
+    /// Any number of labels per image (none included).
+    Multilabel,
+}
+
+impl Task {
+    /// The default, which run folders' `config.yaml` leave out.
+    pub fn is_auto(&self) -> bool {
+        *self == Task::Auto
+    }
+}
+
+/// `multilabel:` — how a multi-label task trains and decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MultilabelConfig {
+    /// The weight of each label's positives in the binary cross-entropy (PyTorch
+    /// `BCEWithLogitsLoss(pos_weight=...)`): `balanced` (the default: the label's
+    /// training negatives / positives, so a rare finding counts as much as its
+    /// absence), `none` (1 for every label) or `{label: weight > 0}` (labels left
+    /// out weigh 1).
+    #[serde(default, skip_serializing_if = "PosWeight::is_balanced")]
+    pub pos_weight: PosWeight,
+    /// The probability at or above which a label is predicted, in (0, 1).
+    #[serde(default = "defaults::threshold", skip_serializing_if = "is_half")]
+    #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
+    pub threshold: f64,
+    /// Per-label thresholds in (0, 1), over `threshold`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub thresholds: std::collections::BTreeMap<String, f64>,
+    /// After each epoch, each label's threshold is the one with the best F1 on
+    /// validation (over `threshold` and `thresholds`); the best epoch's thresholds
+    /// are the run's (`predict`, `evaluate`, the export card).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tune_thresholds: bool,
+}
+
+/// Whether a threshold is the default 0.5 (left out of saved settings).
+fn is_half(t: &f64) -> bool {
+    *t == 0.5
+}
+
+impl Default for MultilabelConfig {
+    fn default() -> MultilabelConfig {
+        MultilabelConfig {
+            pos_weight: PosWeight::default(),
+            threshold: defaults::threshold(),
+            thresholds: Default::default(),
+            tune_thresholds: false,
+        }
+    }
+}
+
+impl MultilabelConfig {
+    /// The defaults, which run folders' `config.yaml` leave out.
+    pub fn is_default(&self) -> bool {
+        *self == MultilabelConfig::default()
+    }
+
+    /// Each label's threshold, in `labels` order; an error names a threshold for a
+    /// label that is not in the data.
+    pub fn thresholds_of(&self, labels: &[String]) -> Result<Vec<f64>, String> {
+        if let Some(unknown) = self.thresholds.keys().find(|k| !labels.contains(k)) {
+            return Err(format!(
+                "multilabel.thresholds names `{unknown}`, which is not a label of the data \
+                 (labels: {})",
+                labels.join(", ")
+            ));
+        }
+        Ok(labels
+            .iter()
+            .map(|l| self.thresholds.get(l).copied().unwrap_or(self.threshold))
+            .collect())
+    }
+}
+
+/// `multilabel.pos_weight:` — `balanced`, `none`, or a weight per label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "`balanced`, `none` or `{label: weight > 0}` (multilabel.pos_weight)"
+)]
+pub enum PosWeight {
+    /// `balanced` or `none`.
+    Rule(PosWeightRule),
+    /// A weight > 0 per label; labels not named weigh 1.
+    #[schemars(with = "std::collections::BTreeMap<String, ClassWeightValue>")]
+    Weights(std::collections::BTreeMap<String, f64>),
+}
+
+impl Default for PosWeight {
+    fn default() -> PosWeight {
+        PosWeight::Rule(PosWeightRule::Balanced)
+    }
+}
+
+/// The named positive-weight rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PosWeightRule {
+    /// Training negatives / positives of each label.
+    Balanced,
+    /// 1 for every label.
+    None,
+}
+
+impl PosWeight {
+    /// The default, which saved settings leave out.
+    pub fn is_balanced(&self) -> bool {
+        *self == PosWeight::default()
+    }
+
+    /// Each label's positive weight in `labels` order, from the training images'
+    /// (positives, negatives) per label; an error names a label not in the data.
+    pub fn resolve(
+        &self,
+        labels: &[String],
+        counts: &[(usize, usize)],
+    ) -> Result<Vec<f64>, String> {
+        match self {
+            PosWeight::Rule(PosWeightRule::Balanced) => Ok(counts
+                .iter()
+                .map(|&(pos, neg)| {
+                    if pos == 0 {
+                        1.0
+                    } else {
+                        neg as f64 / pos as f64
+                    }
+                })
+                .collect()),
+            PosWeight::Rule(PosWeightRule::None) => Ok(vec![1.0; labels.len()]),
+            PosWeight::Weights(map) => {
+                if let Some(unknown) = map.keys().find(|k| !labels.contains(k)) {
+                    return Err(format!(
+                        "multilabel.pos_weight names `{unknown}`, which is not a label of the \
+                         data (labels: {})",
+                        labels.join(", ")
+                    ));
+                }
+                Ok(labels
+                    .iter()
+                    .map(|l| map.get(l).copied().unwrap_or(1.0))
+                    .collect())
+            }
+        }
+    }
 }
 
 /// The most views test-time augmentation averages (`tta`).
@@ -140,6 +306,17 @@ pub struct DataConfig {
     /// decoded into memory at every start, refused when they don't fit).
     #[serde(default, skip_serializing_if = "ImageCache::is_auto")]
     pub image_cache: ImageCache,
+    /// Multi-label: what separates the labels of one image in the label column
+    /// (`Effusion|Infiltration`, as NIH ChestX-ray14 writes them; fastai's
+    /// `label_delim`). A label value holding it makes `task: auto` multi-label.
+    #[serde(default = "defaults::label_delimiter", skip_serializing_if = "is_bar")]
+    #[schemars(length(min = 1))]
+    pub label_delimiter: String,
+}
+
+/// Whether the label delimiter is the default `|` (left out of saved settings).
+fn is_bar(s: &str) -> bool {
+    s == "|"
 }
 
 /// `data.image_cache:` — where decoded images are kept.
@@ -182,7 +359,10 @@ impl Sampling {
 
 /// `data.class_weight:` — `balanced`, or a weight per class name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`balanced` or `{class: weight > 0}` (data.class_weight)"
+)]
 pub enum ClassWeight {
     /// `balanced`: inversely proportional to each class's training images.
     Rule(ClassWeightRule),
@@ -590,6 +770,10 @@ pub struct Columns {
     pub split: String,
     /// A group no drawn split may cut (a patient, a camera, a wafer); optional.
     pub group: String,
+    /// Multi-label: one column per label holding 0 or 1 (`1`/`0`, `true`/`false`,
+    /// `yes`/`no`, empty for 0), named here in place of a `label` column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 impl Default for Columns {
@@ -599,6 +783,7 @@ impl Default for Columns {
             label: "label".into(),
             split: "split".into(),
             group: "group".into(),
+            labels: Vec::new(),
         }
     }
 }
@@ -658,6 +843,9 @@ pub enum Monitor {
     ValLoss,
     Accuracy,
     Loss,
+    /// Multi-label: the mean over labels of each label's ROC AUC on validation (two
+    /// classes: the AUC).
+    ValMeanAuc,
 }
 
 /// Direction of improvement.
@@ -777,6 +965,12 @@ impl Backbone {
 }
 
 mod defaults {
+    pub fn threshold() -> f64 {
+        0.5
+    }
+    pub fn label_delimiter() -> String {
+        "|".into()
+    }
     pub fn prefix_cache_mb() -> u64 {
         2048
     }

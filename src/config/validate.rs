@@ -54,6 +54,71 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
             );
         }
     }
+    let ml = &exp.multilabel;
+    let in_unit = |t: f64| t > 0.0 && t < 1.0;
+    check(
+        in_unit(ml.threshold),
+        "multilabel.threshold",
+        format!(
+            "threshold must be between 0 and 1 (exclusive), got {}",
+            ml.threshold
+        ),
+    );
+    for (label, t) in &ml.thresholds {
+        check(
+            in_unit(*t),
+            "multilabel.thresholds",
+            format!("threshold of `{label}` must be between 0 and 1 (exclusive), got {t}"),
+        );
+    }
+    if let super::PosWeight::Weights(weights) = &ml.pos_weight {
+        check(
+            !weights.is_empty(),
+            "multilabel.pos_weight",
+            "pos_weight needs `balanced`, `none` or at least one `label: weight`".into(),
+        );
+        for (label, w) in weights {
+            check(
+                w.is_finite() && *w > 0.0 && *w <= 1e6,
+                "multilabel.pos_weight",
+                format!("pos_weight of `{label}` must be > 0 and at most 1e6, got {w}"),
+            );
+        }
+    }
+    check(
+        !exp.data.label_delimiter.is_empty(),
+        "data.label_delimiter",
+        "label_delimiter must not be empty".into(),
+    );
+    let multilabel = exp.task == super::Task::Multilabel || !exp.data.columns.labels.is_empty();
+    if multilabel {
+        check(
+            exp.data.labels.is_some(),
+            "task",
+            "a multi-label task needs a label file (data.labels): class folders give one \
+             class per image"
+                .into(),
+        );
+        check(
+            exp.task != super::Task::SingleLabel,
+            "task",
+            "data.columns.labels names one column per label: that is a multilabel task".into(),
+        );
+        check(
+            exp.data.class_weight.is_none(),
+            "data.class_weight",
+            "class_weight weighs classes of a single-label task; a multi-label task weighs \
+             each label's positives with multilabel.pos_weight"
+                .into(),
+        );
+        check(
+            exp.data.sampling == super::Sampling::Shuffle,
+            "data.sampling",
+            "balanced sampling draws classes of a single-label task; a multi-label task \
+             weighs rare labels with multilabel.pos_weight"
+                .into(),
+        );
+    }
     let aug = &exp.data.augment;
     if let Some(r) = aug.rescale {
         check(

@@ -98,8 +98,12 @@ pub struct Dataset {
     pub size: ImageSize,
     /// uint8 `[N, 3, H, W]` records, in memory or in the image cache.
     pixels: Pixels,
-    /// Class index of each image.
+    /// Class index of each image (multi-label: its rarest label, or `classes.len()`
+    /// when it has none: what the split stratifies by).
     pub labels: Vec<usize>,
+    /// Multi-label: each image's labels, 0/1, flat `[N, classes]`; None for one class
+    /// per image (then `classes` are classes, else labels).
+    pub multi_hot: Option<Vec<u8>>,
     /// The file each image came from.
     pub files: Vec<PathBuf>,
     /// Image indices of the training and validation sets.
@@ -121,10 +125,10 @@ pub struct Dataset {
 
 /// The images and classes an experiment's `data:` names: its label file when it has
 /// one, else its folder (of class folders, or of `train/` and `val/`).
-pub fn find(data: &crate::config::DataConfig) -> Result<Scan, DataError> {
-    match &data.labels {
-        Some(csv) => labels::read(csv, &data.dir, &data.columns, labels::Rows::Training),
-        None => scan(&data.dir),
+pub fn find(exp: &Experiment) -> Result<Scan, DataError> {
+    match &exp.data.labels {
+        Some(csv) => labels::read(csv, exp, labels::Rows::Training),
+        None => scan(&exp.data.dir),
     }
 }
 
@@ -261,7 +265,7 @@ impl Dataset {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Dataset, DataError> {
         let start = Instant::now();
-        let found = find(&exp.data)?;
+        let found = find(exp)?;
         let size = exp.data.image_size;
         let paths: Vec<PathBuf> = found.files.iter().map(|(p, _)| p.clone()).collect();
         let decoded = decode_or_reuse(&paths, &exp.data, cache_root, progress)?;
@@ -270,18 +274,31 @@ impl Dataset {
             .collect();
         let files: Vec<PathBuf> = kept.iter().map(|&i| found.files[i].0.clone()).collect();
         let labels: Vec<usize> = kept.iter().map(|&i| found.files[i].1).collect();
+        let multi_hot: Option<Vec<u8>> = found.multi_hot.as_ref().map(|hot| {
+            kept.iter()
+                .flat_map(|&i| hot[i].iter().map(|&h| u8::from(h)))
+                .collect()
+        });
+        let n_classes = found.classes.len();
         for (class, name) in found.classes.iter().enumerate() {
-            if !labels.contains(&class) {
+            let has = match &multi_hot {
+                None => labels.contains(&class),
+                Some(hot) => hot.iter().skip(class).step_by(n_classes).any(|&h| h == 1),
+            };
+            if !has {
                 return Err(DataError::NoReadableImages(name.clone()));
             }
         }
+        // The split stratifies by class; multi-label images by their rarest label, and
+        // those without any label as one more stratum.
+        let strata = n_classes + usize::from(multi_hot.is_some());
         let (train, val, split) = match (&found.fixed_val, &found.groups) {
             (None, Some(groups)) => {
                 let kept_groups: Vec<String> = kept.iter().map(|&i| groups[i].clone()).collect();
                 let (train, val) = grouped_split(
                     &kept_groups,
                     &labels,
-                    found.classes.len(),
+                    strata,
                     exp.data.validation_split,
                     exp.seed,
                 );
@@ -304,14 +321,16 @@ impl Dataset {
                 (train, val, words)
             }
             (None, None) => {
-                let (train, val) = stratified_split(
-                    &labels,
-                    found.classes.len(),
-                    exp.data.validation_split,
-                    exp.seed,
-                );
+                let (train, val) =
+                    stratified_split(&labels, strata, exp.data.validation_split, exp.seed);
+                let each = if multi_hot.is_some() {
+                    "of the images whose rarest label is each label (and of those without \
+                     any)"
+                } else {
+                    "of each class"
+                };
                 let words = format!(
-                    "drawn: {:.0}% of each class validates (seed {}){}",
+                    "drawn: {:.0}% {each} validates (seed {}){}",
                     exp.data.validation_split * 100.0,
                     exp.seed,
                     held_out_words(found.held_out)
@@ -364,6 +383,7 @@ impl Dataset {
             image_cache: decoded.cache_use,
             cache_fallback: decoded.fallback,
             labels,
+            multi_hot,
             files,
             train,
             val,
@@ -450,10 +470,49 @@ impl Dataset {
         ])
     }
 
-    /// Class indices of the given images, int64 `[B]`.
+    /// Class indices of the given images, int64 `[B]`; multi-label: their labels,
+    /// float 0/1 `[B, labels]`.
     pub fn label_tensor(&self, images: &[usize]) -> Tensor {
+        if let Some(hot) = &self.multi_hot {
+            let n = self.classes.len();
+            let flat: Vec<f32> = images
+                .iter()
+                .flat_map(|&i| hot[i * n..(i + 1) * n].iter().map(|&h| f32::from(h)))
+                .collect();
+            return Tensor::from_slice(&flat).view([images.len() as i64, n as i64]);
+        }
         let labels: Vec<i64> = images.iter().map(|&i| self.labels[i] as i64).collect();
         Tensor::from_slice(&labels)
+    }
+
+    /// Whether each image has any number of labels (multi-label task).
+    pub fn is_multilabel(&self) -> bool {
+        self.multi_hot.is_some()
+    }
+
+    /// Multi-label: whether image `i` has label `l`.
+    pub fn has_label(&self, i: usize, l: usize) -> bool {
+        self.multi_hot
+            .as_ref()
+            .is_some_and(|hot| hot[i * self.classes.len() + l] == 1)
+    }
+
+    /// Multi-label: each label's (positives, negatives) among the training images.
+    pub fn train_label_counts(&self) -> Vec<(usize, usize)> {
+        (0..self.classes.len())
+            .map(|l| {
+                let pos = self.train.iter().filter(|&&i| self.has_label(i, l)).count();
+                (pos, self.train.len() - pos)
+            })
+            .collect()
+    }
+
+    /// Multi-label: the names of image `i`'s labels.
+    pub fn label_names(&self, i: usize) -> Vec<String> {
+        (0..self.classes.len())
+            .filter(|&l| self.has_label(i, l))
+            .map(|l| self.classes[l].clone())
+            .collect()
     }
 
     /// The training set in batches, shuffled differently (and reproducibly) each epoch;
@@ -521,8 +580,14 @@ impl Dataset {
         )
     }
 
-    /// Images per class in (train, validation).
+    /// Images per class in (train, validation); multi-label: images with each label.
     pub fn split_counts(&self) -> Vec<(usize, usize)> {
+        if self.is_multilabel() {
+            let on = |side: &[usize], l| side.iter().filter(|&&i| self.has_label(i, l)).count();
+            return (0..self.classes.len())
+                .map(|l| (on(&self.train, l), on(&self.val, l)))
+                .collect();
+        }
         let mut counts = vec![(0, 0); self.classes.len()];
         for &i in &self.train {
             counts[self.labels[i]].0 += 1;
@@ -599,17 +664,41 @@ impl Normalisation {
 impl fmt::Display for Dataset {
     /// The dataset report printed by `tlcap-tui data`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let multilabel = self.is_multilabel();
         writeln!(
             f,
             "{:<20} {:>7} {:>7} {:>7}",
-            "class", "train", "val", "total"
+            if multilabel { "label" } else { "class" },
+            "train",
+            "val",
+            "total"
         )?;
         let counts = self.split_counts();
         for (name, (t, v)) in self.classes.iter().zip(&counts) {
             writeln!(f, "{name:<20} {t:>7} {v:>7} {:>7}", t + v)?;
         }
-        let (t, v): (usize, usize) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
-        writeln!(f, "{:<20} {t:>7} {v:>7} {:>7}", "all", t + v)?;
+        if multilabel {
+            let none = |side: &[usize]| {
+                side.iter()
+                    .filter(|&&i| !(0..self.classes.len()).any(|l| self.has_label(i, l)))
+                    .count()
+            };
+            let (t, v) = (none(&self.train), none(&self.val));
+            writeln!(f, "{:<20} {t:>7} {v:>7} {:>7}", "(no label)", t + v)?;
+        }
+        let (t, v) = (self.train.len(), self.val.len());
+        writeln!(
+            f,
+            "{:<20} {t:>7} {v:>7} {:>7}",
+            if multilabel { "images" } else { "all" },
+            t + v
+        )?;
+        if multilabel {
+            writeln!(
+                f,
+                "task                 multi-label: any number of labels per image"
+            )?;
+        }
         writeln!(f, "split                {}", self.split)?;
         if let Some(words) = self.outside_words() {
             writeln!(f, "outside data.dir     {words}")?;

@@ -38,6 +38,11 @@ pub struct Scan {
     /// Label-file rows whose file lies outside `data.dir` (a `..`, an absolute path,
     /// or a symbolic link out): read as given, and reported.
     pub outside: Vec<PathBuf>,
+    /// Multi-label: each file's labels (true where it has one, in `classes` order);
+    /// then each file's class index in `files` is its rarest label (one past the last
+    /// label when it has none), what the split stratifies by. None for one class per
+    /// image.
+    pub multi_hot: Option<Vec<Vec<bool>>>,
 }
 
 /// Names of the folders that fix the split (any other sub-folder makes them classes).
@@ -126,6 +131,7 @@ pub fn scan(dir: &Path) -> Result<Scan, DataError> {
         held_out: 0,
         has_split_column: false,
         outside: Vec::new(),
+        multi_hot: None,
     })
 }
 
@@ -197,5 +203,6 @@ pub fn scan_classes(dir: &Path) -> Result<Scan, DataError> {
         held_out: 0,
         has_split_column: false,
         outside: Vec::new(),
+        multi_hot: None,
     })
 }

@@ -40,10 +40,27 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
         "compute": crate::text::compute(&m.compute),
         "input_wait_seconds": m.input_wait_seconds,
         "lr_lowered": m.lr_lowered,
-        "val_balanced_accuracy": m.confusion.balanced_accuracy(),
-        "val_class_recall": m.confusion.recalls(),
+        "val_balanced_accuracy": balanced(m),
+        "val_class_recall": if m.multilabel.is_some() {
+            m.val_class_recall.clone()
+        } else {
+            m.confusion.recalls()
+        },
         "deepened": m.deepened,
+        "multilabel": m.multilabel.as_ref().map(|ml| serde_json::json!({
+            "val_mean_auc": ml.mean_auc,
+            "val_map": ml.map,
+            "val_macro_f1": ml.macro_f1,
+            "val_exact_match": ml.exact_match,
+            "labels": ml.labels,
+        })),
     })
+}
+
+/// The balanced accuracy: the row's own, else (older rows) from the matrix.
+fn balanced(m: &EpochMetrics) -> f64 {
+    m.val_balanced_accuracy
+        .unwrap_or_else(|| m.confusion.balanced_accuracy())
 }
 
 /// One epoch as a human-readable line.
@@ -57,13 +74,23 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
         m.val_loss,
         m.val_accuracy
     );
-    if let Some(auc) = m.val_auc {
-        line.push_str(&format!(" val_auc {auc:.4}"));
+    match &m.multilabel {
+        Some(ml) => {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{a:.4}"));
+            line.push_str(&format!(
+                " val_mean_auc {} val_map {} val_macro_f1 {:.4}",
+                opt(ml.mean_auc),
+                opt(ml.map),
+                ml.macro_f1
+            ));
+        }
+        None => {
+            if let Some(auc) = m.val_auc {
+                line.push_str(&format!(" val_auc {auc:.4}"));
+            }
+            line.push_str(&format!(" val_bal_acc {:.4}", balanced(m)));
+        }
     }
-    line.push_str(&format!(
-        " val_bal_acc {:.4}",
-        m.confusion.balanced_accuracy()
-    ));
     line.push_str(&format!(
         " lr {:.0e} {:.1}s {:.0} img/s",
         m.lr, m.seconds, m.images_per_sec

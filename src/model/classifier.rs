@@ -24,8 +24,13 @@ pub struct Classifier {
     pub backbone: Backbone,
     head: nn::Linear,
     dropout: f64,
-    /// Number of classes.
+    /// Number of classes (multi-label: of labels).
     pub classes: usize,
+    /// One sigmoid per label, any number of them on (multi-label), instead of one
+    /// class per image.
+    pub multilabel: bool,
+    /// Multi-label: each label's positive weight in the training loss, on the device.
+    pos_weight: Option<Tensor>,
     normalisation: Normalisation,
     /// Its constant tensors, made once (see [`Normalisation::constants`]).
     norm_constants: Option<(Tensor, Tensor)>,
@@ -147,7 +152,29 @@ impl Classifier {
     /// Builds the network for `exp` with `classes` classes on `device` and loads the
     /// backbone weights the file names. The head is initialised from the seed.
     pub fn new(exp: &Experiment, classes: usize, device: Device) -> anyhow::Result<Classifier> {
-        if classes < 2 {
+        Classifier::build(exp, classes, false, device)
+    }
+
+    /// As [`Classifier::new`] for a multi-label task: one sigmoid unit per label.
+    pub fn new_multilabel(
+        exp: &Experiment,
+        labels: usize,
+        device: Device,
+    ) -> anyhow::Result<Classifier> {
+        Classifier::build(exp, labels, true, device)
+    }
+
+    /// A single-label (`multilabel` false) or multi-label network.
+    pub fn build(
+        exp: &Experiment,
+        classes: usize,
+        multilabel: bool,
+        device: Device,
+    ) -> anyhow::Result<Classifier> {
+        if multilabel && classes < 1 {
+            bail!("need at least one label");
+        }
+        if !multilabel && classes < 2 {
             bail!("need at least two classes, found {classes}");
         }
         let kind = exp.model.backbone;
@@ -158,7 +185,11 @@ impl Classifier {
             let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(exp.seed as i64);
             let backbone = Backbone::new(&vs.root(), kind, false);
-            let outputs = if classes == 2 { 1 } else { classes as i64 };
+            let outputs = if classes == 2 && !multilabel {
+                1
+            } else {
+                classes as i64
+            };
             let head = nn::linear(
                 vs.root().sub(HEAD_PREFIX.trim_end_matches('.')).sub("fc"),
                 backbone.feature_dim(),
@@ -187,6 +218,8 @@ impl Classifier {
             head,
             dropout: exp.model.dropout,
             classes,
+            multilabel,
+            pos_weight: None,
             normalisation,
             pretrained: path.is_some(),
             ever_trained: Vec::new(),
@@ -590,10 +623,24 @@ impl Classifier {
             .to_device(self.device())
     }
 
-    /// Mean loss: binary cross-entropy on logits for two classes, cross-entropy else.
+    /// One sigmoid unit for two classes (not multi-label).
+    fn binary(&self) -> bool {
+        self.classes == 2 && !self.multilabel
+    }
+
+    /// Mean loss: binary cross-entropy on logits for two classes, cross-entropy else;
+    /// multi-label: binary cross-entropy of every (image, label), unweighted.
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let labels = labels.to_device(logits.device());
-        if self.classes == 2 {
+        if self.multilabel {
+            return logits.binary_cross_entropy_with_logits::<Tensor>(
+                &labels.to_kind(Kind::Float),
+                None,
+                None,
+                Reduction::Mean,
+            );
+        }
+        if self.binary() {
             binary_cross_entropy(logits, &labels, Reduction::Mean)
         } else {
             logits.cross_entropy_for_logits(&labels)
@@ -603,7 +650,17 @@ impl Classifier {
     /// Each image's loss `[B]`: [`Classifier::loss`] before the mean.
     fn image_losses(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let labels = labels.to_device(logits.device());
-        if self.classes == 2 {
+        if self.multilabel {
+            return logits
+                .binary_cross_entropy_with_logits::<Tensor>(
+                    &labels.to_kind(Kind::Float),
+                    None,
+                    None,
+                    Reduction::None,
+                )
+                .mean_dim(1, false, Kind::Float);
+        }
+        if self.binary() {
             binary_cross_entropy(logits, &labels, Reduction::None)
         } else {
             -logits
@@ -623,11 +680,31 @@ impl Classifier {
         });
     }
 
+    /// Multi-label: sets each label's positive weight in the training loss
+    /// (`multilabel.pos_weight`, in label order); None weighs positives as negatives.
+    pub fn set_pos_weight(&mut self, weights: Option<&[f64]>) {
+        self.pos_weight = weights.map(|w| {
+            Tensor::from_slice(w)
+                .to_kind(Kind::Float)
+                .to_device(self.device())
+        });
+    }
+
     /// The training loss: [`Classifier::loss`], or with class weights each image's
     /// loss times its class's weight, summed over the batch and divided by the batch
     /// size (Keras `class_weight`; PyTorch's `weight=` would divide by the weights'
-    /// sum instead).
+    /// sum instead). Multi-label: binary cross-entropy with each label's positives
+    /// weighted by its positive weight (PyTorch `BCEWithLogitsLoss(pos_weight=...)`).
     pub fn train_loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        if self.multilabel {
+            let labels = labels.to_device(logits.device()).to_kind(Kind::Float);
+            return logits.binary_cross_entropy_with_logits::<&Tensor>(
+                &labels,
+                None,
+                self.pos_weight.as_ref(),
+                Reduction::Mean,
+            );
+        }
         let Some(weights) = &self.class_weights else {
             return self.loss(logits, labels);
         };
@@ -636,9 +713,38 @@ impl Classifier {
         (per_image * weights.index_select(0, &labels)).mean(Kind::Float)
     }
 
-    /// Class probabilities `[B, classes]` (for two classes: `[1 - p, p]`).
+    /// Right decisions and decisions made in a batch at probability 0.5 (the training
+    /// accuracy's counts): one per image, or one per (image, label) for multi-label
+    /// (Keras `binary_accuracy`).
+    pub fn right_decisions(&self, logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+        let labels = labels.to_device(logits.device());
+        if self.multilabel {
+            let said = logits.ge(0.0).to_kind(Kind::Float);
+            let right = said
+                .eq_tensor(&labels.to_kind(Kind::Float))
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            return (right, labels.numel() as i64);
+        }
+        let predicted = if self.binary() {
+            logits.view([-1]).gt(0.0).to_kind(Kind::Int64)
+        } else {
+            logits.argmax(-1, false)
+        };
+        let right = predicted
+            .eq_tensor(&labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        (right, labels.size()[0])
+    }
+
+    /// Class probabilities `[B, classes]` (for two classes: `[1 - p, p]`); multi-label:
+    /// each label's probability `[B, labels]`.
     pub fn probabilities(&self, logits: &Tensor) -> Tensor {
-        if self.classes == 2 {
+        if self.multilabel {
+            return logits.sigmoid();
+        }
+        if self.binary() {
             let p = logits.view([-1, 1]).sigmoid();
             Tensor::cat(&[&(1.0 - &p), &p], 1)
         } else {
@@ -685,6 +791,15 @@ impl Classifier {
     /// `[N, classes]` (the validation loss of averaged test-time views), each
     /// probability kept above 1e-7.
     pub fn loss_of_probabilities(&self, probabilities: &Tensor, labels: &Tensor) -> Tensor {
+        if self.multilabel {
+            // Binary cross-entropy of every (image, label).
+            let y = labels
+                .to_device(probabilities.device())
+                .to_kind(Kind::Float);
+            let p = probabilities.clamp(1e-7, 1.0 - 1e-7);
+            let (not_y, not_p) = (y.ones_like() - &y, p.ones_like() - &p);
+            return -(&y * p.log() + not_y * not_p.log()).mean(Kind::Float);
+        }
         let y = labels.to_device(probabilities.device()).view([-1, 1]);
         -probabilities
             .gather(1, &y, false)

@@ -205,6 +205,7 @@ mod tests {
             suggestion: None,
             mixed: None,
             lr_lowered: None,
+            multilabel: None,
             deepened: 0,
         }
     }

@@ -200,8 +200,39 @@ impl Trainer {
         });
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
-        let mut net = Classifier::new(&self.exp, data.classes.len(), device)?;
+        let mut net =
+            Classifier::build(&self.exp, data.classes.len(), data.is_multilabel(), device)?;
         net.set_precision(Some(resolve_precision(self.exp.precision, device)));
+        let mut multilabel_note = None;
+        if data.is_multilabel() {
+            let ml = &self.exp.multilabel;
+            ml.thresholds_of(&data.classes)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let weights = ml
+                .pos_weight
+                .resolve(&data.classes, &data.train_label_counts())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            net.set_pos_weight(Some(&weights));
+            let shown: Vec<String> = data
+                .classes
+                .iter()
+                .zip(&weights)
+                .map(|(c, w)| format!("{c} {w:.3}"))
+                .collect();
+            multilabel_note = Some(format!(
+                "multi-label: {} labels, one sigmoid each; positive weights in the loss: {}",
+                data.classes.len(),
+                shown.join(", ")
+            ));
+        } else if self.exp.stall.monitor == crate::config::Monitor::ValMeanAuc
+            && data.classes.len() > 2
+        {
+            anyhow::bail!(
+                "stall.monitor val_mean_auc needs a multi-label task or two classes; this \
+                 data has {} classes (watch val_accuracy or val_balanced_accuracy)",
+                data.classes.len()
+            );
+        }
         if let Some(rule) = &self.exp.data.class_weight {
             let train: Vec<usize> = data.split_counts().iter().map(|c| c.0).collect();
             let weights = rule
@@ -242,6 +273,9 @@ impl Trainer {
             self.events.clone(),
         )?;
         // Said once the run has its folder (JSON readers get `started` first).
+        if let Some(words) = multilabel_note {
+            let _ = self.events.send(Event::Note(words));
+        }
         if let Some(words) = data.outside_words() {
             let _ = self.events.send(Event::Note(words));
         }
@@ -627,23 +661,39 @@ impl Trainer {
                 .best
                 .as_ref()
                 .is_none_or(|b| BestRule::of(&self.exp).is_better(&m, b));
-            let info = s.checkpoint_info(&data.classes);
+            let thresholds = m.multilabel.as_ref().map(|ml| ml.thresholds());
+            let info = s.checkpoint_info(&data.classes, thresholds.clone());
             let tensors = s.net.checkpoint_tensors();
             s.run.append_metrics(&m)?;
             if improved {
                 s.run.write_checkpoint("best", &tensors, &info)?;
-                let files = data
-                    .val
-                    .iter()
-                    .map(|&i| (data.files[i].clone(), data.labels[i]))
-                    .collect();
-                ValPredictions::new(
-                    (m.epoch, m.phase),
-                    &data.classes,
-                    files,
-                    &s.val_probabilities,
-                )
-                .write(&s.run.path)?;
+                let predictions = match thresholds {
+                    None => ValPredictions::new(
+                        (m.epoch, m.phase),
+                        &data.classes,
+                        data.val
+                            .iter()
+                            .map(|&i| (data.files[i].clone(), data.labels[i]))
+                            .collect(),
+                        &s.val_probabilities,
+                    ),
+                    Some(at) => ValPredictions::new_multilabel(
+                        (m.epoch, m.phase),
+                        &data.classes,
+                        data.val
+                            .iter()
+                            .map(|&i| {
+                                let labels = (0..data.classes.len())
+                                    .filter(|&l| data.has_label(i, l))
+                                    .collect();
+                                (data.files[i].clone(), labels)
+                            })
+                            .collect(),
+                        &s.val_probabilities,
+                        at,
+                    ),
+                };
+                predictions.write(&s.run.path)?;
                 s.best = Some(m.clone());
             }
             let last = s.run.write_checkpoint("last", &tensors, &info)?;

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::cache::{human_bytes, Cache, TrainSource};
 use super::events::{Compute, EpochMetrics, Event, LrLoweredAt, MixedEpoch};
 use super::plan::{describe_compute, plan_cache};
 use super::state::{panic_message, State};
-use super::validate::{predictions, validate};
+use super::validate::validate;
 use crate::config::Experiment;
 use crate::data::Dataset;
 
@@ -58,6 +58,8 @@ pub(super) struct InputPanicked(String);
 pub(super) struct Trained {
     loss_sum: f64,
     correct: i64,
+    /// Decisions made: one per image, one per (image, label) for multi-label.
+    decided: i64,
     seen: usize,
     /// Seconds spent waiting for the input thread.
     input_wait: f64,
@@ -148,6 +150,7 @@ pub(super) fn run(
     let Some(Trained {
         loss_sum,
         correct,
+        decided,
         seen,
         input_wait,
         mixed,
@@ -190,15 +193,31 @@ pub(super) fn run(
         epoch: number,
         phase: s.phase,
         loss: loss_sum / seen as f64,
-        accuracy: correct as f64 / seen as f64,
+        accuracy: correct as f64 / decided.max(1) as f64,
         val_loss: v.loss,
-        val_accuracy: v.confusion.accuracy(),
+        val_accuracy: match &v.multilabel {
+            Some(m) => m.label_accuracy,
+            None => v.confusion.accuracy(),
+        },
         val_precision: v.binary.map(|b| b.precision),
         val_recall: v.binary.map(|b| b.recall),
-        val_f1: v.binary.map(|b| b.f1),
-        val_auc: v.binary.and_then(|b| b.auc),
-        val_balanced_accuracy: Some(v.confusion.balanced_accuracy()),
-        val_class_recall: v.confusion.recalls(),
+        val_f1: match &v.multilabel {
+            Some(m) => Some(m.macro_f1),
+            None => v.binary.map(|b| b.f1),
+        },
+        val_auc: match &v.multilabel {
+            Some(m) => m.mean_auc,
+            None => v.binary.and_then(|b| b.auc),
+        },
+        val_balanced_accuracy: Some(match &v.multilabel {
+            Some(m) => m.balanced_accuracy(),
+            None => v.confusion.balanced_accuracy(),
+        }),
+        val_class_recall: match &v.multilabel {
+            Some(m) => m.labels.iter().map(|l| l.recall).collect(),
+            None => v.confusion.recalls(),
+        },
+        multilabel: v.multilabel,
         confusion: v.confusion,
         lr: s.lr_used,
         deepened: s.deepened,
@@ -226,7 +245,7 @@ fn train_batches(
     boundary: &mut Boundary,
 ) -> anyhow::Result<Option<Trained>> {
     let train_start = Instant::now();
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+    let (mut loss_sum, mut correct, mut decided, mut seen) = (0.0, 0i64, 0i64, 0usize);
     let mut input_wait = 0.0;
     let mut split = s.net.frozen_segments();
     let mut paused = Duration::ZERO;
@@ -308,10 +327,9 @@ fn train_batches(
         let n = images.len();
         let batch_loss = loss.double_value(&[]);
         loss_sum += batch_loss * n as f64;
-        correct += predictions(&s.net, &logits)
-            .eq_tensor(&y.to_device(logits.device()))
-            .sum(Kind::Int64)
-            .int64_value(&[]);
+        let (right, made) = s.net.right_decisions(&logits, &y);
+        correct += right;
+        decided += made;
         seen += n;
         let elapsed = active_seconds(train_start, paused);
         s.emit(Event::Batch {
@@ -330,6 +348,7 @@ fn train_batches(
     Ok(Some(Trained {
         loss_sum,
         correct,
+        decided,
         seen,
         input_wait,
         mixed,
@@ -349,7 +368,14 @@ fn active_seconds(since: Instant, paused: Duration) -> f64 {
 
 /// A Stop mid-epoch: saves `stopped.safetensors` and ends the epoch without a row.
 fn stopped(s: &mut State, data: &Dataset) -> anyhow::Result<Option<EpochMetrics>> {
-    let info = s.checkpoint_info(&data.classes);
+    // Multi-label: the best epoch's thresholds (none yet: the settings', read by
+    // whoever loads it).
+    let thresholds = s
+        .best
+        .as_ref()
+        .and_then(|b| b.multilabel.as_ref())
+        .map(|ml| ml.thresholds());
+    let info = s.checkpoint_info(&data.classes, thresholds);
     let tensors = s.net.checkpoint_tensors();
     let path = s.run.write_checkpoint("stopped", &tensors, &info)?;
     s.emit(Event::Checkpoint(path));

@@ -3,6 +3,16 @@
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Confusion;
+
+impl EpochMetrics {
+    /// The mean ROC AUC over the labels (multi-label), else the AUC (two classes).
+    pub fn mean_auc(&self) -> Option<f64> {
+        match &self.multilabel {
+            Some(s) => s.mean_auc,
+            None => self.val_auc,
+        }
+    }
+}
 use crate::config::{Change, Experiment};
 use crate::model::LayerInfo;
 
@@ -171,6 +181,11 @@ pub struct EpochMetrics {
     /// line): `lr` is the rate it ended at; this says from which batch and from what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_lowered: Option<LrLoweredAt>,
+    /// A multi-label task's scores per label and their summaries (then
+    /// `val_accuracy` is the fraction of right (image, label) decisions, `val_auc`
+    /// the mean AUC, `val_f1` the macro F1, and the confusion matrix is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilabel: Option<super::metrics::MultiLabelScores>,
 }
 
 /// Where in an epoch the learning rate was lowered.
@@ -543,6 +558,7 @@ mod tests {
             suggestion: None,
             mixed: None,
             lr_lowered: None,
+            multilabel: None,
             deepened: 0,
         };
         let line = serde_json::to_string(&m).unwrap();
@@ -580,6 +596,7 @@ mod tests {
             suggestion: None,
             mixed: None,
             lr_lowered: None,
+            multilabel: None,
             deepened: 0,
         };
         let mut v = serde_json::to_value(&m).unwrap();

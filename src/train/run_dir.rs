@@ -50,6 +50,13 @@ pub struct CheckpointInfo {
     /// The number format the frozen part ran in (`bf16` or `fp32`); None in older files.
     #[serde(default)]
     pub precision: Option<crate::config::Precision>,
+    /// Multi-label: `classes` are labels, one sigmoid each.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multilabel: bool,
+    /// Multi-label: each label's threshold at that epoch (tuned ones with
+    /// `multilabel.tune_thresholds`), in label order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<f64>,
 }
 
 /// `summary.json`: how a run ended, written once when it does.

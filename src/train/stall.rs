@@ -21,9 +21,10 @@ pub fn direction(monitor: Monitor, mode: StallMode) -> Direction {
         StallMode::Max => Direction::Max,
         StallMode::Min => Direction::Min,
         StallMode::Auto => match monitor {
-            Monitor::ValAccuracy | Monitor::ValBalancedAccuracy | Monitor::Accuracy => {
-                Direction::Max
-            }
+            Monitor::ValAccuracy
+            | Monitor::ValBalancedAccuracy
+            | Monitor::Accuracy
+            | Monitor::ValMeanAuc => Direction::Max,
             Monitor::ValLoss | Monitor::Loss => Direction::Min,
         },
     }
@@ -116,7 +117,10 @@ impl StallDetector {
 pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     match monitor {
         Monitor::ValAccuracy => m.val_accuracy,
-        Monitor::ValBalancedAccuracy => m.confusion.balanced_accuracy(),
+        Monitor::ValBalancedAccuracy => m
+            .val_balanced_accuracy
+            .unwrap_or_else(|| m.confusion.balanced_accuracy()),
+        Monitor::ValMeanAuc => m.mean_auc().unwrap_or(f64::NAN),
         Monitor::ValLoss => m.val_loss,
         Monitor::Accuracy => m.accuracy,
         Monitor::Loss => m.loss,

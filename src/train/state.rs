@@ -216,14 +216,21 @@ impl State {
         }
     }
 
-    /// What a checkpoint written now records: the last finished epoch and its phase.
-    pub(super) fn checkpoint_info(&self, classes: &[String]) -> CheckpointInfo {
+    /// What a checkpoint written now records: the last finished epoch and its phase;
+    /// multi-label: the labels' `thresholds` at that epoch.
+    pub(super) fn checkpoint_info(
+        &self,
+        classes: &[String],
+        thresholds: Option<Vec<f64>>,
+    ) -> CheckpointInfo {
         CheckpointInfo {
             epoch: self.epoch,
             phase: self.phase,
             unfrozen: self.unfrozen,
             classes: classes.to_vec(),
             precision: Some(crate::runtime::precision_of(self.net.precision())),
+            multilabel: self.net.multilabel,
+            thresholds: thresholds.unwrap_or_default(),
         }
     }
 }

@@ -1,23 +1,14 @@
 //! Validation: loss, confusion matrix and (two classes) binary scores on the
 //! validation split, in inference mode, reusing the frozen part's stored outputs.
 
-use tch::{Kind, Tensor};
-
 use super::cache::FeatureTable;
-use super::metrics::{binary_scores, BinaryScores, Confusion};
+use super::metrics::{
+    binary_scores, multilabel_scores, tuned_thresholds, BinaryScores, Confusion, MultiLabelScores,
+};
 use crate::config::Experiment;
 use crate::data::augment::tta_views;
 use crate::data::Dataset;
 use crate::model::classifier::Classifier;
-
-/// Predicted class indices from logits.
-pub(super) fn predictions(net: &Classifier, logits: &Tensor) -> Tensor {
-    if net.classes == 2 {
-        logits.view([-1]).gt(0.0).to_kind(Kind::Int64)
-    } else {
-        logits.argmax(-1, false)
-    }
-}
 
 pub(super) struct Validation {
     /// Class probabilities of every validation image, flat, in validation order.
@@ -25,6 +16,17 @@ pub(super) struct Validation {
     pub(super) loss: f64,
     pub(super) confusion: Confusion,
     pub(super) binary: Option<BinaryScores>,
+    /// Multi-label: the scores per label at each label's threshold (tuned here with
+    /// `multilabel.tune_thresholds`).
+    pub(super) multilabel: Option<MultiLabelScores>,
+}
+
+/// Each label's threshold as the settings give it (a label the settings do not know
+/// keeps `multilabel.threshold`; the trainer refuses unknown names at the start).
+pub fn thresholds(exp: &Experiment, labels: &[String]) -> Vec<f64> {
+    exp.multilabel
+        .thresholds_of(labels)
+        .unwrap_or_else(|_| vec![exp.multilabel.threshold; labels.len()])
 }
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
@@ -45,6 +47,7 @@ pub(super) fn validate(
     let fill = (augment.fill_mode, augment.cval);
     let (mut loss_sum, mut truth, mut predicted, mut prob1) =
         (0.0, Vec::new(), Vec::new(), Vec::new());
+    let mut hot: Vec<u8> = Vec::new();
     let mut probabilities = Vec::with_capacity(data.val.len() * net.classes);
     let k = net.frozen_segments();
     tch::no_grad(|| {
@@ -76,6 +79,13 @@ pub(super) fn validate(
             let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
             probabilities.extend_from_slice(&p);
             let classes = net.classes;
+            if net.multilabel {
+                for &i in &images {
+                    hot.extend((0..classes).map(|l| u8::from(data.has_label(i, l))));
+                }
+                progress(hot.len() / classes, data.val.len());
+                continue;
+            }
             for (i, &label) in Vec::<i64>::try_from(&y)
                 .unwrap_or_default()
                 .iter()
@@ -94,11 +104,27 @@ pub(super) fn validate(
             progress(truth.len(), data.val.len());
         }
     });
+    if net.multilabel {
+        let n = (hot.len() / net.classes.max(1)).max(1);
+        let mut at = thresholds(exp, &data.classes);
+        if exp.multilabel.tune_thresholds {
+            at = tuned_thresholds(&hot, &probabilities, &at);
+        }
+        let scores = multilabel_scores(&hot, &probabilities, &at);
+        return Validation {
+            probabilities,
+            loss: loss_sum / n as f64,
+            confusion: Confusion::new(0, &[], &[]),
+            binary: None,
+            multilabel: Some(scores),
+        };
+    }
     let n = truth.len().max(1);
     Validation {
         probabilities,
         loss: loss_sum / n as f64,
         confusion: Confusion::new(net.classes, &truth, &predicted),
         binary: (net.classes == 2).then(|| binary_scores(&truth, &prob1)),
+        multilabel: None,
     }
 }

@@ -113,10 +113,30 @@ pub(super) fn draw_errors(
         );
         return;
     };
-    let classes: Vec<String> = match &view.predictions {
-        Some(Ok(p)) => p.classes.clone(),
+    let classes: Vec<String> = match (&view.predictions, &m.multilabel) {
+        (Some(Ok(p)), _) => p.classes.clone(),
+        (_, Some(ml)) => (0..ml.labels.len()).map(|l| format!("label {l}")).collect(),
         _ => (0..m.confusion.n).map(|c| format!("class {c}")).collect(),
     };
+    if let Some(ml) = &m.multilabel {
+        let height = (ml.labels.len() as u16 + 3).min(area.height / 2);
+        let [table_area, images_area] =
+            Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
+        let which = if Some(m.epoch) == best.map(|b| b.epoch) {
+            "best"
+        } else {
+            "←/→"
+        };
+        let title = format!(
+            " epoch {} ({which}) · mean AUC {} · mAP {} · f: by label ",
+            m.epoch,
+            ml.mean_auc.map_or("-".into(), |a| format!("{a:.3}")),
+            ml.map.map_or("-".into(), |a| format!("{a:.3}")),
+        );
+        draw_label_table(frame, ml, &classes, view.label, &title, table_area);
+        draw_images(frame, view, &classes, previews, images_area);
+        return;
+    }
     let matrix_height = (m.confusion.n as u16 + 3).min(area.height / 2);
     let [matrix_area, images_area] =
         Layout::vertical([Constraint::Length(matrix_height), Constraint::Min(3)]).areas(area);
@@ -183,6 +203,105 @@ fn draw_matrix(frame: &mut Frame, c: &Confusion, classes: &[String], title: &str
     );
 }
 
+/// Multi-label: one row per label (support, AUC, AP, threshold, P, R, F1, missed,
+/// false); the label the images are ordered by is marked.
+fn draw_label_table(
+    frame: &mut Frame,
+    ml: &crate::train::metrics::MultiLabelScores,
+    labels: &[String],
+    focus: Option<usize>,
+    title: &str,
+    area: Rect,
+) {
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{a:.2}"));
+    let header = [
+        "label", "n", "AUC", "AP", "thr", "P", "R", "F1", "miss", "false",
+    ];
+    let rows: Vec<Row> = ml
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(l, s)| {
+            let name: String = labels
+                .get(l)
+                .map_or("?", String::as_str)
+                .chars()
+                .take(12)
+                .collect();
+            let row = Row::new(vec![
+                format!("{}{name}", if focus == Some(l) { "›" } else { " " }),
+                s.support.to_string(),
+                opt(s.auc),
+                opt(s.average_precision),
+                format!("{:.2}", s.threshold),
+                format!("{:.2}", s.precision),
+                format!("{:.2}", s.recall),
+                format!("{:.2}", s.f1),
+                s.counts[2].to_string(),
+                s.counts[1].to_string(),
+            ]);
+            if focus == Some(l) {
+                row.style(Style::new().bold())
+            } else {
+                row
+            }
+        })
+        .collect();
+    let mut widths = vec![Constraint::Length(13), Constraint::Length(5)];
+    widths.extend([Constraint::Length(4); 6]);
+    widths.extend([Constraint::Length(5); 2]);
+    let mut title = title.to_string();
+    if title.chars().count() + 2 > area.width as usize {
+        title = title.replace(" · ", " ").replace("mean AUC", "AUC");
+    }
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(header).style(Style::new().bold()))
+            .column_spacing(1)
+            .block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// A multi-label image's line in the list: the label that orders it (right, missed
+/// or a false positive) with its probability, then the image's labels and what was
+/// said.
+fn label_line(
+    p: &crate::train::predictions::ValPrediction,
+    labels: &[String],
+    focus: Option<usize>,
+) -> String {
+    let names = |ls: Option<&Vec<usize>>| match ls.map(Vec::as_slice) {
+        None | Some([]) => "-".to_string(),
+        Some(ls) => ls
+            .iter()
+            .map(|&l| labels.get(l).map_or("?", String::as_str))
+            .collect::<Vec<_>>()
+            .join("+"),
+    };
+    // The label it is ordered by: the focus, else its worst.
+    let worst = focus.unwrap_or_else(|| {
+        (0..p.probabilities.len())
+            .min_by(|&a, &b| {
+                p.label_truth_probability(a)
+                    .total_cmp(&p.label_truth_probability(b))
+            })
+            .unwrap_or(0)
+    });
+    let how = match (p.has(worst), p.said(worst)) {
+        (true, false) => "missed",
+        (false, true) => "false",
+        _ => "right",
+    };
+    format!(
+        "{how} {} {:.2} · {} → {}",
+        labels.get(worst).map_or("?", String::as_str),
+        p.probabilities.get(worst).copied().unwrap_or(0.0),
+        names(p.labels.as_ref()),
+        names(p.predicted_labels.as_ref()),
+    )
+}
+
 /// The images from the most badly predicted, and the selected one's picture.
 fn draw_images(
     frame: &mut Frame,
@@ -213,7 +332,8 @@ fn draw_images(
         }
         Some(Ok(p)) => p,
     };
-    let worst = predictions.worst_first();
+    let worst = predictions.worst_first_for(view.label);
+    let multilabel = predictions.is_multilabel();
     // The picture takes a square-ish part on the right (cells are about twice as tall
     // as wide).
     let picture_width = (area.height.saturating_mul(2))
@@ -235,12 +355,25 @@ fn draw_images(
                 .path
                 .file_name()
                 .map_or(String::new(), |f| f.to_string_lossy().into_owned());
-            let text = format!(
-                "{pointer}{mark} {} → {} {:.2} {file}",
-                name(p.truth),
-                name(p.predicted),
-                p.probabilities.get(p.predicted).copied().unwrap_or(0.0)
-            );
+            let text = if multilabel {
+                let wrong = match view.label {
+                    Some(l) => p.has(l) != p.said(l),
+                    None => !p.correct(),
+                };
+                let mark = if wrong { "✗" } else { " " };
+                // The file first: the label line is long.
+                format!(
+                    "{pointer}{mark} {file} {}",
+                    label_line(p, classes, view.label)
+                )
+            } else {
+                format!(
+                    "{pointer}{mark} {} → {} {:.2} {file}",
+                    name(p.truth),
+                    name(p.predicted),
+                    p.probabilities.get(p.predicted).copied().unwrap_or(0.0)
+                )
+            };
             let line = Line::raw(text);
             if i == view.selected {
                 line.reversed()
@@ -258,11 +391,19 @@ fn draw_images(
         predictions.images.len(),
     );
     let room = list_area.width.saturating_sub(2) as usize;
+    let (wrong, what) = match (multilabel, view.label) {
+        (true, Some(l)) => {
+            let (missed, false_) = predictions.label_wrong(l);
+            (missed + false_, format!("wrong on {}", name(l)))
+        }
+        (true, None) => (wrong, "with a wrong label".to_string()),
+        _ => (wrong, "wrong".to_string()),
+    };
     let title = [
-        format!(" best epoch {epoch}: {wrong} of {all} wrong, worst first (↑/↓) "),
-        format!(" best epoch {epoch}: {wrong} of {all} wrong, worst first "),
-        format!(" epoch {epoch}: {wrong} of {all} wrong, worst first "),
-        format!(" epoch {epoch}: {wrong}/{all} wrong "),
+        format!(" best epoch {epoch}: {wrong} of {all} {what}, worst first (↑/↓) "),
+        format!(" best epoch {epoch}: {wrong} of {all} {what}, worst first "),
+        format!(" epoch {epoch}: {wrong} of {all} {what}, worst first "),
+        format!(" epoch {epoch}: {wrong}/{all} {what} "),
     ]
     .into_iter()
     .find(|t| t.chars().count() <= room)
@@ -276,12 +417,16 @@ fn draw_images(
         selected
             // The list's figure: the probability of the predicted class.
             .map(|p| {
-                format!(
-                    " true {} · predicted {} {:.2} ",
-                    name(p.truth),
-                    name(p.predicted),
-                    p.probabilities.get(p.predicted).copied().unwrap_or(0.0)
-                )
+                if multilabel {
+                    format!(" {} ", label_line(p, classes, view.label))
+                } else {
+                    format!(
+                        " true {} · predicted {} {:.2} ",
+                        name(p.truth),
+                        name(p.predicted),
+                        p.probabilities.get(p.predicted).copied().unwrap_or(0.0)
+                    )
+                }
             })
             .unwrap_or_default(),
     );

@@ -11,12 +11,39 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
     let best = run.best();
     // Too narrow for every column (a 60-column terminal): the validation ones stay.
     let compact = area.width < 54;
+    // Multi-label: the mean AUC beside the label accuracy (the compact table keeps it
+    // over the accuracy).
+    let multilabel = run.epochs.iter().any(|m| m.multilabel.is_some());
+    let auc_cell = |m: &crate::train::EpochMetrics| {
+        m.mean_auc().map_or("-".to_string(), |a| format!("{a:.3}"))
+    };
     let visible = area.height.saturating_sub(3) as usize;
     let end = run
         .epochs
         .len()
         .saturating_sub(app.table_scroll.min(run.epochs.len()));
     let start = end.saturating_sub(visible);
+    let names = [
+        "ep", "phase", "loss", "acc", "v_loss", "v_acc", "lr", "s", "v_auc",
+    ];
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(4),
+        Constraint::Length(5),
+    ];
+    // Validation, which the stall detector watches, over training when narrow.
+    let keep: Vec<usize> = match (compact, multilabel) {
+        (true, false) => vec![0, 1, 4, 5, 6],
+        (true, true) => vec![0, 1, 4, 8, 6],
+        (false, false) => (0..8).collect(),
+        (false, true) => vec![0, 1, 2, 3, 4, 5, 8, 6, 7],
+    };
     let rows: Vec<Row> = run.epochs[start..end]
         .iter()
         .enumerate()
@@ -39,11 +66,9 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
                 Cell::from(format!("{:.3}", m.val_accuracy)),
                 Cell::from(lr_cell(m)),
                 Cell::from(format!("{:.0}", m.seconds)),
+                Cell::from(auc_cell(m)),
             ];
-            if compact {
-                // Validation, which the stall detector watches, over training.
-                cells = [0, 1, 4, 5, 6].iter().map(|&i| cells[i].clone()).collect();
-            }
+            cells = keep.iter().map(|&i| cells[i].clone()).collect();
             let row = Row::new(cells);
             if Some(start + i) == best {
                 row.style(Style::new().fg(Color::Green))
@@ -54,22 +79,7 @@ pub(super) fn draw_table(frame: &mut Frame, app: &App, run: &RunView, area: Rect
             }
         })
         .collect();
-    let names = ["ep", "phase", "loss", "acc", "v_loss", "v_acc", "lr", "s"];
-    let widths = [
-        Constraint::Length(5),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(4),
-    ];
-    let keep: Vec<usize> = if compact {
-        vec![0, 1, 4, 5, 6]
-    } else {
-        (0..names.len()).collect()
-    };
+
     let header = Row::new(keep.iter().map(|&i| names[i])).style(Style::new().bold());
     let table = Table::new(rows, keep.iter().map(|&i| widths[i]))
         .header(header)

@@ -59,6 +59,7 @@ fn metrics(epoch: u32, phase: Phase, acc: f64) -> EpochMetrics {
         suggestion: None,
         mixed: None,
         lr_lowered: None,
+        multilabel: None,
         deepened: 0,
     }
 }
@@ -1370,6 +1371,78 @@ fn error_analysis_view_shows_matrix_worst_images_and_a_picture() {
     update(&mut app, key(KeyCode::Char('v')));
     assert!(app.errors.is_none());
     assert!(render(&app, 100, 30).contains("epochs (* best"));
+}
+
+/// Multi-label runs: the epoch table adds the mean AUC; the error view shows one row
+/// per label (AUC, AP, threshold, P/R/F1, missed and false counts) and the images by
+/// their worst label; `f` orders them by one label after another, then by the worst
+/// again. Fits 80x24.
+#[test]
+fn multilabel_error_view_orders_images_by_label() {
+    use tlcap::train::metrics::multilabel_scores;
+    use tlcap::train::predictions::ValPredictions;
+    let mut app = running(2);
+    let labels = vec!["crack".to_string(), "dust".to_string()];
+    // Three images: a has crack (right), b has both (crack missed), c none (dust said).
+    let truth = [1, 0, 1, 1, 0, 0];
+    let probs = [0.9, 0.2, 0.3, 0.8, 0.1, 0.7];
+    let mut m = metrics(3, Phase::Frozen, 0.8);
+    m.multilabel = Some(multilabel_scores(&truth, &probs, &[0.5, 0.5]));
+    m.val_auc = m.multilabel.as_ref().unwrap().mean_auc;
+    trainer(&mut app, Event::EpochEnd(m));
+    let table = render(&app, 80, 24);
+    assert!(
+        table.contains("v_auc") && table.contains("1.000"),
+        "{table}"
+    );
+    let dir = PathBuf::from("runs/quickstart/20261129-120000");
+    update(&mut app, key(KeyCode::Char('v')));
+    let files = vec![
+        (PathBuf::from("/d/a.png"), vec![0]),
+        (PathBuf::from("/d/b.png"), vec![0, 1]),
+        (PathBuf::from("/d/c.png"), vec![]),
+    ];
+    let predictions =
+        ValPredictions::new_multilabel((3, Phase::Frozen), &labels, files, &probs, vec![0.5, 0.5]);
+    let actions = update(
+        &mut app,
+        AppEvent::Predictions(dir.clone(), Ok(Box::new(predictions))),
+    );
+    assert_eq!(actions, vec![Action::LoadPreview("/d/b.png".into())]);
+    let small = render(&app, 80, 24);
+    for needle in [
+        "AUC 1.000 mAP 1.000",
+        "label",
+        " crack   2     1.00 1.00 0.50 1.00 0.50 0.67 1     0",
+        "2/3 with a wrong label",
+        "›✗ b.png missed crack 0.30 · crack+dust",
+        " ✗ c.png false dust 0.70 · - → dust",
+    ] {
+        assert!(small.contains(needle), "{needle}:\n{small}");
+    }
+    // f: by crack (b's miss first), then by dust (c's false positive first), then back.
+    update(
+        &mut app,
+        AppEvent::Preview("/d/b.png".into(), Err("a test without pictures".into())),
+    );
+    let actions = update(&mut app, key(KeyCode::Char('f')));
+    assert_eq!(actions, Vec::<Action>::new(), "b is shown already");
+    let by_crack = render(&app, 120, 40);
+    assert!(by_crack.contains("1/3 wrong on crack"), "{by_crack}");
+    assert!(by_crack.contains("mean AUC 1.000"), "{by_crack}");
+    let actions = update(&mut app, key(KeyCode::Char('f')));
+    assert_eq!(actions, vec![Action::LoadPreview("/d/c.png".into())]);
+    let by_dust = render(&app, 100, 30);
+    assert!(
+        by_dust.contains("›✗ c.png false dust 0.70 · - → dust"),
+        "{by_dust}"
+    );
+    assert!(
+        by_dust.contains("›dust"),
+        "the label in focus is marked:\n{by_dust}"
+    );
+    update(&mut app, key(KeyCode::Char('f')));
+    assert_eq!(app.errors.as_ref().unwrap().label, None);
 }
 
 /// A fine-tune stall suggests lowering the rate and names the key; `r` sends it; the

@@ -18,6 +18,7 @@ mod export;
 mod finetune_schedule;
 mod headless;
 mod image_cache;
+mod multilabel;
 mod setup_script;
 mod slurm;
 mod train;
