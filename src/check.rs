@@ -29,13 +29,9 @@ pub fn preflight(exp: &Experiment, file: &Path) -> Vec<ConfigError> {
         }
         Err(e) => problems.push(problem("data.dir", format!("data.dir: {e}"))),
         Ok(scan) => {
-            if let Some(Err(e)) = exp
-                .data
-                .class_weight
-                .as_ref()
-                .map(|w| w.check_classes(&scan.classes))
-            {
-                problems.push(problem("data.class_weight", e));
+            let multilabel = scan.multi_hot.is_some();
+            for (key, e) in crate::data::task_problems(exp, &scan.classes, multilabel) {
+                problems.push(problem(key, e));
             }
         }
     }

@@ -137,7 +137,8 @@ pub enum Command {
         /// One JSON object per image, with every class's probability.
         #[arg(long)]
         json: bool,
-        /// Two classes: predict the second class when its probability is at least P.
+        /// Two classes: predict the second class when its probability is at least P;
+        /// multi-label: every label's threshold.
         #[arg(long, value_name = "P", value_parser = probability)]
         threshold: Option<f64>,
     },

@@ -152,7 +152,17 @@ pub fn evaluate(
         source,
         files,
         mut skipped,
-    } = test_images(&exp, test)?;
+    } = {
+        // The test file reads as the model's task, whatever its rows alone would say
+        // (a multi-label test file may join no two labels on any row).
+        let mut as_trained = exp.clone();
+        as_trained.task = if predictor.thresholds.is_some() {
+            crate::config::Task::Multilabel
+        } else {
+            crate::config::Task::SingleLabel
+        };
+        test_images(&as_trained, test)?
+    };
     if let Some(thresholds) = predictor.thresholds.clone() {
         return evaluate_multilabel(&predictor, thresholds, (checkpoint, source, files), skipped);
     }
@@ -327,7 +337,7 @@ pub fn label_table(labels: &[String], s: &MultiLabelScores) -> String {
 /// The scores in a few lines of text.
 pub fn words(s: &TestScores) -> String {
     let mut out = format!(
-        "test set {} ({} images{}), {} epoch {} ({}):\n  accuracy {:.4}  loss {:.4}",
+        "test set {} ({} images{}), {} epoch {} ({}):\n  {} {:.4}  loss {:.4}",
         s.source.display(),
         s.images,
         match s.skipped.len() {
@@ -340,11 +350,15 @@ pub fn words(s: &TestScores) -> String {
             .unwrap_or_default(),
         s.epoch,
         s.phase.name(),
+        if s.multilabel.is_some() {
+            "label accuracy"
+        } else {
+            "accuracy"
+        },
         s.accuracy,
         s.loss
     );
     if let Some(ml) = &s.multilabel {
-        out = out.replacen("accuracy", "label accuracy", 1);
         out += "\n";
         out += &label_table(&s.classes, ml);
         for (path, why) in s.skipped.iter().take(10) {

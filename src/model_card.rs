@@ -230,9 +230,7 @@ impl Head {
                 if info.thresholds.len() == info.classes.len() {
                     info.thresholds.clone()
                 } else {
-                    exp.multilabel
-                        .thresholds_of(&info.classes)
-                        .unwrap_or_else(|_| vec![exp.multilabel.threshold; info.classes.len()])
+                    exp.multilabel.thresholds_for(&info.classes)
                 }
             }),
         }

@@ -41,8 +41,14 @@ pub enum ReportError {
 pub fn run(run: &Path) -> anyhow::Result<()> {
     let text = write(run)?;
     crate::stdout::line(text.trim_end())?;
+    // A multi-label run has a label table, no confusion matrix.
+    let matrix = if text.contains("![confusion matrix]") {
+        ", confusion.svg"
+    } else {
+        ""
+    };
     crate::stdout::line(format!(
-        "\nwritten: {} (with accuracy.svg, loss.svg, lr.svg, confusion.svg)",
+        "\nwritten: {} (with accuracy.svg, loss.svg, lr.svg{matrix})",
         run.join("report.md").display()
     ))
 }

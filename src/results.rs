@@ -33,6 +33,9 @@ pub struct ResultRow {
     pub epochs: u32,
     /// The run folder.
     pub run_dir: PathBuf,
+    /// Multi-label runs: the best mean AUC over the labels of any epoch (what such a
+    /// run is compared by; `best_val_accuracy` is its label accuracy).
+    pub best_mean_auc: Option<f64>,
 }
 
 /// The epoch with the highest val_accuracy (the earliest on a tie; NaN never wins).
@@ -69,6 +72,12 @@ pub fn row(
         total_params: params.1,
         epochs: epochs.len() as u32,
         run_dir,
+        best_mean_auc: epochs
+            .iter()
+            .filter(|m| m.multilabel.is_some())
+            .filter_map(EpochMetrics::mean_auc)
+            .filter(|a| !a.is_nan())
+            .reduce(f64::max),
     })
 }
 

@@ -138,6 +138,16 @@ impl MultilabelConfig {
         *self == MultilabelConfig::default()
     }
 
+    /// Each label's threshold, in `labels` order, from `thresholds` where it names the
+    /// label, else `threshold` (names of other labels are ignored here; the run's
+    /// start refuses them, see [`MultilabelConfig::thresholds_of`]).
+    pub fn thresholds_for(&self, labels: &[String]) -> Vec<f64> {
+        labels
+            .iter()
+            .map(|l| self.thresholds.get(l).copied().unwrap_or(self.threshold))
+            .collect()
+    }
+
     /// Each label's threshold, in `labels` order; an error names a threshold for a
     /// label that is not in the data.
     pub fn thresholds_of(&self, labels: &[String]) -> Result<Vec<f64>, String> {
@@ -202,7 +212,7 @@ impl PosWeight {
             PosWeight::Rule(PosWeightRule::Balanced) => Ok(counts
                 .iter()
                 .map(|&(pos, neg)| {
-                    if pos == 0 {
+                    if pos == 0 || neg == 0 {
                         1.0
                     } else {
                         neg as f64 / pos as f64

@@ -132,6 +132,66 @@ pub fn find(exp: &Experiment) -> Result<Scan, DataError> {
     }
 }
 
+/// The settings that do not fit the data, once its classes (or labels) are known:
+/// `(setting, what is wrong)`. Multi-label data (a task inferred from the label file
+/// included) refuses `data.class_weight` and `data.sampling: balanced` and names
+/// unknown labels in `multilabel.thresholds` and `multilabel.pos_weight`; one class
+/// per image refuses `stall.monitor: val_mean_auc` over more than two classes and
+/// names unknown classes in `data.class_weight`. `check` lists them; a run refuses to
+/// start on them.
+pub fn task_problems(
+    exp: &Experiment,
+    classes: &[String],
+    multilabel: bool,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if multilabel {
+        if exp.data.class_weight.is_some() {
+            out.push((
+                "data.class_weight",
+                "data.class_weight weighs the classes of a single-label task; this label file \
+                 is multi-label: weigh each label's positives with multilabel.pos_weight"
+                    .to_string(),
+            ));
+        }
+        if exp.data.sampling == Sampling::Balanced {
+            out.push((
+                "data.sampling",
+                "data.sampling: balanced draws the classes of a single-label task; this label \
+                 file is multi-label: weigh rare labels with multilabel.pos_weight"
+                    .to_string(),
+            ));
+        }
+        if let Err(e) = exp.multilabel.thresholds_of(classes) {
+            out.push(("multilabel.thresholds", e));
+        }
+        let counts = vec![(1, 1); classes.len()];
+        if let Err(e) = exp.multilabel.pos_weight.resolve(classes, &counts) {
+            out.push(("multilabel.pos_weight", e));
+        }
+    } else {
+        if exp.stall.monitor == crate::config::Monitor::ValMeanAuc && classes.len() > 2 {
+            out.push((
+                "stall.monitor",
+                format!(
+                    "stall.monitor val_mean_auc needs a multi-label task or two classes; this \
+                     data has {} classes (watch val_accuracy or val_balanced_accuracy)",
+                    classes.len()
+                ),
+            ));
+        }
+        if let Some(Err(e)) = exp
+            .data
+            .class_weight
+            .as_ref()
+            .map(|w| w.check_classes(classes))
+        {
+            out.push(("data.class_weight", e));
+        }
+    }
+    out
+}
+
 /// An epoch of balanced sampling (PyTorch's `WeightedRandomSampler` with class-balanced
 /// weights, with replacement): `train.len()` draws, each a class chosen uniformly among
 /// those with training images, then one of its images uniformly. Rare classes' images
@@ -144,7 +204,11 @@ pub fn balanced_order(
 ) -> Vec<usize> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for &i in train {
-        by_class[labels[i]].push(i);
+        // (A stratum past the classes, a multi-label image without labels, is never
+        // drawn: balanced sampling is refused for multi-label data.)
+        if let Some(class) = by_class.get_mut(labels[i]) {
+            class.push(i);
+        }
     }
     by_class.retain(|c| !c.is_empty());
     if by_class.is_empty() {

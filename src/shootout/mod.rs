@@ -16,13 +16,17 @@ fn opt(v: Option<f64>) -> String {
 
 /// The comparison as a Markdown table, best first.
 pub fn markdown(rows: &[ResultRow]) -> String {
+    // Multi-label runs compare by mean AUC: a column once one is in the table.
+    let auc = rows.iter().any(|r| r.best_mean_auc.is_some());
     let mut out = String::from(
-        "| experiment | backbone | best val_acc | epoch | frozen best | fine-tuned best | s/epoch | trainable / total params |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| experiment | backbone | best val_acc | epoch | frozen best | fine-tuned best | s/epoch | trainable / total params |",
     );
+    out.push_str(if auc { " best mean AUC |\n" } else { "\n" });
+    out.push_str("|---|---|---|---|---|---|---|---|");
+    out.push_str(if auc { "---|\n" } else { "\n" });
     for r in sorted(rows) {
         out.push_str(&format!(
-            "| {} | {} | {:.4} | {} | {} | {} | {:.1} | {} / {} |\n",
+            "| {} | {} | {:.4} | {} | {} | {} | {:.1} | {} / {} |",
             r.experiment,
             r.backbone,
             r.best_val_accuracy,
@@ -33,6 +37,10 @@ pub fn markdown(rows: &[ResultRow]) -> String {
             r.trainable_params,
             r.total_params
         ));
+        if auc {
+            out.push_str(&format!(" {} |", opt(r.best_mean_auc)));
+        }
+        out.push('\n');
     }
     out
 }

@@ -198,6 +198,11 @@ impl Trainer {
             val: data.val.len(),
             skipped: data.skipped.len(),
         });
+        let problems = crate::data::task_problems(&self.exp, &data.classes, data.is_multilabel());
+        if !problems.is_empty() {
+            let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
+            anyhow::bail!("{}", words.join("; "));
+        }
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
         let mut net =
@@ -219,19 +224,17 @@ impl Trainer {
                 .zip(&weights)
                 .map(|(c, w)| format!("{c} {w:.3}"))
                 .collect();
+            let watch = if self.exp.stall.monitor == crate::config::Monitor::ValAccuracy {
+                "; stall.monitor val_accuracy watches the share of right (image, label) \
+                 decisions (val_mean_auc is the usual choice)"
+            } else {
+                ""
+            };
             multilabel_note = Some(format!(
-                "multi-label: {} labels, one sigmoid each; positive weights in the loss: {}",
+                "multi-label: {} labels, one sigmoid each; positive weights in the loss: {}{watch}",
                 data.classes.len(),
                 shown.join(", ")
             ));
-        } else if self.exp.stall.monitor == crate::config::Monitor::ValMeanAuc
-            && data.classes.len() > 2
-        {
-            anyhow::bail!(
-                "stall.monitor val_mean_auc needs a multi-label task or two classes; this \
-                 data has {} classes (watch val_accuracy or val_balanced_accuracy)",
-                data.classes.len()
-            );
         }
         if let Some(rule) = &self.exp.data.class_weight {
             let train: Vec<usize> = data.split_counts().iter().map(|c| c.0).collect();

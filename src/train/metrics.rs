@@ -215,15 +215,22 @@ pub struct MultiLabelScores {
 }
 
 impl MultiLabelScores {
-    /// Mean over labels of (sensitivity + specificity) / 2.
+    /// Mean over labels of (sensitivity + specificity) / 2, each label's mean over
+    /// the terms it has (a label without validation positives counts its specificity
+    /// alone; one with neither is left out), as balanced accuracy skips classes
+    /// without images.
     pub fn balanced_accuracy(&self) -> f64 {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let per: Vec<f64> = self
             .labels
             .iter()
-            .map(|l| {
+            .filter_map(|l| {
                 let [tp, fp, fn_, tn] = l.counts;
-                (ratio(tp, tp + fn_) + ratio(tn, tn + fp)) / 2.0
+                let terms: Vec<f64> = [(tp, tp + fn_), (tn, tn + fp)]
+                    .iter()
+                    .filter(|(_, all)| *all > 0)
+                    .map(|&(right, all)| right as f64 / all as f64)
+                    .collect();
+                mean(&terms)
             })
             .collect();
         mean(&per).unwrap_or(0.0)
@@ -444,6 +451,13 @@ mod tests {
         assert!((s.map.unwrap() - (0.5 + 1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
         // Balanced: label 0 (0.5 + 0) / 2, label 1 (1 + 1) / 2.
         assert!((s.balanced_accuracy() - 0.625).abs() < 1e-12);
+        // A label without validation positives counts its specificity alone.
+        let none = multilabel_scores(&[0, 0], &[0.2, 0.7], &[0.5]);
+        assert_eq!(none.balanced_accuracy(), 0.5);
+        assert_eq!(
+            (none.labels[0].auc, none.labels[0].average_precision),
+            (None, None)
+        );
         // Tuned: label 0's best F1 takes every image (.8 .6 .3: F1 0.8), nothing lower:
         // 0.3 itself; label 1's takes .9 alone, half-way to .2.
         let tuned = tuned_thresholds(&truth, &prob, &[0.5, 0.5]);

@@ -48,10 +48,24 @@ pub(super) fn open(
                     .map(|&i| (data.files[i].clone(), data.labels[i]))
                     .collect()
             };
+            let labels = |idx: &[usize]| -> Vec<Vec<usize>> {
+                if !data.is_multilabel() {
+                    return Vec::new();
+                }
+                idx.iter()
+                    .map(|&i| {
+                        (0..data.classes.len())
+                            .filter(|&l| data.has_label(i, l))
+                            .collect()
+                    })
+                    .collect()
+            };
             run.write_split(&Split {
                 classes: data.classes.clone(),
                 train: files(&data.train),
                 val: files(&data.val),
+                train_labels: labels(&data.train),
+                val_labels: labels(&data.val),
             })?;
             // How the run was started, so `resume` continues it the same way.
             run.write_info(&RunInfo {
@@ -76,6 +90,21 @@ pub(super) fn open(
             }
             let (tensors, info) = run_dir::read_checkpoint(&dir.join("last.safetensors"))
                 .context("cannot resume: no usable last.safetensors (did an epoch finish?)")?;
+            if info.multilabel != data.is_multilabel() {
+                anyhow::bail!(
+                    "cannot resume: the run was {}, the label file now reads as {}",
+                    if info.multilabel {
+                        "multi-label"
+                    } else {
+                        "single-label"
+                    },
+                    if data.is_multilabel() {
+                        "multi-label"
+                    } else {
+                        "single-label"
+                    }
+                );
+            }
             if info.classes != data.classes {
                 anyhow::bail!(
                     "cannot resume: the run had classes {:?}, the data folder now has {:?}",

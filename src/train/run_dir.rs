@@ -34,6 +34,14 @@ pub struct Split {
     pub train: Vec<(PathBuf, usize)>,
     /// `(file, class index)` of the validation images.
     pub val: Vec<(PathBuf, usize)>,
+    /// Multi-label: each training image's label indices, in `train` order (then the
+    /// index in `train` is the image's rarest label, which the split stratified by,
+    /// or `classes.len()` for an image without any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_labels: Vec<Vec<usize>>,
+    /// Multi-label: each validation image's label indices, in `val` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_labels: Vec<Vec<usize>>,
 }
 
 /// What a checkpoint's metadata records.

@@ -21,12 +21,10 @@ pub(super) struct Validation {
     pub(super) multilabel: Option<MultiLabelScores>,
 }
 
-/// Each label's threshold as the settings give it (a label the settings do not know
-/// keeps `multilabel.threshold`; the trainer refuses unknown names at the start).
+/// Each label's threshold as the settings give it (a name the data does not have,
+/// from a live edit, is ignored; the trainer refuses one at the start).
 pub fn thresholds(exp: &Experiment, labels: &[String]) -> Vec<f64> {
-    exp.multilabel
-        .thresholds_of(labels)
-        .unwrap_or_else(|_| vec![exp.multilabel.threshold; labels.len()])
+    exp.multilabel.thresholds_for(labels)
 }
 
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in

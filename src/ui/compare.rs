@@ -64,6 +64,10 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     // A `test` column once some run has been scored on its test set (`evaluate`).
     let with_test = runs.iter().any(|(_, r)| r.test_accuracy.is_some());
+    // An `auc` column once a multi-label run is in the table (compared by mean AUC).
+    let with_auc = results
+        .iter()
+        .any(|r| r.as_ref().is_some_and(|c| c.best_mean_auc.is_some()));
     let mut rows: Vec<Row> = runs
         .iter()
         .zip(&results)
@@ -91,6 +95,10 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
                 cells.resize(6, String::new());
                 cells.push(fmt(run.test_accuracy));
             }
+            if with_auc {
+                cells.resize(6 + usize::from(with_test), String::new());
+                cells.push(fmt(result.as_ref().and_then(|c| c.best_mean_auc)));
+            }
             Row::new(cells).style(Style::new().fg(SERIES[i % SERIES.len()]))
         })
         .collect();
@@ -112,6 +120,10 @@ pub(super) fn draw_compare(frame: &mut Frame, app: &App, area: Rect) {
     if with_test {
         widths.push(Constraint::Length(6));
         header.push("test");
+    }
+    if with_auc {
+        widths.push(Constraint::Length(6));
+        header.push("auc");
     }
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().bold()))
@@ -278,6 +290,7 @@ mod tests {
             total_params: 0,
             epochs: 1,
             run_dir: PathBuf::new(),
+            best_mean_auc: None,
         })
     }
 

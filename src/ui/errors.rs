@@ -375,9 +375,13 @@ fn draw_images(
                 )
             };
             let line = Line::raw(text);
+            let wrong = match (multilabel, view.label) {
+                (true, Some(l)) => p.has(l) != p.said(l),
+                _ => !p.correct(),
+            };
             if i == view.selected {
                 line.reversed()
-            } else if !p.correct() {
+            } else if wrong {
                 line.fg(Color::Red)
             } else {
                 line

@@ -243,6 +243,34 @@ fn bad_multilabel_rows_and_settings_are_named() {
         "{err}"
     );
 
+    // Settings that only the data shows wrong: a label file inferred multi-label with
+    // single-label weighting or sampling, names the data lacks. `check` lists each.
+    std::fs::write(
+        root.join("good.csv"),
+        format!("path,labels\n{},left|bar\n{},\n", p(0), p(1)),
+    )
+    .unwrap();
+    let inferred = exp(
+        root,
+        "labels: good.csv, columns: { label: labels }, class_weight: balanced, sampling: balanced",
+        "multilabel: { thresholds: { lft: 0.3 }, pos_weight: { rigth: 2 } }",
+    );
+    let problems: Vec<String> = tlcap::check::preflight(&inferred, &root.join("e.yaml"))
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    for needle in [
+        "data.class_weight weighs the classes",
+        "data.sampling: balanced draws",
+        "multilabel.thresholds names `lft`",
+        "multilabel.pos_weight names `rigth`",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle}: {problems:?}"
+        );
+    }
+
     // Settings: each problem names its setting and the valid range.
     let bad = |data: &str, extra: &str| {
         let text = format!(
@@ -419,6 +447,16 @@ fn small_cnn_learns_findings_and_every_command_reads_them() {
         .unwrap()
         .unwrap()
         .path();
+    // split.json keeps each image's labels beside the stratum it was split by.
+    let split: tlcap::train::run_dir::Split =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!(split.val_labels.len(), split.val.len());
+    assert_eq!(split.train_labels.len(), split.train.len());
+    for ((path, _), labels) in split.val.iter().zip(&split.val_labels) {
+        let (_, has) = rows.iter().find(|(p, _)| root.join(p) == *path).unwrap();
+        let names: Vec<&str> = labels.iter().map(|&l| LABELS[l]).collect();
+        assert_eq!(&names, has, "{}", path.display());
+    }
     let metrics = tlcap::train::run_dir::read_metrics(&run).unwrap();
     assert_eq!(metrics.len(), 10, "{out}");
     // The earliest epoch with the highest mean AUC.
@@ -536,6 +574,32 @@ fn small_cnn_learns_findings_and_every_command_reads_them() {
         close(&scores["auc"], aucs.iter().sum::<f64>() / 3.0),
         "{scores}"
     );
+    // A test file where no row joins two labels still reads as the model's task
+    // (its empty cells are images without findings, not empty labels).
+    let mut plain = String::from("path,labels\n");
+    for (path, has) in test_rows.iter().filter(|(_, h)| h.len() <= 1) {
+        plain.push_str(&format!("{path},{}\n", has.join("|")));
+    }
+    std::fs::write(root.join("plain.csv"), &plain).unwrap();
+    let plain_csv = root.join("plain.csv");
+    let (ok, out, err) = tlcap(&[
+        "evaluate",
+        run.to_str().unwrap(),
+        "--test",
+        plain_csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let plain_scores: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(plain_scores["images"], plain.lines().count() - 1);
+    // Restore the full test set's scores for `report`.
+    let (ok, _, err) = tlcap(&[
+        "evaluate",
+        run.to_str().unwrap(),
+        "--test",
+        test_csv.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
     let (ok, report, err) = tlcap(&["report", run.to_str().unwrap()]);
     assert!(ok, "{err}");
     for needle in [
