@@ -111,18 +111,23 @@ pub fn read(csv: &Path, exp: &Experiment, rows_wanted: Rows) -> Result<Scan, Dat
     let mut skipped = Vec::new();
     let mut outside = Vec::new();
     let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    // Read whole first: whether the task is multi-label (a label holding the
-    // delimiter) decides how every row's label reads.
-    let records: Vec<Result<csv::StringRecord, csv::Error>> = reader.records().collect();
-    let multilabel = label_col.is_none()
-        || exp.task == Task::Multilabel
-        || (exp.task == Task::Auto
-            && records.iter().flatten().any(|r| {
-                label_col
-                    .and_then(|c| r.get(c))
-                    .is_some_and(|t| t.contains(delimiter))
-            }));
-    for record in records {
+    // Whether the task is multi-label decides how every row's label reads: `auto`
+    // looks for a label holding the delimiter in a first pass over the file (streamed:
+    // memory stays small whatever its size).
+    let multilabel = match (label_col, exp.task) {
+        (None, _) | (_, Task::Multilabel) => true,
+        (Some(_), Task::SingleLabel) => false,
+        (Some(c), Task::Auto) => csv::ReaderBuilder::new()
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_path(csv)
+            .is_ok_and(|mut r| {
+                r.records()
+                    .flatten()
+                    .any(|rec| rec.get(c).is_some_and(|t| t.contains(delimiter)))
+            }),
+    };
+    for record in reader.records() {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
