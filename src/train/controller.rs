@@ -218,12 +218,6 @@ impl Trainer {
                 .resolve(&data.classes, &data.train_label_counts())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             net.set_pos_weight(Some(&weights));
-            let shown: Vec<String> = data
-                .classes
-                .iter()
-                .zip(&weights)
-                .map(|(c, w)| format!("{c} {w:.3}"))
-                .collect();
             let watch = if self.exp.stall.monitor == crate::config::Monitor::ValAccuracy {
                 "; stall.monitor val_accuracy watches the share of right (image, label) \
                  decisions (val_mean_auc is the usual choice)"
@@ -233,7 +227,7 @@ impl Trainer {
             multilabel_note = Some(format!(
                 "multi-label: {} labels, one sigmoid each; positive weights in the loss: {}{watch}",
                 data.classes.len(),
-                shown.join(", ")
+                named_weights(&data.classes, &weights)
             ));
         }
         if let Some(rule) = &self.exp.data.class_weight {
@@ -242,15 +236,9 @@ impl Trainer {
                 .resolve(&data.classes, &train)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             net.set_class_weights(Some(&weights));
-            let shown: Vec<String> = data
-                .classes
-                .iter()
-                .zip(&weights)
-                .map(|(c, w)| format!("{c} {w:.3}"))
-                .collect();
             let _ = self.events.send(Event::Note(format!(
                 "class weights in the training loss: {}",
-                shown.join(", ")
+                named_weights(&data.classes, &weights)
             )));
         }
         let weights = match &self.exp.model.weights {
@@ -883,4 +871,14 @@ impl Trainer {
         }
         self.inbox.close_control_file();
     }
+}
+
+/// `defective 2.209, functional 0.728`: each class's (or label's) weight.
+fn named_weights(classes: &[String], weights: &[f64]) -> String {
+    let shown: Vec<String> = classes
+        .iter()
+        .zip(weights)
+        .map(|(c, w)| format!("{c} {w:.3}"))
+        .collect();
+    shown.join(", ")
 }

@@ -319,6 +319,41 @@ pub fn multilabel_scores(truth: &[u8], prob: &[f32], thresholds: &[f64]) -> Mult
     }
 }
 
+/// One cut of a ranking, at a distinct score from the highest down: the images at or
+/// above `score` predicted positive.
+struct Cut {
+    /// The score (every image tied at it is taken at once).
+    score: f64,
+    /// The next lower distinct score, if any.
+    next: Option<f64>,
+    /// Positives and images at or above `score`.
+    tp: usize,
+    seen: usize,
+}
+
+/// The cuts of `score` from the highest, with the positives (1) in `truth` counted.
+fn cuts(truth: &[usize], score: &[f64]) -> Vec<Cut> {
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+    let (mut out, mut tp, mut seen, mut i) = (Vec::new(), 0, 0, 0);
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && score[order[j]] == score[order[i]] {
+            tp += usize::from(truth[order[j]] == 1);
+            seen += 1;
+            j += 1;
+        }
+        out.push(Cut {
+            score: score[order[i]],
+            next: order.get(j).map(|&k| score[k]),
+            tp,
+            seen,
+        });
+        i = j;
+    }
+    out
+}
+
 /// Average precision of a score for the positives (1) in `truth`, as scikit-learn's
 /// `average_precision_score`: the sum over the distinct score thresholds, from the
 /// highest, of the recall gained times the precision there. None without positives.
@@ -327,22 +362,11 @@ pub fn average_precision(truth: &[usize], score: &[f64]) -> Option<f64> {
     if positives == 0 {
         return None;
     }
-    let mut order: Vec<usize> = (0..score.len()).collect();
-    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
-    let (mut tp, mut seen, mut ap, mut recall_before) = (0usize, 0usize, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        // Every image tied at this score is taken at once.
-        let mut j = i;
-        while j < order.len() && score[order[j]] == score[order[i]] {
-            tp += usize::from(truth[order[j]] == 1);
-            seen += 1;
-            j += 1;
-        }
-        let recall = tp as f64 / positives as f64;
-        ap += (recall - recall_before) * (tp as f64 / seen as f64);
+    let (mut ap, mut recall_before) = (0.0, 0.0);
+    for c in cuts(truth, score) {
+        let recall = c.tp as f64 / positives as f64;
+        ap += (recall - recall_before) * (c.tp as f64 / c.seen as f64);
         recall_before = recall;
-        i = j;
     }
     Some(ap)
 }
@@ -356,28 +380,13 @@ pub fn best_f1_threshold(truth: &[usize], score: &[f64], fallback: f64) -> f64 {
     if positives == 0 {
         return fallback;
     }
-    let mut order: Vec<usize> = (0..score.len()).collect();
-    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
-    let (mut tp, mut seen) = (0usize, 0usize);
     let (mut best_f1, mut best) = (-1.0, fallback);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && score[order[j]] == score[order[i]] {
-            tp += usize::from(truth[order[j]] == 1);
-            seen += 1;
-            j += 1;
-        }
-        let f1 = 2.0 * tp as f64 / (seen + positives) as f64;
+    for c in cuts(truth, score) {
+        let f1 = 2.0 * c.tp as f64 / (c.seen + positives) as f64;
         if f1 > best_f1 {
             best_f1 = f1;
-            let here = score[order[i]];
-            best = match order.get(j) {
-                Some(&next) => (here + score[next]) / 2.0,
-                None => here,
-            };
+            best = c.next.map_or(c.score, |next| (c.score + next) / 2.0);
         }
-        i = j;
     }
     best.clamp(1e-6, 1.0 - 1e-6)
 }

@@ -6,24 +6,11 @@
 //! commands' one wording for a run where no epoch has finished yet.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::util::make_images;
+use crate::util::{make_images, tlcap};
 use tch::{Kind, Tensor};
 use tlcap::export::ModelCard;
 use tlcap::predict::Predictor;
-
-fn tlcap(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 /// Trains `yaml` headless into `root/runs`; returns the run folder.
 fn train(root: &Path, yaml: &str) -> PathBuf {

@@ -3,8 +3,8 @@
 //! fixed batch, and a headless run on generated images with known findings that must
 //! learn them, through `predict --json`, `evaluate`, `report` and `export`.
 
+use crate::util::tlcap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -51,18 +51,6 @@ fn joined_csv(rows: &[(String, Vec<&str>)]) -> String {
         text.push_str(&format!("{path},{}\n", has.join("|")));
     }
     text
-}
-
-fn tlcap(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 fn no_progress(_: usize, _: usize) {}
