@@ -247,6 +247,49 @@ fn concurrent_loads_share_one_cache() {
     assert!(all_pixels(&after).equal(&plain));
 }
 
+/// Separate processes (four `tlcap-tui data` started together) on one cache: each
+/// loads the same pixels, none reads another's part half-written, and a later load
+/// decodes nothing.
+#[test]
+fn concurrent_processes_share_one_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    make_data(data.path(), 60);
+    let file = data.path().join("e.yaml");
+    std::fs::write(
+        &file,
+        "data: { dir: ., image_size: [32, 40], validation_split: 0.25, image_cache: disk }\n\
+         model: { backbone: small_cnn }\n",
+    )
+    .unwrap();
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tlcap-tui"))
+                .args(["data", file.to_str().unwrap()])
+                .env("TLCAP_IMAGE_CACHE", cache.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let text = util::stdout_of_success(&out);
+        assert!(
+            text.contains("image cache")
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("all") && l.ends_with(" 120")),
+            "{text}"
+        );
+    }
+    let exp = experiment(data.path(), "auto");
+    let after = Dataset::load_cached_in(&exp, cache.path(), &no_progress).unwrap();
+    assert_eq!(after.image_cache.as_ref().unwrap().report.decoded, 0);
+    assert!(all_pixels(&after).equal(&all_pixels(&uncached(data.path()))));
+}
+
 #[test]
 fn an_unusable_cache_folder_falls_back_to_memory_and_says_why() {
     let data = tempfile::tempdir().unwrap();
