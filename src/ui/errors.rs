@@ -217,6 +217,12 @@ fn draw_label_table(
     let header = [
         "label", "n", "AUC", "AP", "thr", "P", "R", "F1", "miss", "false",
     ];
+    // Narrow (an 80-column terminal): AP and the threshold go, the names stay whole.
+    let keep: Vec<usize> = if area.width < 66 {
+        vec![0, 1, 2, 5, 6, 7, 8, 9]
+    } else {
+        (0..header.len()).collect()
+    };
     let rows: Vec<Row> = ml
         .labels
         .iter()
@@ -228,7 +234,7 @@ fn draw_label_table(
                 .chars()
                 .take(12)
                 .collect();
-            let row = Row::new(vec![
+            let cells = [
                 format!("{}{name}", if focus == Some(l) { "›" } else { " " }),
                 s.support.to_string(),
                 opt(s.auc),
@@ -239,7 +245,8 @@ fn draw_label_table(
                 format!("{:.2}", s.f1),
                 s.counts[2].to_string(),
                 s.counts[1].to_string(),
-            ]);
+            ];
+            let row = Row::new(keep.iter().map(|&i| cells[i].clone()));
             if focus == Some(l) {
                 row.style(Style::new().bold())
             } else {
@@ -247,16 +254,17 @@ fn draw_label_table(
             }
         })
         .collect();
-    let mut widths = vec![Constraint::Length(13), Constraint::Length(5)];
-    widths.extend([Constraint::Length(4); 6]);
-    widths.extend([Constraint::Length(5); 2]);
+    let mut all_widths = vec![Constraint::Length(13), Constraint::Length(5)];
+    all_widths.extend([Constraint::Length(4); 6]);
+    all_widths.extend([Constraint::Length(5); 2]);
+    let widths: Vec<Constraint> = keep.iter().map(|&i| all_widths[i]).collect();
     let mut title = title.to_string();
     if title.chars().count() + 2 > area.width as usize {
         title = title.replace(" · ", " ").replace("mean AUC", "AUC");
     }
     frame.render_widget(
         Table::new(rows, widths)
-            .header(Row::new(header).style(Style::new().bold()))
+            .header(Row::new(keep.iter().map(|&i| header[i])).style(Style::new().bold()))
             .column_spacing(1)
             .block(Block::bordered().title(title)),
         area,

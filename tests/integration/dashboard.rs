@@ -1413,7 +1413,7 @@ fn multilabel_error_view_orders_images_by_label() {
     for needle in [
         "AUC 1.000 mAP 1.000",
         "label",
-        " crack   2     1.00 1.00 0.50 1.00 0.50 0.67 1     0",
+        " crack        2     1.00 1.00 0.50 0.67 1     0",
         "2/3 with a wrong label",
         "›✗ b.png missed crack 0.30 · crack+dust",
         " ✗ c.png false dust 0.70 · - → dust",
