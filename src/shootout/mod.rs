@@ -218,6 +218,46 @@ mod tests {
         }
     }
 
+    /// A multi-label run's row carries its best mean AUC, and the table gains the
+    /// column (a dash for single-label runs).
+    #[test]
+    fn multilabel_rows_carry_the_best_mean_auc() {
+        use crate::train::metrics::multilabel_scores;
+        let mut e1 = m(1, Phase::Frozen, 0.90);
+        e1.multilabel = Some(multilabel_scores(
+            &[1, 0, 0, 1],
+            &[0.9, 0.6, 0.7, 0.4],
+            &[0.5],
+        ));
+        let mut e2 = m(2, Phase::Frozen, 0.80);
+        e2.multilabel = Some(multilabel_scores(
+            &[1, 0, 0, 1],
+            &[0.9, 0.1, 0.2, 0.8],
+            &[0.5],
+        ));
+        let ml = row("ml", "mobilenet_v2", &[e1, e2], (1, 1), "runs/ml".into()).unwrap();
+        // Pairs (pos, neg): epoch 1 (.9>.6, .9>.7, .4<.6, .4<.7) 0.5; epoch 2: 1.
+        assert_eq!(ml.best_mean_auc, Some(1.0));
+        let single = row(
+            "s",
+            "small_cnn",
+            &[m(1, Phase::Frozen, 0.7)],
+            (1, 1),
+            "runs/s".into(),
+        )
+        .unwrap();
+        assert_eq!(single.best_mean_auc, None);
+        let md = markdown(&[ml, single]);
+        assert!(
+            md.lines().next().unwrap().ends_with("| best mean AUC |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 / 1 | 1.0000 |") && md.contains("| 1 / 1 | - |"),
+            "{md}"
+        );
+    }
+
     #[test]
     fn rows_compare_phases_and_export() {
         let a = row(
