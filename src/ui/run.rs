@@ -202,7 +202,9 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                 exp.data.image_size.height,
                 exp.data.image_size.width,
                 exp.data.batch_size,
-                class_weight_words(exp.data.class_weight.as_ref()) + &tta_words(exp.tta)
+                class_weight_words(exp.data.class_weight.as_ref())
+                    + &multilabel_words(exp)
+                    + &tta_words(exp.tta)
             )),
             Line::raw(format!(
                 "backbone  {}, weights: {}, dropout {}",
@@ -472,6 +474,17 @@ fn decay_words(decay: f64, max_groups: Option<usize>) -> String {
 }
 
 /// `, tta 4` for test-time augmentation; nothing for one view.
+/// `, multi-label` (with `, thresholds tuned`) when the file says the task is
+/// multi-label (a label file's joined labels say it only once it is read).
+fn multilabel_words(exp: &crate::config::Experiment) -> String {
+    let said = exp.task == crate::config::Task::Multilabel || !exp.data.columns.labels.is_empty();
+    match (said, exp.multilabel.tune_thresholds) {
+        (false, _) => String::new(),
+        (true, false) => ", multi-label".into(),
+        (true, true) => ", multi-label, thresholds tuned".into(),
+    }
+}
+
 fn tta_words(tta: u32) -> String {
     if tta > 1 {
         format!(", tta {tta}")
@@ -515,6 +528,27 @@ mod class_weight_words_tests {
         );
         assert_eq!(tta_words(1), "");
         assert_eq!(tta_words(4), ", tta 4");
+    }
+
+    #[test]
+    fn the_settings_pane_says_multi_label() {
+        let exp = |extra: &str| {
+            crate::config::parse_str(
+                &format!(
+                    "data: {{ dir: d, labels: l.csv }}\nmodel: {{ backbone: small_cnn }}\n{extra}"
+                ),
+                std::path::Path::new("e.yaml"),
+            )
+            .unwrap()
+        };
+        assert_eq!(multilabel_words(&exp("")), "");
+        assert_eq!(multilabel_words(&exp("task: multilabel")), ", multi-label");
+        assert_eq!(
+            multilabel_words(&exp(
+                "task: multilabel\nmultilabel: { tune_thresholds: true }"
+            )),
+            ", multi-label, thresholds tuned"
+        );
     }
 
     #[test]
