@@ -135,9 +135,7 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
             m.accuracy,
             m.val_loss,
             m.val_accuracy,
-            // From the confusion matrix for runs written before the field.
-            m.val_balanced_accuracy
-                .unwrap_or_else(|| m.confusion.balanced_accuracy()),
+            m.balanced_accuracy(),
             m.val_auc.map_or("-".into(), |a| format!("{a:.4}")),
             crate::text::short_float(m.lr),
             m.seconds

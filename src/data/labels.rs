@@ -246,13 +246,6 @@ pub fn read(csv: &Path, exp: &Experiment, rows_wanted: Rows) -> Result<Scan, Dat
         let group = group_col.map(|i| field(i).to_string());
         rows.push((file, given, validates, group));
     }
-    let names: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| match &r.1 {
-            Given::Names(n) => n.clone(),
-            Given::Flags(_) => Vec::new(),
-        })
-        .collect();
     if more > 0 {
         problems.push(format!("and {more} more problems"));
     }
@@ -262,7 +255,13 @@ pub fn read(csv: &Path, exp: &Experiment, rows_wanted: Rows) -> Result<Scan, Dat
     let classes: Vec<String> = if label_col.is_none() {
         columns.labels.clone()
     } else {
-        let mut c: Vec<String> = names.iter().flatten().cloned().collect();
+        let mut c: Vec<String> = rows
+            .iter()
+            .flat_map(|r| match &r.1 {
+                Given::Names(n) => n.clone(),
+                Given::Flags(_) => Vec::new(),
+            })
+            .collect();
         c.sort();
         c.dedup();
         c
@@ -283,13 +282,17 @@ pub fn read(csv: &Path, exp: &Experiment, rows_wanted: Rows) -> Result<Scan, Dat
              has none"
         )]));
     }
-    let index_of = |name: &str| classes.iter().position(|c| c == name).unwrap_or(0);
+    // Names come from the label column only, and then `classes` are sorted.
+    let index_of = |name: &str| {
+        classes
+            .binary_search_by(|c| c.as_str().cmp(name))
+            .unwrap_or(0)
+    };
     let multi_hot: Option<Vec<Vec<bool>>> = multilabel.then(|| {
         rows.iter()
-            .zip(&names)
-            .map(|(r, n)| match &r.1 {
+            .map(|r| match &r.1 {
                 Given::Flags(f) => f.clone(),
-                Given::Names(_) => {
+                Given::Names(n) => {
                     let mut hot = vec![false; classes.len()];
                     for name in n {
                         hot[index_of(name)] = true;
@@ -318,8 +321,10 @@ pub fn read(csv: &Path, exp: &Experiment, rows_wanted: Rows) -> Result<Scan, Dat
     let files = match &multi_hot {
         None => rows
             .iter()
-            .zip(&names)
-            .map(|(r, n)| (r.0.clone(), index_of(&n[0])))
+            .map(|r| match &r.1 {
+                Given::Names(n) => (r.0.clone(), index_of(&n[0])),
+                Given::Flags(_) => unreachable!("0/1 label columns are always multi-label"),
+            })
             .collect(),
         Some(hot) => {
             let count: Vec<usize> = (0..classes.len())

@@ -537,13 +537,13 @@ impl Dataset {
     /// Class indices of the given images, int64 `[B]`; multi-label: their labels,
     /// float 0/1 `[B, labels]`.
     pub fn label_tensor(&self, images: &[usize]) -> Tensor {
-        if let Some(hot) = &self.multi_hot {
-            let n = self.classes.len();
+        if self.is_multilabel() {
             let flat: Vec<f32> = images
                 .iter()
-                .flat_map(|&i| hot[i * n..(i + 1) * n].iter().map(|&h| f32::from(h)))
+                .flat_map(|&i| self.hot_row(i).iter().map(|&h| f32::from(h)))
                 .collect();
-            return Tensor::from_slice(&flat).view([images.len() as i64, n as i64]);
+            return Tensor::from_slice(&flat)
+                .view([images.len() as i64, self.classes.len() as i64]);
         }
         let labels: Vec<i64> = images.iter().map(|&i| self.labels[i] as i64).collect();
         Tensor::from_slice(&labels)
@@ -554,11 +554,25 @@ impl Dataset {
         self.multi_hot.is_some()
     }
 
+    /// Multi-label: image `i`'s row of the 0/1 label matrix (empty for one class per
+    /// image).
+    pub fn hot_row(&self, i: usize) -> &[u8] {
+        let n = self.classes.len();
+        self.multi_hot
+            .as_deref()
+            .map_or(&[], |hot| &hot[i * n..(i + 1) * n])
+    }
+
     /// Multi-label: whether image `i` has label `l`.
     pub fn has_label(&self, i: usize, l: usize) -> bool {
-        self.multi_hot
-            .as_ref()
-            .is_some_and(|hot| hot[i * self.classes.len() + l] == 1)
+        self.hot_row(i).get(l) == Some(&1)
+    }
+
+    /// Multi-label: the indices of image `i`'s labels, in label order.
+    pub fn label_indices(&self, i: usize) -> Vec<usize> {
+        (0..self.classes.len())
+            .filter(|&l| self.has_label(i, l))
+            .collect()
     }
 
     /// Multi-label: each label's (positives, negatives) among the training images.
@@ -573,8 +587,8 @@ impl Dataset {
 
     /// Multi-label: the names of image `i`'s labels.
     pub fn label_names(&self, i: usize) -> Vec<String> {
-        (0..self.classes.len())
-            .filter(|&l| self.has_label(i, l))
+        self.label_indices(i)
+            .into_iter()
             .map(|l| self.classes[l].clone())
             .collect()
     }
@@ -744,7 +758,7 @@ impl fmt::Display for Dataset {
         if multilabel {
             let none = |side: &[usize]| {
                 side.iter()
-                    .filter(|&&i| !(0..self.classes.len()).any(|l| self.has_label(i, l)))
+                    .filter(|&&i| !self.hot_row(i).contains(&1))
                     .count()
             };
             let (t, v) = (none(&self.train), none(&self.val));

@@ -40,7 +40,7 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
         "compute": crate::text::compute(&m.compute),
         "input_wait_seconds": m.input_wait_seconds,
         "lr_lowered": m.lr_lowered,
-        "val_balanced_accuracy": balanced(m),
+        "val_balanced_accuracy": m.balanced_accuracy(),
         "val_class_recall": if m.multilabel.is_some() {
             m.val_class_recall.clone()
         } else {
@@ -55,12 +55,6 @@ pub fn epoch_json(m: &EpochMetrics) -> serde_json::Value {
             "labels": ml.labels,
         })),
     })
-}
-
-/// The balanced accuracy: the row's own, else (older rows) from the matrix.
-fn balanced(m: &EpochMetrics) -> f64 {
-    m.val_balanced_accuracy
-        .unwrap_or_else(|| m.confusion.balanced_accuracy())
 }
 
 /// One epoch as a human-readable line.
@@ -88,7 +82,7 @@ pub fn epoch_line(m: &EpochMetrics, total: u32) -> String {
             if let Some(auc) = m.val_auc {
                 line.push_str(&format!(" val_auc {auc:.4}"));
             }
-            line.push_str(&format!(" val_bal_acc {:.4}", balanced(m)));
+            line.push_str(&format!(" val_bal_acc {:.4}", m.balanced_accuracy()));
         }
     }
     line.push_str(&format!(

@@ -124,6 +124,22 @@ fn binary_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) 
         )
 }
 
+/// Binary cross-entropy of every (image, label) of logits `[B, L]` against 0/1 labels,
+/// each label's positives weighted by `pos_weight` when given (multi-label).
+fn multilabel_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    pos_weight: Option<&Tensor>,
+    reduction: Reduction,
+) -> Tensor {
+    logits.binary_cross_entropy_with_logits::<&Tensor>(
+        &labels.to_kind(Kind::Float),
+        None,
+        pos_weight,
+        reduction,
+    )
+}
+
 /// The random numbers of one training step, drawn for the whole batch before it runs
 /// in passes.
 struct StepNoise {
@@ -633,12 +649,7 @@ impl Classifier {
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let labels = labels.to_device(logits.device());
         if self.multilabel {
-            return logits.binary_cross_entropy_with_logits::<Tensor>(
-                &labels.to_kind(Kind::Float),
-                None,
-                None,
-                Reduction::Mean,
-            );
+            return multilabel_cross_entropy(logits, &labels, None, Reduction::Mean);
         }
         if self.binary() {
             binary_cross_entropy(logits, &labels, Reduction::Mean)
@@ -651,14 +662,11 @@ impl Classifier {
     fn image_losses(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         let labels = labels.to_device(logits.device());
         if self.multilabel {
-            return logits
-                .binary_cross_entropy_with_logits::<Tensor>(
-                    &labels.to_kind(Kind::Float),
-                    None,
-                    None,
-                    Reduction::None,
-                )
-                .mean_dim(1, false, Kind::Float);
+            return multilabel_cross_entropy(logits, &labels, None, Reduction::None).mean_dim(
+                1,
+                false,
+                Kind::Float,
+            );
         }
         if self.binary() {
             binary_cross_entropy(logits, &labels, Reduction::None)
@@ -697,10 +705,10 @@ impl Classifier {
     /// weighted by its positive weight (PyTorch `BCEWithLogitsLoss(pos_weight=...)`).
     pub fn train_loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         if self.multilabel {
-            let labels = labels.to_device(logits.device()).to_kind(Kind::Float);
-            return logits.binary_cross_entropy_with_logits::<&Tensor>(
+            let labels = labels.to_device(logits.device());
+            return multilabel_cross_entropy(
+                logits,
                 &labels,
-                None,
                 self.pos_weight.as_ref(),
                 Reduction::Mean,
             );

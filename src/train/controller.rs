@@ -210,10 +210,10 @@ impl Trainer {
         net.set_precision(Some(resolve_precision(self.exp.precision, device)));
         let mut multilabel_note = None;
         if data.is_multilabel() {
-            let ml = &self.exp.multilabel;
-            ml.thresholds_of(&data.classes)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let weights = ml
+            // Unknown label names were refused above (`task_problems`).
+            let weights = self
+                .exp
+                .multilabel
                 .pos_weight
                 .resolve(&data.classes, &data.train_label_counts())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -673,12 +673,7 @@ impl Trainer {
                         &data.classes,
                         data.val
                             .iter()
-                            .map(|&i| {
-                                let labels = (0..data.classes.len())
-                                    .filter(|&l| data.has_label(i, l))
-                                    .collect();
-                                (data.files[i].clone(), labels)
-                            })
+                            .map(|&i| (data.files[i].clone(), data.label_indices(i)))
                             .collect(),
                         &s.val_probabilities,
                         at,

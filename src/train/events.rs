@@ -5,6 +5,13 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Confusion;
 
 impl EpochMetrics {
+    /// The balanced accuracy: the row's own, else (rows written before it was
+    /// recorded) from the confusion matrix.
+    pub fn balanced_accuracy(&self) -> f64 {
+        self.val_balanced_accuracy
+            .unwrap_or_else(|| self.confusion.balanced_accuracy())
+    }
+
     /// The mean ROC AUC over the labels (multi-label), else the AUC (two classes).
     pub fn mean_auc(&self) -> Option<f64> {
         match &self.multilabel {

@@ -38,10 +38,19 @@ impl ValPrediction {
     pub fn truth_probability(&self) -> f32 {
         match &self.labels {
             None => self.probabilities.get(self.truth).copied().unwrap_or(0.0),
-            Some(_) => (0..self.probabilities.len())
-                .map(|l| self.label_truth_probability(l))
-                .fold(1.0, f32::min),
+            Some(_) => self
+                .worst_label()
+                .map_or(1.0, |l| self.label_truth_probability(l)),
         }
+    }
+
+    /// Multi-label: the label given the lowest probability of its truth (the first
+    /// on a tie); None without labels.
+    pub fn worst_label(&self) -> Option<usize> {
+        (0..self.probabilities.len()).min_by(|&a, &b| {
+            self.label_truth_probability(a)
+                .total_cmp(&self.label_truth_probability(b))
+        })
     }
 
     /// Multi-label: the probability given to the truth of label `l`.

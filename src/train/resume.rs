@@ -52,13 +52,7 @@ pub(super) fn open(
                 if !data.is_multilabel() {
                     return Vec::new();
                 }
-                idx.iter()
-                    .map(|&i| {
-                        (0..data.classes.len())
-                            .filter(|&l| data.has_label(i, l))
-                            .collect()
-                    })
-                    .collect()
+                idx.iter().map(|&i| data.label_indices(i)).collect()
             };
             run.write_split(&Split {
                 classes: data.classes.clone(),

@@ -117,9 +117,7 @@ impl StallDetector {
 pub fn monitored(monitor: Monitor, m: &EpochMetrics) -> f64 {
     match monitor {
         Monitor::ValAccuracy => m.val_accuracy,
-        Monitor::ValBalancedAccuracy => m
-            .val_balanced_accuracy
-            .unwrap_or_else(|| m.confusion.balanced_accuracy()),
+        Monitor::ValBalancedAccuracy => m.balanced_accuracy(),
         Monitor::ValMeanAuc => m.mean_auc().unwrap_or(f64::NAN),
         Monitor::ValLoss => m.val_loss,
         Monitor::Accuracy => m.accuracy,

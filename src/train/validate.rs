@@ -21,12 +21,6 @@ pub(super) struct Validation {
     pub(super) multilabel: Option<MultiLabelScores>,
 }
 
-/// Each label's threshold as the settings give it (a name the data does not have,
-/// from a live edit, is ignored; the trainer refuses one at the start).
-pub fn thresholds(exp: &Experiment, labels: &[String]) -> Vec<f64> {
-    exp.multilabel.thresholds_for(labels)
-}
-
 /// Loss, confusion matrix and (two classes) binary scores on the validation split, in
 /// inference mode, averaged over test-time augmentation views (`exp.tta`; the first
 /// view is the image itself). The frozen part's outputs of the image itself come from
@@ -79,7 +73,7 @@ pub(super) fn validate(
             let classes = net.classes;
             if net.multilabel {
                 for &i in &images {
-                    hot.extend((0..classes).map(|l| u8::from(data.has_label(i, l))));
+                    hot.extend_from_slice(data.hot_row(i));
                 }
                 progress(hot.len() / classes, data.val.len());
                 continue;
@@ -104,7 +98,8 @@ pub(super) fn validate(
     });
     if net.multilabel {
         let n = (hot.len() / net.classes.max(1)).max(1);
-        let mut at = thresholds(exp, &data.classes);
+        // A name the data lacks (a live edit) is ignored; the start refuses one.
+        let mut at = exp.multilabel.thresholds_for(&data.classes);
         if exp.multilabel.tune_thresholds {
             at = tuned_thresholds(&hot, &probabilities, &at);
         }

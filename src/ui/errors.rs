@@ -288,14 +288,7 @@ fn label_line(
             .join("+"),
     };
     // The label it is ordered by: the focus, else its worst.
-    let worst = focus.unwrap_or_else(|| {
-        (0..p.probabilities.len())
-            .min_by(|&a, &b| {
-                p.label_truth_probability(a)
-                    .total_cmp(&p.label_truth_probability(b))
-            })
-            .unwrap_or(0)
-    });
+    let worst = focus.or_else(|| p.worst_label()).unwrap_or(0);
     let how = match (p.has(worst), p.said(worst)) {
         (true, false) => "missed",
         (false, true) => "false",
@@ -358,17 +351,17 @@ fn draw_images(
         .take(visible)
         .map(|(i, p)| {
             let pointer = if i == view.selected { "›" } else { " " };
-            let mark = if p.correct() { " " } else { "✗" };
+            // Multi-label with a label in focus: wrong on that label.
+            let wrong = match (multilabel, view.label) {
+                (true, Some(l)) => p.has(l) != p.said(l),
+                _ => !p.correct(),
+            };
+            let mark = if wrong { "✗" } else { " " };
             let file = p
                 .path
                 .file_name()
                 .map_or(String::new(), |f| f.to_string_lossy().into_owned());
             let text = if multilabel {
-                let wrong = match view.label {
-                    Some(l) => p.has(l) != p.said(l),
-                    None => !p.correct(),
-                };
-                let mark = if wrong { "✗" } else { " " };
                 // The file first: the label line is long.
                 format!(
                     "{pointer}{mark} {file} {}",
@@ -383,10 +376,6 @@ fn draw_images(
                 )
             };
             let line = Line::raw(text);
-            let wrong = match (multilabel, view.label) {
-                (true, Some(l)) => p.has(l) != p.said(l),
-                _ => !p.correct(),
-            };
             if i == view.selected {
                 line.reversed()
             } else if wrong {
