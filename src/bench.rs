@@ -251,8 +251,15 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
             )?);
         }
         if options.wants(Part::Whole) {
-            let (step_rows, best) =
-                whole_network_rows(dir.path(), options, kind, &weights, whole_flops, fp32_peak)?;
+            let (step_rows, best) = whole_network_rows(
+                dir.path(),
+                options,
+                kind,
+                &weights,
+                whole_flops,
+                all,
+                fp32_peak,
+            )?;
             rows.extend(step_rows);
             let trainer = {
                 let mut exp = experiment(
@@ -272,10 +279,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<()> {
                 flops_per_image: Some(whole_flops),
                 peak: fp32_peak,
                 note: format!(
-                    "{:.2}x the bare step; input wait {:.1}% of training time",
+                    "{:.2}x the bare step; input wait {:.1}% of training time; validation {:.1} img/s",
                     epoch.images_per_sec / best,
                     100.0 * epoch.input_wait_seconds * epoch.images_per_sec
-                        / train_images(images) as f64
+                        / train_images(images) as f64,
+                    epoch.val_images_per_sec
                 ),
             });
         }
@@ -425,6 +433,7 @@ fn whole_network_rows(
     kind: BackboneKind,
     weights: &Path,
     flops: f64,
+    forward_flops: f64,
     peak: f64,
 ) -> anyhow::Result<(Vec<Row>, f64)> {
     let mut exp = experiment(root, options, kind, "")?;
@@ -493,7 +502,29 @@ fn whole_network_rows(
             by_pass.push((pass, measure(&net)));
         }
     }
+    // Validation of the same network (inference mode, no graph): the whole batch in
+    // one pass against the default passes, best of three timings of at least 2 s.
+    let infer = |net: &Classifier| {
+        let _ = net.forward(&pixels);
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let (start, mut done) = (Instant::now(), 0);
+            while start.elapsed().as_secs_f64() < 2.0 {
+                let _ = net.forward(&pixels);
+                done += batch;
+            }
+            best = best.max(done as f64 / start.elapsed().as_secs_f64());
+        }
+        best
+    };
+    net.set_train_path(TrainPath {
+        pass_pixels: None,
+        ..defaults
+    });
+    let infer_one = infer(&net);
     net.set_train_path(defaults);
+    let infer_passes = infer(&net);
+    let infer_copy = net.with_inference_copy(|| infer(&net));
     let chosen = defaults
         .pass_pixels
         .map_or(batch, |p| (p / (size * size)).clamp(1, batch));
@@ -533,6 +564,30 @@ fn whole_network_rows(
                 sweep
             ),
         ),
+        Row {
+            what: format!("whole, validation, {layout}, one pass, b{batch}"),
+            images_per_sec: infer_one,
+            flops_per_image: Some(forward_flops),
+            peak,
+            note: "inference mode, no graph".into(),
+        },
+        Row {
+            what: format!("whole, validation, {layout}, passes of {chosen}"),
+            images_per_sec: infer_passes,
+            flops_per_image: Some(forward_flops),
+            peak,
+            note: format!("{:.2}x one pass", infer_passes / infer_one),
+        },
+        Row {
+            what: format!("whole, validation, folded copy, passes of {chosen}"),
+            images_per_sec: infer_copy,
+            flops_per_image: Some(forward_flops),
+            peak,
+            note: format!(
+                "{:.2}x one pass (what validation runs: BatchNorm folded into a copy)",
+                infer_copy / infer_one
+            ),
+        },
     ];
     Ok((rows, best_default.max(last)))
 }

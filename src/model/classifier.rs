@@ -43,6 +43,10 @@ pub struct Classifier {
     precision: Option<Kind>,
     /// Built on first use, dropped whenever layer states or weights change.
     frozen_copy: RefCell<Option<FrozenCopy>>,
+    /// During [`Classifier::with_inference_copy`]: a BatchNorm-folded, channels-last
+    /// float32 copy of every current weight, which inference runs instead of the
+    /// trainable segments' own variables.
+    inference_copy: RefCell<Option<FrozenCopy>>,
     /// Whether the frozen copy folds BatchNorm into the convolutions (the default).
     fold_batchnorm: bool,
     /// Input pixels (height x width, summed over images) per forward pass of the
@@ -241,6 +245,7 @@ impl Classifier {
             ever_trained: Vec::new(),
             precision: None,
             frozen_copy: RefCell::new(None),
+            inference_copy: RefCell::new(None),
             fold_batchnorm: true,
             pass_pixels: (device == Device::Cpu).then_some(CPU_PASS_PIXELS),
             train_path: TrainPath::for_device(device),
@@ -520,10 +525,47 @@ impl Classifier {
     }
 
     /// Inference logits from the output of [`Classifier::run_prefix`] with the same `k`.
+    /// The remaining segments run in passes of [`TrainPath::pass_pixels`] (inference
+    /// BatchNorm keeps images independent), which keeps each layer's activations near
+    /// the caches as the frozen part's passes do.
+    /// Inside [`Classifier::with_inference_copy`] they run on its copy of the weights.
     pub fn forward_from(&self, prefix: &Tensor, k: usize) -> Tensor {
         let prefix = prefix.to_device(self.device());
-        let features = tch::no_grad(|| self.suffix(&prefix, k, false, None));
+        let n = self.backbone.segments();
+        let copy = self.inference_copy.borrow();
+        let run = |p: &Tensor| match copy.as_ref() {
+            Some(copy) if k < n => {
+                let x = channels_last(&p.to_kind(Kind::Float));
+                super::pool(&copy.backbone.forward_segments(&x, k..n, false, None))
+            }
+            _ => self.suffix(p, k, false, None),
+        };
+        let chunk = images_within(self.train_path.pass_pixels, &prefix);
+        let features = tch::no_grad(|| {
+            if k == n || prefix.size()[0] <= chunk {
+                return run(&prefix);
+            }
+            let parts: Vec<Tensor> = prefix.split(chunk, 0).iter().map(run).collect();
+            Tensor::cat(&parts, 0)
+        });
         self.head.forward(&features)
+    }
+
+    /// Runs `f` with inference ([`Classifier::forward`], [`Classifier::forward_from`])
+    /// on a float32 copy of the current weights with BatchNorm folded in and
+    /// channels-last layout, made once here, when layers train and the model runs on a
+    /// CPU: validation then runs the trainable segments as fast as the frozen part
+    /// (`tlcap-tui bench --only whole` shows both). The copy is dropped when `f`
+    /// returns, so a later training step can never meet stale weights.
+    pub fn with_inference_copy<R>(&self, f: impl FnOnce() -> R) -> R {
+        let trains = self.frozen_segments() < self.backbone.segments();
+        if trains && self.train_path.channels_last {
+            let copy = tch::no_grad(|| self.build_frozen_copy(Kind::Float));
+            self.inference_copy.replace(Some(copy));
+        }
+        let result = f();
+        self.inference_copy.replace(None);
+        result
     }
 
     /// Segments `k..` and pooling on a prefix output (float32 from here on).

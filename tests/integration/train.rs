@@ -903,6 +903,69 @@ fn the_trainable_part_in_passes_with_folded_batchnorm_gives_the_same_gradients()
     assert_eq!(net.images_per_train_pass(&pixels), i64::MAX);
 }
 
+/// Validation while layers train runs on a BatchNorm-folded, channels-last copy of the
+/// weights made for it: the same logits as the trainable network itself (plain path,
+/// one pass), for the whole network and its last layers, from the pixels and from a
+/// cached prefix; and the copy is gone afterwards, so inference after a training step
+/// sees the new weights, never the copy's.
+#[test]
+fn validation_on_the_folded_copy_gives_the_trainable_networks_logits() {
+    use tlcap::model::classifier::TrainPath;
+    let (_dir, _exp, mut net, pixels) = mobilenet_on_seven_images();
+    let labels = Tensor::from_slice(&[0i64, 1, 1, 0, 1, 0, 0]);
+    let fast = TrainPath::for_device(tch::Device::Cpu);
+    let plain = TrainPath {
+        fold_batchnorm: false,
+        channels_last: false,
+        pass_pixels: None,
+    };
+    let close = |what: &str, a: &Tensor, b: &Tensor| {
+        let err = (a - b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            scale > 0.0 && err <= 1e-4 * scale.max(1e-3),
+            "{what}: max difference {err:.2e} of {scale:.2e}"
+        );
+    };
+    let layers = net.table().len();
+    for (phase, n) in [("whole network", layers), ("last 14 layers", 14)] {
+        net.set_finetune_phase(n, false);
+        let k = net.frozen_segments();
+        assert!(k < net.backbone.segments(), "{phase}: layers train");
+        net.set_train_path(plain);
+        let reference = net.forward(&pixels);
+        net.set_train_path(fast);
+        let prefix = net.run_prefix(&pixels, k);
+        let (copied, from_prefix) =
+            net.with_inference_copy(|| (net.forward(&pixels), net.forward_from(&prefix, k)));
+        close(&format!("{phase}, from pixels"), &reference, &copied);
+        close(
+            &format!("{phase}, from the prefix"),
+            &reference,
+            &from_prefix,
+        );
+    }
+    // One large step moves the weights; inference afterwards must see them.
+    let before = net.with_inference_copy(|| net.forward(&pixels));
+    let mut opt = tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &net.vs, 0.05).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    opt.zero_grad();
+    let k = net.frozen_segments();
+    let prefix = net.run_prefix(&pixels, k);
+    let _ = net.backward_train_from(&prefix, k, &labels, &mut rng);
+    opt.step();
+    net.set_train_path(plain);
+    let moved = net.forward(&pixels);
+    net.set_train_path(fast);
+    let after = net.with_inference_copy(|| net.forward(&pixels));
+    assert!(
+        (&before - &moved).abs().max().double_value(&[]) > 1e-3,
+        "the step moved the logits"
+    );
+    close("after a step", &moved, &after);
+    close("after a step, no copy", &moved, &net.forward(&pixels));
+}
+
 /// bfloat16 for the frozen part: the run still learns, says `bf16`, and lands close to
 /// float32.
 #[test]
