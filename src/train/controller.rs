@@ -568,11 +568,23 @@ impl Trainer {
             && self.exp.finetune.epochs > 0
     }
 
-    /// Takes an edit waiting since the last epoch: live settings apply now.
-    fn apply_pending(&mut self, s: &mut State) -> anyhow::Result<()> {
+    /// Takes an edit waiting since the last epoch: live settings apply now. An edit
+    /// that does not fit the data (a threshold or weight for a label it lacks, class
+    /// weights on multi-label data) is refused whole with a note, as the start would
+    /// refuse it, and the settings in force stay.
+    fn apply_pending(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<()> {
         let Some(edited) = self.pending.take() else {
             return Ok(());
         };
+        let problems = crate::data::task_problems(&edited, &data.classes, data.is_multilabel());
+        if !problems.is_empty() {
+            let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
+            s.emit(Event::Note(format!(
+                "edit not applied, the settings in force stay: {}",
+                words.join("; ")
+            )));
+            return Ok(());
+        }
         let applied = super::live_edit::apply(s, &self.exp, &edited)?;
         self.exp = applied.next;
         if applied.layers_changed {
@@ -595,7 +607,7 @@ impl Trainer {
             // them applies from the next epoch (as `EditQueued` said); a pause holds
             // here, a stop ends the next epoch at its first batch.
             self.serve(Some(s))?;
-            self.apply_pending(s)?;
+            self.apply_pending(s, data)?;
             if self.options.max_epochs.is_some_and(|m| s.epoch >= m) {
                 return Ok(EndReason::Completed);
             }

@@ -100,7 +100,7 @@ pub(super) fn validate(
     });
     if net.multilabel {
         let n = (hot.len() / net.classes.max(1)).max(1);
-        // A name the data lacks (a live edit) is ignored; the start refuses one.
+        // Names the data lacks are refused at the start and in live edits.
         let mut at = exp.multilabel.thresholds_for(&data.classes);
         if exp.multilabel.tune_thresholds {
             at = tuned_thresholds(&hot, &probabilities, &at);

@@ -624,3 +624,58 @@ fn small_cnn_learns_findings_and_every_command_reads_them() {
     assert!(ok, "{err}");
     assert_eq!(again, text);
 }
+
+/// A live edit that does not fit the running data (a threshold for a label it lacks)
+/// is refused whole with a note naming it, as the start refuses it: the rest of that
+/// edit (a new rate) does not apply either, and nothing is recorded as applied.
+#[test]
+fn a_live_edit_naming_a_label_the_data_lacks_is_refused_whole() {
+    use tlcap::train::{self, Event, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let rows = make_findings(root, 60, 7);
+    std::fs::write(root.join("findings.csv"), joined_csv(&rows)).unwrap();
+    let exp = exp(
+        root,
+        "labels: findings.csv, columns: { label: labels }, batch_size: 16",
+        "frozen: { epochs: 3, lr: 1.0e-3 }\nfinetune: { epochs: 0 }\ndevice: cpu\n",
+    );
+    let handle = train::spawn(
+        exp.clone(),
+        Options {
+            runs_root: root.join("runs"),
+            ..Default::default()
+        },
+    );
+    handle.commands.send(train::Command::Start).unwrap();
+    let (mut rows, mut notes, mut applied, mut run) = (Vec::new(), Vec::new(), 0, None);
+    for e in handle.events.iter() {
+        match e {
+            Event::EpochEnd(m) => {
+                if m.epoch == 1 {
+                    let mut edited = exp.clone();
+                    edited.frozen.lr = 5e-4;
+                    edited.multilabel.thresholds.insert("nope".into(), 0.3);
+                    let c = &handle.commands;
+                    c.send(train::Command::Apply(Box::new(edited))).unwrap();
+                }
+                rows.push(m);
+            }
+            Event::Note(n) => notes.push(n),
+            Event::ConfigApplied { .. } => applied += 1,
+            Event::RunDir(d) => run = Some(d),
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(rows.len(), 3);
+    let refused = notes
+        .iter()
+        .find(|n| n.starts_with("edit not applied"))
+        .unwrap_or_else(|| panic!("no refusal among {notes:?}"));
+    assert!(refused.contains("`nope`"), "{refused}");
+    assert_eq!(applied, 0);
+    assert!(rows.iter().all(|m| m.lr == 1e-3), "the rate stayed");
+    let saved = tlcap::train::run_dir::read_config(&run.unwrap()).unwrap();
+    assert!(saved.multilabel.thresholds.is_empty());
+}
