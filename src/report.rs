@@ -39,23 +39,28 @@ pub enum ReportError {
 
 /// Writes `report.md` and its charts in `run` and prints the report's text.
 pub fn run(run: &Path) -> anyhow::Result<()> {
-    let text = write(run)?;
-    crate::stdout::line(text.trim_end())?;
-    // A multi-label run has a label table, no confusion matrix.
-    let matrix = if text.contains("![confusion matrix]") {
-        ", confusion.svg"
-    } else {
-        ""
-    };
+    let written = write(run)?;
+    crate::stdout::line(written.markdown.trim_end())?;
     crate::stdout::line(format!(
-        "\nwritten: {} (with accuracy.svg, loss.svg, lr.svg{matrix})",
-        run.join("report.md").display()
+        "\nwritten: {} (with {})",
+        run.join("report.md").display(),
+        written.charts.join(", ")
     ))
 }
 
+/// What [`write`] wrote.
+pub struct Written {
+    /// The report's markdown (also in `report.md`).
+    pub markdown: String,
+    /// The SVG charts beside it (a multi-label run has a label table, no confusion
+    /// matrix).
+    pub charts: Vec<&'static str>,
+}
+
 /// Builds the report of `run`, writes `report.md` and the SVG charts beside it, and
-/// returns the markdown.
-pub fn write(run: &Path) -> Result<String, ReportError> {
+/// returns the markdown with the charts' names.
+pub fn write(run: &Path) -> Result<Written, ReportError> {
+    let mut charts = vec!["accuracy.svg", "loss.svg", "lr.svg"];
     let exp = crate::train::run_dir::read_config(run)?;
     let epochs = crate::train::run_dir::read_metrics(run)?;
     if epochs.is_empty() {
@@ -176,6 +181,7 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
         }
         writeln!(md, "\n![confusion matrix](confusion.svg)\n")?;
         confusion_chart(&run.join("confusion.svg"), &b.confusion, &classes)?;
+        charts.push("confusion.svg");
     }
     match &predictions {
         Some(p) if p.is_multilabel() => {
@@ -257,7 +263,10 @@ pub fn write(run: &Path) -> Result<String, ReportError> {
     })?;
     lr_chart(&run.join("lr.svg"), &epochs)?;
     crate::fsutil::write_atomic(&run.join("report.md"), md.as_bytes())?;
-    Ok(md)
+    Ok(Written {
+        markdown: md,
+        charts,
+    })
 }
 
 /// The confusion matrix as a markdown table: counts with row percentages, then
@@ -453,5 +462,7 @@ fn chart_error<E: std::fmt::Debug>(e: E) -> ReportError {
 
 /// The report's markdown of a run folder, for tests: written as `run` would.
 pub fn markdown(run: &Path) -> anyhow::Result<String> {
-    write(run).with_context(|| format!("report of {}", run.display()))
+    write(run)
+        .map(|w| w.markdown)
+        .with_context(|| format!("report of {}", run.display()))
 }

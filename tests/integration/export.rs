@@ -147,6 +147,10 @@ fn small_cnn_exports_that_serve_like_predict() {
         )),
         "{md}"
     );
+    assert!(
+        out.contains("(with accuracy.svg, loss.svg, lr.svg, confusion.svg)"),
+        "{out}"
+    );
     for chart in ["accuracy.svg", "loss.svg", "lr.svg", "confusion.svg"] {
         let svg = std::fs::read_to_string(run.join(chart)).unwrap();
         assert!(

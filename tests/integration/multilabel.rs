@@ -599,6 +599,12 @@ fn small_cnn_learns_findings_and_every_command_reads_them() {
     ] {
         assert!(report.contains(needle), "{needle}:\n{report}");
     }
+    // A label table, no confusion matrix: the charts written say so.
+    assert!(
+        report.contains("(with accuracy.svg, loss.svg, lr.svg)"),
+        "{report}"
+    );
+    assert!(!run.join("confusion.svg").exists());
 
     // The exported card says multi-label, with the thresholds.
     let weights = root.join("model.safetensors");
