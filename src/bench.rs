@@ -356,19 +356,12 @@ fn forward_rows(
     // of at least 2 s each.
     let measure = |net: &Classifier| {
         let _ = net.run_prefix(&pixels, k);
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let (start, mut done) = (Instant::now(), 0);
-            while start.elapsed().as_secs_f64() < 2.0 {
-                let _ = net
-                    .run_prefix(&pixels, k)
-                    .sum(Kind::Float)
-                    .double_value(&[]);
-                done += batch;
-            }
-            best = best.max(done as f64 / start.elapsed().as_secs_f64());
-        }
-        best
+        best_rate(batch, 2.0, || {
+            let _ = net
+                .run_prefix(&pixels, k)
+                .sum(Kind::Float)
+                .double_value(&[]);
+        })
     };
     net.set_pass_pixels(None);
     net.set_fold_batchnorm(false);
@@ -461,16 +454,7 @@ fn whole_network_rows(
         };
         step(net);
         step(net);
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let (start, mut done) = (Instant::now(), 0);
-            while start.elapsed().as_secs_f64() < 3.0 {
-                step(net);
-                done += batch;
-            }
-            best = best.max(done as f64 / start.elapsed().as_secs_f64());
-        }
-        best
+        best_rate(batch, 3.0, || step(net))
     };
     let defaults = net.train_path();
     let plain = TrainPath {
@@ -505,17 +489,12 @@ fn whole_network_rows(
     // Validation of the same network (inference mode, no graph): the whole batch in
     // one pass against the default passes, best of three timings of at least 2 s.
     let infer = |net: &Classifier| {
-        let _ = net.forward(&pixels);
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let (start, mut done) = (Instant::now(), 0);
-            while start.elapsed().as_secs_f64() < 2.0 {
-                let _ = net.forward(&pixels);
-                done += batch;
-            }
-            best = best.max(done as f64 / start.elapsed().as_secs_f64());
-        }
-        best
+        tch::no_grad(|| {
+            let _ = net.forward(&pixels);
+            best_rate(batch, 2.0, || {
+                let _ = net.forward(&pixels).sum(Kind::Float).double_value(&[]);
+            })
+        })
     };
     net.set_train_path(TrainPath {
         pass_pixels: None,
@@ -590,6 +569,21 @@ fn whole_network_rows(
         },
     ];
     Ok((rows, best_default.max(last)))
+}
+
+/// Images per second of `step`, which runs one batch of `batch` images: the best of
+/// three timings of at least `seconds` each (the caller warms up first).
+fn best_rate(batch: i64, seconds: f64, mut step: impl FnMut()) -> f64 {
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let (start, mut done) = (Instant::now(), 0);
+        while start.elapsed().as_secs_f64() < seconds {
+            step();
+            done += batch;
+        }
+        best = best.max(done as f64 / start.elapsed().as_secs_f64());
+    }
+    best
 }
 
 /// A row maker for rows that all compute `flops` per image against `peak`.
