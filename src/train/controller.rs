@@ -198,10 +198,8 @@ impl Trainer {
             val: data.val.len(),
             skipped: data.skipped.len(),
         });
-        let problems = crate::data::task_problems(&self.exp, &data.classes, data.is_multilabel());
-        if !problems.is_empty() {
-            let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
-            anyhow::bail!("{}", words.join("; "));
+        if let Some(problems) = unfit(&self.exp, &data) {
+            anyhow::bail!("{problems}");
         }
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
@@ -576,12 +574,9 @@ impl Trainer {
         let Some(edited) = self.pending.take() else {
             return Ok(());
         };
-        let problems = crate::data::task_problems(&edited, &data.classes, data.is_multilabel());
-        if !problems.is_empty() {
-            let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
+        if let Some(problems) = unfit(&edited, data) {
             s.emit(Event::Note(format!(
-                "edit not applied, the settings in force stay: {}",
-                words.join("; ")
+                "edit not applied, the settings in force stay: {problems}"
             )));
             return Ok(());
         }
@@ -878,6 +873,14 @@ impl Trainer {
         }
         self.inbox.close_control_file();
     }
+}
+
+/// What makes `exp` unfit for `data` ([`crate::data::task_problems`]) in one line,
+/// or None: the start refuses the run with it, a live edit is refused with it.
+fn unfit(exp: &Experiment, data: &Dataset) -> Option<String> {
+    let problems = crate::data::task_problems(exp, &data.classes, data.is_multilabel());
+    let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
+    (!words.is_empty()).then(|| words.join("; "))
 }
 
 /// `defective 2.209, functional 0.728`: each class's (or label's) weight.
