@@ -486,8 +486,9 @@ fn whole_network_rows(
             by_pass.push((pass, measure(&net)));
         }
     }
-    // Validation of the same network (inference mode, no graph): the whole batch in
-    // one pass against the default passes, best of three timings of at least 2 s.
+    // Validation of the same network (inference mode, no graph, as in
+    // `with_inference_copy`): the whole batch in one pass against the default passes,
+    // best of three timings of at least 2 s.
     let infer = |net: &Classifier| {
         tch::no_grad(|| {
             let _ = net.forward(&pixels);

@@ -551,21 +551,23 @@ impl Classifier {
         self.head.forward(&features)
     }
 
-    /// Runs `f` with inference ([`Classifier::forward`], [`Classifier::forward_from`])
-    /// on a float32 copy of the current weights with BatchNorm folded in and
-    /// channels-last layout, made once here, when layers train and the model runs on a
-    /// CPU: validation then runs the trainable segments as fast as the frozen part
-    /// (`tlcap-tui bench --only whole` shows both). The copy is dropped when `f`
-    /// returns, so a later training step can never meet stale weights.
+    /// Runs `f` without a graph, its inference ([`Classifier::forward`],
+    /// [`Classifier::forward_from`]) on a float32 copy of the current weights with
+    /// BatchNorm folded in and channels-last layout, made once here, when layers train
+    /// and the model runs on a CPU: validation then runs the trainable segments as fast
+    /// as the frozen part (`tlcap-tui bench --only whole` shows both). The copy is
+    /// dropped when `f` returns, so a later training step can never meet stale weights.
     pub fn with_inference_copy<R>(&self, f: impl FnOnce() -> R) -> R {
-        let trains = self.frozen_segments() < self.backbone.segments();
-        if trains && self.train_path.channels_last {
-            let copy = tch::no_grad(|| self.build_frozen_copy(Kind::Float));
-            self.inference_copy.replace(Some(copy));
-        }
-        let result = f();
-        self.inference_copy.replace(None);
-        result
+        tch::no_grad(|| {
+            let trains = self.frozen_segments() < self.backbone.segments();
+            if trains && self.train_path.channels_last {
+                let copy = self.build_frozen_copy(Kind::Float);
+                self.inference_copy.replace(Some(copy));
+            }
+            let result = f();
+            self.inference_copy.replace(None);
+            result
+        })
     }
 
     /// Segments `k..` and pooling on a prefix output (float32 from here on).

@@ -43,60 +43,58 @@ pub(super) fn validate(
     let mut probabilities = Vec::with_capacity(data.val.len() * net.classes);
     let k = net.frozen_segments();
     net.with_inference_copy(|| {
-        tch::no_grad(|| {
-            for images in data.val_batches(exp.data.batch_size) {
-                let prefix = match stored.as_ref().and_then(|t| t.get(&images)) {
-                    Some(p) => p,
-                    None => {
-                        let (x, _) = data.val_batch(&images);
-                        let out = net.run_prefix(&x, k);
-                        if let Some(t) = stored.as_mut() {
-                            t.put(&images, &out);
-                        }
-                        out
-                    }
-                };
-                let logits = net.forward_from(&prefix, k);
-                let y = data.label_tensor(&images);
-                let probs = if views.len() > 1 {
+        for images in data.val_batches(exp.data.batch_size) {
+            let prefix = match stored.as_ref().and_then(|t| t.get(&images)) {
+                Some(p) => p,
+                None => {
                     let (x, _) = data.val_batch(&images);
-                    let p = net.probabilities_over_views(&x, &views, fill, Some(&logits));
-                    loss_sum +=
-                        net.loss_of_probabilities(&p, &y).double_value(&[]) * images.len() as f64;
-                    p
-                } else {
-                    loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
-                    net.probabilities(&logits)
-                };
-                let probs = probs.to_device(tch::Device::Cpu);
-                let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
-                probabilities.extend_from_slice(&p);
-                let classes = net.classes;
-                if net.multilabel {
-                    for &i in &images {
-                        hot.extend_from_slice(data.hot_row(i));
+                    let out = net.run_prefix(&x, k);
+                    if let Some(t) = stored.as_mut() {
+                        t.put(&images, &out);
                     }
-                    progress(hot.len() / classes, data.val.len());
-                    continue;
+                    out
                 }
-                for (i, &label) in Vec::<i64>::try_from(&y)
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let row = &p[i * classes..(i + 1) * classes];
-                    let best = (0..classes)
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap_or(0);
-                    truth.push(label as usize);
-                    predicted.push(best);
-                    if classes == 2 {
-                        prob1.push(row[1] as f64);
-                    }
+            };
+            let logits = net.forward_from(&prefix, k);
+            let y = data.label_tensor(&images);
+            let probs = if views.len() > 1 {
+                let (x, _) = data.val_batch(&images);
+                let p = net.probabilities_over_views(&x, &views, fill, Some(&logits));
+                loss_sum +=
+                    net.loss_of_probabilities(&p, &y).double_value(&[]) * images.len() as f64;
+                p
+            } else {
+                loss_sum += net.loss(&logits, &y).double_value(&[]) * images.len() as f64;
+                net.probabilities(&logits)
+            };
+            let probs = probs.to_device(tch::Device::Cpu);
+            let p = Vec::<f32>::try_from(probs.flatten(0, -1)).unwrap_or_default();
+            probabilities.extend_from_slice(&p);
+            let classes = net.classes;
+            if net.multilabel {
+                for &i in &images {
+                    hot.extend_from_slice(data.hot_row(i));
                 }
-                progress(truth.len(), data.val.len());
+                progress(hot.len() / classes, data.val.len());
+                continue;
             }
-        })
+            for (i, &label) in Vec::<i64>::try_from(&y)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let row = &p[i * classes..(i + 1) * classes];
+                let best = (0..classes)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
+                truth.push(label as usize);
+                predicted.push(best);
+                if classes == 2 {
+                    prob1.push(row[1] as f64);
+                }
+            }
+            progress(truth.len(), data.val.len());
+        }
     });
     if net.multilabel {
         let n = (hot.len() / net.classes.max(1)).max(1);
