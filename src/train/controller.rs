@@ -100,6 +100,9 @@ struct Trainer {
     exp: Experiment,
     /// An edit waiting for the next epoch boundary.
     pending: Option<Experiment>,
+    /// The loaded data's classes (or labels) and whether it is multi-label, once
+    /// loaded: what an edit is checked against when it comes.
+    task: Option<(Vec<String>, bool)>,
     options: Options,
     inbox: Inbox,
     /// Events before the run state exists (loading, the model); the state has its own.
@@ -141,6 +144,7 @@ impl Trainer {
         Trainer {
             exp,
             pending: None,
+            task: None,
             options,
             inbox,
             events,
@@ -198,9 +202,10 @@ impl Trainer {
             val: data.val.len(),
             skipped: data.skipped.len(),
         });
-        if let Some(problems) = unfit(&self.exp, &data) {
+        if let Some(problems) = unfit(&self.exp, &data.classes, data.is_multilabel()) {
             anyhow::bail!("{problems}");
         }
+        self.task = Some((data.classes.clone(), data.is_multilabel()));
         let device = select_device(&self.exp.device)?;
         prepare_device(device);
         let mut net =
@@ -402,14 +407,24 @@ impl Trainer {
             }
             // Before the run begins, an edit simply replaces the settings.
             (Command::Apply(exp), Flow::Waiting) => self.exp = *exp,
-            (Command::Apply(exp), _) => {
-                self.pending = Some(*exp);
-                if let Some(s) = s {
-                    // Applied at the next epoch boundary (`apply_pending`).
-                    let epoch = s.epoch + if self.in_epoch { 2 } else { 1 };
-                    s.emit(Event::EditQueued { epoch });
+            // An edit that does not fit the data (a threshold or weight for a label it
+            // lacks, class weights on multi-label data) is refused whole when it comes,
+            // as the start would refuse it; the settings in force (and an edit already
+            // waiting) stay.
+            (Command::Apply(exp), _) => match self.unfit_edit(&exp) {
+                Some(problems) => self.note(
+                    s,
+                    format!("edit not applied, the settings in force stay: {problems}"),
+                ),
+                None => {
+                    self.pending = Some(*exp);
+                    if let Some(s) = s {
+                        // Applied at the next epoch boundary (`apply_pending`).
+                        let epoch = s.epoch + if self.in_epoch { 2 } else { 1 };
+                        s.emit(Event::EditQueued { epoch });
+                    }
                 }
-            }
+            },
             // Start while running, Resume while running, Pause while paused: nothing
             // to do. (`Set` became `Apply` above.)
             (Command::Start | Command::Resume | Command::Pause | Command::Set { .. }, _) => {}
@@ -425,6 +440,13 @@ impl Trainer {
                 let _ = self.events.send(Event::Note(text));
             }
         }
+    }
+
+    /// What makes an edit unfit for the loaded data, or None (also None before the
+    /// data is loaded: the start checks it then).
+    fn unfit_edit(&self, edited: &Experiment) -> Option<String> {
+        let (classes, multilabel) = self.task.as_ref()?;
+        unfit(edited, classes, *multilabel)
     }
 
     /// The settings in force (or waiting) with `settings` merged in, validated as an
@@ -566,20 +588,12 @@ impl Trainer {
             && self.exp.finetune.epochs > 0
     }
 
-    /// Takes an edit waiting since the last epoch: live settings apply now. An edit
-    /// that does not fit the data (a threshold or weight for a label it lacks, class
-    /// weights on multi-label data) is refused whole with a note, as the start would
-    /// refuse it, and the settings in force stay.
-    fn apply_pending(&mut self, s: &mut State, data: &Dataset) -> anyhow::Result<()> {
+    /// Takes an edit waiting since the last epoch: live settings apply now. (Edits
+    /// that do not fit the data were refused when they came: `handle`.)
+    fn apply_pending(&mut self, s: &mut State) -> anyhow::Result<()> {
         let Some(edited) = self.pending.take() else {
             return Ok(());
         };
-        if let Some(problems) = unfit(&edited, data) {
-            s.emit(Event::Note(format!(
-                "edit not applied, the settings in force stay: {problems}"
-            )));
-            return Ok(());
-        }
         let applied = super::live_edit::apply(s, &self.exp, &edited)?;
         self.exp = applied.next;
         if applied.layers_changed {
@@ -602,7 +616,7 @@ impl Trainer {
             // them applies from the next epoch (as `EditQueued` said); a pause holds
             // here, a stop ends the next epoch at its first batch.
             self.serve(Some(s))?;
-            self.apply_pending(s, data)?;
+            self.apply_pending(s)?;
             if self.options.max_epochs.is_some_and(|m| s.epoch >= m) {
                 return Ok(EndReason::Completed);
             }
@@ -875,10 +889,11 @@ impl Trainer {
     }
 }
 
-/// What makes `exp` unfit for `data` ([`crate::data::task_problems`]) in one line,
-/// or None: the start refuses the run with it, a live edit is refused with it.
-fn unfit(exp: &Experiment, data: &Dataset) -> Option<String> {
-    let problems = crate::data::task_problems(exp, &data.classes, data.is_multilabel());
+/// What makes `exp` unfit for data with these classes (or labels)
+/// ([`crate::data::task_problems`]) in one line, or None: the start refuses the run
+/// with it, a live edit is refused with it.
+fn unfit(exp: &Experiment, classes: &[String], multilabel: bool) -> Option<String> {
+    let problems = crate::data::task_problems(exp, classes, multilabel);
     let words: Vec<String> = problems.into_iter().map(|(_, e)| e).collect();
     (!words.is_empty()).then(|| words.join("; "))
 }

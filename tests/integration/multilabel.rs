@@ -632,8 +632,9 @@ fn small_cnn_learns_findings_and_every_command_reads_them() {
 }
 
 /// A live edit that does not fit the running data (a threshold for a label it lacks)
-/// is refused whole with a note naming it, as the start refuses it: the rest of that
-/// edit (a new rate) does not apply either, and nothing is recorded as applied.
+/// is refused whole with a note naming it when it comes, as the start refuses it: it
+/// is never queued, the rest of it (a new rate) does not apply, and a good edit
+/// waiting before it still applies.
 #[test]
 fn a_live_edit_naming_a_label_the_data_lacks_is_refused_whole() {
     use tlcap::train::{self, Event, Options};
@@ -654,20 +655,27 @@ fn a_live_edit_naming_a_label_the_data_lacks_is_refused_whole() {
         },
     );
     handle.commands.send(train::Command::Start).unwrap();
-    let (mut rows, mut notes, mut applied, mut run) = (Vec::new(), Vec::new(), 0, None);
+    let (mut rows, mut notes, mut run) = (Vec::new(), Vec::new(), None);
+    let (mut queued, mut applied) = (0, 0);
     for e in handle.events.iter() {
         match e {
             Event::EpochEnd(m) => {
                 if m.epoch == 1 {
-                    let mut edited = exp.clone();
-                    edited.frozen.lr = 5e-4;
-                    edited.multilabel.thresholds.insert("nope".into(), 0.3);
+                    // A good edit, then one naming a label the data lacks: the second
+                    // is refused when it comes (never queued) and the first applies.
+                    let mut good = exp.clone();
+                    good.frozen.lr = 5e-4;
+                    let mut bad = exp.clone();
+                    bad.frozen.lr = 2e-4;
+                    bad.multilabel.thresholds.insert("nope".into(), 0.3);
                     let c = &handle.commands;
-                    c.send(train::Command::Apply(Box::new(edited))).unwrap();
+                    c.send(train::Command::Apply(Box::new(good))).unwrap();
+                    c.send(train::Command::Apply(Box::new(bad))).unwrap();
                 }
                 rows.push(m);
             }
             Event::Note(n) => notes.push(n),
+            Event::EditQueued { .. } => queued += 1,
             Event::ConfigApplied { .. } => applied += 1,
             Event::RunDir(d) => run = Some(d),
             Event::Error(e) => panic!("{e}"),
@@ -680,8 +688,18 @@ fn a_live_edit_naming_a_label_the_data_lacks_is_refused_whole() {
         .find(|n| n.starts_with("edit not applied"))
         .unwrap_or_else(|| panic!("no refusal among {notes:?}"));
     assert!(refused.contains("`nope`"), "{refused}");
-    assert_eq!(applied, 0);
-    assert!(rows.iter().all(|m| m.lr == 1e-3), "the rate stayed");
+    assert_eq!(
+        (queued, applied),
+        (1, 1),
+        "only the good edit was queued and applied"
+    );
+    let rates: Vec<f64> = rows.iter().map(|m| m.lr).collect();
+    assert_eq!(
+        rates,
+        [1e-3, 5e-4, 5e-4],
+        "the good edit's rate, not the bad one's"
+    );
     let saved = tlcap::train::run_dir::read_config(&run.unwrap()).unwrap();
     assert!(saved.multilabel.thresholds.is_empty());
+    assert_eq!(saved.frozen.lr, 5e-4);
 }
