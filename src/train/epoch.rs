@@ -189,34 +189,37 @@ pub(super) fn run(
         s.cache_refused = true;
     }
     let seen = seen.max(1);
+    // The headline figures: over labels for multi-label data, over classes otherwise.
+    let (val_accuracy, val_f1, val_auc, val_balanced_accuracy, val_class_recall) =
+        match &v.multilabel {
+            Some(m) => (
+                m.label_accuracy,
+                Some(m.macro_f1),
+                m.mean_auc,
+                m.balanced_accuracy(),
+                m.labels.iter().map(|l| l.recall).collect(),
+            ),
+            None => (
+                v.confusion.accuracy(),
+                v.binary.map(|b| b.f1),
+                v.binary.and_then(|b| b.auc),
+                v.confusion.balanced_accuracy(),
+                v.confusion.recalls(),
+            ),
+        };
     Ok(Some(EpochMetrics {
         epoch: number,
         phase: s.phase,
         loss: loss_sum / seen as f64,
         accuracy: correct as f64 / decided.max(1) as f64,
         val_loss: v.loss,
-        val_accuracy: match &v.multilabel {
-            Some(m) => m.label_accuracy,
-            None => v.confusion.accuracy(),
-        },
+        val_accuracy,
         val_precision: v.binary.map(|b| b.precision),
         val_recall: v.binary.map(|b| b.recall),
-        val_f1: match &v.multilabel {
-            Some(m) => Some(m.macro_f1),
-            None => v.binary.map(|b| b.f1),
-        },
-        val_auc: match &v.multilabel {
-            Some(m) => m.mean_auc,
-            None => v.binary.and_then(|b| b.auc),
-        },
-        val_balanced_accuracy: Some(match &v.multilabel {
-            Some(m) => m.balanced_accuracy(),
-            None => v.confusion.balanced_accuracy(),
-        }),
-        val_class_recall: match &v.multilabel {
-            Some(m) => m.labels.iter().map(|l| l.recall).collect(),
-            None => v.confusion.recalls(),
-        },
+        val_f1,
+        val_auc,
+        val_balanced_accuracy: Some(val_balanced_accuracy),
+        val_class_recall,
         multilabel: v.multilabel,
         confusion: v.confusion,
         lr: s.lr_used,
