@@ -23,6 +23,11 @@ pub struct Report {
     pub inter_op_threads: i32,
     /// Threads decoding images when a dataset loads.
     pub decode_threads: usize,
+    /// How malloc, which serves libtorch's CPU tensors, is set up.
+    pub allocator: runtime::Allocator,
+    /// Pages faulted in while a 64 MiB tensor was made and freed 8 times
+    /// ([`runtime::page_faults_of_repeated_tensors`]).
+    pub allocator_faults: Option<u64>,
     /// The CPU's model, family and model numbers, and CPU count ([`runtime::cpu_model`]).
     pub cpu_model: String,
     pub cpu: CpuFeatures,
@@ -144,6 +149,8 @@ pub fn run() -> anyhow::Result<Report> {
         intra_op_threads: runtime::intra_op_threads(),
         inter_op_threads: tch::get_num_interop_threads(),
         decode_threads: rayon::current_num_threads(),
+        allocator: runtime::allocator(),
+        allocator_faults: runtime::page_faults_of_repeated_tensors(8),
         cpu_model: runtime::cpu_model(),
         cpu: CpuFeatures::detect(),
         cuda_available: tch::Cuda::is_available(),
@@ -152,6 +159,13 @@ pub fn run() -> anyhow::Result<Report> {
         gpus: runtime::gpu_descriptions(),
         check_result,
     })
+}
+
+/// The memory page size in bytes (4096 where it cannot be read).
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096).max(1)
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -173,6 +187,15 @@ impl fmt::Display for Report {
              per run (augments the next batches, 1 libtorch thread); {} decoding",
             self.intra_op_threads, self.inter_op_threads, self.decode_threads
         )?;
+        writeln!(f, "memory allocator   {}", self.allocator)?;
+        if let Some(faults) = self.allocator_faults {
+            writeln!(
+                f,
+                "                   a 64 MiB tensor made and freed 8 times: {faults} pages \
+                 faulted in ({} per fresh tensor)",
+                (64 << 20) / page_size()
+            )?;
+        }
         writeln!(f, "cpu                {}", self.cpu_model)?;
         writeln!(
             f,

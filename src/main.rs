@@ -10,6 +10,8 @@ use clap::Parser;
 use cli::{CacheCommand, Cli, Command, PhaseArg, WeightsCommand};
 
 fn main() -> ExitCode {
+    // Before any thread starts: libtorch's tensors then reuse freed memory.
+    tlcap::runtime::tune_allocator();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         let target = cli.path.unwrap_or_else(|| PathBuf::from("experiments"));

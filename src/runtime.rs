@@ -256,6 +256,120 @@ pub fn describe_build(variant: &str, cuda_devices: i64, mps: bool) -> String {
     }
 }
 
+/// How the process's memory allocator was set up ([`tune_allocator`]), for `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// glibc malloc keeps freed memory for the next batch: one arena, no `mmap` per
+    /// large block, no trimming (the default on Linux with glibc).
+    Tuned,
+    /// Left as the C library set it: `TLCAP_ALLOCATOR=system`, a `MALLOC_*` variable or
+    /// `GLIBC_TUNABLES` set by the user, or not glibc.
+    System,
+}
+
+/// Why [`tune_allocator`] leaves the allocator alone, if it does: from the
+/// environment's variables (name, value).
+pub fn allocator_left_alone<'a>(
+    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    for (name, value) in vars {
+        if name == "TLCAP_ALLOCATOR" && value == "system" {
+            return Some("TLCAP_ALLOCATOR=system".into());
+        }
+        if name.starts_with("MALLOC_") || (name == "GLIBC_TUNABLES" && value.contains("malloc")) {
+            return Some(format!("{name} is set"));
+        }
+    }
+    None
+}
+
+/// Sets glibc's malloc up for tensors, once, before any thread starts. libtorch's CPU
+/// tensors come from malloc; by default glibc serves every block over 32 MiB (a batch of
+/// activations) with its own `mmap` and gives it back on free, so each training step
+/// faults every page in again: a whole-network MobileNetV2 step spent ~15% of its CPU
+/// time in the kernel and its plain path ran 2.4x slower (docs/speed.md). One arena, no
+/// `mmap` and no trimming keep the freed blocks for the next step. Left alone under
+/// `TLCAP_ALLOCATOR=system` or when the user set `MALLOC_*` or `GLIBC_TUNABLES` themselves.
+pub fn tune_allocator() -> Allocator {
+    *ALLOCATOR.get_or_init(|| {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        if allocator_left_alone(vars.iter().map(|(n, v)| (n.as_str(), v.as_str()))).is_some() {
+            return Allocator::System;
+        }
+        set_glibc_malloc()
+    })
+}
+
+static ALLOCATOR: std::sync::OnceLock<Allocator> = std::sync::OnceLock::new();
+
+/// The allocator this process runs with: [`Allocator::Tuned`] once [`tune_allocator`]
+/// tuned it (the binary does at start; a library user may not).
+pub fn allocator() -> Allocator {
+    ALLOCATOR.get().copied().unwrap_or(Allocator::System)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_glibc_malloc() -> Allocator {
+    // SAFETY: mallopt only changes malloc's parameters; called before other threads
+    // allocate (the first statement of `main`), and each call is checked.
+    let ok = unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1) == 1
+            && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+            && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
+    };
+    if ok {
+        Allocator::Tuned
+    } else {
+        Allocator::System
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_glibc_malloc() -> Allocator {
+    Allocator::System
+}
+
+/// Pages the process faulted in while libtorch made, filled and freed a 64 MiB tensor
+/// `times` times: a tuned allocator faults in the first tensor or two (16,384 pages of
+/// 4 KiB each) and reuses them; glibc's defaults give every tensor back and fault in
+/// `times` of them. `None` off Linux.
+pub fn page_faults_of_repeated_tensors(times: usize) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let faults = || {
+            let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+            // SAFETY: getrusage writes one rusage into the buffer it is given.
+            let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+            // SAFETY: zero-initialised, and filled in when rc is 0.
+            (rc == 0).then(|| unsafe { usage.assume_init() }.ru_minflt as u64)
+        };
+        let before = faults()?;
+        for _ in 0..times {
+            let t = tch::Tensor::ones([16 << 20], (Kind::Float, Device::Cpu));
+            drop(t);
+        }
+        Some(faults()?.saturating_sub(before))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = times;
+        None
+    }
+}
+
+impl std::fmt::Display for Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allocator::Tuned => f.write_str(
+                "glibc malloc tuned for tensors: one arena, freed memory kept for the next \
+                 batch (TLCAP_ALLOCATOR=system leaves it as it was)",
+            ),
+            Allocator::System => f.write_str("the C library's, as it was set"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +424,28 @@ mod tests {
         }
         let err = select_device("tpu").unwrap_err().to_string();
         assert!(err.contains("use auto, cpu, cuda, cuda:N or mps"), "{err}");
+    }
+
+    #[test]
+    fn the_allocator_is_left_alone_when_the_user_chose() {
+        assert_eq!(
+            allocator_left_alone([("PATH", "/bin"), ("HOME", "/root")]),
+            None
+        );
+        assert_eq!(allocator_left_alone([("TLCAP_ALLOCATOR", "tuned")]), None);
+        assert_eq!(
+            allocator_left_alone([("TLCAP_ALLOCATOR", "system")]).as_deref(),
+            Some("TLCAP_ALLOCATOR=system")
+        );
+        assert_eq!(
+            allocator_left_alone([("MALLOC_ARENA_MAX", "4")]).as_deref(),
+            Some("MALLOC_ARENA_MAX is set")
+        );
+        assert!(allocator_left_alone([("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]).is_some());
+        assert_eq!(
+            allocator_left_alone([("GLIBC_TUNABLES", "glibc.rtld.nns=2")]),
+            None
+        );
     }
 
     #[test]

@@ -31,6 +31,67 @@ fn doctor_reports_libtorch_2_13_without_ld_library_path() {
     assert!(stdout.contains(build), "{stdout}");
 }
 
+/// The binary tunes malloc so that libtorch's freed tensors are reused: doctor makes and
+/// frees a 64 MiB tensor 8 times and counts the pages faulted in. Tuned, only the first
+/// tensor or two are fresh pages; under `TLCAP_ALLOCATOR=system` glibc gives each back.
+#[test]
+fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
+    let faults = |system: bool| {
+        let mut cmd = tlcap();
+        cmd.arg("doctor");
+        for (name, _) in std::env::vars() {
+            if name.starts_with("MALLOC_") || name == "GLIBC_TUNABLES" {
+                cmd.env_remove(name);
+            }
+        }
+        if system {
+            cmd.env("TLCAP_ALLOCATOR", "system");
+        } else {
+            cmd.env_remove("TLCAP_ALLOCATOR");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("a 64 MiB tensor made and freed 8 times"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let number = |after: &str| -> u64 {
+            let rest = &line[line.find(after).unwrap() + after.len()..];
+            rest.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches('(')
+                .parse()
+                .unwrap()
+        };
+        let (faults, per_tensor) = (number("8 times: "), number("faulted in ("));
+        (stdout, faults, per_tensor)
+    };
+    let (stdout, tuned, per_tensor) = faults(false);
+    assert!(
+        stdout.contains("memory allocator   glibc malloc tuned"),
+        "{stdout}"
+    );
+    assert!(
+        tuned < 3 * per_tensor,
+        "{tuned} pages for 8 tensors of {per_tensor}: {stdout}"
+    );
+    let (stdout, system, _) = faults(true);
+    assert!(
+        stdout.contains("memory allocator   the C library's"),
+        "{stdout}"
+    );
+    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"));
+    if !thp_always {
+        assert!(
+            system > 6 * per_tensor,
+            "{system} pages for 8 tensors of {per_tensor}"
+        );
+    }
+}
+
 /// A device that is not there is one line on stderr, exit 1, before any work starts.
 #[test]
 fn a_missing_device_is_a_one_line_error() {
