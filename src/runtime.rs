@@ -1,6 +1,7 @@
 //! What this machine and this libtorch offer, and the choices that follow from it:
 //! CPU features, the libtorch variant, devices, the number format of the frozen part,
-//! and thread counts. Read by `doctor`, `train`, `predict` and `bench` alike.
+//! thread counts and the memory allocator. Read by `doctor`, `train`, `predict` and
+//! `bench` alike.
 
 use anyhow::{anyhow, bail};
 use tch::{Device, Kind};
