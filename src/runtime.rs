@@ -258,14 +258,14 @@ pub fn describe_build(variant: &str, cuda_devices: i64, mps: bool) -> String {
 }
 
 /// How the process's memory allocator was set up ([`tune_allocator`]), for `doctor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allocator {
     /// glibc malloc keeps freed memory for the next batch: one arena, no `mmap` per
     /// large block, no trimming (the default on Linux with glibc).
     Tuned,
-    /// Left as the C library set it: `TLCAP_ALLOCATOR=system`, a `MALLOC_*` variable or
-    /// `GLIBC_TUNABLES` set by the user, or not glibc.
-    System,
+    /// Left as the C library set it, and why: `TLCAP_ALLOCATOR=system`, a `MALLOC_*`
+    /// variable or `GLIBC_TUNABLES` set by the user, not glibc, or not tuned yet.
+    System(String),
 }
 
 /// Why [`tune_allocator`] leaves the allocator alone, if it does: from the
@@ -292,13 +292,15 @@ pub fn allocator_left_alone<'a>(
 /// `mmap` and no trimming keep the freed blocks for the next step. Left alone under
 /// `TLCAP_ALLOCATOR=system` or when the user set `MALLOC_*` or `GLIBC_TUNABLES` themselves.
 pub fn tune_allocator() -> Allocator {
-    *ALLOCATOR.get_or_init(|| {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        if allocator_left_alone(vars.iter().map(|(n, v)| (n.as_str(), v.as_str()))).is_some() {
-            return Allocator::System;
-        }
-        set_glibc_malloc()
-    })
+    ALLOCATOR
+        .get_or_init(|| {
+            let vars: Vec<(String, String)> = std::env::vars().collect();
+            match allocator_left_alone(vars.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+                Some(why) => Allocator::System(why),
+                None => set_glibc_malloc(),
+            }
+        })
+        .clone()
 }
 
 static ALLOCATOR: std::sync::OnceLock<Allocator> = std::sync::OnceLock::new();
@@ -306,7 +308,10 @@ static ALLOCATOR: std::sync::OnceLock<Allocator> = std::sync::OnceLock::new();
 /// The allocator this process runs with: [`Allocator::Tuned`] once [`tune_allocator`]
 /// tuned it (the binary does at start; a library user may not).
 pub fn allocator() -> Allocator {
-    ALLOCATOR.get().copied().unwrap_or(Allocator::System)
+    ALLOCATOR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Allocator::System("not tuned by this process".into()))
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -322,13 +327,13 @@ fn set_glibc_malloc() -> Allocator {
     if ok {
         Allocator::Tuned
     } else {
-        Allocator::System
+        Allocator::System("glibc refused a mallopt setting".into())
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set_glibc_malloc() -> Allocator {
-    Allocator::System
+    Allocator::System("not glibc".into())
 }
 
 /// Pages the process faulted in while libtorch made, filled and freed a 64 MiB tensor
@@ -366,7 +371,7 @@ impl std::fmt::Display for Allocator {
                 "glibc malloc tuned for tensors: one arena, freed memory kept for the next \
                  batch (TLCAP_ALLOCATOR=system leaves it as it was)",
             ),
-            Allocator::System => f.write_str("the C library's, as it was set"),
+            Allocator::System(why) => write!(f, "the C library's, as it was set ({why})"),
         }
     }
 }
