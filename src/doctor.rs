@@ -13,6 +13,10 @@ pub const REQUIRED_LIBTORCH: &str = "2.13.0";
 pub const TCH_VERSION: &str = "0.26.0";
 /// The libtorch lib dir embedded as rpath at build time.
 pub const BUILD_LIBTORCH_LIB: &str = env!("TLCAP_LIBTORCH_LIB");
+/// How many times doctor makes and frees a 64 MiB tensor to show whether malloc reuses
+/// the memory: a tuned allocator faults in a tensor or few in all, glibc's defaults one
+/// per time.
+pub const ALLOCATOR_PROBE_TENSORS: usize = 16;
 
 /// Everything `doctor` found.
 #[derive(Debug, Clone)]
@@ -25,8 +29,8 @@ pub struct Report {
     pub decode_threads: usize,
     /// How malloc, which serves libtorch's CPU tensors, is set up.
     pub allocator: runtime::Allocator,
-    /// Pages faulted in while a 64 MiB tensor was made and freed 8 times
-    /// ([`runtime::page_faults_of_repeated_tensors`]).
+    /// Pages faulted in while a 64 MiB tensor was made and freed [`ALLOCATOR_PROBE_TENSORS`]
+    /// times ([`runtime::page_faults_of_repeated_tensors`]).
     pub allocator_faults: Option<u64>,
     /// The CPU's model, family and model numbers, and CPU count ([`runtime::cpu_model`]).
     pub cpu_model: String,
@@ -150,7 +154,7 @@ pub fn run() -> anyhow::Result<Report> {
         inter_op_threads: tch::get_num_interop_threads(),
         decode_threads: rayon::current_num_threads(),
         allocator: runtime::allocator(),
-        allocator_faults: runtime::page_faults_of_repeated_tensors(8),
+        allocator_faults: runtime::page_faults_of_repeated_tensors(ALLOCATOR_PROBE_TENSORS),
         cpu_model: runtime::cpu_model(),
         cpu: CpuFeatures::detect(),
         cuda_available: tch::Cuda::is_available(),
@@ -191,8 +195,8 @@ impl fmt::Display for Report {
         if let Some(faults) = self.allocator_faults {
             writeln!(
                 f,
-                "                   a 64 MiB tensor made and freed 8 times: {faults} pages \
-                 faulted in ({} per fresh tensor)",
+                "                   a 64 MiB tensor made and freed {ALLOCATOR_PROBE_TENSORS} \
+                 times: {faults} pages faulted in ({} per fresh tensor)",
                 (64 << 20) / page_size()
             )?;
         }

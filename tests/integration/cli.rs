@@ -32,10 +32,12 @@ fn doctor_reports_libtorch_2_13_without_ld_library_path() {
 }
 
 /// The binary tunes malloc so that libtorch's freed tensors are reused: doctor makes and
-/// frees a 64 MiB tensor 8 times and counts the pages faulted in. Tuned, only the first
-/// tensor or two are fresh pages; under `TLCAP_ALLOCATOR=system` glibc gives each back.
+/// frees a 64 MiB tensor 16 times and counts the pages faulted in. Tuned, only the first
+/// tensor or few are fresh pages (2 here, 3 on one CI machine: the kernel's own faults
+/// vary); under `TLCAP_ALLOCATOR=system` glibc gives each back, so every one is.
 #[test]
 fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
+    let times = tlcap::doctor::ALLOCATOR_PROBE_TENSORS as u64;
     let faults = |system: bool| {
         let mut cmd = tlcap();
         cmd.arg("doctor");
@@ -54,7 +56,7 @@ fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
         assert!(out.status.success(), "{stdout}");
         let line = stdout
             .lines()
-            .find(|l| l.contains("a 64 MiB tensor made and freed 8 times"))
+            .find(|l| l.contains(&format!("a 64 MiB tensor made and freed {times} times")))
             .unwrap_or_else(|| panic!("{stdout}"));
         let number = |after: &str| -> u64 {
             let rest = &line[line.find(after).unwrap() + after.len()..];
@@ -65,7 +67,7 @@ fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
                 .parse()
                 .unwrap()
         };
-        let (faults, per_tensor) = (number("8 times: "), number("faulted in ("));
+        let (faults, per_tensor) = (number(&format!("{times} times: ")), number("faulted in ("));
         (stdout, faults, per_tensor)
     };
     let (stdout, tuned, per_tensor) = faults(false);
@@ -74,8 +76,8 @@ fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
         "{stdout}"
     );
     assert!(
-        tuned < 3 * per_tensor,
-        "{tuned} pages for 8 tensors of {per_tensor}: {stdout}"
+        tuned <= times / 2 * per_tensor,
+        "{tuned} pages for {times} tensors of {per_tensor}: {stdout}"
     );
     let (stdout, system, _) = faults(true);
     assert!(
@@ -86,8 +88,8 @@ fn doctor_shows_the_tuned_allocator_reusing_freed_tensors() {
         .is_ok_and(|s| s.contains("[always]"));
     if !thp_always {
         assert!(
-            system > 6 * per_tensor,
-            "{system} pages for 8 tensors of {per_tensor}"
+            system > times * 3 / 4 * per_tensor,
+            "{system} pages for {times} tensors of {per_tensor}"
         );
     }
 }
