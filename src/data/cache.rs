@@ -5,9 +5,12 @@
 //! One *store* per decoding (size, interpolation, intensity) under the cache root.
 //! A store holds *parts*, each written once and never changed: `ID.pixels` (the
 //! records, back to back) and `ID.index` (JSON: for each file its canonical path, byte
-//! size and modification time, and its record or why its content could not be
-//! decoded). A load looks every file up by (path, size, modification time); the misses (new or changed
-//! files) are decoded, alone, into a new part. The index is written last, atomically,
+//! size, modification and status-change times, and its record or why its content could
+//! not be decoded). A load looks every file up by (path, size, modification time,
+//! status-change time); the misses (new or changed files) are decoded, alone, into a
+//! new part. The status-change time (`ctime`) is what no copy can set: a file replaced
+//! by another of the same size and modification time (`cp -p`, `rsync -t`) has a new
+//! one, while reading a file never changes it. The index is written last, atomically,
 //! after the pixels are on disk, so a part that was cut short (a crash, a full disk)
 //! has no index and is never read; a part whose pixel file is shorter than its index
 //! says (or whose index is not JSON) is deleted and its images decoded again; a part
@@ -35,8 +38,9 @@ use super::Skipped;
 use crate::config::{Intensity, Interpolation};
 
 /// Version of the part format, and of what decoding makes of a file: bump it when
-/// either changes (parts of another version are ignored, not deleted).
-const FORMAT: u32 = 1;
+/// either changes (parts of another version are ignored, not deleted). 2: keys have
+/// the status-change time.
+const FORMAT: u32 = 2;
 /// A pixel file without its index (a load that was killed) or a temp file is
 /// deleted once it is this old: no load takes a day to write its part.
 const LEFTOVER_SECONDS: u64 = 24 * 3600;
@@ -109,23 +113,53 @@ pub enum CacheError {
     Read(PathBuf, std::io::Error),
 }
 
-/// A file as the cache knows it: a changed size or modification time is a new file.
+/// A file as the cache knows it: a changed size, modification time or status-change
+/// time is a new file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct FileKey {
     path: PathBuf,
     len: u64,
     mtime_ns: u64,
+    /// The inode's status-change time in ns: set by the kernel whenever the file is
+    /// written, replaced or has its times set, and by nothing a user can ask for.
+    ctime_ns: u64,
 }
 
-/// A file's (byte size, modification time in ns) now; None when it cannot be stat'ed.
-fn stamp(path: &Path) -> Option<(u64, u64)> {
+impl FileKey {
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            len: self.len,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+        }
+    }
+}
+
+/// What `stat` says of a file's content having changed (a [`FileKey`] without its path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: u64,
+    ctime_ns: u64,
+}
+
+/// A file's stamp now; None when it cannot be stat'ed.
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let mtime_ns = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
-    Some((meta.len(), mtime_ns))
+    let ctime_ns = (meta.ctime().max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.ctime_nsec().max(0) as u64);
+    Some(Stamp {
+        len: meta.len(),
+        mtime_ns,
+        ctime_ns,
+    })
 }
 
 /// The keys of `files` now (None for a file that cannot be stat'ed: decoding will say
@@ -144,12 +178,17 @@ fn keys_of(files: &[PathBuf]) -> Vec<Option<FileKey>> {
     files
         .par_iter()
         .map(|f| {
-            let (len, mtime_ns) = stamp(f)?;
+            let Stamp {
+                len,
+                mtime_ns,
+                ctime_ns,
+            } = stamp(f)?;
             let folder = &folders[f.parent().unwrap_or(Path::new("."))];
             Some(FileKey {
                 path: folder.join(f.file_name()?),
                 len,
                 mtime_ns,
+                ctime_ns,
             })
         })
         .collect()
@@ -391,7 +430,7 @@ fn write_part(
                     // the key it had before.
                     let unchanged = keys[i]
                         .as_ref()
-                        .is_some_and(|k| stamp(&files[i]) == Some((k.len, k.mtime_ns)));
+                        .is_some_and(|k| stamp(&files[i]) == Some(k.stamp()));
                     (r, unchanged)
                 })
                 .collect();

@@ -163,6 +163,52 @@ fn a_changed_or_new_file_is_decoded_alone() {
     assert!(all_pixels(&touched).equal(&all_pixels(&uncached(data.path()))));
 }
 
+/// A file replaced by another image of the same byte size, its modification time then
+/// set back (what `cp -p` or `rsync -t` of a different image leaves): the size and
+/// modification time are the old ones, the status-change time is not.
+#[test]
+fn a_replacement_with_the_same_size_and_modification_time_is_decoded_again() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    make_data(data.path(), 3);
+    let replaced = data.path().join("a/same.bmp");
+    RgbImage::from_pixel(40, 30, Rgb([10, 20, 30]))
+        .save(&replaced)
+        .unwrap();
+    let exp = experiment(data.path(), "auto");
+    let first = Dataset::load_cached_in(&exp, cache.path(), &no_progress).unwrap();
+    assert_eq!(first.image_cache.unwrap().report.decoded, 9);
+    let before = std::fs::metadata(&replaced).unwrap();
+
+    // Another image, written elsewhere and renamed over it, as rsync does; then its
+    // modification time set to the old file's, as `-t` does.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let elsewhere = data.path().join("other.bmp");
+    RgbImage::from_pixel(40, 30, Rgb([200, 100, 50]))
+        .save(&elsewhere)
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&elsewhere)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&elsewhere, &replaced).unwrap();
+    let after = std::fs::metadata(&replaced).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+
+    let ds = Dataset::load_cached_in(&exp, cache.path(), &no_progress).unwrap();
+    let c = ds.image_cache.as_ref().unwrap();
+    assert_eq!((c.report.reused, c.report.decoded), (8, 1));
+    assert!(all_pixels(&ds).equal(&all_pixels(&uncached(data.path()))));
+    let i = ds.files.iter().position(|f| f == &replaced).unwrap();
+    assert_eq!(
+        Vec::<u8>::try_from(ds.pixels(&[i]).view([-1]).narrow(0, 0, 1)).unwrap(),
+        vec![200]
+    );
+}
+
 #[test]
 fn the_same_folder_by_two_spellings_shares_its_records() {
     let data = tempfile::tempdir().unwrap();
