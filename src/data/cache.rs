@@ -118,28 +118,16 @@ pub enum CacheError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct FileKey {
     path: PathBuf,
+    stamp: Stamp,
+}
+
+/// What `stat` says of a file's content having changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Stamp {
     len: u64,
     mtime_ns: u64,
     /// The inode's status-change time in ns: set by the kernel whenever the file is
     /// written, replaced or has its times set, and by nothing a user can ask for.
-    ctime_ns: u64,
-}
-
-impl FileKey {
-    fn stamp(&self) -> Stamp {
-        Stamp {
-            len: self.len,
-            mtime_ns: self.mtime_ns,
-            ctime_ns: self.ctime_ns,
-        }
-    }
-}
-
-/// What `stat` says of a file's content having changed (a [`FileKey`] without its path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime_ns: u64,
     ctime_ns: u64,
 }
 
@@ -178,17 +166,11 @@ fn keys_of(files: &[PathBuf]) -> Vec<Option<FileKey>> {
     files
         .par_iter()
         .map(|f| {
-            let Stamp {
-                len,
-                mtime_ns,
-                ctime_ns,
-            } = stamp(f)?;
+            let stamp = stamp(f)?;
             let folder = &folders[f.parent().unwrap_or(Path::new("."))];
             Some(FileKey {
                 path: folder.join(f.file_name()?),
-                len,
-                mtime_ns,
-                ctime_ns,
+                stamp,
             })
         })
         .collect()
@@ -430,7 +412,7 @@ fn write_part(
                     // the key it had before.
                     let unchanged = keys[i]
                         .as_ref()
-                        .is_some_and(|k| stamp(&files[i]) == Some(k.stamp()));
+                        .is_some_and(|k| stamp(&files[i]) == Some(k.stamp));
                     (r, unchanged)
                 })
                 .collect();
