@@ -35,6 +35,9 @@ pub struct Report {
     /// The CPU's model, family and model numbers, and CPU count ([`runtime::cpu_model`]).
     pub cpu_model: String,
     pub cpu: CpuFeatures,
+    /// The CPU has bfloat16 instructions but `ATEN_CPU_CAPABILITY` or
+    /// `ONEDNN_MAX_CPU_ISA` keeps libtorch off them (an older CPU emulated).
+    pub bf16_limited: bool,
     pub cuda_available: bool,
     pub cuda_devices: i64,
     /// Apple's Metal backend (macOS builds).
@@ -157,6 +160,7 @@ pub fn run() -> anyhow::Result<Report> {
         allocator_faults: runtime::page_faults_of_repeated_tensors(ALLOCATOR_PROBE_TENSORS),
         cpu_model: runtime::cpu_model(),
         cpu: CpuFeatures::detect(),
+        bf16_limited: CpuFeatures::detect().native_bf16() && !runtime::native_bf16_here(),
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
         mps_available: tch::utils::has_mps(),
@@ -212,7 +216,10 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "bf16 kernels       {}",
-            if self.cpu.native_bf16() {
+            if self.bf16_limited {
+                "limited by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (an older CPU's \
+                 instructions emulated): `precision: auto` stays fp32"
+            } else if self.cpu.native_bf16() {
                 "native: `precision: auto` runs the frozen backbone in bf16"
             } else {
                 "emulated: `precision: auto` stays fp32 (bf16 gives no speed-up)"

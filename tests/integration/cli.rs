@@ -31,6 +31,44 @@ fn doctor_reports_libtorch_2_13_without_ld_library_path() {
     assert!(stdout.contains(build), "{stdout}");
 }
 
+/// Under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (how an AVX2 CPU is
+/// measured on a newer one) doctor says bf16 is limited where the CPU has it, as the
+/// trainer's `precision: auto` then stays fp32; without the limits it says native.
+/// On a CPU without bf16 instructions both say emulated.
+#[test]
+fn doctor_says_when_kernel_limits_keep_bf16_off() {
+    let line = |limited: bool| {
+        let mut cmd = tlcap();
+        cmd.arg("doctor")
+            .env_remove("ATEN_CPU_CAPABILITY")
+            .env_remove("ONEDNN_MAX_CPU_ISA");
+        if limited {
+            cmd.env("ATEN_CPU_CAPABILITY", "avx2")
+                .env("ONEDNN_MAX_CPU_ISA", "AVX2");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .find(|l| l.starts_with("bf16 kernels"))
+            .unwrap_or_else(|| panic!("no bf16 line: {stdout}"))
+            .to_string()
+    };
+    let (plain, limited) = (line(false), line(true));
+    if tlcap::runtime::CpuFeatures::detect().native_bf16() {
+        assert!(plain.contains("native"), "{plain}");
+        assert!(
+            limited.contains("limited by ATEN_CPU_CAPABILITY"),
+            "{limited}"
+        );
+        assert!(limited.contains("stays fp32"), "{limited}");
+    } else {
+        assert!(plain.contains("emulated"), "{plain}");
+        assert_eq!(plain, limited);
+    }
+}
+
 /// The binary tunes malloc so that libtorch's freed tensors are reused: doctor makes and
 /// frees a 64 MiB tensor 16 times and counts the pages faulted in. Tuned, only the first
 /// tensor or few are fresh pages (2 here, 3 on one CI machine: the kernel's own faults
