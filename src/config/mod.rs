@@ -493,6 +493,12 @@ pub struct ModelConfig {
     #[serde(default = "defaults::dropout")]
     #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub dropout: f64,
+    /// Label smoothing of the training loss, in [0, 1) (Keras `label_smoothing`):
+    /// targets move from 0 and 1 towards 1/K (1/2 for a sigmoid unit). Default 0.
+    /// Validation loss and metrics use the labels as they are. A live setting.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
+    pub label_smoothing: f64,
 }
 
 /// `frozen:` — the head-only phase.
@@ -566,6 +572,11 @@ impl Schedule {
 /// Whether a factor is 1 (the default layer decay, left out of saved settings).
 fn is_one(v: &f64) -> bool {
     *v == 1.0
+}
+
+/// Whether a value is 0 (the default label smoothing, left out of saved settings).
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Whether a phase keeps outputs of the frozen part of the backbone between epochs.

@@ -156,6 +156,14 @@ pub fn validate(exp: &Experiment) -> Vec<Problem> {
         "model.dropout",
         format!("dropout must be in [0, 1), got {}", exp.model.dropout),
     );
+    check(
+        (0.0..1.0).contains(&exp.model.label_smoothing),
+        "model.label_smoothing",
+        format!(
+            "label_smoothing must be in [0, 1), got {}",
+            exp.model.label_smoothing
+        ),
+    );
     if exp.model.backbone == Backbone::SmallCnn {
         check(
             exp.model.weights != Weights::Imagenet,

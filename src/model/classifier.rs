@@ -56,6 +56,8 @@ pub struct Classifier {
     train_path: TrainPath,
     /// Each class's weight in the training loss (`data.class_weight`), on the device.
     class_weights: Option<Tensor>,
+    /// Label smoothing of the training loss's targets (`model.label_smoothing`).
+    label_smoothing: f64,
 }
 
 /// How the trainable part of a training step runs. Each setting changes speed and
@@ -116,7 +118,8 @@ fn images_within(budget: Option<i64>, x: &Tensor) -> i64 {
     }
 }
 
-/// Binary cross-entropy of one logit per image `[B, 1]` against labels 0/1.
+/// Binary cross-entropy of one logit per image `[B, 1]` against targets in [0, 1]
+/// (labels 0/1, or smoothed ones).
 fn binary_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Tensor {
     logits
         .view([-1])
@@ -126,6 +129,14 @@ fn binary_cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) 
             None,
             reduction,
         )
+}
+
+/// Targets 0/1 (float) moved towards 1/`k` by label smoothing `e`: (1 - e) * y + e / k.
+fn smoothed(targets: &Tensor, e: f64, k: i64) -> Tensor {
+    if e == 0.0 {
+        return targets.shallow_clone();
+    }
+    targets * (1.0 - e) + e / k as f64
 }
 
 /// Binary cross-entropy of every (image, label) of logits `[B, L]` against 0/1 labels,
@@ -250,6 +261,7 @@ impl Classifier {
             pass_pixels: (device == Device::Cpu).then_some(CPU_PASS_PIXELS),
             train_path: TrainPath::for_device(device),
             class_weights: None,
+            label_smoothing: exp.model.label_smoothing,
         })
     }
 
@@ -742,27 +754,59 @@ impl Classifier {
         });
     }
 
+    /// Sets the dropout rate before the head (`model.dropout`, a live setting): the
+    /// next training step draws its mask with it.
+    pub fn set_dropout(&mut self, rate: f64) {
+        self.dropout = rate;
+    }
+
+    /// Sets the label smoothing of the training loss (`model.label_smoothing`, a live
+    /// setting; 0 trains on the labels as they are).
+    pub fn set_label_smoothing(&mut self, smoothing: f64) {
+        self.label_smoothing = smoothing;
+    }
+
     /// The training loss: [`Classifier::loss`], or with class weights each image's
     /// loss times its class's weight, summed over the batch and divided by the batch
     /// size (Keras `class_weight`; PyTorch's `weight=` would divide by the weights'
     /// sum instead). Multi-label: binary cross-entropy with each label's positives
     /// weighted by its positive weight (PyTorch `BCEWithLogitsLoss(pos_weight=...)`).
+    ///
+    /// With `model.label_smoothing` e the targets are Keras's: one-hot rows become
+    /// (1 - e) * one_hot + e / K for K classes, and the 0/1 target of a sigmoid unit
+    /// (two classes, or each multi-label label) becomes (1 - e) * y + e / 2.
     pub fn train_loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        let e = self.label_smoothing;
         if self.multilabel {
             let labels = labels.to_device(logits.device());
+            let targets = smoothed(&labels.to_kind(Kind::Float), e, 2);
             return multilabel_cross_entropy(
                 logits,
-                &labels,
+                &targets,
                 self.pos_weight.as_ref(),
                 Reduction::Mean,
             );
         }
-        let Some(weights) = &self.class_weights else {
+        if e == 0.0 && self.class_weights.is_none() {
             return self.loss(logits, labels);
-        };
+        }
         let labels = labels.to_device(logits.device());
-        let per_image = self.image_losses(logits, &labels);
-        (per_image * weights.index_select(0, &labels)).mean(Kind::Float)
+        let per_image = if e == 0.0 {
+            self.image_losses(logits, &labels)
+        } else if self.binary() {
+            let targets = smoothed(&labels.to_kind(Kind::Float), e, 2);
+            binary_cross_entropy(logits, &targets, Reduction::None)
+        } else {
+            // -sum_k q_k log p_k with q = (1 - e) one_hot + e / K.
+            let log_p = logits.log_softmax(-1, Kind::Float);
+            let true_class = log_p.gather(1, &labels.view([-1, 1]), false).view([-1]);
+            let mean_class = log_p.mean_dim(1, false, Kind::Float);
+            -(true_class * (1.0 - e) + mean_class * e)
+        };
+        match &self.class_weights {
+            Some(weights) => (per_image * weights.index_select(0, &labels)).mean(Kind::Float),
+            None => per_image.mean(Kind::Float),
+        }
     }
 
     /// Right decisions and decisions made in a batch at probability 0.5 (the training

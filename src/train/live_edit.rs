@@ -45,6 +45,8 @@ pub(super) fn apply(
             s.net.set_precision(Some(kind));
         }
     }
+    s.net.set_dropout(next.model.dropout);
+    s.net.set_label_smoothing(next.model.label_smoothing);
     s.stall.set_config(next.stall.clone());
     if (old.stall.monitor, old.stall.mode) != (next.stall.monitor, next.stall.mode) {
         // A different metric or direction: the old best means nothing now.

@@ -207,10 +207,15 @@ pub(super) fn draw_idle(frame: &mut Frame, entry: &Entry, errors: &[String], are
                     + &tta_words(exp.tta)
             )),
             Line::raw(format!(
-                "backbone  {}, weights: {}, dropout {}",
+                "backbone  {}, weights: {}, dropout {}{}",
                 exp.model.backbone.name(),
                 word(&exp.model.weights),
-                exp.model.dropout
+                exp.model.dropout,
+                if exp.model.label_smoothing > 0.0 {
+                    format!(", label_smoothing {}", exp.model.label_smoothing)
+                } else {
+                    String::new()
+                }
             )),
             Line::raw(format!(
                 "frozen    {}, {}, lr {}{}",

@@ -87,6 +87,18 @@ fn the_schema_and_check_agree_on_range_boundaries() {
             true,
         ),
         (
+            "data: { dir: x }\nmodel: { backbone: resnet18, label_smoothing: 1 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18, label_smoothing: -0.1 }",
+            false,
+        ),
+        (
+            "data: { dir: x }\nmodel: { backbone: resnet18, label_smoothing: 0.1 }",
+            true,
+        ),
+        (
             "data: { dir: x, augment: { width_shift_range: 1 } }\nmodel: { backbone: resnet18 }",
             false,
         ),

@@ -1215,6 +1215,99 @@ fn reduce_lr_on_stall_and_lower_lr_now() {
     assert!(rows[1].lr_lowered.is_none(), "{:?}", rows[1].lr_lowered);
 }
 
+/// `model.label_smoothing` e moves the training loss's targets as Keras's
+/// `label_smoothing` does, checked by hand on fixed batches: a sigmoid unit's 0/1
+/// targets become (1 - e) y + e/2 (with class weights on top), softmax's one-hot rows
+/// (1 - e) one_hot + e/K, and each multi-label label's target (1 - e) y + e/2. The
+/// validation loss keeps the labels as they are.
+#[test]
+fn label_smoothing_moves_the_targets_as_keras_does() {
+    use tlcap::model::classifier::Classifier;
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(
+        dir.path(),
+        "model: { backbone: small_cnn, weights: none, label_smoothing: 0.2 }\n",
+    );
+    assert_eq!(exp.model.label_smoothing, 0.2);
+    let e = 0.2;
+    let softplus = |z: f64| (1.0 + z.exp()).ln();
+    let value = |t: Tensor| t.double_value(&[]);
+    // Two classes: binary cross-entropy ln(1 + e^z) - t z with t = (1 - e) y + e/2.
+    let mut net = Classifier::new(&exp, 2, tch::Device::Cpu).unwrap();
+    let z = [0.5, -1.0, 2.0, 0.0];
+    let y = [0i64, 1, 1, 0];
+    let logits = Tensor::from_slice(&z.map(|v| v as f32)).view([4, 1]);
+    let labels = Tensor::from_slice(&y);
+    let bce = |t: &dyn Fn(i64) -> f64| -> Vec<f64> {
+        z.iter()
+            .zip(&y)
+            .map(|(&z, &y)| softplus(z) - t(y) * z)
+            .collect()
+    };
+    let smooth = bce(&|y| (1.0 - e) * y as f64 + e / 2.0);
+    let plain = bce(&|y| y as f64);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!((value(net.train_loss(&logits, &labels)) - mean(&smooth)).abs() < 1e-6);
+    assert!((value(net.loss(&logits, &labels)) - mean(&plain)).abs() < 1e-6);
+    assert!(
+        (mean(&smooth) - mean(&plain)).abs() > 0.01,
+        "smoothing matters here"
+    );
+    let w = [2.0, 0.5];
+    net.set_class_weights(Some(&w));
+    let weighted: f64 = smooth
+        .iter()
+        .zip(&y)
+        .map(|(l, &y)| w[y as usize] * l)
+        .sum::<f64>()
+        / 4.0;
+    assert!((value(net.train_loss(&logits, &labels)) - weighted).abs() < 1e-6);
+    // A live edit to 0: the labels as they are.
+    net.set_class_weights(None);
+    net.set_label_smoothing(0.0);
+    assert!((value(net.train_loss(&logits, &labels)) - mean(&plain)).abs() < 1e-6);
+    // Three classes: -sum_k q_k ln softmax(z)_k with q = (1 - e) one_hot + e/3.
+    let net = Classifier::new(&exp, 3, tch::Device::Cpu).unwrap();
+    let z3 = [[1.0, 0.0, -1.0], [0.2, 0.3, 0.1], [-2.0, 1.0, 0.5]];
+    let y3 = [2i64, 1, 0];
+    let ce: Vec<f64> = z3
+        .iter()
+        .zip(&y3)
+        .map(|(row, &y)| {
+            let log_sum = row.iter().map(|v: &f64| v.exp()).sum::<f64>().ln();
+            (0..3)
+                .map(|k| {
+                    let q = if k == y as usize {
+                        1.0 - e + e / 3.0
+                    } else {
+                        e / 3.0
+                    };
+                    -q * (row[k] - log_sum)
+                })
+                .sum::<f64>()
+        })
+        .collect();
+    let flat: Vec<f32> = z3.iter().flatten().map(|&v| v as f32).collect();
+    let logits = Tensor::from_slice(&flat).view([3, 3]);
+    let labels = Tensor::from_slice(&y3);
+    assert!((value(net.train_loss(&logits, &labels)) - mean(&ce)).abs() < 1e-5);
+    // Multi-label: every (image, label) target (1 - e) y + e/2.
+    let net = Classifier::new_multilabel(&exp, 3, tch::Device::Cpu).unwrap();
+    let hot = [[1i64, 0, 1], [0, 0, 1], [1, 1, 0]];
+    let per_label: Vec<f64> = z3
+        .iter()
+        .zip(&hot)
+        .flat_map(|(row, hot)| {
+            row.iter()
+                .zip(hot)
+                .map(|(&z, &y)| softplus(z) - ((1.0 - e) * y as f64 + e / 2.0) * z)
+        })
+        .collect();
+    let hot_flat: Vec<f32> = hot.iter().flatten().map(|&v| v as f32).collect();
+    let labels = Tensor::from_slice(&hot_flat).view([3, 3]);
+    assert!((value(net.train_loss(&logits, &labels)) - mean(&per_label)).abs() < 1e-5);
+}
+
 /// `data.class_weight` weighs each image's training loss by its class's weight and
 /// divides the batch's sum by the batch size, as Keras's `class_weight` does (not by
 /// the weights' sum, as PyTorch's `weight=` would): checked by hand on a fixed batch,
