@@ -150,6 +150,7 @@ pub fn run() -> anyhow::Result<Report> {
     if check_result != 134.0 {
         bail!("libtorch computed {check_result} for a 2x2 matmul whose sum is 134");
     }
+    let cpu = CpuFeatures::detect();
     Ok(Report {
         libtorch_dir,
         libtorch_version,
@@ -159,8 +160,8 @@ pub fn run() -> anyhow::Result<Report> {
         allocator: runtime::allocator(),
         allocator_faults: runtime::page_faults_of_repeated_tensors(ALLOCATOR_PROBE_TENSORS),
         cpu_model: runtime::cpu_model(),
-        cpu: CpuFeatures::detect(),
-        bf16_limited: CpuFeatures::detect().native_bf16() && !runtime::native_bf16_here(),
+        cpu,
+        bf16_limited: cpu.native_bf16() && !runtime::native_bf16_here(),
         cuda_available: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
         mps_available: tch::utils::has_mps(),

@@ -714,24 +714,23 @@ impl Classifier {
         }
     }
 
-    /// Each image's loss `[B]`: [`Classifier::loss`] before the mean.
-    fn image_losses(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+    /// Each image's training loss `[B]` for a single-label task (multi-label losses are
+    /// per (image, label): [`Classifier::train_loss`] handles them), with label
+    /// smoothing `e`: a sigmoid unit's target (1 - e) y + e/2, softmax's
+    /// -sum_k q_k log p_k with q = (1 - e) one_hot + e/K. At e = 0, [`Classifier::loss`]
+    /// before the mean.
+    fn image_losses(&self, logits: &Tensor, labels: &Tensor, e: f64) -> Tensor {
         let labels = labels.to_device(logits.device());
-        if self.multilabel {
-            return multilabel_cross_entropy(logits, &labels, None, Reduction::None).mean_dim(
-                1,
-                false,
-                Kind::Float,
-            );
-        }
         if self.binary() {
-            binary_cross_entropy(logits, &labels, Reduction::None)
-        } else {
-            -logits
-                .log_softmax(-1, Kind::Float)
-                .gather(1, &labels.view([-1, 1]), false)
-                .view([-1])
+            let targets = smoothed(&labels.to_kind(Kind::Float), e, 2);
+            return binary_cross_entropy(logits, &targets, Reduction::None);
         }
+        let log_p = logits.log_softmax(-1, Kind::Float);
+        let nll = -log_p.gather(1, &labels.view([-1, 1]), false).view([-1]);
+        if e == 0.0 {
+            return nll;
+        }
+        nll * (1.0 - e) - log_p.mean_dim(1, false, Kind::Float) * e
     }
 
     /// Sets each class's weight in the training loss (`data.class_weight`, in class
@@ -791,18 +790,7 @@ impl Classifier {
             return self.loss(logits, labels);
         }
         let labels = labels.to_device(logits.device());
-        let per_image = if e == 0.0 {
-            self.image_losses(logits, &labels)
-        } else if self.binary() {
-            let targets = smoothed(&labels.to_kind(Kind::Float), e, 2);
-            binary_cross_entropy(logits, &targets, Reduction::None)
-        } else {
-            // -sum_k q_k log p_k with q = (1 - e) one_hot + e / K.
-            let log_p = logits.log_softmax(-1, Kind::Float);
-            let true_class = log_p.gather(1, &labels.view([-1, 1]), false).view([-1]);
-            let mean_class = log_p.mean_dim(1, false, Kind::Float);
-            -(true_class * (1.0 - e) + mean_class * e)
-        };
+        let per_image = self.image_losses(logits, &labels, e);
         match &self.class_weights {
             Some(weights) => (per_image * weights.index_select(0, &labels)).mean(Kind::Float),
             None => per_image.mean(Kind::Float),
